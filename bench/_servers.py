@@ -1,0 +1,265 @@
+"""Start, probe and stop the NTP servers the benchmark drives.
+
+Why a module of its own: every server here is a process we own and must stop by PID,
+whatever happens (a failed start, an exception mid-run, Ctrl-C). ``ManagedServer`` keeps
+the PIDs it has seen (the main process and any descendants) and kills exactly those.
+
+chronyd is only ever started with ``-x`` (never touch the system clock) and a config whose
+every path (pidfile, command socket) lives in a private temporary directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from _procstat import descendants, read_proc_times
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+
+DEFAULT_NTPY_CMD = "{python} -m ntpy.cli.main serve --config {config} --listen {addr}:{port} -x"
+NTPY_CONF = "server 127.127.1.0\nfudge 127.127.1.0 stratum 10\n"
+
+
+class ServerStartError(RuntimeError):
+    """The server did not start or did not answer a probe; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    """How to run one server: a name for the table, its argv, where it listens."""
+
+    name: str
+    argv: tuple[str, ...]
+    addr: str
+    port: int
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = REPO_DIR
+
+
+def free_udp_port(addr: str, first: int, tries: int = 50) -> int:
+    """First port >= ``first`` that can be bound on ``addr`` (checked, then released)."""
+    for port in range(first, first + tries):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((addr, port))
+            except OSError:
+                continue
+            return port
+    raise ServerStartError(f"no free UDP port on {addr} in {first}..{first + tries - 1}")
+
+
+def chronyd_spec(addr: str, port: int, chronyd: str = "chronyd") -> ServerSpec:
+    """chronyd as a free-running local stratum-10 server in -x mode (clock untouched)."""
+    exe = shutil.which(chronyd)
+    if exe is None:
+        raise ServerStartError(
+            f"{chronyd!r} not found; install it with `apt-get install -y chrony` "
+            "(create /usr/sbin/policy-rc.d exiting 101 first so no service starts)"
+        )
+    # mkdtemp gives mode 0700, which chronyd requires for its command-socket directory.
+    workdir = Path(tempfile.mkdtemp(prefix="bench-chronyd-"))
+    conf = workdir / "chrony.conf"
+    conf.write_text(
+        "\n".join(
+            [
+                "local stratum 10",
+                "allow 127.0.0.0/8",
+                f"port {port}",
+                f"bindaddress {addr}",
+                "cmdport 0",
+                f"bindcmdaddress {workdir / 'chronyd.sock'}",
+                f"pidfile {workdir / 'chronyd.pid'}",
+                "",
+            ]
+        )
+    )
+    argv = (exe, "-x", "-d", "-u", "root", "-f", str(conf))
+    return ServerSpec("chronyd", argv, addr, port, workdir)
+
+
+def naive_spec(addr: str, port: int) -> ServerSpec:
+    """The blocking one-socket Python responder in bench/naive_server.py."""
+    workdir = Path(tempfile.mkdtemp(prefix="bench-naive-"))
+    argv = (sys.executable, str(BENCH_DIR / "naive_server.py"), "--listen", f"{addr}:{port}")
+    return ServerSpec("naive-py", argv, addr, port, workdir)
+
+
+def ntpy_spec(addr: str, port: int, template: str = DEFAULT_NTPY_CMD) -> ServerSpec:
+    """ntpy's daemon, from a command template (it is configurable: the CLI may change).
+
+    Placeholders: {python} {config} {addr} {port} {workdir}. The config serves the local
+    clock at stratum 10, the same role chronyd's ``local stratum 10`` plays.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ntpy-"))
+    conf = workdir / "ntp.conf"
+    conf.write_text(NTPY_CONF)
+    try:
+        text = template.format(
+            python=shlex.quote(sys.executable),
+            config=shlex.quote(str(conf)),
+            addr=addr,
+            port=port,
+            workdir=shlex.quote(str(workdir)),
+        )
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ServerStartError(f"bad --ntpy-cmd template {template!r}: {exc}") from exc
+    src = str(REPO_DIR / "src")
+    pythonpath = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
+    return ServerSpec(
+        "ntpy", tuple(shlex.split(text)), addr, port, workdir, {"PYTHONPATH": pythonpath}
+    )
+
+
+def probe(addr: str, port: int, timeout: float = 0.2) -> bool:
+    """Send one NTPv4 client request; True if a mode-4 reply echoing it comes back."""
+    request = bytearray(48)
+    request[0] = (4 << 3) | 3
+    marker = struct.pack("!Q", time.monotonic_ns() | 1)
+    request[40:48] = marker
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.sendto(bytes(request), (addr, port))
+            data, _ = s.recvfrom(1024)
+        except OSError:
+            return False
+    return len(data) >= 48 and data[0] & 7 == 4 and data[24:32] == marker
+
+
+class ManagedServer:
+    """One running server process, owned by us: started, probed, measured, stopped."""
+
+    def __init__(self, spec: ServerSpec) -> None:
+        self.spec = spec
+        self.log_path = spec.workdir / "server.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._seen: dict[int, int] = {}  # pid -> start time, for PID-reuse-safe kills
+
+    @property
+    def pid(self) -> int:
+        if self._proc is None:
+            raise RuntimeError("server not started")
+        return self._proc.pid
+
+    def start(self, ready_timeout: float = 10.0, cpus: frozenset[int] | None = None) -> None:
+        """Start the process and wait until it answers a probe; raise with its log if not.
+
+        ``cpus`` pins the server (and everything it forks or spawns, which inherit the mask)
+        to those CPUs, so the scheduler cannot stack it on the generator's core.
+        """
+        if self.spec.name == "chronyd" and "-x" not in self.spec.argv:
+            raise ServerStartError("refusing to start chronyd without -x")
+        env = {**os.environ, **self.spec.env}
+        with open(self.log_path, "wb") as log:
+            try:
+                self._proc = subprocess.Popen(
+                    self.spec.argv,
+                    cwd=self.spec.cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # Ctrl-C reaches us, and we stop it in order
+                    preexec_fn=None if cpus is None else lambda: os.sched_setaffinity(0, cpus),
+                )
+            except OSError as exc:
+                raise ServerStartError(f"cannot run {self.spec.argv[0]}: {exc}") from exc
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ServerStartError(
+                    f"{self.spec.name} exited with status {self._proc.returncode} "
+                    f"before answering; log tail:\n{self.log_tail()}"
+                )
+            if probe(self.spec.addr, self.spec.port):
+                self.remember_pids()
+                return
+            time.sleep(0.1)
+        raise ServerStartError(
+            f"{self.spec.name} did not answer on {self.spec.addr}:{self.spec.port} "
+            f"within {ready_timeout:.0f} s; log tail:\n{self.log_tail()}"
+        )
+
+    def remember_pids(self) -> list[int]:
+        """Record the current process tree so stop() can reach forked workers too."""
+        if self._proc is None or self._proc.poll() is not None:
+            return []
+        pids = descendants(self._proc.pid)
+        for pid in pids:
+            times = read_proc_times(pid)
+            if times is not None:
+                self._seen[pid] = times.starttime
+        return pids
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+
+    def stop(self, grace: float = 3.0) -> None:
+        """SIGTERM our process, wait, then SIGKILL it and any remembered descendants."""
+        proc = self._proc
+        if proc is None:
+            return
+        self.remember_pids()
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait(timeout=grace)
+        for pid, started in sorted(self._seen.items()):
+            # Only processes we saw under our own child, and only if the PID still names the
+            # same process (same start time): a reused PID belongs to someone else.
+            times = read_proc_times(pid)
+            if pid == proc.pid or times is None or times.starttime != started:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        self._proc = None
+        shutil.rmtree(self.spec.workdir, ignore_errors=True)
+
+
+def build_specs(
+    names: Sequence[str], ntpy_cmd: str, base_port: int, chronyd: str
+) -> list[tuple[str, ServerSpec | ServerStartError]]:
+    """A spec per requested server, each on its own 127.2.0.N address; errors kept per name."""
+    out: list[tuple[str, ServerSpec | ServerStartError]] = []
+    for i, name in enumerate(names, start=1):
+        addr = f"127.2.0.{i}"
+        try:
+            port = free_udp_port(addr, base_port + i)
+            if name == "chronyd":
+                out.append((name, chronyd_spec(addr, port, chronyd)))
+            elif name == "ntpy":
+                out.append((name, ntpy_spec(addr, port, ntpy_cmd)))
+            elif name in ("naive", "naive-py"):
+                out.append((name, naive_spec(addr, port)))
+            else:
+                raise ServerStartError(f"unknown server {name!r} (known: ntpy, chronyd, naive)")
+        except ServerStartError as exc:
+            out.append((name, exc))
+    return out

@@ -1,0 +1,589 @@
+"""Serving benchmark: highest loss-free request rate, CPU per reply and latency, side by side.
+
+For each server (ntpy, chronyd, and a naive Python responder as a baseline) this script
+starts the server on its own loopback address, drives it with ``ntpload`` (bench/ntpload.c,
+built here with ``gcc -O2``) at rising rates, finds the highest rate answered with at most
+1% loss, then measures that rate again for CPU microseconds per answered request (user +
+system time of the server's whole process tree, from /proc) and request->reply latency.
+It prints a table and the ratios of every server to chronyd, and writes the full record
+(every step) to bench/out/ as JSON.
+
+Why every step records who was the limit: on a small machine the generator competes with
+the server for the same cores. A step only counts against the server when the loss is the
+server's (its socket overflowed or it did not answer), not when the generator could not
+send at the target rate or dropped replies on its own sockets.
+
+Usage: ``python bench/serve_rate.py [--servers ntpy,chronyd,naive] [--duration 2] [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _procstat import (
+    CLK_TCK,
+    read_system_cpu,
+    read_udp_counters,
+    tree_cpu_ticks,
+)
+from _servers import (
+    BENCH_DIR,
+    DEFAULT_NTPY_CMD,
+    ManagedServer,
+    ServerSpec,
+    ServerStartError,
+    build_specs,
+)
+
+BUILD_DIR = BENCH_DIR / "build"
+OUT_DIR = BENCH_DIR / "out"
+SOURCE = BENCH_DIR / "ntpload.c"
+BINARY = BUILD_DIR / "ntpload"
+MAX_LOSS = 0.01
+MAX_RATE = 2_000_000
+MAX_STEP_S = 10.0
+
+
+class BenchError(RuntimeError):
+    """A problem with the benchmark itself (build failure, bad arguments)."""
+
+
+@dataclass(slots=True)
+class Config:
+    """Knobs for one run; --quick picks shorter values."""
+
+    servers: list[str]
+    duration: float
+    search_duration: float
+    start_rate: int
+    max_rate: int
+    tolerance: float
+    repeats: int
+    retries: int
+    sockets: int
+    gso: int
+    tick_us: int
+    settle_s: float
+    ntpy_cmd: str
+    chronyd: str
+    base_port: int
+    gen_cpus: list[int] | None
+    server_cpus: list[int] | None
+
+
+@dataclass(slots=True)
+class Step:
+    """One load step against one server, with the verdict on who limited it."""
+
+    rate: int
+    duration: float
+    verdict: str  # "pass" | "fail" (server lost > 1%) | "generator" (generator was the limit)
+    loss: float
+    sent: int
+    valid: int
+    achieved_rate: float
+    server_cpu_s: float
+    cpu_us_per_reply: float | None
+    p50_us: int
+    p99_us: int
+    gen_cpu_util: float
+    gen_rx_drops: int
+    kernel_rcvbuf_drops: int
+    other_cpu_cores: float
+    softirq_cores: float
+    steal_cores: float
+    why: list[str]
+    load: dict[str, Any] = field(repr=False)
+
+
+def build_ntpload(force: bool = False) -> Path:
+    """Compile bench/ntpload.c into bench/build/ (git-ignored) when missing or stale."""
+    BUILD_DIR.mkdir(exist_ok=True)
+    if not force and BINARY.exists() and BINARY.stat().st_mtime >= SOURCE.stat().st_mtime:
+        return BINARY
+    cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(BINARY), str(SOURCE)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:
+        raise BenchError("gcc not found: install it (apt-get install -y gcc)") from exc
+    if done.returncode != 0:
+        raise BenchError(f"building ntpload failed:\n{done.stderr}")
+    return BINARY
+
+
+def run_ntpload(spec: ServerSpec, rate: int, duration: float, cfg: Config) -> dict[str, Any]:
+    """Run the generator once against ``spec``; return its JSON report."""
+    argv = [
+        str(BINARY),
+        "--target", f"{spec.addr}:{spec.port}",
+        "--rate", str(rate),
+        "--duration", f"{duration:.3f}",
+        "--sockets", str(cfg.sockets),
+        "--gso", str(cfg.gso),
+        "--tick-us", str(cfg.tick_us),
+    ]  # fmt: skip
+    gen_cpus = cfg.gen_cpus
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=duration + 15,
+        check=False,
+        preexec_fn=None if gen_cpus is None else lambda: os.sched_setaffinity(0, gen_cpus),
+    )
+    if done.returncode != 0:
+        raise BenchError(f"ntpload failed ({done.returncode}): {done.stderr.strip()}")
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+def judge(load: dict[str, Any], server_drops: int) -> tuple[str, list[str]]:
+    """Decide whether a step passed, failed because of the server, or hit the generator.
+
+    Loss beyond 1% is the server's unless the generator's own sockets dropped most of the
+    missing replies. Loss within 1% at a rate the generator did not reach says nothing
+    about the server, so that step is the generator's limit.
+    """
+    sent = int(load["sent"])
+    lost = sent - int(load["valid"])
+    loss = float(load["loss"])
+    gen_reasons = [str(r) for r in load["generator_limit_reasons"]]
+    gen_drops = int(load["gen_rx_drops"])
+    why: list[str] = []
+    if load.get("interrupted"):
+        return "fail", ["interrupted"]
+    if loss > MAX_LOSS:
+        if gen_drops > 0 and gen_drops * 2 >= lost:
+            return "generator", [
+                *gen_reasons,
+                f"{gen_drops} of {lost} lost replies dropped on the generator's sockets",
+            ]
+        why.append(f"loss {loss:.2%} > {MAX_LOSS:.0%}")
+        if server_drops > 0:
+            why.append(f"{server_drops} requests dropped at a full server socket queue")
+        if gen_reasons:
+            why.append("generator also limited: " + "; ".join(gen_reasons))
+        return "fail", why
+    if gen_reasons:
+        return "generator", gen_reasons
+    return "pass", why
+
+
+def measure_step(server: ManagedServer, rate: int, duration: float, cfg: Config) -> Step:
+    """One load step with the server's CPU and the machine's counters around it."""
+    server.remember_pids()
+    sys0, udp0, cpu0 = read_system_cpu(), read_udp_counters(), tree_cpu_ticks(server.pid)
+    load = run_ntpload(server.spec, rate, duration, cfg)
+    cpu1, sys1, udp1 = tree_cpu_ticks(server.pid), read_system_cpu(), read_udp_counters()
+    if not server.alive():
+        raise ServerStartError(f"{server.spec.name} died during the run:\n{server.log_tail()}")
+    server_cpu_s = (cpu1 - cpu0) / CLK_TCK
+    wall = max(float(load["wall_s"]), 1e-9)
+    busy_s = (sys1.busy - sys0.busy) / CLK_TCK
+    other = max(0.0, busy_s - server_cpu_s - float(load["gen_cpu_s"])) / wall
+    rcvbuf = udp1.get("RcvbufErrors", 0) - udp0.get("RcvbufErrors", 0)
+    server_drops = max(0, rcvbuf - int(load["gen_rx_drops"]))
+    verdict, why = judge(load, server_drops)
+    valid = int(load["valid"])
+    lat = load["latency_us"]
+    return Step(
+        rate=rate,
+        duration=duration,
+        verdict=verdict,
+        loss=float(load["loss"]),
+        sent=int(load["sent"]),
+        valid=valid,
+        achieved_rate=float(load["achieved_rate"]),
+        server_cpu_s=server_cpu_s,
+        cpu_us_per_reply=server_cpu_s * 1e6 / valid if valid else None,
+        p50_us=int(lat["p50"]),
+        p99_us=int(lat["p99"]),
+        gen_cpu_util=float(load["gen_cpu_util"]),
+        gen_rx_drops=int(load["gen_rx_drops"]),
+        kernel_rcvbuf_drops=server_drops,
+        other_cpu_cores=other,
+        softirq_cores=(sys1.softirq - sys0.softirq) / CLK_TCK / wall,
+        steal_cores=(sys1.steal - sys0.steal) / CLK_TCK / wall,
+        why=why,
+        load=load,
+    )
+
+
+@dataclass(slots=True)
+class ServerResult:
+    """Everything learned about one server."""
+
+    name: str
+    status: str  # "ok" | "failed"
+    error: str = ""
+    command: list[str] = field(default_factory=list)
+    max_rate: int | None = None
+    limit: str = ""  # "server" | "generator" | "rate cap"
+    light: Step | None = None
+    measured: list[Step] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+
+    def median(self, key: Callable[[Step], float | None]) -> float | None:
+        values = [v for v in (key(s) for s in self.measured) if v is not None]
+        return statistics.median(values) if values else None
+
+
+RATIO_METRICS: tuple[tuple[str, Callable[[Step], float | None]], ...] = (
+    ("max rate", lambda s: s.achieved_rate),
+    ("CPU/req", lambda s: s.cpu_us_per_reply),
+    ("p50", lambda s: s.p50_us),
+    ("p99", lambda s: s.p99_us),
+)
+"""What the ratio line compares, each as the median over the measured runs."""
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def search(server: ManagedServer, cfg: Config, result: ServerResult) -> None:
+    """Ramp x2 from start_rate, then bisect (geometrically) down to the tolerance."""
+
+    def step(rate: int, duration: float, retry: bool = False) -> Step:
+        s = measure_step(server, rate, duration, cfg)
+        if retry and s.verdict != "pass" and cfg.retries > 0:
+            # A noisy neighbour can stall either process for milliseconds; a rate only
+            # counts as failed when a second try fails too.
+            result.steps.append(s)
+            log(f"  {result.name:9s} {rate:>9,d}/s  {s.verdict} ({'; '.join(s.why)}), retrying")
+            time.sleep(cfg.settle_s)
+            s = measure_step(server, rate, duration, cfg)
+        result.steps.append(s)
+        extra = f" ({'; '.join(s.why)})" if s.why else ""
+        log(
+            f"  {result.name:9s} {rate:>9,d}/s  {s.verdict:9s} loss {s.loss:6.2%}  "
+            f"sent {s.achieved_rate:>10,.0f}/s  cpu {s.cpu_us_per_reply or 0:6.1f} us/req  "
+            f"p50 {s.p50_us} p99 {s.p99_us} us  gen {s.gen_cpu_util:.0%}{extra}"
+        )
+        time.sleep(cfg.settle_s)
+        return s
+
+    lo = 0
+    hi: int | None = None
+    limit = "rate cap"
+    rate = cfg.start_rate
+    while rate <= cfg.max_rate:
+        s = step(rate, cfg.search_duration, retry=True)
+        if result.light is None:
+            result.light = s
+        if s.verdict == "pass":
+            lo = rate
+            rate = min(rate * 2, cfg.max_rate) if rate < cfg.max_rate else cfg.max_rate + 1
+            continue
+        hi, limit = rate, ("server" if s.verdict == "fail" else "generator")
+        break
+    if lo == 0 and hi is not None:  # even the start rate failed: walk down
+        rate = hi // 2
+        while rate >= 500 and lo == 0:
+            s = step(rate, cfg.search_duration)
+            if s.verdict == "pass":
+                lo = rate
+            else:
+                hi, limit = rate, ("server" if s.verdict == "fail" else "generator")
+                rate //= 2
+    while hi is not None and lo > 0 and hi / lo > 1 + cfg.tolerance:
+        mid = int(math.sqrt(lo * hi))
+        s = step(mid, cfg.search_duration, retry=True)
+        if s.verdict == "pass":
+            lo = mid
+        else:
+            hi, limit = mid, ("server" if s.verdict == "fail" else "generator")
+    # Confirm at full duration; back off 10% at a time if the longer run shows loss.
+    for _ in range(3):
+        if lo == 0:
+            break
+        runs = [step(lo, cfg.duration) for _ in range(cfg.repeats)]
+        passed = [r for r in runs if r.verdict == "pass"]
+        if len(passed) * 2 > len(runs):
+            result.measured = passed
+            break
+        limit = "server" if any(r.verdict == "fail" for r in runs) else "generator"
+        lo = int(lo * 0.9)
+    result.max_rate = lo if result.measured else None
+    result.limit = limit
+
+
+def bench_server(spec: ServerSpec, cfg: Config) -> ServerResult:
+    """Start one server, search its limit, stop it (always)."""
+    result = ServerResult(spec.name, "ok", command=list(spec.argv))
+    server = ManagedServer(spec)
+    try:
+        log(f"starting {spec.name}: {' '.join(spec.argv)}")
+        server.start(cpus=None if cfg.server_cpus is None else frozenset(cfg.server_cpus))
+        search(server, cfg, result)
+        if not result.measured:
+            result.status = "failed"
+            result.error = "no rate passed (<= 1% loss) even at the lowest rate tried"
+    except (ServerStartError, BenchError, subprocess.TimeoutExpired) as exc:
+        result.status, result.error = "failed", str(exc)
+        log(f"  {spec.name}: FAILED: {exc}")
+    finally:
+        server.stop()
+    return result
+
+
+def fmt(value: float | None, spec: str = ",.0f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def summarize(error: str) -> str:
+    """First line of an error, plus its last line when that differs (the exception)."""
+    rows = [row.strip() for row in error.splitlines() if row.strip()]
+    if not rows:
+        return "?"
+    return rows[0] if len(rows) == 1 else f"{rows[0]} ... {rows[-1]}"
+
+
+def report(results: list[ServerResult], cfg: Config) -> str:
+    """The table and the ratios to chronyd, as printed text."""
+    head = (
+        f"{'server':10s} {'max rate/s':>11s} {'limit':>10s} {'loss':>6s} {'CPU us/req':>10s} "
+        f"{'p50 us':>7s} {'p99 us':>7s} {'light p50':>9s} {'light p99':>9s} "
+        f"{'gen CPU':>7s} {'other CPU':>9s} {'steal':>5s}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        if r.status != "ok":
+            lines.append(f"{r.name:10s} FAILED: {summarize(r.error)}")
+            continue
+        lines.append(
+            f"{r.name:10s} {fmt(r.median(lambda s: s.achieved_rate)):>11s} {r.limit:>10s} "
+            f"{fmt(r.median(lambda s: s.loss * 100), '.2f') + '%':>6s} "
+            f"{fmt(r.median(lambda s: s.cpu_us_per_reply), '.2f'):>10s} "
+            f"{fmt(r.median(lambda s: s.p50_us)):>7s} {fmt(r.median(lambda s: s.p99_us)):>7s} "
+            f"{fmt(r.light.p50_us if r.light else None):>9s} "
+            f"{fmt(r.light.p99_us if r.light else None):>9s} "
+            f"{fmt(r.median(lambda s: s.gen_cpu_util * 100), '.0f') + '%':>7s} "
+            f"{fmt(r.median(lambda s: s.other_cpu_cores), '.2f'):>9s} "
+            f"{fmt(r.median(lambda s: s.steal_cores), '.2f'):>5s}"
+        )
+    base = next((r for r in results if r.name == "chronyd" and r.status == "ok"), None)
+    others = [r for r in results if r is not base and r.status == "ok"]
+    if base is not None and others:
+        lines.append("")
+        lines.append("ratios X/chronyd  (rate: >1 is better; CPU and latency: <1 is better)")
+        for r in others:
+            parts = []
+            for label, metric in RATIO_METRICS:
+                a, b = r.median(metric), base.median(metric)
+                parts.append(f"{label} {a / b:.2f}" if a is not None and b else f"{label} -")
+            lines.append(f"  {r.name + '/chronyd':18s} " + "   ".join(parts))
+    if base is None:
+        lines.append("\n(no chronyd result: ratios not computed)")
+    notes = [
+        "",
+        f"max rate = achieved send rate of the highest step with <= 1% loss (median of "
+        f"{cfg.repeats} run(s) of {cfg.duration:g} s). CPU us/req = server user+sys time / "
+        "valid replies there.",
+        f"light = latency at the first step ({cfg.start_rate:,}/s). Pinning: "
+        + (
+            f"generator on CPU {cfg.gen_cpus}, server on CPUs {cfg.server_cpus}."
+            if cfg.gen_cpus
+            else "off."
+        ),
+        "limit: server = loss > 1% above this rate; generator = the load generator, not the "
+        "server, ran out (results are a lower bound);",
+        "       rate cap = --max-rate reached without loss. other CPU = cores used by "
+        "processes other than server and generator (noise);",
+        "       steal = cores the hypervisor took away. gen CPU = generator's share of its "
+        "core while sending.",
+    ]
+    if any(r.limit == "generator" for r in results if r.status == "ok"):
+        notes.append(
+            "NOTE: at least one server was limited by the generator; its max rate is a lower "
+            "bound (see bench/README.md)."
+        )
+    return "\n".join(lines + notes)
+
+
+def machine_busy(seconds: float = 1.0) -> float:
+    """Cores kept busy by everything else on the machine, sampled before we start."""
+    a = read_system_cpu()
+    time.sleep(seconds)
+    b = read_system_cpu()
+    return (b.busy - a.busy) / CLK_TCK / seconds
+
+
+def environment() -> dict[str, Any]:
+    """Facts that change the numbers: cores, kernel, CPU model, load, chronyd version."""
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    chrony = ""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        chrony = subprocess.run(
+            ["chronyd", "-v"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout.strip()
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+        "chronyd": chrony,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def save(results: list[ServerResult], cfg: Config, text: str, busy: float) -> Path:
+    OUT_DIR.mkdir(exist_ok=True)
+    record = {
+        "config": asdict(cfg),
+        "machine_busy_before_cores": busy,
+        "environment": environment(),
+        "results": [asdict(r) for r in results],
+        "table": text,
+    }
+    path = OUT_DIR / f"serve_rate-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(record, indent=1))
+    (OUT_DIR / "latest.json").write_text(json.dumps(record, indent=1))
+    return path
+
+
+def parse_args(argv: list[str] | None) -> Config:
+    p = argparse.ArgumentParser(description="NTP serving benchmark: ntpy vs chronyd on loopback")
+    p.add_argument(
+        "--servers",
+        default="ntpy,chronyd,naive",
+        help="comma list of ntpy, chronyd, naive (default: all three)",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds per measurement run at the found rate (default 2, quick 1)",
+    )
+    p.add_argument("--quick", action="store_true", help="shorter steps, coarser search (< 1 min)")
+    p.add_argument("--start-rate", type=int, default=10_000)
+    p.add_argument("--max-rate", type=int, default=1_000_000)
+    p.add_argument("--sockets", type=int, default=16, help="generator sockets / source addresses")
+    p.add_argument(
+        "--gso",
+        type=int,
+        default=16,
+        help="requests per UDP GSO send in the generator (0 = plain sendmmsg)",
+    )
+    p.add_argument("--tick-us", type=int, default=100, help="generator pacing interval")
+    p.add_argument(
+        "--ntpy-cmd",
+        default=DEFAULT_NTPY_CMD,
+        help="ntpy server command; placeholders {python} {config} {addr} {port} {workdir}",
+    )
+    p.add_argument("--chronyd", default="chronyd", help="chronyd executable (always run with -x)")
+    p.add_argument("--base-port", type=int, default=12300)
+    p.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="do not pin the generator to CPU 0 and the server to the other CPUs",
+    )
+    a = p.parse_args(argv)
+    servers = [s.strip() for s in a.servers.split(",") if s.strip()]
+    if not servers:
+        p.error("--servers is empty")
+    duration = a.duration if a.duration is not None else (1.0 if a.quick else 2.0)
+    if not 0.1 <= duration <= MAX_STEP_S:
+        p.error(f"--duration must be within 0.1..{MAX_STEP_S:.0f} s")
+    if not 1_000 <= a.start_rate <= a.max_rate <= MAX_RATE:
+        p.error(f"need 1000 <= --start-rate <= --max-rate <= {MAX_RATE}")
+    if not 1 <= a.sockets <= 256:
+        p.error("--sockets must be within 1..256")
+    if not 1024 <= a.base_port <= 65000:
+        p.error("--base-port must be within 1024..65000")
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = not a.no_pin and len(cpus) >= 2
+    return Config(
+        gen_cpus=cpus[:1] if pin else None,
+        server_cpus=cpus[1:] if pin else None,
+        servers=servers,
+        duration=duration,
+        search_duration=min(duration, 0.5 if a.quick else 1.0),
+        start_rate=a.start_rate,
+        max_rate=a.max_rate,
+        tolerance=0.2 if a.quick else 0.08,
+        repeats=1 if a.quick else 3,
+        retries=1,
+        sockets=a.sockets,
+        gso=a.gso,
+        tick_us=a.tick_us,
+        settle_s=0.2 if a.quick else 0.3,
+        ntpy_cmd=a.ntpy_cmd,
+        chronyd=a.chronyd,
+        base_port=a.base_port,
+    )
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so the same cleanup path stops our servers."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    t0 = time.monotonic()
+    try:
+        build_ntpload()
+    except BenchError as exc:
+        log(f"error: {exc}")
+        return 2
+    busy = machine_busy()
+    if busy > 0.2:
+        log(
+            f"WARNING: other processes keep {busy:.2f} of {os.cpu_count()} cores busy; results "
+            "will be noisy (see 'other CPU' and 'steal' in the table)."
+        )
+    results: list[ServerResult] = []
+    with sigterm_as_interrupt():
+        try:
+            for name, spec in build_specs(cfg.servers, cfg.ntpy_cmd, cfg.base_port, cfg.chronyd):
+                if isinstance(spec, ServerStartError):
+                    results.append(ServerResult(name, "failed", error=str(spec)))
+                    log(f"  {name}: FAILED: {spec}")
+                    continue
+                results.append(bench_server(spec, cfg))
+        except KeyboardInterrupt:
+            log("interrupted: servers stopped; partial results follow")
+    text = report(results, cfg)
+    print(text)
+    path = save(results, cfg, text, busy)
+    print(
+        f"\n(full record: {path.relative_to(BENCH_DIR.parent)}; took {time.monotonic() - t0:.0f} s)"
+    )
+    return 0 if any(r.status == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""The ``ntpy`` command: ``serve``, ``check-config`` and ``query``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from ntpy import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ntpy", description="NTP time server and client daemon (reads ntpd's ntp.conf)."
+    )
+    p.add_argument("--version", action="version", version=f"ntpy {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run the NTP server in the foreground, logging to stderr")
+    s.add_argument("--config", "-c", metavar="FILE",
+                   help="ntp.conf to read (default: the built-in config: local clock at stratum 10)")
+    s.add_argument("--listen", "-l", action="append", default=[], metavar="HOST:PORT",
+                   help="address to serve on, repeatable; overrides the config "
+                        "(default: port 123 on all IPv4 and IPv6 addresses)")
+    clock = s.add_mutually_exclusive_group()
+    clock.add_argument("--clock", choices=["auto", "system", "virtual"],
+                       help="clock to discipline and serve (default: config 'clock', else auto: "
+                            "system clock with CAP_SYS_TIME, virtual clock without)")
+    clock.add_argument("-x", dest="clock", action="store_const", const="virtual",
+                       help="never touch the system clock: keep a virtual clock (like chronyd -x)")
+    s.add_argument("--selector", choices=["default", "poll", "select"], default="default",
+                   help="event loop backend; 'poll' uses only poll(2) (for LD_PRELOAD simulators)")
+    s.add_argument("--strict", action="store_true", help="unknown config directives are errors")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    c = sub.add_parser("check-config", help="validate an ntp.conf: exit 0, or 2 with file:line")
+    c.add_argument("file")
+    c.add_argument("--strict", action="store_true", help="unknown directives are errors")
+
+    q = sub.add_parser("query", help="ask a server for the time once, like 'ntpdate -q' (never sets the clock)")
+    q.add_argument("server", metavar="HOST[:PORT]", nargs="+")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.add_argument("--ntp-version", type=int, default=4, choices=[1, 2, 3, 4], dest="ntp_version")
+    q.add_argument("--timeout", type=float, default=2.0, help="seconds to wait per try (default 2)")
+    q.add_argument("--tries", type=int, default=3, help="requests sent before giving up (default 3)")
+    q.add_argument("--samples", type=int, default=1,
+                   help="exchanges per server; the one with the lowest delay is reported")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except BrokenPipeError:  # e.g. `ntpy query ... | head`
+        sys.stderr.close()
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "check-config":
+        from ntpy.cli.check_config import run
+
+        return run(args.file, args.strict)
+    if args.command == "query":
+        from ntpy.cli.query import run as run_query
+
+        return run_query(args)
+    return 2  # pragma: no cover - argparse enforces the choices
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ntpy.config import ConfigError, default_config, load
+    from ntpy.daemon.app import ServeOptions, serve
+
+    if args.config:
+        try:
+            result = load(args.config, strict=args.strict)
+        except ConfigError as exc:
+            print(f"ntpy: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"ntpy: cannot read config {args.config}: {exc.strerror}", file=sys.stderr)
+            return 2
+        for w in result.warnings:
+            print(f"ntpy: warning: {w}", file=sys.stderr)
+        config = result.config
+    else:
+        config = default_config()
+    options = ServeOptions(listen=args.listen, clock_mode=args.clock, selector=args.selector,
+                           log_level=args.log_level)
+    return serve(config, options)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""``ntpy query HOST[:PORT]``: one-shot client, like ``ntpdate -q`` / ``ntpdig``. Never sets the clock.
+
+Offsets are measured against this host's system clock. T4 is the kernel receive timestamp
+(SO_TIMESTAMPNS), so the result does not include the interpreter's wake-up latency.
+Exit status: 0 if every server answered and is synchronized, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+from ntpy.core.client import ReplyRejected, Sample, build_request, parse_reply
+from ntpy.daemon.udp import ANC_BUFSIZE, SO_TIMESTAMPNS, parse_ancillary
+
+LEAP_NAMES = {0: "none", 1: "add_second", 2: "del_second", 3: "unsynchronized"}
+
+
+@dataclass
+class QueryResult:
+    server: str
+    address: str | None
+    ok: bool
+    error: str | None = None
+    sample: Sample | None = None
+
+
+def split_host_port(text: str, default_port: int = 123) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, ""
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"bad port in {text!r}: expected 1..65535")
+    return host, int(port) if port else default_port
+
+
+def exchange(
+    addr: tuple[object, ...], family: int, version: int, timeout: float, tries: int
+) -> Sample:
+    """One validated request/reply; retries on timeout or a rejected (e.g. stale) reply."""
+    last_error = "no reply"
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.connect(addr)
+        for _ in range(tries):
+            cookie = secrets.randbits(64)
+            req = build_request(cookie, version=version)
+            deadline = time.monotonic() + timeout
+            t1 = time.time_ns()
+            sock.send(req)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    last_error = f"no reply within {timeout:g} s"
+                    break
+                sock.settimeout(left)
+                try:
+                    data, anc, _flags, _peer = sock.recvmsg(2048, ANC_BUFSIZE)
+                except TimeoutError:
+                    continue
+                except ConnectionRefusedError:
+                    raise ReplyRejected("refused", "port unreachable (no server there)") from None
+                t4 = parse_ancillary(anc)[0] or time.time_ns()
+                try:
+                    return parse_reply(data, cookie, t1, t4)
+                except ReplyRejected as exc:
+                    if exc.reason.startswith("kod_") or exc.reason == "bad_mode":
+                        raise
+                    last_error = str(exc)  # stale or bogus: keep waiting for the real one
+    raise ReplyRejected("timeout", last_error)
+
+
+def query_one(server: str, version: int, timeout: float, tries: int, samples: int) -> QueryResult:
+    try:
+        host, port = split_host_port(server)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except (ValueError, OSError) as exc:
+        return QueryResult(server, None, False, f"cannot resolve: {exc}")
+    family, _, _, _, addr = infos[0]
+    best: Sample | None = None
+    try:
+        for _ in range(max(1, samples)):
+            s = exchange(addr, family, version, timeout, tries)
+            if best is None or s.delay_ns < best.delay_ns:
+                best = s
+    except ReplyRejected as exc:
+        return QueryResult(server, str(addr[0]), False, exc.detail if exc.reason == "timeout" else str(exc))
+    except OSError as exc:
+        return QueryResult(server, str(addr[0]), False, exc.strerror or str(exc))
+    assert best is not None
+    if not best.synchronized:
+        return QueryResult(server, str(addr[0]), False,
+                           f"server is not synchronized (leap alarm, stratum {best.stratum}, "
+                           f"refid {best.refid_text})", best)
+    return QueryResult(server, str(addr[0]), True, None, best)
+
+
+def as_json(r: QueryResult) -> dict[str, object]:
+    out: dict[str, object] = {"server": r.server, "address": r.address, "ok": r.ok, "error": r.error}
+    if r.sample is not None:
+        s = r.sample
+        out.update({
+            "offset": s.offset_ns / 1e9,
+            "delay": s.delay_ns / 1e9,
+            "stratum": s.stratum,
+            "leap": s.leap,
+            "leap_text": LEAP_NAMES[s.leap],
+            "refid": s.refid_text,
+            "refid_hex": f"{s.refid:08x}",
+            "version": s.version,
+            "precision": s.precision,
+            "root_delay": s.root_delay_ns / 1e9,
+            "root_dispersion": s.root_dispersion_ns / 1e9,
+            "raw": asdict(s),
+        })
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    results = [query_one(s, args.ntp_version, args.timeout, args.tries, args.samples)
+               for s in args.server]
+    if args.json:
+        print(json.dumps([as_json(r) for r in results] if len(results) > 1 else as_json(results[0]),
+                         indent=2))
+    else:
+        for r in results:
+            s = r.sample
+            if s is not None:
+                print(f"server {r.address}, stratum {s.stratum}, offset {s.offset_ns / 1e9:+.6f}, "
+                      f"delay {s.delay_ns / 1e9:.6f}, leap {LEAP_NAMES[s.leap]}, "
+                      f"refid {s.refid_text}")
+    for r in results:
+        if not r.ok:
+            print(f"ntpy query: {r.server}: {r.error}", file=sys.stderr)
+    return 0 if all(r.ok for r in results) else 1

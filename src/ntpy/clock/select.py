@@ -1,0 +1,78 @@
+"""Choosing between the system clock and the virtual clock at start-up.
+
+The choice rests on one fact: does this process hold CAP_SYS_TIME? Without it every
+adjtimex that changes something fails with EPERM, so "auto" falls back to the virtual
+clock and still serves disciplined time. The capability is read from
+``/proc/self/status`` (CapEff, bit 25) -- a read-only check, unlike probing with a
+harmless-looking adjtimex, which would itself be a clock change when it succeeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ntpy.clock.base import Clock
+from ntpy.clock.errors import ClockError
+from ntpy.clock.system import LibcLike, SystemClock
+from ntpy.clock.virtual import VirtualClock
+
+CAP_SYS_TIME = 25
+"""Capability number from <linux/capability.h>."""
+
+CLOCK_MODES = ("auto", "system", "virtual")
+
+_VIRTUAL_WHY = "served time is system time plus ntpy's correction; the system clock is left alone"
+_SYSTEM_WHY = "ntpy steps, slews and sets the frequency of the kernel clock with adjtimex"
+
+
+def has_cap_sys_time(status_path: str = "/proc/self/status") -> bool:
+    """True if the effective capability set holds CAP_SYS_TIME.
+
+    Anything unreadable (no /proc, not Linux, malformed line) counts as "no": the safe
+    answer, since it leads to the virtual clock.
+    """
+    try:
+        with open(status_path, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool((int(line.split(":", 1)[1].strip(), 16) >> CAP_SYS_TIME) & 1)
+    except (OSError, ValueError):
+        return False
+    return False
+
+
+def choose_clock(
+    mode: str,
+    *,
+    cap_sys_time: bool | None = None,
+    libc: LibcLike | None = None,
+    realtime: Callable[[], int] | None = None,
+) -> tuple[Clock, str]:
+    """Build the clock for ``mode`` ("auto" | "system" | "virtual") and say why, for the log.
+
+    ``cap_sys_time`` overrides the capability check and ``libc``/``realtime`` are passed to
+    the clocks (tests use them; the daemon leaves them as None). Raises ``ClockError`` when
+    "system" is asked for without CAP_SYS_TIME, and ``ValueError`` for an unknown mode.
+    """
+    if mode not in CLOCK_MODES:
+        raise ValueError(f"unknown clock mode {mode!r}; expected one of {', '.join(CLOCK_MODES)}")
+    if mode == "virtual":
+        return _virtual(realtime), f"virtual clock (requested): {_VIRTUAL_WHY}"
+    cap = has_cap_sys_time() if cap_sys_time is None else cap_sys_time
+    if mode == "system":
+        if not cap:
+            raise ClockError(
+                "clock mode 'system' needs CAP_SYS_TIME to adjust the kernel clock; run as "
+                "root or grant cap_sys_time, or use clock mode 'virtual' or 'auto'"
+            )
+        return SystemClock(libc, adjustable=True), f"system clock (requested): {_SYSTEM_WHY}"
+    if cap:
+        return (
+            SystemClock(libc, adjustable=True),
+            f"system clock (CAP_SYS_TIME held): {_SYSTEM_WHY}",
+        )
+    return _virtual(realtime), f"virtual clock (no CAP_SYS_TIME): {_VIRTUAL_WHY}"
+
+
+def _virtual(realtime: Callable[[], int] | None) -> VirtualClock:
+    return VirtualClock() if realtime is None else VirtualClock(realtime)

@@ -1,0 +1,237 @@
+"""The virtual clock: a software offset + frequency register over CLOCK_REALTIME.
+
+This is ntpy's equivalent of chrony's ``-x`` mode (``sys_null.c``): the kernel clock is
+never touched; ntpy serves ``realtime + correction(realtime)`` instead, so an unprivileged
+daemon (a container without CAP_SYS_TIME) still disciplines the time it hands out.
+
+The correction is one linear segment anchored at the realtime of the last change::
+
+    correction(rt) = offset + freq * (rt - anchor) + slew_progress(rt - anchor)
+
+Every change (step, slew, frequency) first *folds* the correction at "now" into a new
+anchor, so served time is continuous across slew and frequency changes and jumps only by
+a step. Everything is exact integer arithmetic in units of 1e-12 ns ("fine" units): one
+milli-ppb times one elapsed ns is exactly one fine unit, so sub-nanosecond progress is
+carried across folds instead of being rounded away at each change.
+
+Slew rate: 500 ppm by default, the rate of the kernel's ``adjtime()`` slew
+(ADJ_OFFSET_SINGLESHOT) and ntpd's maximum slew, so the daemon sees the same behaviour on
+either clock. chrony allows up to 83333 ppm, which corrects faster but makes the served
+time's rate 8% wrong while slewing -- clients synchronised to us would see it as a large
+frequency error. Any rate keeps served time monotonic as long as slew rate + maximum
+frequency stays below 1e6 ppm (served time then advances at a positive rate); the
+constructor enforces that.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ntpy.clock._common import notify_step_handlers, require_int_ns
+from ntpy.clock.base import StepHandler
+from ntpy.clock.precision import measure_precision
+
+FINE_PER_NS = 10**12
+"""Internal unit: 1e-12 ns. A frequency in milli-ppb is exactly fine units per ns."""
+
+_MPPB_PER_PPB = 1000
+_MPPB_PER_PPM = 1_000_000
+_MPPB_UNITY = 10**12
+"""A rate of 1 ns per ns in milli-ppb; slew + frequency must stay below it."""
+
+DEFAULT_SLEW_RATE_PPM = 500.0
+DEFAULT_MAX_FREQUENCY_PPB = 500_000.0
+"""Same bound as the kernel's frequency register, so both clocks accept the same values."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    """One linear piece of the correction; replaced whole so readers need no lock."""
+
+    anchor_rt: int
+    """Realtime (ns) the segment starts at."""
+    offset_fine: int
+    """Correction at ``anchor_rt``, fine units."""
+    freq_mppb: int
+    """Frequency correction, milli-ppb (= fine units per elapsed ns)."""
+    slew_fine: int
+    """Signed slew still to apply at ``anchor_rt``, fine units."""
+
+
+def _div_toward_zero(a: int, b: int) -> int:
+    """Integer a / b rounded toward zero (b > 0)."""
+    return a // b if a >= 0 else -((-a) // b)
+
+
+class VirtualClock:
+    """Served time = realtime + a software correction; never changes the kernel clock."""
+
+    name = "virtual"
+
+    def __init__(
+        self,
+        realtime: Callable[[], int] = time.time_ns,
+        *,
+        slew_rate_ppm: float = DEFAULT_SLEW_RATE_PPM,
+        max_frequency_ppb: float = DEFAULT_MAX_FREQUENCY_PPB,
+        precision_log: int | None = None,
+    ) -> None:
+        """``realtime`` returns CLOCK_REALTIME in ns (injectable for tests and simulation).
+
+        ``precision_log`` fixes the reported precision; by default it is measured on
+        first use by reading this clock's ``now_ns`` (which includes ntpy's own cost).
+        """
+        if not (math.isfinite(slew_rate_ppm) and slew_rate_ppm > 0):
+            raise ValueError(f"slew_rate_ppm must be positive, got {slew_rate_ppm!r}")
+        if not (math.isfinite(max_frequency_ppb) and max_frequency_ppb >= 0):
+            raise ValueError(f"max_frequency_ppb must be non-negative, got {max_frequency_ppb!r}")
+        rate = round(slew_rate_ppm * _MPPB_PER_PPM)
+        max_freq = round(max_frequency_ppb * _MPPB_PER_PPB)
+        if rate < 1 or rate + max_freq >= _MPPB_UNITY:
+            raise ValueError(
+                "slew_rate_ppm + max_frequency_ppb/1000 must stay below 1e6 ppm, or served "
+                f"time could run backwards (got {slew_rate_ppm} ppm + {max_frequency_ppb} ppb)"
+            )
+        self._realtime = realtime
+        self._rate_mppb = rate
+        self._max_freq_mppb = max_freq
+        self._precision = precision_log
+        self._handlers: list[StepHandler] = []
+        self._lock = threading.Lock()
+        self._seg = _Segment(anchor_rt=realtime(), offset_fine=0, freq_mppb=0, slew_fine=0)
+
+    # --- the correction -----------------------------------------------------------------
+
+    def _slew_applied(self, seg: _Segment, rt: int) -> int:
+        """Signed slew already applied at ``rt`` (fine units); none before the anchor."""
+        elapsed = rt - seg.anchor_rt
+        if seg.slew_fine == 0 or elapsed <= 0:
+            return 0
+        done = min(abs(seg.slew_fine), self._rate_mppb * elapsed)
+        return done if seg.slew_fine > 0 else -done
+
+    def _correction_fine(self, seg: _Segment, rt: int) -> int:
+        """Correction at realtime ``rt``; before the anchor the frequency is extrapolated."""
+        return seg.offset_fine + seg.freq_mppb * (rt - seg.anchor_rt) + self._slew_applied(seg, rt)
+
+    def _served(self, seg: _Segment, rt: int) -> int:
+        return rt + self._correction_fine(seg, rt) // FINE_PER_NS
+
+    def _fold(self, rt: int) -> _Segment:
+        """A segment anchored at ``rt`` that gives the same correction from ``rt`` on."""
+        seg = self._seg
+        applied = self._slew_applied(seg, rt)
+        return _Segment(
+            anchor_rt=rt,
+            offset_fine=self._correction_fine(seg, rt),
+            freq_mppb=seg.freq_mppb,
+            slew_fine=seg.slew_fine - applied,
+        )
+
+    # --- Clock protocol -----------------------------------------------------------------
+
+    def now_ns(self) -> int:
+        """Served time now, Unix ns."""
+        return self._served(self._seg, self._realtime())
+
+    def from_realtime_ns(self, realtime_ns: int) -> int:
+        """Map a CLOCK_REALTIME reading (e.g. a kernel RX timestamp) to served time.
+
+        Uses the corrections in force *now*, extrapolated back (as chrony's
+        ``offset_convert`` does): a reading taken before a step lands in the post-step
+        timescale, so a receive stamp never exceeds a later ``now_ns()``.
+        """
+        return self._served(self._seg, realtime_ns)
+
+    def precision(self) -> int:
+        """log2 s of reading cost; measured on ``now_ns`` once unless given."""
+        if self._precision is None:
+            self._precision = measure_precision(self.now_ns)
+        return self._precision
+
+    def can_adjust(self) -> bool:
+        """Always True: the register is ours to change."""
+        return True
+
+    def step(self, offset_ns: int) -> None:
+        """Jump served time by ``offset_ns`` now, then tell every step handler.
+
+        A slew in progress keeps running (as with the kernel's ADJ_SETOFFSET); call
+        ``slew(0)`` to cancel it.
+        """
+        require_int_ns("offset_ns", offset_ns)
+        with self._lock:
+            seg = self._fold(self._realtime())
+            self._seg = _Segment(
+                seg.anchor_rt,
+                seg.offset_fine + offset_ns * FINE_PER_NS,
+                seg.freq_mppb,
+                seg.slew_fine,
+            )
+        notify_step_handlers(self._handlers, offset_ns)
+
+    def slew(self, offset_ns: int) -> None:
+        """Correct served time by ``offset_ns`` at the slew rate; replaces a running slew."""
+        require_int_ns("offset_ns", offset_ns)
+        with self._lock:
+            seg = self._fold(self._realtime())
+            self._seg = _Segment(
+                seg.anchor_rt, seg.offset_fine, seg.freq_mppb, offset_ns * FINE_PER_NS
+            )
+
+    def set_frequency_ppb(self, ppb: float) -> None:
+        """Make served time run ``ppb`` faster, continuing from the current served time."""
+        if isinstance(ppb, bool) or not isinstance(ppb, int | float) or not math.isfinite(ppb):
+            raise ValueError(f"frequency must be a finite number of ppb, got {ppb!r}")
+        mppb = round(ppb * _MPPB_PER_PPB)
+        if abs(mppb) > self._max_freq_mppb:
+            raise ValueError(
+                f"frequency {ppb} ppb is beyond the limit of "
+                f"+/-{self._max_freq_mppb / _MPPB_PER_PPB:g} ppb"
+            )
+        with self._lock:
+            seg = self._fold(self._realtime())
+            self._seg = _Segment(seg.anchor_rt, seg.offset_fine, mppb, seg.slew_fine)
+
+    def frequency_ppb(self) -> float:
+        """The frequency correction in force (resolution 0.001 ppb)."""
+        return self._seg.freq_mppb / _MPPB_PER_PPB
+
+    def remaining_slew_ns(self) -> int:
+        """Slew still to be applied, ns, rounded toward zero."""
+        seg = self._seg
+        rt = self._realtime()
+        return _div_toward_zero(seg.slew_fine - self._slew_applied(seg, rt), FINE_PER_NS)
+
+    def add_step_handler(self, handler: StepHandler) -> None:
+        """Register ``handler`` to be called with every step (ns)."""
+        self._handlers.append(handler)
+
+    # --- status ---------------------------------------------------------------------------
+
+    @property
+    def slew_rate_ppm(self) -> float:
+        """The rate slews proceed at."""
+        return self._rate_mppb / _MPPB_PER_PPM
+
+    def state(self) -> dict[str, int | float | str]:
+        """A consistent snapshot for status pages: one realtime reading for all values.
+
+        ``offset_ns`` is served minus realtime now; ``realtime_ns`` is that reading.
+        """
+        seg = self._seg
+        rt = self._realtime()
+        return {
+            "name": self.name,
+            "realtime_ns": rt,
+            "offset_ns": self._served(seg, rt) - rt,
+            "frequency_ppb": seg.freq_mppb / _MPPB_PER_PPB,
+            "remaining_slew_ns": _div_toward_zero(
+                seg.slew_fine - self._slew_applied(seg, rt), FINE_PER_NS
+            ),
+            "slew_rate_ppm": self.slew_rate_ppm,
+        }

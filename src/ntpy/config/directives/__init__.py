@@ -1,0 +1,15 @@
+"""The directive table: lower-case directive name -> handler and usage string."""
+
+from __future__ import annotations
+
+from ..state import Directive
+from . import access, misc, sources, system
+
+DIRECTIVES: dict[str, Directive] = {
+    **sources.DIRECTIVES,
+    **access.DIRECTIVES,
+    **system.DIRECTIVES,
+    **misc.DIRECTIVES,
+}
+
+__all__ = ["DIRECTIVES"]

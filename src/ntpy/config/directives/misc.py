@@ -1,0 +1,298 @@
+"""Files, keys, statistics, interfaces, listen addresses and the directives ntpy skips.
+
+``includefile`` is not here: it needs the include stack, so ``parser.py`` handles it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv6Address
+from typing import Literal
+
+from ..model import FilegenSpec, InterfaceRule, IPAddress, ListenAddress
+from ..state import Args, Directive, Line, State
+from ..values import (
+    BadValue,
+    host_network,
+    parse_float,
+    parse_int,
+    parse_ip,
+    parse_network,
+    show,
+)
+
+FILE_DIRECTIVES = ("driftfile", "logfile", "leapfile", "pidfile", "statsdir", "keys")
+
+STATISTICS_NAMES = (
+    "clockstats",
+    "cryptostats",
+    "loopstats",
+    "peerstats",
+    "protostats",
+    "rawstats",
+    "sysstats",
+    "timingstats",
+    "usestats",
+)
+"""ntpd's statistics files (``monopt.html``) plus NTPsec's ``usestats``."""
+
+FILEGEN_TYPES = ("none", "pid", "day", "week", "month", "year", "age")
+
+UNSUPPORTED_NTPD_DIRECTIVES = frozenset(
+    {
+        "automax",
+        "broadcast",
+        "broadcastclient",
+        "calldelay",
+        "crypto",
+        "device",
+        "dscp",
+        "keysdir",
+        "leapsmearinterval",
+        "manycastclient",
+        "manycastserver",
+        "mdnstries",
+        "mru",
+        "multicastclient",
+        "nonvolatile",
+        "ntpsigndsocket",
+        "phone",
+        "qos",
+        "refclock",
+        "reset",
+        "revoke",
+        "rlimit",
+        "saveconfigdir",
+        "setvar",
+        "tick",
+        "trap",
+        "ttl",
+        "unconfig",
+        "unpeer",
+    }
+)
+"""Real ntpd/NTPsec directives that ntpy accepts but does not act on (warned, not fatal)."""
+
+_INTERFACE_NAME_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,64}\Z")
+_LOGCONFIG_RE = re.compile(r"[=+-]?[A-Za-z]{1,32}\Z")
+_BRACKETED_RE = re.compile(r"\[([^\]]+)\](?::([^:]*))?\Z")
+
+
+def handle_file(state: State, line: Line) -> None:
+    args = Args(line.args)
+    path = args.take()
+    if path is None or not path:
+        raise BadValue(f"'{line.name}' needs a path, got {show(path)}")
+    if "\x00" in path:
+        raise BadValue(f"'{line.name}' path contains a NUL character")
+    args.expect_end()
+    state.set_file(line.name, path, line.loc)
+    if line.name == "driftfile" and state.tinker.freq is not None:
+        state.warn(line.loc, "'tinker freq' overrides the frequency read from the driftfile")
+
+
+def _key_id(token: str | None, what: str) -> int:
+    return parse_int(token, what, 1, 65535)
+
+
+def handle_trustedkey(state: State, line: Line) -> None:
+    """``trustedkey 1 2 (10 ... 15)`` — ntpd's range syntax; parentheses may touch numbers."""
+    text = " ".join(line.args)
+    for mark in ("(", ")", "..."):
+        text = text.replace(mark, f" {mark} ")
+    args = Args(tuple(text.split()))
+    if args.empty():
+        raise BadValue("'trustedkey' needs at least one key id")
+    while not args.empty():
+        token = args.take()
+        if token == "(":
+            first = _key_id(args.take(), "trustedkey range start")
+            dots = args.take()
+            if dots != "...":
+                raise BadValue(f"a key range needs '...' between its ends, got {show(dots)}")
+            last = _key_id(args.take(), "trustedkey range end")
+            close = args.take()
+            if close != ")":
+                raise BadValue(f"a key range must end with ')', got {show(close)}")
+            if first > last:
+                raise BadValue(f"key range ({first} ... {last}) is empty: start > end")
+            state.trustedkeys.update(range(first, last + 1))
+        else:
+            state.trustedkeys.add(_key_id(token, "trustedkey"))
+
+
+def handle_single_key(state: State, line: Line) -> None:
+    args = Args(line.args)
+    key = _key_id(args.take(), line.name)
+    args.expect_end()
+    if line.name == "requestkey":
+        state.requestkey = key
+    else:
+        state.controlkey = key
+
+
+def handle_statistics(state: State, line: Line) -> None:
+    args = Args(line.args)
+    if args.empty():
+        raise BadValue("'statistics' needs at least one name")
+    while not args.empty():
+        word = args.take() or ""
+        state.statistics.add(_statistics_name(word))
+
+
+def _statistics_name(word: str) -> str:
+    name = word.lower()
+    if name not in STATISTICS_NAMES:
+        raise BadValue(
+            f"unknown statistics name {show(word)}; valid: {', '.join(STATISTICS_NAMES)}"
+        )
+    return name
+
+
+def handle_filegen(state: State, line: Line) -> None:
+    args = Args(line.args)
+    first = args.take()
+    if first is None:
+        raise BadValue("'filegen' needs a statistics name")
+    name = _statistics_name(first)
+    spec = state.filegens.get(name) or FilegenSpec(name=name, location=line.loc)
+    while not args.empty():
+        word = args.take() or ""
+        option = word.lower()
+        if option == "file":
+            path = args.take()
+            if not path:
+                raise BadValue(f"'file' needs a file name, got {show(path)}")
+            spec = replace(spec, file=path)
+        elif option == "type":
+            kind = args.take()
+            if kind is None or kind.lower() not in FILEGEN_TYPES:
+                raise BadValue(f"'type' needs one of {'|'.join(FILEGEN_TYPES)}, got {show(kind)}")
+            spec = replace(spec, filetype=kind.lower())
+        elif option in ("enable", "disable"):
+            spec = replace(spec, enabled=option == "enable")
+        elif option in ("link", "nolink"):
+            spec = replace(spec, link=option == "link")
+        else:
+            raise BadValue(f"unknown filegen option {show(word)}")
+    state.filegens[name] = spec
+
+
+_INTERFACE_ACTIONS: dict[str, Literal["listen", "ignore", "drop"]] = {
+    "listen": "listen",
+    "ignore": "ignore",
+    "drop": "drop",
+}
+_INTERFACE_CLASSES: dict[str, Literal["all", "ipv4", "ipv6", "wildcard"]] = {
+    "all": "all",
+    "ipv4": "ipv4",
+    "ipv6": "ipv6",
+    "wildcard": "wildcard",
+}
+
+
+def handle_interface(state: State, line: Line) -> None:
+    args = Args(line.args)
+    action_word = args.take()
+    action = _INTERFACE_ACTIONS.get(action_word.lower()) if action_word is not None else None
+    if action is None:
+        raise BadValue(f"'{line.name}' needs listen, ignore or drop, got {show(action_word)}")
+    what = args.take()
+    args.expect_end()
+    if what is None:
+        raise BadValue(f"'{line.name} {action}' needs all, ipv4, ipv6, wildcard, a name or address")
+    loc = line.loc
+    rule: InterfaceRule
+    address_class = _INTERFACE_CLASSES.get(what.lower())
+    if address_class is not None:
+        rule = InterfaceRule(action=action, match=address_class, location=loc)
+    elif "/" in what:
+        network = parse_network(what, line.name)
+        rule = InterfaceRule(action=action, match="network", network=network, location=loc)
+    elif (ip := parse_ip(what)) is not None:
+        network = host_network(ip)
+        rule = InterfaceRule(action=action, match="network", network=network, location=loc)
+    elif _INTERFACE_NAME_RE.match(what):
+        rule = InterfaceRule(action=action, match="name", name=what, location=loc)
+    else:
+        raise BadValue(f"{show(what)} is not an interface name or address")
+    state.interfaces.append(rule)
+
+
+def handle_listen(state: State, line: Line) -> None:
+    args = Args(line.args)
+    token = args.take()
+    if token is None:
+        raise BadValue("'listen' needs an address")
+    args.expect_end()
+    address, port = _listen_address(token)
+    state.listen.append(ListenAddress(address=address, port=port, location=line.loc))
+
+
+def _listen_address(token: str) -> tuple[IPAddress, int]:
+    bracketed = _BRACKETED_RE.match(token)
+    if bracketed:
+        ip = parse_ip(bracketed.group(1))
+        if not isinstance(ip, IPv6Address):
+            raise BadValue(f"{show(bracketed.group(1))} in brackets must be an IPv6 address")
+        port_text = bracketed.group(2)
+        return ip, 123 if port_text is None else _port(port_text)
+    ip = parse_ip(token)
+    if ip is not None:
+        return ip, 123
+    host, sep, port_text = token.rpartition(":")
+    if sep:
+        ip = parse_ip(host)
+        if isinstance(ip, IPv4Address):
+            return ip, _port(port_text)
+        if isinstance(ip, IPv6Address):
+            raise BadValue("write an IPv6 address with a port as [ADDRESS]:PORT")
+    raise BadValue(f"{show(token)} is not an IP address (host names are not accepted here)")
+
+
+def _port(text: str) -> int:
+    return parse_int(text, "port", 0, 65535)
+
+
+def handle_logconfig(state: State, line: Line) -> None:
+    if not line.args:
+        raise BadValue("'logconfig' needs at least one keyword")
+    for word in line.args:
+        if not _LOGCONFIG_RE.match(word):
+            raise BadValue(f"{show(word)} is not a logconfig keyword (like =syncall or +sysevents)")
+        state.logconfig.append(word)
+
+
+def handle_broadcastdelay(state: State, line: Line) -> None:
+    args = Args(line.args)
+    state.broadcastdelay = parse_float(args.take(), "broadcastdelay", 0.0, 1.0, unit="seconds")
+    args.expect_end()
+
+
+def handle_unsupported(state: State, line: Line) -> None:
+    state.warn(line.loc, f"ntpd directive {show(line.written)} is not supported by ntpy (ignored)")
+
+
+DIRECTIVES: dict[str, Directive] = {
+    **{name: Directive(handle_file, f"{name} PATH") for name in FILE_DIRECTIVES},
+    "trustedkey": Directive(handle_trustedkey, "trustedkey KEYID ... [(FIRST ... LAST)]"),
+    "requestkey": Directive(handle_single_key, "requestkey KEYID (1..65535)"),
+    "controlkey": Directive(handle_single_key, "controlkey KEYID (1..65535)"),
+    "statistics": Directive(handle_statistics, "statistics " + "|".join(STATISTICS_NAMES) + " ..."),
+    "filegen": Directive(
+        handle_filegen,
+        "filegen NAME [file FILE] [type " + "|".join(FILEGEN_TYPES) + "] [enable|disable] "
+        "[link|nolink]",
+    ),
+    "interface": Directive(
+        handle_interface, "interface listen|ignore|drop all|ipv4|ipv6|wildcard|NAME|ADDR[/PREFIX]"
+    ),
+    "nic": Directive(
+        handle_interface, "nic listen|ignore|drop all|ipv4|ipv6|wildcard|NAME|ADDR[/PREFIX]"
+    ),
+    "listen": Directive(handle_listen, "listen IPv4[:PORT] | IPv6 | [IPv6]:PORT"),
+    "logconfig": Directive(handle_logconfig, "logconfig [=|+|-]KEYWORD ..."),
+    "broadcastdelay": Directive(handle_broadcastdelay, "broadcastdelay SECONDS"),
+    **{name: Directive(handle_unsupported, name) for name in UNSUPPORTED_NTPD_DIRECTIVES},
+}

@@ -1,0 +1,283 @@
+"""Time sources: ``server``/``pool``/``peer``, refclocks with ``fudge``, and ``local``.
+
+A ``server 127.127.T.U`` line is a reference clock (type T, unit U), not a network
+source, so it goes to ``State.refclocks``; ``fudge`` lines are kept aside and merged when
+the whole configuration is known, because ntpd lets ``fudge`` come before ``server``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any, cast
+
+from ..errors import SourceLocation
+from ..model import (
+    LOCAL_CLOCK_DEFAULT_REFID,
+    LOCAL_CLOCK_DEFAULT_STRATUM,
+    LOCAL_CLOCK_DRIVER,
+    REFCLOCK_DEFAULT_STRATUM,
+    Family,
+    LocalSpec,
+    RefclockSpec,
+    ServerKind,
+    ServerSpec,
+)
+from ..state import Args, Directive, Line, PendingFudge, State
+from ..values import (
+    BadValue,
+    looks_numeric,
+    numeric_hint,
+    parse_bool01,
+    parse_float,
+    parse_host,
+    parse_int,
+    parse_ip,
+    show,
+)
+
+REFCLOCK_NET = IPv4Network("127.127.0.0/16")
+
+SERVER_FLAGS = frozenset(
+    {"iburst", "burst", "prefer", "noselect", "true", "xleave", "autokey", "preempt", "nts"}
+)
+"""Options without a value. ``nts`` is NTPsec's; the rest are ntpd's."""
+
+SERVER_INT_OPTIONS: dict[str, tuple[int, int]] = {
+    "minpoll": (3, 17),
+    "maxpoll": (3, 17),
+    "key": (1, 65535),
+    "version": (1, 4),
+    "port": (1, 65535),
+    "maxsources": (1, 16),
+    "ttl": (0, 255),
+    "mode": (0, 255),
+}
+"""Options with an integer value and their ranges (poll in log2 s, per ntp.conf(5))."""
+
+SERVER_FLOAT_OPTIONS = frozenset({"bias"})
+
+REFCLOCK_OPTIONS = frozenset({"prefer", "noselect", "true", "minpoll", "maxpoll", "mode"})
+"""What a ``server 127.127.T.U`` line may carry; iburst/burst are accepted but inert."""
+
+FUDGE_USAGE = (
+    "fudge 127.127.T.U [stratum N] [refid TEXT] [time1 SECONDS] [time2 VALUE] "
+    "[flag1 0|1] [flag2 0|1] [flag3 0|1] [flag4 0|1]"
+)
+
+
+def _usage(kind: str) -> str:
+    extra = " [maxsources N]" if kind == "pool" else ""
+    return (
+        f"{kind} [-4|-6] ADDRESS [iburst] [burst] [prefer] [noselect] [true] [xleave] "
+        f"[minpoll N] [maxpoll N] [key N] [version N] [port N]{extra}"
+    )
+
+
+def _option_words() -> frozenset[str]:
+    return SERVER_FLAGS | frozenset(SERVER_INT_OPTIONS) | SERVER_FLOAT_OPTIONS
+
+
+def _take_family(args: Args) -> Family | None:
+    family: Family | None = None
+    while args.peek() in ("-4", "-6"):
+        family = 4 if args.take() == "-4" else 6
+    return family
+
+
+def handle_server(state: State, line: Line) -> None:
+    kind = cast(ServerKind, line.name)
+    args = Args(line.args)
+    family = _take_family(args)
+    address = args.take()
+    if address is None:
+        raise BadValue(f"'{kind}' needs an address")
+    if address.lower() in _option_words():
+        raise BadValue(f"'{kind}' needs an address before its options, got {show(address)}")
+    ip = parse_ip(address)
+    if isinstance(ip, IPv4Address) and ip in REFCLOCK_NET:
+        _refclock(state, line, kind, ip, family, args)
+        return
+    host = parse_host(address, f"'{kind}'")
+    if ip is not None and family is not None and ip.version != family:
+        raise BadValue(f"-{family} contradicts the IPv{ip.version} address {show(address)}")
+    values: dict[str, Any] = {}
+    while not args.empty():
+        word = args.take() or ""
+        option = word.lower()
+        if option in SERVER_FLAGS:
+            values[option] = True
+        elif option in SERVER_INT_OPTIONS:
+            lo, hi = SERVER_INT_OPTIONS[option]
+            values[option] = parse_int(args.take(), option, lo, hi)
+        elif option in SERVER_FLOAT_OPTIONS:
+            values[option] = parse_float(args.take(), option, -1.0, 1.0, unit="seconds")
+        else:
+            raise BadValue(f"unknown option {show(word)} for '{kind}'")
+    _check_server_values(state, line.loc, kind, values)
+    spec = ServerSpec(kind=kind, address=host, family=family, location=line.loc)
+    spec = replace(spec, **values)
+    if spec.minpoll > spec.maxpoll:
+        raise BadValue(f"'minpoll' ({spec.minpoll}) must not exceed 'maxpoll' ({spec.maxpoll})")
+    for other in state.servers:
+        if (other.kind, other.address, other.port) == (kind, host, spec.port):
+            state.warn(line.loc, f"duplicate {kind} {show(host)} (first at {other.location})")
+            break
+    state.servers.append(spec)
+
+
+def _check_server_values(
+    state: State, loc: SourceLocation, kind: str, values: dict[str, Any]
+) -> None:
+    if "maxsources" in values and kind != "pool":
+        raise BadValue("'maxsources' is only valid on 'pool' lines")
+    if kind == "peer":
+        for option in ("iburst", "burst"):
+            if option in values:
+                state.warn(loc, f"'{option}' has no effect on 'peer' lines (ignored)")
+    if "autokey" in values:
+        state.warn(loc, "ntpy does not implement Autokey; 'autokey' is ignored (use 'key N')")
+    if "mode" in values:
+        state.warn(loc, "'mode' only applies to reference clocks (ignored)")
+    if "ttl" in values:
+        state.warn(loc, "'ttl' only applies to broadcast/manycast, which ntpy lacks (ignored)")
+
+
+def _refclock(
+    state: State,
+    line: Line,
+    kind: str,
+    ip: IPv4Address,
+    family: Family | None,
+    args: Args,
+) -> None:
+    if kind != "server":
+        raise BadValue(f"reference clock {ip} can only be configured with 'server', not '{kind}'")
+    if family == 6:
+        raise BadValue(f"-6 contradicts the reference clock address {ip}")
+    driver, unit = _driver_unit(ip)
+    values: dict[str, Any] = {}
+    while not args.empty():
+        word = args.take() or ""
+        option = word.lower()
+        if option in ("iburst", "burst"):
+            state.warn(line.loc, f"'{option}' has no effect on a reference clock (ignored)")
+        elif option in ("prefer", "noselect", "true"):
+            values[option] = True
+        elif option in ("minpoll", "maxpoll", "mode"):
+            lo, hi = SERVER_INT_OPTIONS[option]
+            values[option] = parse_int(args.take(), option, lo, hi)
+        elif option in _option_words():
+            raise BadValue(f"{show(word)} is not valid for reference clock {ip}")
+        else:
+            raise BadValue(f"unknown option {show(word)} for 'server'")
+    spec = replace(RefclockSpec(driver=driver, unit=unit, location=line.loc), **values)
+    if spec.minpoll > spec.maxpoll:
+        raise BadValue(f"'minpoll' ({spec.minpoll}) must not exceed 'maxpoll' ({spec.maxpoll})")
+    existing = state.refclocks.get((driver, unit))
+    if existing is not None:
+        raise BadValue(f"reference clock {ip} is already configured at {existing.location}")
+    state.refclocks[(driver, unit)] = spec
+
+
+def _driver_unit(ip: IPv4Address) -> tuple[int, int]:
+    _, _, driver, unit = ip.packed
+    if driver == 0:
+        raise BadValue(f"{ip}: reference clock type 0 does not exist (types start at 1)")
+    return driver, unit
+
+
+def handle_fudge(state: State, line: Line) -> None:
+    args = Args(line.args)
+    address = args.take()
+    ip = parse_ip(address) if address is not None else None
+    if not (isinstance(ip, IPv4Address) and ip in REFCLOCK_NET):
+        if address is not None and looks_numeric(address) and ip is None:
+            hint = numeric_hint(address, example="127.127.1.0")
+            raise BadValue(f"'fudge' needs a reference clock address 127.127.T.U; {hint}")
+        raise BadValue(f"'fudge' needs a reference clock address 127.127.T.U, got {show(address)}")
+    key = _driver_unit(ip)
+    pending = state.fudges.setdefault(key, PendingFudge())
+    if pending.location is None:
+        pending.location = line.loc
+    while not args.empty():
+        word = args.take() or ""
+        option = word.lower()
+        if option == "stratum":
+            pending.values["stratum"] = parse_int(args.take(), "stratum", 0, 15)
+        elif option == "refid":
+            pending.values["refid"] = _refid(args.take())
+        elif option in ("time1", "time2"):
+            pending.values[option] = parse_float(args.take(), option)
+        elif option in ("flag1", "flag2", "flag3", "flag4"):
+            pending.values[option] = parse_bool01(args.take(), option)
+        else:
+            raise BadValue(f"unknown fudge option {show(word)}")
+
+
+def _refid(token: str | None) -> str:
+    if (
+        token is None
+        or not 1 <= len(token) <= 4
+        or not token.isascii()
+        or not token.isprintable()
+        or " " in token
+    ):
+        raise BadValue(f"'refid' needs 1 to 4 printable ASCII characters, got {show(token)}")
+    return token
+
+
+def handle_local(state: State, line: Line) -> None:
+    args = Args(line.args)
+    spec = LocalSpec(location=line.loc)
+    while not args.empty():
+        word = args.take() or ""
+        option = word.lower()
+        if option == "stratum":
+            spec = replace(spec, stratum=parse_int(args.take(), "stratum", 1, 15))
+        elif option == "orphan":
+            spec = replace(spec, orphan=True)
+        elif option == "distance":
+            distance = parse_float(args.take(), "distance", 0.0, lo_exclusive=True, unit="seconds")
+            spec = replace(spec, distance=distance)
+        else:
+            raise BadValue(f"unknown option {show(word)} for 'local'")
+    if state.local is not None:
+        state.warn(line.loc, f"'local' was already given at {state.local.location}; this line wins")
+    state.local = spec
+
+
+def finish_refclocks(state: State) -> tuple[RefclockSpec, ...]:
+    """Apply fudges to their clocks; warn about fudges for clocks never configured."""
+    for key, pending in state.fudges.items():
+        if key not in state.refclocks and pending.location is not None:
+            state.warn(
+                pending.location,
+                f"fudge for 127.127.{key[0]}.{key[1]}, which no 'server' line configures (ignored)",
+            )
+    result = []
+    for key, spec in state.refclocks.items():
+        values = dict(state.fudges[key].values) if key in state.fudges else {}
+        values.setdefault("stratum", _default_stratum(spec.driver))
+        values.setdefault("refid", _default_refid(spec.driver))
+        result.append(replace(spec, **values))
+    return tuple(result)
+
+
+def _default_stratum(driver: int) -> int:
+    if driver == LOCAL_CLOCK_DRIVER:
+        return LOCAL_CLOCK_DEFAULT_STRATUM
+    return REFCLOCK_DEFAULT_STRATUM
+
+
+def _default_refid(driver: int) -> str | None:
+    return LOCAL_CLOCK_DEFAULT_REFID if driver == LOCAL_CLOCK_DRIVER else None
+
+
+DIRECTIVES: dict[str, Directive] = {
+    "server": Directive(handle_server, _usage("server")),
+    "pool": Directive(handle_server, _usage("pool")),
+    "peer": Directive(handle_server, _usage("peer")),
+    "fudge": Directive(handle_fudge, FUDGE_USAGE),
+    "local": Directive(handle_local, "local [stratum N] [orphan] [distance SECONDS]"),
+}

@@ -1,0 +1,234 @@
+"""Discipline and selection knobs: ``tos``, ``tinker``, ``discard``, ``enable``/``disable``,
+plus chrony's ``makestep``/``maxdistance`` and ntpy's ``clock``.
+
+Each knob is described once in a table (name -> value parser) so the accepted names, the
+ranges and the error messages cannot drift apart. Ranges follow ntpd ``miscopt.html`` where
+it gives one, and are otherwise generous sanity bounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import fields, replace
+from typing import Any
+
+from ..errors import ConfigError
+from ..model import MakestepSpec, SystemFlags, TosSpec
+from ..state import Args, Directive, Line, State
+from ..values import BadValue, parse_bool01, parse_float, parse_int, show
+
+ValueParser = Callable[[str | None, str], Any]
+
+
+def _int(lo: int, hi: int) -> ValueParser:
+    return lambda token, what: parse_int(token, what, lo, hi)
+
+
+def _float(
+    lo: float, hi: float | None = None, *, excl: bool = False, unit: str = ""
+) -> ValueParser:
+    return lambda token, what: parse_float(token, what, lo, hi, lo_exclusive=excl, unit=unit)
+
+
+def _huffpuff(token: str | None, what: str) -> float:
+    value = parse_float(token, what, 0.0, unit="seconds")
+    if 0.0 < value < 900.0:
+        raise BadValue(f"'{what}' must be 0 (off) or at least 900 seconds, got {show(token)}")
+    return value
+
+
+TOS_OPTIONS: dict[str, ValueParser] = {
+    "minclock": _int(1, 255),
+    "maxclock": _int(1, 255),
+    "minsane": _int(1, 255),
+    "mindist": _float(0.0, excl=True, unit="seconds"),
+    "maxdist": _float(0.0, excl=True, unit="seconds"),
+    "orphan": _int(1, 16),
+    "orphanwait": _float(0.0, unit="seconds"),
+    "ceiling": _int(1, 16),
+    "floor": _int(0, 15),
+    "cohort": parse_bool01,
+    "beacon": _int(1, 2**31 - 1),
+    "bcpollbstep": _int(0, 4),
+}
+
+TINKER_OPTIONS: dict[str, ValueParser] = {
+    "step": _float(0.0, unit="seconds"),
+    "panic": _float(0.0, unit="seconds"),
+    "dispersion": _float(0.0, unit="PPM"),
+    "stepout": _float(0.0, unit="seconds"),
+    "allan": _float(0.0, 30.0, unit="(log2 seconds)"),
+    "huffpuff": _huffpuff,
+    "freq": _float(-500.0, 500.0, unit="PPM"),
+    "stepback": _float(0.0, unit="seconds"),
+    "stepfwd": _float(0.0, unit="seconds"),
+}
+
+DISCARD_OPTIONS: dict[str, ValueParser] = {
+    "average": _int(0, 16),
+    "minimum": _int(0, 3600),
+    "monitor": _int(0, 2**31 - 1),
+}
+
+SYSTEM_FLAG_NAMES = tuple(f.name for f in fields(SystemFlags))
+
+
+def _key_values(line: Line, table: dict[str, ValueParser]) -> list[tuple[str, Any]]:
+    args = Args(line.args)
+    if args.empty():
+        raise BadValue(f"'{line.name}' needs at least one option")
+    result: list[tuple[str, Any]] = []
+    while not args.empty():
+        word = args.take() or ""
+        option = word.lower()
+        parser = table.get(option)
+        if parser is None:
+            raise BadValue(f"unknown {line.name} option {show(word)}; valid: {', '.join(table)}")
+        result.append((option, parser(args.take(), option)))
+    return result
+
+
+def handle_tos(state: State, line: Line) -> None:
+    tos = state.tos
+    for option, value in _key_values(line, TOS_OPTIONS):
+        tos = replace(tos, **{option: value})
+        _mark_set(state, option, line)
+    _check_while_reading(state, tos)
+    state.tos = tos
+
+
+def _mark_set(state: State, option: str, line: Line) -> None:
+    # Re-insert so the dict's order is "least recently set first".
+    state.tos_set.pop(option, None)
+    state.tos_set[option] = line.loc
+
+
+TOS_ORDER = (
+    ("floor", "ceiling", False),
+    ("minclock", "maxclock", True),
+    ("mindist", "maxdist", True),
+)
+"""Pairs that must be ordered: (low, high, may be equal)."""
+
+
+def tos_problem(
+    tos: TosSpec, explicit: frozenset[str] | None = None
+) -> tuple[str, str, str] | None:
+    """The first violated ordering as ``(low, high, message)``, or ``None``.
+
+    While reading, only knobs the admin has set (``explicit``) are compared, so
+    ``tos mindist 2`` followed by ``tos maxdist 3`` is fine; the final check (``explicit``
+    is ``None``) compares against the defaults too.
+    """
+    for low, high, equal_ok in TOS_ORDER:
+        if explicit is not None and not (low in explicit and high in explicit):
+            continue
+        lo_value, hi_value = getattr(tos, low), getattr(tos, high)
+        if lo_value > hi_value or (lo_value == hi_value and not equal_ok):
+            relation = "must not exceed" if equal_ok else "must be below"
+            return low, high, f"'{low}' ({lo_value}) {relation} '{high}' ({hi_value})"
+    return None
+
+
+def _check_while_reading(state: State, tos: TosSpec) -> None:
+    problem = tos_problem(tos, frozenset(state.tos_set))
+    if problem is not None:
+        raise BadValue(problem[2])
+
+
+def finish_tos(state: State) -> None:
+    """Final cross-check, blamed on the last line that set one of the offending knobs."""
+    problem = tos_problem(state.tos)
+    if problem is None:
+        return
+    low, high, message = problem
+    # At least one of the pair was set explicitly, or the defaults themselves would clash.
+    recent = [k for k in state.tos_set if k in (low, high)]
+    loc = state.tos_set[recent[-1]]
+    usage = DIRECTIVES["tos"].usage
+    raise ConfigError(loc.filename, loc.line, f"{message} (expected: {usage})")
+
+
+def handle_tinker(state: State, line: Line) -> None:
+    tinker = state.tinker
+    for option, value in _key_values(line, TINKER_OPTIONS):
+        tinker = replace(tinker, **{option: value})
+    if tinker.freq is not None and "driftfile" in state.files:
+        state.warn(line.loc, "'tinker freq' overrides the frequency read from the driftfile")
+    state.tinker = tinker
+
+
+def handle_discard(state: State, line: Line) -> None:
+    discard = state.discard
+    for option, value in _key_values(line, DISCARD_OPTIONS):
+        discard = replace(discard, **{option: value})
+    state.discard = discard
+
+
+def handle_enable_disable(state: State, line: Line) -> None:
+    on = line.name == "enable"
+    args = Args(line.args)
+    if args.empty():
+        raise BadValue(f"'{line.name}' needs at least one flag")
+    flags = state.flags
+    while not args.empty():
+        word = args.take() or ""
+        name = word.lower()
+        if name not in SYSTEM_FLAG_NAMES:
+            raise BadValue(
+                f"unknown flag {show(word)}; valid flags: {', '.join(SYSTEM_FLAG_NAMES)}"
+            )
+        flags = replace(flags, **{name: on})
+    state.flags = flags
+
+
+def handle_makestep(state: State, line: Line) -> None:
+    args = Args(line.args)
+    threshold = parse_float(args.take(), "threshold", 0.0, lo_exclusive=True, unit="seconds")
+    limit = parse_int(args.take(), "limit", -1, 2**31 - 1)
+    args.expect_end()
+    state.makestep = MakestepSpec(threshold=threshold, limit=limit)
+
+
+def handle_maxdistance(state: State, line: Line) -> None:
+    args = Args(line.args)
+    value = parse_float(args.take(), "maxdistance", 0.0, lo_exclusive=True, unit="seconds")
+    args.expect_end()
+    tos = replace(state.tos, maxdist=value)
+    _mark_set(state, "maxdist", line)
+    _check_while_reading(state, tos)
+    state.tos = tos
+
+
+def handle_clock(state: State, line: Line) -> None:
+    args = Args(line.args)
+    word = args.take()
+    mode = word.lower() if word is not None else None
+    if mode == "auto":
+        state.clock = "auto"
+    elif mode == "system":
+        state.clock = "system"
+    elif mode == "virtual":
+        state.clock = "virtual"
+    else:
+        raise BadValue(f"'clock' needs auto, system or virtual, got {show(word)}")
+    args.expect_end()
+
+
+_ENABLE_USAGE = "{} " + "|".join(SYSTEM_FLAG_NAMES) + " ..."
+
+DIRECTIVES: dict[str, Directive] = {
+    "tos": Directive(handle_tos, "tos " + " ".join(f"[{k} VALUE]" for k in TOS_OPTIONS)),
+    "tinker": Directive(
+        handle_tinker, "tinker " + " ".join(f"[{k} VALUE]" for k in TINKER_OPTIONS)
+    ),
+    "discard": Directive(handle_discard, "discard [average N] [minimum N] [monitor N]"),
+    "enable": Directive(handle_enable_disable, _ENABLE_USAGE.format("enable")),
+    "disable": Directive(handle_enable_disable, _ENABLE_USAGE.format("disable")),
+    "makestep": Directive(handle_makestep, "makestep THRESHOLD-SECONDS LIMIT (-1 = no limit)"),
+    "maxdistance": Directive(handle_maxdistance, "maxdistance SECONDS"),
+    "clock": Directive(handle_clock, "clock auto|system|virtual"),
+}
+
+# Keep the table and the model in step.
+assert set(TOS_OPTIONS) <= {f.name for f in fields(TosSpec)}

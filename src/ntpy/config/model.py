@@ -1,0 +1,341 @@
+"""The validated configuration model the daemon consumes.
+
+Everything is a frozen, slotted dataclass holding tuples and frozensets, so a ``Config`` can
+be shared between the daemon's components (and compared on reload) without anyone mutating
+it, and so no component ever re-parses a raw string: addresses are ``ipaddress`` objects
+where they are literals, numbers are ``int``/``float`` with their ranges already checked.
+
+Defaults are ntpd's documented defaults (``ntp.conf(5)``, ``miscopt.html``, ``accopt.html``
+of ntp 4.2.8) unless noted, so an admin's existing ``ntp.conf`` means the same thing here.
+Each object carries the :class:`SourceLocation` it came from (excluded from equality) so
+runtime problems — a pool name that does not resolve, say — can still name ``file:line``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from typing import Literal
+
+from .errors import SourceLocation
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+Family = Literal[4, 6]
+ServerKind = Literal["server", "pool", "peer"]
+ClockMode = Literal["auto", "system", "virtual"]
+
+LOCAL_CLOCK_DRIVER = 1
+"""ntpd refclock driver type 1, the undisciplined local clock (address 127.127.1.u)."""
+
+LOCAL_CLOCK_DEFAULT_STRATUM = 5
+"""Stratum of ntpd's local clock driver when no ``fudge ... stratum`` is given.
+
+Source: ntpd ``refclock_local.c`` (``#define STRATUM 5 /* default stratum */``) and the
+driver page ``drivers/driver1.html`` ("... such as the default 5 for this driver"). One old
+revision of that page's fudge table says 3; the code, which is what ntpd does, says 5.
+"""
+
+LOCAL_CLOCK_DEFAULT_REFID = "LOCL"
+"""Reference ID ntpd's driver 1 announces (``refclock_local.c``; older releases used LCL)."""
+
+REFCLOCK_DEFAULT_STRATUM = 0
+"""Other drivers are primary references: ntpd's refclock layer defaults them to stratum 0."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    """One ``server``/``pool``/``peer`` line for a network source (not a refclock).
+
+    ``address`` is kept as written (host name or IP literal); resolution is the daemon's
+    job so that a config can be checked offline. ``family`` is set by ``-4``/``-6``.
+
+    Accepted and recorded but not acted on by ntpy (documented, not silently dropped):
+    ``autokey`` (ntpy has no Autokey; the parser also warns), ``ttl`` (only meaningful for
+    broadcast/manycast, which ntpy does not do), ``preempt``, ``bias`` (NTPsec).
+    """
+
+    kind: ServerKind
+    address: str
+    family: Family | None = None
+    iburst: bool = False
+    burst: bool = False
+    prefer: bool = False
+    noselect: bool = False
+    true: bool = False
+    xleave: bool = False
+    autokey: bool = False
+    preempt: bool = False
+    nts: bool = False
+    minpoll: int = 6
+    maxpoll: int = 10
+    key: int | None = None
+    version: int = 4
+    port: int = 123
+    maxsources: int = 4
+    ttl: int | None = None
+    bias: float = 0.0
+    location: SourceLocation | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def ip(self) -> IPAddress | None:
+        """The address as an IP object if it is a literal, else ``None`` (a host name)."""
+        try:
+            return ip_address(self.address)
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class RefclockSpec:
+    """A reference clock: ``server 127.127.T.U`` merged with its ``fudge`` line(s).
+
+    ``stratum`` and ``refid`` are the effective values: the fudge value if one was given,
+    otherwise the driver default (see :data:`LOCAL_CLOCK_DEFAULT_STRATUM`).
+    ``flag1``..``flag4`` are ``None`` when not fudged (the driver decides).
+    """
+
+    driver: int
+    unit: int
+    prefer: bool = False
+    noselect: bool = False
+    true: bool = False
+    minpoll: int = 6
+    maxpoll: int = 10
+    mode: int | None = None
+    stratum: int = REFCLOCK_DEFAULT_STRATUM
+    refid: str | None = None
+    time1: float = 0.0
+    time2: float = 0.0
+    flag1: bool | None = None
+    flag2: bool | None = None
+    flag3: bool | None = None
+    flag4: bool | None = None
+    location: SourceLocation | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def address(self) -> str:
+        return f"127.127.{self.driver}.{self.unit}"
+
+    @property
+    def is_local(self) -> bool:
+        """True for driver 1, the undisciplined local clock."""
+        return self.driver == LOCAL_CLOCK_DRIVER
+
+
+@dataclass(frozen=True, slots=True)
+class LocalSpec:
+    """chrony-style ``local [stratum N] [orphan] [distance D]``: serve the local clock."""
+
+    stratum: int = 10
+    orphan: bool = False
+    distance: float = 1.0
+    location: SourceLocation | None = field(default=None, compare=False, repr=False)
+
+
+RestrictTarget = Literal["default", "source", "network", "host"]
+
+
+@dataclass(frozen=True, slots=True)
+class RestrictRule:
+    """One ``restrict`` line.
+
+    ``target`` says what it applies to:
+      * ``default`` — ``networks`` holds 0.0.0.0/0 and/or ::/0 (narrowed by ``-4``/``-6``);
+      * ``source``  — template for the addresses of configured sources (``networks`` empty);
+      * ``network`` — an IP literal, ``ADDR mask M`` or ``ADDR/PREFIX`` (one network);
+      * ``host``    — a host name kept unresolved; ``mask`` is its optional mask.
+    ``flags`` holds names from :data:`ntpy.config.RESTRICT_FLAGS`; ``serverresponse fuzz``
+    is stored as ``serverresponse_fuzz``.
+    """
+
+    target: RestrictTarget
+    networks: tuple[IPNetwork, ...] = ()
+    host: str | None = None
+    mask: IPAddress | None = None
+    family: Family | None = None
+    flags: frozenset[str] = frozenset()
+    ippeerlimit: int | None = None
+    location: SourceLocation | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessRule:
+    """chrony-style ``allow``/``deny``; an empty ``networks`` with no host means nothing.
+
+    ``allow`` with no argument covers all of IPv4 and IPv6 (both networks are stored).
+    ``all`` is chrony's ``allow all SUBNET``: also override narrower earlier rules.
+    """
+
+    action: Literal["allow", "deny"]
+    networks: tuple[IPNetwork, ...] = ()
+    host: str | None = None
+    all: bool = False
+    location: SourceLocation | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class FilegenSpec:
+    """``filegen NAME [file F] [type T] [enable|disable] [link|nolink]``.
+
+    ``enabled`` is ``None`` when the line did not say; then ``statistics NAME`` decides.
+    """
+
+    name: str
+    file: str | None = None
+    filetype: str = "day"
+    enabled: bool | None = None
+    link: bool = True
+    location: SourceLocation | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TosSpec:
+    """``tos`` selection/clustering knobs; defaults from ntpd ``miscopt.html``.
+
+    chrony's ``maxdistance`` is folded into ``maxdist`` (same meaning: the synchronization
+    distance above which a source is not selectable).
+    """
+
+    minclock: int = 3
+    maxclock: int = 10
+    minsane: int = 1
+    mindist: float = 0.001
+    maxdist: float = 1.5
+    orphan: int = 16
+    orphanwait: float = 300.0
+    ceiling: int = 16
+    floor: int = 1
+    cohort: bool = False
+    beacon: int = 3600
+    bcpollbstep: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TinkerSpec:
+    """``tinker`` discipline knobs; defaults from ntpd ``miscopt.html`` (ntp 4.2.8).
+
+    ``huffpuff`` 0 means the huff-n'-puff filter is off. ``freq`` is an initial frequency
+    in PPM (``None``: use the drift file). ``stepback``/``stepfwd`` default to ``step``.
+    """
+
+    step: float = 0.128
+    panic: float = 1000.0
+    dispersion: float = 15.0
+    stepout: float = 300.0
+    allan: float = 11.0
+    huffpuff: float = 0.0
+    freq: float | None = None
+    stepback: float | None = None
+    stepfwd: float | None = None
+
+    @property
+    def effective_stepback(self) -> float:
+        return self.step if self.stepback is None else self.stepback
+
+    @property
+    def effective_stepfwd(self) -> float:
+        return self.step if self.stepfwd is None else self.stepfwd
+
+
+@dataclass(frozen=True, slots=True)
+class DiscardSpec:
+    """``discard`` rate-control knobs (ntpd ``accopt.html``).
+
+    ``average``: minimum mean headway, log2 seconds (default 3 = 8 s).
+    ``minimum``: minimum gap between packets, seconds (default 2).
+    ``monitor``: ntpd's MRU-overflow sampling knob; ``None`` = not set.
+    """
+
+    average: int = 3
+    minimum: int = 2
+    monitor: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SystemFlags:
+    """Effective ``enable``/``disable`` switches; defaults per ntpd ``miscopt.html``."""
+
+    auth: bool = True
+    bclient: bool = False
+    calibrate: bool = False
+    kernel: bool = True
+    mode7: bool = False
+    monitor: bool = True
+    ntp: bool = True
+    stats: bool = True
+    unpeer_crypto_early: bool = True
+    unpeer_crypto_nak_early: bool = True
+    unpeer_digest_early: bool = True
+    peer_clear_digest_early: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceRule:
+    """``interface|nic listen|ignore|drop all|ipv4|ipv6|wildcard|NAME|ADDR[/PREFIX]``."""
+
+    action: Literal["listen", "ignore", "drop"]
+    match: Literal["all", "ipv4", "ipv6", "wildcard", "name", "network"]
+    name: str | None = None
+    network: IPNetwork | None = None
+    location: SourceLocation | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """ntpy ``listen ADDR[:PORT]``; port 0 asks the OS for any free port (tests)."""
+
+    address: IPAddress
+    port: int = 123
+    location: SourceLocation | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class MakestepSpec:
+    """chrony ``makestep THRESHOLD LIMIT``: step if offset > THRESHOLD s in the first
+    LIMIT updates; a negative LIMIT means "at any time"."""
+
+    threshold: float
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A complete, validated ntpy configuration."""
+
+    servers: tuple[ServerSpec, ...] = ()
+    refclocks: tuple[RefclockSpec, ...] = ()
+    local: LocalSpec | None = None
+    driftfile: str | None = None
+    logfile: str | None = None
+    leapfile: str | None = None
+    pidfile: str | None = None
+    restricts: tuple[RestrictRule, ...] = ()
+    access: tuple[AccessRule, ...] = ()
+    keys: str | None = None
+    trustedkeys: frozenset[int] = frozenset()
+    requestkey: int | None = None
+    controlkey: int | None = None
+    statsdir: str | None = None
+    statistics: frozenset[str] = frozenset()
+    filegens: tuple[FilegenSpec, ...] = ()
+    tos: TosSpec = TosSpec()
+    tinker: TinkerSpec = TinkerSpec()
+    discard: DiscardSpec = DiscardSpec()
+    flags: SystemFlags = SystemFlags()
+    interfaces: tuple[InterfaceRule, ...] = ()
+    listen: tuple[ListenAddress, ...] = ()
+    clock: ClockMode = "auto"
+    makestep: MakestepSpec | None = None
+    broadcastdelay: float | None = None
+    logconfig: tuple[str, ...] = ()
+    includes: tuple[str, ...] = ()
+    """Every file read, top-level first (so a reloader knows what to watch)."""
+
+    @property
+    def pools(self) -> tuple[ServerSpec, ...]:
+        return tuple(s for s in self.servers if s.kind == "pool")
+
+    @property
+    def peers(self) -> tuple[ServerSpec, ...]:
+        return tuple(s for s in self.servers if s.kind == "peer")

@@ -1,0 +1,221 @@
+"""``ntpy serve``: assemble the daemon from a validated config and run it in the foreground.
+
+Order matters for an admin reading the log: the config is checked before any socket is
+opened, the clock choice is stated with its reason (virtual vs system), and every listen
+address is reported with the port actually bound, so a test or a human can rely on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ntpy import __version__
+from ntpy.clock import choose_clock, measure_precision
+from ntpy.clock.base import Clock
+from ntpy.config import Config
+from ntpy.config.model import RefclockSpec
+from ntpy.core.auth import MacKey
+from ntpy.core.packet import refid_from_text
+from ntpy.core.server import Responder
+from ntpy.core.system import LocalReference, SystemState, unsynchronized
+from ntpy.daemon.loop import Loop
+from ntpy.daemon.server import NtpServer
+from ntpy.daemon.udp import ListenAddress, ListenError, parse_listen
+
+log = logging.getLogger("ntpy")
+
+DEFAULT_LISTEN = (ListenAddress("0.0.0.0", 123),)
+DEFAULT_LISTEN_OPTIONAL = (ListenAddress("::", 123),)
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message is for the admin."""
+
+
+@dataclass
+class ServeOptions:
+    listen: Sequence[str] = ()
+    clock_mode: str | None = None
+    """"virtual", "system", "auto" or None (use the config's ``clock`` directive)."""
+    selector: str = "default"
+    log_level: str = "info"
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def local_reference(config: Config) -> LocalReference | None:
+    """The configured undisciplined local clock, if any (ntpd 127.127.1.x first, then chrony)."""
+    local_clocks: list[RefclockSpec] = [r for r in config.refclocks if r.is_local]
+    if local_clocks:
+        ref = min(local_clocks, key=lambda r: r.stratum)
+        refid = refid_from_text(ref.refid) if ref.refid else refid_from_text("LOCL")
+        return LocalReference.ntpd_style(ref.stratum, refid)
+    if config.local is not None:
+        return LocalReference.chrony_style(config.local.stratum)
+    return None
+
+
+def listen_addresses(
+    config: Config, cli: Sequence[str]
+) -> tuple[list[ListenAddress], list[ListenAddress]]:
+    """(required, optional) addresses: --listen beats config ``listen``/``interface``, else wildcard."""
+    if cli:
+        return [parse_listen(x) for x in cli], []
+    if config.listen:
+        return [ListenAddress(str(x.address), x.port) for x in config.listen], []
+    required: list[ListenAddress] = []
+    v4, v6 = True, True
+    for rule in config.interfaces:
+        if rule.action == "listen" and rule.match == "network" and rule.network is not None:
+            if rule.network.num_addresses != 1:
+                log.warning(
+                    "%s: 'interface listen %s' covers a network; ntpy listens on single "
+                    "addresses or the wildcard, so it is ignored",
+                    rule.location,
+                    rule.network,
+                )
+                continue
+            required.append(ListenAddress(str(rule.network.network_address), 123))
+        elif rule.action in ("ignore", "drop") and rule.match == "ipv6":
+            v6 = False
+        elif rule.action in ("ignore", "drop") and rule.match == "ipv4":
+            v4 = False
+        elif rule.action in ("ignore", "drop") and rule.match in ("all", "wildcard"):
+            v4 = v6 = False
+    if required:
+        return required, []
+    if not (v4 or v6):
+        raise StartupError("the 'interface' lines ignore every address: nothing to listen on")
+    return (list(DEFAULT_LISTEN) if v4 else []), (list(DEFAULT_LISTEN_OPTIONAL) if v6 else [])
+
+
+def load_mac_keys(config: Config) -> dict[int, MacKey]:
+    """Trusted symmetric keys from the ``keys`` file (only ids named by ``trustedkey``)."""
+    if not config.keys:
+        return {}
+    from ntpy.config.keys import load_keys
+
+    keys = load_keys(config.keys)
+    names = {"m": "md5", "md5": "md5", "sha1": "sha1", "sha": "sha1", "sha256": "sha256",
+             "sha384": "sha384", "sha512": "sha512", "aes128cmac": "aes128cmac"}
+    trusted: dict[int, MacKey] = {}
+    for keyid, key in keys.items():
+        if keyid not in config.trustedkeys:
+            continue
+        alg = names.get(key.algorithm.lower(), key.algorithm.lower())
+        trusted[keyid] = MacKey(keyid, alg, key.secret)
+    return trusted
+
+
+def configure_logging(level: str, logfile: str | None) -> None:
+    fmt = logging.Formatter("%(asctime)s ntpy[%(process)d]: %(levelname)s %(message)s")
+    root = logging.getLogger()
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    err = logging.StreamHandler(sys.stderr)
+    err.setFormatter(fmt)
+    root.addHandler(err)
+    if logfile:
+        try:
+            fh = logging.FileHandler(logfile)
+        except OSError as exc:
+            log.warning("cannot open logfile %s: %s; logging to stderr only", logfile, exc.strerror)
+        else:
+            fh.setFormatter(fmt)
+            root.addHandler(fh)
+
+
+class Daemon:
+    """The running server: clock, system state, responder, sockets and the loop."""
+
+    def __init__(self, config: Config, options: ServeOptions) -> None:
+        self.config = config
+        self.options = options
+        mode = options.clock_mode or config.clock
+        try:
+            clock, why = choose_clock(mode)
+        except Exception as exc:
+            raise StartupError(str(exc)) from exc
+        self.clock: Clock = clock
+        self.clock_reason = why
+        self.precision = measure_precision()
+        self.local = local_reference(config)
+        self.responder = Responder(self._current_state(), load_mac_keys(config))
+        self.server = NtpServer(self.clock, self.responder)
+        self.loop = Loop(options.selector)
+
+    def _current_state(self) -> SystemState:
+        if self.local is not None:
+            return self.local.state(self.clock.now_ns(), self.precision)
+        return unsynchronized(self.precision)
+
+    def refresh_state(self) -> None:
+        """Re-read the time source (the local reference updates its reference time)."""
+        self.responder.set_state(self._current_state())
+
+    def start(self) -> None:
+        required, optional = listen_addresses(self.config, self.options.listen)
+        try:
+            self.server.open(required, optional=optional)
+        except ListenError as exc:
+            self.server.close()
+            raise StartupError(str(exc)) from exc
+        if not self.server.endpoints:
+            raise StartupError("no address could be opened for listening")
+        self.server.attach(self.loop)
+        interval = self.local.update_interval_ns if self.local else 64_000_000_000
+        self.loop.call_every(interval, self.refresh_state)
+        self.loop.add_signal_handler(signal.SIGTERM, self._on_stop)
+        self.loop.add_signal_handler(signal.SIGINT, self._on_stop)
+        self.loop.add_signal_handler(signal.SIGUSR1, lambda s: log.info("counters: %s", self.server.summary()))
+        self.loop.add_signal_handler(signal.SIGHUP, lambda s: log.info(
+            "SIGHUP: configuration reload is not supported yet; restart ntpy to apply changes"))
+        self._announce()
+
+    def _announce(self) -> None:
+        st = self.responder.state
+        log.info("ntpy %s starting (pid %d)", __version__, os.getpid())
+        log.info("clock: %s; precision 2^%d s", self.clock_reason, self.precision)
+        if self.local is not None:
+            log.info("time source: undisciplined local clock, serving stratum %d", st.stratum)
+        else:
+            log.info("no time source yet: serving as unsynchronized (leap alarm, stratum 0) "
+                     "so clients will not use this server")
+        if self.config.servers:
+            log.warning(
+                "%d server/pool/peer line(s) are configured, but synchronizing to upstream servers "
+                "is not implemented in this version; they are not polled",
+                len(self.config.servers),
+            )
+        for ep in self.server.endpoints:
+            log.info("listening on %s (%s loop)", ep.bound, self.loop.selector_name)
+
+    def _on_stop(self, signum: int) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        self.loop.stop()
+
+    def run(self) -> None:
+        try:
+            self.loop.run()
+        finally:
+            log.info("counters: %s", self.server.summary())
+            self.server.close()
+            self.loop.close()
+
+
+def serve(config: Config, options: ServeOptions) -> int:
+    """Run the daemon until SIGTERM/SIGINT. Returns the process exit status."""
+    configure_logging(options.log_level, config.logfile)
+    try:
+        daemon = Daemon(config, options)
+        daemon.start()
+    except (StartupError, ValueError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    daemon.run()
+    return 0

@@ -1,0 +1,118 @@
+"""The serving half of the daemon: read requests, ask the core, send replies.
+
+Per datagram: read it with its kernel receive timestamp (CLOCK_REALTIME), map that through
+the Clock to served time, let the sans-IO ``Responder`` decide, then read the clock once
+more -- as late as possible -- for the transmit timestamp and send from the address the
+request came to. Every outcome, answered or dropped, increments a named counter.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterable
+
+from ntpy.clock.base import Clock
+from ntpy.core.server import Reason, Responder
+from ntpy.core.timestamps import unix_ns_to_ntp
+from ntpy.daemon.loop import Loop
+from ntpy.daemon.udp import (
+    ANC_BUFSIZE,
+    IP_PKTINFO,
+    IPV6_PKTINFO,
+    RECV_BUFSIZE,
+    Endpoint,
+    ListenAddress,
+    parse_ancillary,
+)
+
+log = logging.getLogger("ntpy.server")
+
+BATCH = 64
+"""Datagrams read per readiness event before yielding to timers and other sockets."""
+
+# Shell-level drop reasons (the core names its own in Reason).
+DROP_OVERSIZE = "drop_oversize"
+DROP_SEND_FAILED = "drop_send_failed"
+RX_TIMESTAMP_FALLBACK = "rx_timestamp_fallback"
+
+
+class NtpServer:
+    """Serves NTP on a set of endpoints from one Responder and one Clock."""
+
+    def __init__(self, clock: Clock, responder: Responder) -> None:
+        self.clock = clock
+        self.responder = responder
+        self.endpoints: list[Endpoint] = []
+        self.counters: Counter[str] = Counter()
+
+    def open(self, addresses: Iterable[ListenAddress], *, optional: Iterable[ListenAddress] = ()) -> None:
+        """Bind every address (ListenError on failure); ``optional`` ones only warn."""
+        for addr in addresses:
+            self.endpoints.append(Endpoint(addr))
+        for addr in optional:
+            try:
+                self.endpoints.append(Endpoint(addr))
+            except OSError as exc:
+                log.warning("%s; continuing without it", exc)
+
+    def attach(self, loop: Loop) -> None:
+        for ep in self.endpoints:
+            loop.add_reader(ep.sock, lambda ep=ep: self.drain(ep))
+
+    def close(self) -> None:
+        for ep in self.endpoints:
+            ep.close()
+        self.endpoints.clear()
+
+    def drain(self, ep: Endpoint) -> None:
+        """Answer up to BATCH queued datagrams on ``ep``."""
+        sock = ep.sock
+        recvmsg = sock.recvmsg
+        handle = self.responder.handle
+        from_rt = self.clock.from_realtime_ns
+        now_ns = self.clock.now_ns
+        counters = self.counters
+        v6 = ep.family == socket.AF_INET6
+        pktinfo_level = socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP
+        pktinfo_type = IPV6_PKTINFO if v6 else IP_PKTINFO
+        for _ in range(BATCH):
+            try:
+                data, anc, flags, peer = recvmsg(RECV_BUFSIZE, ANC_BUFSIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. ICMP errors queued on the socket
+                counters["rx_error"] += 1
+                log.debug("recvmsg on %s: %s", ep.bound, exc)
+                continue
+            if flags & socket.MSG_TRUNC:
+                counters[DROP_OVERSIZE] += 1
+                continue
+            rx_rt, pktinfo = parse_ancillary(anc)
+            if rx_rt is None:
+                counters[RX_TIMESTAMP_FALLBACK] += 1
+                rx_rt = time.time_ns()
+            rx_served = from_rt(rx_rt)
+            reply, reason = handle(data, peer, unix_ns_to_ntp(rx_served), rx_served)
+            counters[reason] += 1
+            if reply is None:
+                continue
+            out = reply.finalize(unix_ns_to_ntp(now_ns()))
+            try:
+                if pktinfo is not None and ep.wildcard:
+                    sock.sendmsg([out], [(pktinfo_level, pktinfo_type, pktinfo)], 0, peer)
+                else:
+                    sock.sendto(out, peer)
+            except OSError as exc:
+                counters[DROP_SEND_FAILED] += 1
+                log.debug("send to %s failed: %s", peer, exc)
+
+    def summary(self) -> str:
+        """One line of counters, answered first."""
+        answered = sum(v for k, v in self.counters.items() if k in {r.value for r in Reason if r.answered})
+        parts = [f"answered={answered}"] + [
+            f"{k}={v}" for k, v in sorted(self.counters.items()) if v
+        ]
+        return " ".join(parts)

@@ -1,0 +1,144 @@
+"""UDP endpoints with kernel receive timestamps and destination-address tracking.
+
+Two socket options make a server's replies honest:
+- SO_TIMESTAMPNS: the kernel stamps each datagram when it arrives, so the receive
+  timestamp does not include our own queueing and interpreter delay (~8 us median, much
+  more under load).
+- IP_PKTINFO / IPV6_RECVPKTINFO: on a wildcard socket we learn which local address the
+  request was sent to and reply from exactly that address, or a multi-homed host would
+  answer from whichever address the routing table prefers and clients would drop it.
+Python 3.11 does not name SO_TIMESTAMPNS or IP_PKTINFO, so the Linux numbers are here.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import struct
+from dataclasses import dataclass
+
+SO_TIMESTAMPNS = 35
+SCM_TIMESTAMPNS = SO_TIMESTAMPNS
+IP_PKTINFO = 8
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+
+RECV_BUFSIZE = 4096
+"""Largest datagram we read whole; anything longer is truncated by the kernel and dropped."""
+ANC_BUFSIZE = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(20) + 32
+
+_TIMESPEC = struct.Struct("@qq")
+NS = 1_000_000_000
+
+
+class ListenError(Exception):
+    """A listen address could not be opened; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    @property
+    def wildcard(self) -> bool:
+        return ipaddress.ip_address(self.host).is_unspecified
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(text: str, default_port: int = 123) -> ListenAddress:
+    """Parse ``HOST``, ``HOST:PORT``, ``[V6]:PORT``, ``V6`` or ``:PORT`` (all IPv4)."""
+    text = text.strip()
+    host, port_s = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"bad listen address {text!r}: missing ']' (expected [ADDR]:PORT)")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"bad listen address {text!r} (expected [ADDR]:PORT)")
+            port_s = rest[1:]
+    elif text.count(":") == 1:
+        host, port_s = text.split(":")
+        host = host or "0.0.0.0"
+    port = default_port
+    if port_s:
+        if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+            raise ValueError(f"bad port in listen address {text!r}: expected 0..65535")
+        port = int(port_s)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(
+            f"bad listen address {text!r}: expected an IP address, [IPv6]:PORT or HOST:PORT"
+        ) from None
+    return ListenAddress(host, port)
+
+
+class Endpoint:
+    """One bound, non-blocking UDP socket that reads (data, peer, kernel time, local addr)."""
+
+    def __init__(self, address: ListenAddress, *, rcvbuf: int = 4 << 20) -> None:
+        self.address = address
+        fam = address.family
+        sock = socket.socket(fam, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            except OSError:
+                pass
+            self.wildcard = address.wildcard
+            if fam == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if self.wildcard:
+                    sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+            elif self.wildcard:
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            sock.bind((address.host, address.port))
+        except OSError as exc:
+            sock.close()
+            hint = ""
+            if exc.errno == errno.EADDRINUSE:
+                hint = " (is another NTP server running on it?)"
+            elif exc.errno == errno.EACCES:
+                hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+            raise ListenError(f"cannot listen on {address}: {exc.strerror}{hint}") from exc
+        self.sock = sock
+        self.family = fam
+        bound = sock.getsockname()
+        self.bound = ListenAddress(bound[0], bound[1])
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def parse_ancillary(
+    ancdata: list[tuple[int, int, bytes]],
+) -> tuple[int | None, bytes | None]:
+    """Extract (kernel RX time in CLOCK_REALTIME ns, reply PKTINFO cmsg data) from ancillary data."""
+    rx_ns: int | None = None
+    pktinfo: bytes | None = None
+    for level, ctype, cdata in ancdata:
+        if level == socket.SOL_SOCKET and ctype == SCM_TIMESTAMPNS and len(cdata) >= 16:
+            sec, nsec = _TIMESPEC.unpack_from(cdata)
+            rx_ns = sec * NS + nsec
+        elif level == socket.IPPROTO_IP and ctype == IP_PKTINFO and len(cdata) >= 12:
+            # struct in_pktinfo { int ifindex; in_addr spec_dst; in_addr addr; }
+            # Reply from the address the request was sent to (addr), on the same interface.
+            pktinfo = cdata[0:4] + cdata[8:12] + b"\0\0\0\0"
+        elif level == socket.IPPROTO_IPV6 and ctype == IPV6_PKTINFO and len(cdata) >= 20:
+            pktinfo = bytes(cdata[0:20])
+    return rx_ns, pktinfo
