@@ -24,6 +24,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -566,9 +567,10 @@ def main(argv: list[str] | None = None) -> int:
             "will be noisy (see 'other CPU' and 'steal' in the table)."
         )
     results: list[ServerResult] = []
+    specs = build_specs(cfg.servers, cfg.ntpy_cmd, cfg.base_port, cfg.chronyd)
     with sigterm_as_interrupt():
         try:
-            for name, spec in build_specs(cfg.servers, cfg.ntpy_cmd, cfg.base_port, cfg.chronyd):
+            for name, spec in specs:
                 if isinstance(spec, ServerStartError):
                     results.append(ServerResult(name, "failed", error=str(spec)))
                     log(f"  {name}: FAILED: {spec}")
@@ -576,6 +578,10 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(bench_server(spec, cfg))
         except KeyboardInterrupt:
             log("interrupted: servers stopped; partial results follow")
+        finally:
+            for _, spec in specs:
+                if isinstance(spec, ServerSpec):
+                    shutil.rmtree(spec.workdir, ignore_errors=True)
     text = report(results, cfg)
     print(text)
     path = save(results, cfg, text, busy)

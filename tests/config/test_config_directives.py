@@ -486,7 +486,8 @@ def test_listen() -> None:
     fails("listen localhost:123", 1, "host names are not accepted")
     fails("listen 127.0.0.1:x", 1, "'port'")
     fails("listen [127.0.0.1]:5", 1, "IPv6")
-    fails("listen ::1:123", 1, "[ADDRESS]:PORT")
+    fails("listen 2001:db8::1:x", 1, "[ADDRESS]:PORT")
+    assert str(conf("listen ::1:123").listen[0].address) == "::1:123"  # valid IPv6
 
 
 def test_logconfig() -> None:
@@ -503,7 +504,7 @@ def test_logconfig() -> None:
 
 
 def test_default_config() -> None:
-    result = parse_text(DEFAULT_CONFIG_TEXT, strict=True)
+    result = parse_text(DEFAULT_CONFIG_TEXT, "<built-in default>", strict=True)
     assert result.warnings == ()
     config = default_config()
     assert config == result.config
@@ -514,3 +515,11 @@ def test_default_config() -> None:
     assert default.flags == {"kod", "nomodify", "notrap", "nopeer", "noquery", "limited"}
     assert v4.networks == (ip_network("127.0.0.1/32"),) and v4.flags == frozenset()
     assert v6.networks == (ip_network("::1/128"),)
+
+
+def test_tos_order_is_checked_across_lines_and_against_defaults() -> None:
+    assert conf("tos mindist 2\ntos maxdist 3").tos.mindist == 2.0
+    fails("tos mindist 2\ntos maxdist 1", 2, "'mindist' (2.0) must not exceed 'maxdist' (1.0)")
+    # Against ntpd's defaults (maxdist 1.5, floor 1), blamed on the line that set the knob.
+    fails("server a.example\ntos mindist 2\nserver b.example", 2, "'mindist'", "'maxdist'")
+    fails("\ntos ceiling 1", 2, "'floor' (1) must be below 'ceiling' (1)")

@@ -5,8 +5,19 @@ import pathlib
 
 import ntpy.core
 
-FORBIDDEN = {"socket", "asyncio", "selectors", "time", "ctypes", "os", "threading", "subprocess",
-             "signal", "datetime", "random"}
+FORBIDDEN = {
+    "socket",
+    "asyncio",
+    "selectors",
+    "time",
+    "ctypes",
+    "os",
+    "threading",
+    "subprocess",
+    "signal",
+    "datetime",
+    "random",
+}
 CORE = pathlib.Path(ntpy.core.__file__).parent
 
 
@@ -23,7 +34,10 @@ def test_core_imports_no_io_modules() -> None:
             for name in names:
                 if name.split(".")[0] in FORBIDDEN:
                     offenders.append(f"{path.name}:{node.lineno} imports {name}")
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in {"open", "__import__"}:
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in {
+                "open",
+                "__import__",
+            }:
                 offenders.append(f"{path.name}:{node.lineno} calls {node.func.id}")  # type: ignore[attr-defined]
     assert not offenders, offenders
     assert len(list(CORE.rglob("*.py"))) >= 5

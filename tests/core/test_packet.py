@@ -21,15 +21,31 @@ from ntpy.core.packet import (
 
 
 def header(**kw: int) -> Packet:
-    base = dict(leap=0, version=4, mode=3, stratum=0, poll=6, precision=-20, root_delay=0,
-                root_dispersion=0, refid=0, reference_ts=0, origin_ts=0, receive_ts=0,
-                transmit_ts=0x1234_5678_9ABC_DEF0)
+    base = dict(
+        leap=0,
+        version=4,
+        mode=3,
+        stratum=0,
+        poll=6,
+        precision=-20,
+        root_delay=0,
+        root_dispersion=0,
+        refid=0,
+        reference_ts=0,
+        origin_ts=0,
+        receive_ts=0,
+        transmit_ts=0x1234_5678_9ABC_DEF0,
+    )
     base.update(kw)
     return Packet(**base)  # type: ignore[arg-type]
 
 
 def test_decode_header_fields() -> None:
-    raw = bytes([0xE3, 2, 6, 0xEC]) + struct.pack("!III", 0x10, 0x20, 0x7F000001) + struct.pack("!QQQQ", 1, 2, 3, 4)
+    raw = (
+        bytes([0xE3, 2, 6, 0xEC])
+        + struct.pack("!III", 0x10, 0x20, 0x7F000001)
+        + struct.pack("!QQQQ", 1, 2, 3, 4)
+    )
     p = decode(raw)
     assert (p.leap, p.version, p.mode, p.stratum, p.poll, p.precision) == (3, 4, 3, 2, 6, -20)
     assert (p.root_delay, p.root_dispersion, p.refid) == (0x10, 0x20, 0x7F000001)
@@ -55,8 +71,10 @@ def test_mac_trailer(digest_len: int) -> None:
 
 
 def test_extension_fields_then_mac() -> None:
-    p = header(extensions=(ExtensionField(0x0104, b"u" * 32), ExtensionField(0x0204, b"c" * 100)),
-               mac=Mac(1, b"d" * 20))
+    p = header(
+        extensions=(ExtensionField(0x0104, b"u" * 32), ExtensionField(0x0204, b"c" * 100)),
+        mac=Mac(1, b"d" * 20),
+    )
     raw = encode(p)
     assert len(raw) == 48 + 36 + 104 + 24
     q = decode(raw)
@@ -66,7 +84,9 @@ def test_extension_fields_then_mac() -> None:
 
 
 def test_short_extension_is_padded_to_16() -> None:
-    raw = encode(header(extensions=(ExtensionField(0x2000, b"ab"), ExtensionField(0x2001, b"x" * 24))))
+    raw = encode(
+        header(extensions=(ExtensionField(0x2000, b"ab"), ExtensionField(0x2001, b"x" * 24)))
+    )
     assert struct.unpack_from("!HH", raw, 48) == (0x2000, 16)
     assert decode(raw).extensions[0].body == b"ab" + bytes(10)
 
@@ -109,13 +129,22 @@ def test_fuzz_decode_parses_or_raises_packet_error(data: bytes) -> None:
 
 
 @settings(max_examples=1000)
-@given(st.binary(min_size=48, max_size=48), st.lists(st.tuples(st.integers(0, 0xFFFF), st.binary(min_size=12, max_size=64)), max_size=3),
-       st.sampled_from([None, 0, 8, 16, 20]))
+@given(
+    st.binary(min_size=48, max_size=48),
+    st.lists(st.tuples(st.integers(0, 0xFFFF), st.binary(min_size=12, max_size=64)), max_size=3),
+    st.sampled_from([None, 0, 8, 16, 20]),
+)
 def test_fuzz_structured(head: bytes, efs: list[tuple[int, bytes]], mac_len: int | None) -> None:
     p = decode(head)
     fields = tuple(ExtensionField(t, b + bytes((-len(b)) % 4)) for t, b in efs)
-    p2 = Packet(**{**{s: getattr(p, s) for s in Packet.__slots__}, "version": 4,  # type: ignore[arg-type]
-                   "extensions": fields, "mac": None if mac_len is None else Mac(5, bytes(mac_len))})
+    p2 = Packet(
+        **{
+            **{s: getattr(p, s) for s in Packet.__slots__},
+            "version": 4,  # type: ignore[arg-type]
+            "extensions": fields,
+            "mac": None if mac_len is None else Mac(5, bytes(mac_len)),
+        }
+    )
     raw = encode(p2)
     tail = fields[-1].encoded_length() + (0 if mac_len is None else 4 + mac_len) if fields else 0
     if tail in MAC_LENGTHS:
@@ -123,7 +152,7 @@ def test_fuzz_structured(head: bytes, efs: list[tuple[int, bytes]], mac_len: int
     try:
         q = decode(raw)
     except PacketError:
-        # Only legal rejection: a last field shorter than 28 bytes with no MAC looks like a MAC/garbage.
+        # Only legal rejection: a last field < 28 bytes with no MAC looks like a MAC or garbage.
         assert mac_len is None and fields
         return
     if mac_len is not None or not fields or fields[-1].encoded_length() >= 28:

@@ -14,6 +14,7 @@ from ntpy.core.server import Reason, Responder
 from ntpy.core.system import REFID_LOCL, LocalReference, unsynchronized
 from ntpy.core.timestamps import NS_PER_S, unix_ns_to_ntp
 
+REFID_LOCAL0 = 0x7F7F0100  # 127.127.1.0: what ntpd serves when synced to LOCAL above stratum 1
 NOW = 1_790_000_000 * NS_PER_S
 PEER = ("192.0.2.1", 40000)
 KEY = MacKey(42, "md5", b"sekrit")
@@ -23,7 +24,9 @@ def synced_responder(keys: dict[int, MacKey] | None = None) -> Responder:
     return Responder(LocalReference.ntpd_style(10).state(NOW - 10 * NS_PER_S, -24), keys)
 
 
-def request(version: int = 4, mode: int = 3, poll: int = 6, xmt: int = 0xDEADBEEF_01234567) -> bytes:
+def request(
+    version: int = 4, mode: int = 3, poll: int = 6, xmt: int = 0xDEADBEEF_01234567
+) -> bytes:
     return bytes([(version << 3) | mode, 0, poll, 0]) + bytes(36) + struct.pack("!Q", xmt)
 
 
@@ -34,14 +37,16 @@ def answer(resp: Responder, req: bytes, tx: int = 0) -> tuple[bytes | None, Reas
 
 @pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_client_request_answered_with_same_version(version: int) -> None:
-    out, reason = answer(synced_responder(), request(version=version, mode=0 if version == 1 else 3))
+    out, reason = answer(
+        synced_responder(), request(version=version, mode=0 if version == 1 else 3)
+    )
     assert reason is Reason.SERVED and out is not None
     p = decode(out)
     assert (p.version, p.mode, p.leap, p.stratum) == (version, 4, 0, 11)
     assert p.origin_ts == 0xDEADBEEF_01234567
     assert p.receive_ts == unix_ns_to_ntp(NOW)
     assert p.transmit_ts == unix_ns_to_ntp(NOW + 5000)
-    assert p.refid == REFID_LOCL and p.poll == 6 and p.precision == -24
+    assert p.refid == REFID_LOCAL0 and p.poll == 6 and p.precision == -24
     assert p.reference_ts == unix_ns_to_ntp(NOW - 10 * NS_PER_S)
     assert p.root_delay == 0 and 0 < p.root_dispersion < 0x10000
 
@@ -68,9 +73,17 @@ def test_symmetric_active_gets_passive_reply() -> None:
     assert decode(out or b"").mode == 2
 
 
-@pytest.mark.parametrize(("mode", "reason"), [(2, Reason.NOT_REQUEST), (4, Reason.NOT_REQUEST),
-                                              (5, Reason.NOT_REQUEST), (6, Reason.CONTROL),
-                                              (7, Reason.PRIVATE), (0, Reason.BAD_MODE)])
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [
+        (2, Reason.NOT_REQUEST),
+        (4, Reason.NOT_REQUEST),
+        (5, Reason.NOT_REQUEST),
+        (6, Reason.CONTROL),
+        (7, Reason.PRIVATE),
+        (0, Reason.BAD_MODE),
+    ],
+)
 def test_never_answers_replies_broadcasts_or_private(mode: int, reason: Reason) -> None:
     assert answer(synced_responder(), request(mode=mode)) == (None, reason)
 
@@ -125,13 +138,15 @@ def test_client_roundtrip_offset_and_delay() -> None:
     out = reply.finalize(unix_ns_to_ntp(NOW + 100_000))
     s = parse_reply(out, cookie, t1, NOW + 300_000)
     assert abs(s.delay_ns - 500_000) <= 2 and abs(s.offset_ns - 50_000) <= 2
-    assert s.synchronized and s.stratum == 11 and s.refid == REFID_LOCL
-    assert s.refid_text == "76.79.67.76"  # ntpq shows a stratum>1 refid as an address
+    assert s.synchronized and s.stratum == 11 and s.refid == REFID_LOCAL0
+    assert s.refid_text == "127.127.1.0"
 
 
 @settings(max_examples=3000)
 @given(st.binary(max_size=300), st.sampled_from([None, ("198.51.100.9", 123), ("::1", 5, 0, 0)]))
-def test_fuzz_responder_never_raises_never_amplifies(data: bytes, peer: tuple[object, ...] | None) -> None:
+def test_fuzz_responder_never_raises_never_amplifies(
+    data: bytes, peer: tuple[object, ...] | None
+) -> None:
     for r in (synced_responder({42: KEY}), Responder(unsynchronized(-20))):
         reply, reason = r.handle(data, peer, 123, NOW)
         assert isinstance(reason, Reason)
@@ -148,3 +163,11 @@ def test_fuzz_valid_headers_with_random_trailers(version: int, mode: int, tail: 
     reply, _ = synced_responder({42: KEY}).handle(req, PEER, 1, NOW)
     if reply is not None:
         assert len(reply.finalize(2)) <= len(req)
+
+
+def test_local_clock_refid_follows_ntpd() -> None:
+    """ntpd's clock_update(): peer refid at stratum 1, the refclock address above."""
+    assert LocalReference.ntpd_style(0).refid == REFID_LOCL
+    assert LocalReference.ntpd_style(0).served_stratum == 1
+    assert LocalReference.ntpd_style(10, unit=3).refid == 0x7F7F0103
+    assert LocalReference.ntpd_style(15).served_stratum == 15

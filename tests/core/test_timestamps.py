@@ -53,7 +53,10 @@ def test_diff_matches_true_difference(t: int, delta: int) -> None:
     assert abs(ntp_diff_ns(a, b) - delta) <= 1
 
 
-@given(instants, st.integers(min_value=-(60 * 365 * 86400) * NS_PER_S, max_value=60 * 365 * 86400 * NS_PER_S))
+@given(
+    instants,
+    st.integers(min_value=-(60 * 365 * 86400) * NS_PER_S, max_value=60 * 365 * 86400 * NS_PER_S),
+)
 def test_pivot_picks_the_right_era(t: int, pivot_offset: int) -> None:
     back = ntp_to_unix_ns(unix_ns_to_ntp(t), pivot_unix_ns=t + pivot_offset)
     assert abs(back - t) <= 1

@@ -62,7 +62,9 @@ class NtpyProcess:
         return self.proc.returncode
 
 
-def ntpy_command(config: Path | None, listen: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+def ntpy_command(
+    config: Path | None, listen: Sequence[str], extra: Sequence[str] = ()
+) -> list[str]:
     cmd = [sys.executable, "-m", "ntpy", "serve", "-x", "--log-level", "debug"]
     if config is not None:
         cmd += ["--config", str(config)]
@@ -116,7 +118,9 @@ def running_ntpy(
                 reader.join(2)
                 raise AssertionError(f"ntpy exited with {proc.returncode}:\n{handle.log}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"ntpy did not start listening in {timeout_s} s:\n{handle.log}")
+                raise AssertionError(
+                    f"ntpy did not start listening in {timeout_s} s:\n{handle.log}"
+                )
             time.sleep(0.02)
         yield handle
     finally:

@@ -17,19 +17,41 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run the NTP server in the foreground, logging to stderr")
-    s.add_argument("--config", "-c", metavar="FILE",
-                   help="ntp.conf to read (default: the built-in config: local clock at stratum 10)")
-    s.add_argument("--listen", "-l", action="append", default=[], metavar="HOST:PORT",
-                   help="address to serve on, repeatable; overrides the config "
-                        "(default: port 123 on all IPv4 and IPv6 addresses)")
+    s.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="ntp.conf to read (default: the built-in config: local clock at stratum 10)",
+    )
+    s.add_argument(
+        "--listen",
+        "-l",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="address to serve on, repeatable; overrides the config "
+        "(default: port 123 on all IPv4 and IPv6 addresses)",
+    )
     clock = s.add_mutually_exclusive_group()
-    clock.add_argument("--clock", choices=["auto", "system", "virtual"],
-                       help="clock to discipline and serve (default: config 'clock', else auto: "
-                            "system clock with CAP_SYS_TIME, virtual clock without)")
-    clock.add_argument("-x", dest="clock", action="store_const", const="virtual",
-                       help="never touch the system clock: keep a virtual clock (like chronyd -x)")
-    s.add_argument("--selector", choices=["default", "poll", "select"], default="default",
-                   help="event loop backend; 'poll' uses only poll(2) (for LD_PRELOAD simulators)")
+    clock.add_argument(
+        "--clock",
+        choices=["auto", "system", "virtual"],
+        help="clock to discipline and serve (default: config 'clock', else auto: "
+        "system clock with CAP_SYS_TIME, virtual clock without)",
+    )
+    clock.add_argument(
+        "-x",
+        dest="clock",
+        action="store_const",
+        const="virtual",
+        help="never touch the system clock: keep a virtual clock (like chronyd -x)",
+    )
+    s.add_argument(
+        "--selector",
+        choices=["default", "poll", "select"],
+        default="default",
+        help="event loop backend; 'poll' uses only poll(2) (for LD_PRELOAD simulators)",
+    )
     s.add_argument("--strict", action="store_true", help="unknown config directives are errors")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
@@ -37,14 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file")
     c.add_argument("--strict", action="store_true", help="unknown directives are errors")
 
-    q = sub.add_parser("query", help="ask a server for the time once, like 'ntpdate -q' (never sets the clock)")
+    q = sub.add_parser(
+        "query", help="ask a server for the time once, like 'ntpdate -q' (never sets the clock)"
+    )
     q.add_argument("server", metavar="HOST[:PORT]", nargs="+")
     q.add_argument("--json", action="store_true", help="print JSON")
     q.add_argument("--ntp-version", type=int, default=4, choices=[1, 2, 3, 4], dest="ntp_version")
     q.add_argument("--timeout", type=float, default=2.0, help="seconds to wait per try (default 2)")
-    q.add_argument("--tries", type=int, default=3, help="requests sent before giving up (default 3)")
-    q.add_argument("--samples", type=int, default=1,
-                   help="exchanges per server; the one with the lowest delay is reported")
+    q.add_argument(
+        "--tries", type=int, default=3, help="requests sent before giving up (default 3)"
+    )
+    q.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        help="exchanges per server; the one with the lowest delay is reported",
+    )
     return p
 
 
@@ -89,8 +119,9 @@ def _serve(args: argparse.Namespace) -> int:
         config = result.config
     else:
         config = default_config()
-    options = ServeOptions(listen=args.listen, clock_mode=args.clock, selector=args.selector,
-                           log_level=args.log_level)
+    options = ServeOptions(
+        listen=args.listen, clock_mode=args.clock, selector=args.selector, log_level=args.log_level
+    )
     return serve(config, options)
 
 

@@ -1,4 +1,4 @@
-"""``ntpy query HOST[:PORT]``: one-shot client, like ``ntpdate -q`` / ``ntpdig``. Never sets the clock.
+"""``ntpy query HOST[:PORT]``: one-shot client like ``ntpdate -q``; never sets the clock.
 
 Offsets are measured against this host's system clock. T4 is the kernel receive timestamp
 (SO_TIMESTAMPNS), so the result does not include the interpreter's wake-up latency.
@@ -94,51 +94,71 @@ def query_one(server: str, version: int, timeout: float, tries: int, samples: in
             if best is None or s.delay_ns < best.delay_ns:
                 best = s
     except ReplyRejected as exc:
-        return QueryResult(server, str(addr[0]), False, exc.detail if exc.reason == "timeout" else str(exc))
+        return QueryResult(
+            server, str(addr[0]), False, exc.detail if exc.reason == "timeout" else str(exc)
+        )
     except OSError as exc:
         return QueryResult(server, str(addr[0]), False, exc.strerror or str(exc))
     assert best is not None
     if not best.synchronized:
-        return QueryResult(server, str(addr[0]), False,
-                           f"server is not synchronized (leap alarm, stratum {best.stratum}, "
-                           f"refid {best.refid_text})", best)
+        return QueryResult(
+            server,
+            str(addr[0]),
+            False,
+            f"server is not synchronized (leap alarm, stratum {best.stratum}, "
+            f"refid {best.refid_text})",
+            best,
+        )
     return QueryResult(server, str(addr[0]), True, None, best)
 
 
 def as_json(r: QueryResult) -> dict[str, object]:
-    out: dict[str, object] = {"server": r.server, "address": r.address, "ok": r.ok, "error": r.error}
+    out: dict[str, object] = {
+        "server": r.server,
+        "address": r.address,
+        "ok": r.ok,
+        "error": r.error,
+    }
     if r.sample is not None:
         s = r.sample
-        out.update({
-            "offset": s.offset_ns / 1e9,
-            "delay": s.delay_ns / 1e9,
-            "stratum": s.stratum,
-            "leap": s.leap,
-            "leap_text": LEAP_NAMES[s.leap],
-            "refid": s.refid_text,
-            "refid_hex": f"{s.refid:08x}",
-            "version": s.version,
-            "precision": s.precision,
-            "root_delay": s.root_delay_ns / 1e9,
-            "root_dispersion": s.root_dispersion_ns / 1e9,
-            "raw": asdict(s),
-        })
+        out.update(
+            {
+                "offset": s.offset_ns / 1e9,
+                "delay": s.delay_ns / 1e9,
+                "stratum": s.stratum,
+                "leap": s.leap,
+                "leap_text": LEAP_NAMES[s.leap],
+                "refid": s.refid_text,
+                "refid_hex": f"{s.refid:08x}",
+                "version": s.version,
+                "precision": s.precision,
+                "root_delay": s.root_delay_ns / 1e9,
+                "root_dispersion": s.root_dispersion_ns / 1e9,
+                "raw": asdict(s),
+            }
+        )
     return out
 
 
 def run(args: argparse.Namespace) -> int:
-    results = [query_one(s, args.ntp_version, args.timeout, args.tries, args.samples)
-               for s in args.server]
+    results = [
+        query_one(s, args.ntp_version, args.timeout, args.tries, args.samples) for s in args.server
+    ]
     if args.json:
-        print(json.dumps([as_json(r) for r in results] if len(results) > 1 else as_json(results[0]),
-                         indent=2))
+        print(
+            json.dumps(
+                [as_json(r) for r in results] if len(results) > 1 else as_json(results[0]), indent=2
+            )
+        )
     else:
         for r in results:
             s = r.sample
             if s is not None:
-                print(f"server {r.address}, stratum {s.stratum}, offset {s.offset_ns / 1e9:+.6f}, "
-                      f"delay {s.delay_ns / 1e9:.6f}, leap {LEAP_NAMES[s.leap]}, "
-                      f"refid {s.refid_text}")
+                print(
+                    f"server {r.address}, stratum {s.stratum}, offset {s.offset_ns / 1e9:+.6f}, "
+                    f"delay {s.delay_ns / 1e9:.6f}, leap {LEAP_NAMES[s.leap]}, "
+                    f"refid {s.refid_text}"
+                )
     for r in results:
         if not r.ok:
             print(f"ntpy query: {r.server}: {r.error}", file=sys.stderr)

@@ -72,7 +72,7 @@ class Mac:
 
 @dataclass(frozen=True, slots=True)
 class Packet:
-    """A decoded NTP packet. Timestamps are raw 64-bit NTP integers; delay/dispersion short format."""
+    """A decoded NTP packet: timestamps as raw 64-bit NTP integers, delay/dispersion as 16.16."""
 
     leap: int
     version: int
@@ -137,7 +137,9 @@ def decode_trailer(data: bytes, version: int) -> tuple[tuple[ExtensionField, ...
     while n - pos > 0 and (n - pos) not in MAC_LENGTHS:
         remaining = n - pos
         if version < 4:
-            raise PacketError(f"NTPv{version} packet with {remaining} trailing bytes that are not a MAC")
+            raise PacketError(
+                f"NTPv{version} packet with {remaining} trailing bytes that are not a MAC"
+            )
         if remaining < MIN_EF_LEN:
             raise PacketError(f"{remaining} trailing bytes: neither an extension field nor a MAC")
         ftype, flen = struct.unpack_from("!HH", data, pos)
@@ -199,7 +201,7 @@ def refid_from_ipv4(address: str) -> int:
 
 
 def refid_to_text(refid: int, stratum: int) -> str:
-    """Render a refid as ntpq does: ASCII for stratum 0/1 (kiss codes, clocks), dotted quad above."""
+    """Render a refid as ntpq does: ASCII at stratum 0/1 (kiss codes, clocks), dotted quad above."""
     raw = refid.to_bytes(4, "big")
     if stratum <= 1:
         text = raw.rstrip(b"\0").decode("ascii", "replace")

@@ -1,4 +1,4 @@
-"""System variables a server advertises: leap, stratum, refid, reference time, root delay/dispersion.
+"""System variables a server advertises: leap, stratum, refid, reference time, root delay/disp.
 
 These are what a downstream client uses to decide whether to trust us, so they must follow
 from the real synchronization state: an unsynchronized server says so (LI=3, stratum 0 on the
@@ -75,11 +75,14 @@ def unsynchronized(precision: int) -> SystemState:
 
 @dataclass(frozen=True, slots=True)
 class LocalReference:
-    """The undisciplined local clock as a time source (ntpd's 127.127.1.0 or chrony's ``local``).
+    """The undisciplined local clock as a time source (ntpd's 127.127.1.u or chrony's ``local``).
 
-    ntpd style: the LOCAL driver runs at the fudged stratum N, ntpd synchronizes to it and so
-    serves N + 1 with refid ``LOCL``. chrony style (``local stratum N``): serves N with refid
-    127.127.1.1. Either way root delay is 0 and the reference time is refreshed every
+    ntpd style: the LOCAL driver runs at the fudged stratum N and ntpd, synchronized to it,
+    serves N + 1. Its refid follows ntpd's ``clock_update()``: the driver's own refid
+    (``LOCL``, or the fudged one) only when serving stratum 1; above that, the refclock's
+    address 127.127.1.u -- which downstream ``ntpq -p`` shows as ``LOCAL(u)``.
+    chrony style (``local stratum N``): serves N with refid 127.127.1.1.
+    Either way root delay is 0 and the reference time is refreshed every
     ``update_interval_ns`` (64 s, ntpd's poll of the local driver), so root dispersion stays
     at the clock's precision plus at most 64 s of PHI growth (~1 ms).
     """
@@ -89,8 +92,12 @@ class LocalReference:
     update_interval_ns: int = 64 * NS_PER_S
 
     @classmethod
-    def ntpd_style(cls, driver_stratum: int, refid: int = REFID_LOCL) -> LocalReference:
-        return cls(served_stratum=min(driver_stratum + 1, MAX_STRATUM), refid=refid)
+    def ntpd_style(
+        cls, driver_stratum: int, driver_refid: int = REFID_LOCL, unit: int = 0
+    ) -> LocalReference:
+        served = min(driver_stratum + 1, MAX_STRATUM)
+        refid = driver_refid if served == 1 else 0x7F7F0100 | (unit & 0xFF)
+        return cls(served_stratum=served, refid=refid)
 
     @classmethod
     def chrony_style(cls, stratum: int) -> LocalReference:

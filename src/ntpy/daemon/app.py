@@ -18,7 +18,7 @@ from ntpy import __version__
 from ntpy.clock import choose_clock, measure_precision
 from ntpy.clock.base import Clock
 from ntpy.config import Config
-from ntpy.config.model import RefclockSpec
+from ntpy.config.model import LOCAL_CLOCK_DEFAULT_REFID, RefclockSpec
 from ntpy.core.auth import MacKey
 from ntpy.core.packet import refid_from_text
 from ntpy.core.server import Responder
@@ -52,8 +52,8 @@ def local_reference(config: Config) -> LocalReference | None:
     local_clocks: list[RefclockSpec] = [r for r in config.refclocks if r.is_local]
     if local_clocks:
         ref = min(local_clocks, key=lambda r: r.stratum)
-        refid = refid_from_text(ref.refid) if ref.refid else refid_from_text("LOCL")
-        return LocalReference.ntpd_style(ref.stratum, refid)
+        refid = refid_from_text(ref.refid or LOCAL_CLOCK_DEFAULT_REFID)
+        return LocalReference.ntpd_style(ref.stratum, refid, ref.unit)
     if config.local is not None:
         return LocalReference.chrony_style(config.local.stratum)
     return None
@@ -62,7 +62,7 @@ def local_reference(config: Config) -> LocalReference | None:
 def listen_addresses(
     config: Config, cli: Sequence[str]
 ) -> tuple[list[ListenAddress], list[ListenAddress]]:
-    """(required, optional) addresses: --listen beats config ``listen``/``interface``, else wildcard."""
+    """(required, optional) addresses: --listen, else config listen/interface, else wildcard."""
     if cli:
         return [parse_listen(x) for x in cli], []
     if config.listen:
@@ -100,8 +100,16 @@ def load_mac_keys(config: Config) -> dict[int, MacKey]:
     from ntpy.config.keys import load_keys
 
     keys = load_keys(config.keys)
-    names = {"m": "md5", "md5": "md5", "sha1": "sha1", "sha": "sha1", "sha256": "sha256",
-             "sha384": "sha384", "sha512": "sha512", "aes128cmac": "aes128cmac"}
+    names = {
+        "m": "md5",
+        "md5": "md5",
+        "sha1": "sha1",
+        "sha": "sha1",
+        "sha256": "sha256",
+        "sha384": "sha384",
+        "sha512": "sha512",
+        "aes128cmac": "aes128cmac",
+    }
     trusted: dict[int, MacKey] = {}
     for keyid, key in keys.items():
         if keyid not in config.trustedkeys:
@@ -172,9 +180,15 @@ class Daemon:
         self.loop.call_every(interval, self.refresh_state)
         self.loop.add_signal_handler(signal.SIGTERM, self._on_stop)
         self.loop.add_signal_handler(signal.SIGINT, self._on_stop)
-        self.loop.add_signal_handler(signal.SIGUSR1, lambda s: log.info("counters: %s", self.server.summary()))
-        self.loop.add_signal_handler(signal.SIGHUP, lambda s: log.info(
-            "SIGHUP: configuration reload is not supported yet; restart ntpy to apply changes"))
+        self.loop.add_signal_handler(
+            signal.SIGUSR1, lambda s: log.info("counters: %s", self.server.summary())
+        )
+        self.loop.add_signal_handler(
+            signal.SIGHUP,
+            lambda s: log.info(
+                "SIGHUP: configuration reload is not supported yet; restart ntpy to apply changes"
+            ),
+        )
         self._announce()
 
     def _announce(self) -> None:
@@ -184,8 +198,10 @@ class Daemon:
         if self.local is not None:
             log.info("time source: undisciplined local clock, serving stratum %d", st.stratum)
         else:
-            log.info("no time source yet: serving as unsynchronized (leap alarm, stratum 0) "
-                     "so clients will not use this server")
+            log.info(
+                "no time source yet: serving as unsynchronized (leap alarm, stratum 0) "
+                "so clients will not use this server"
+            )
         if self.config.servers:
             log.warning(
                 "%d server/pool/peer line(s) are configured, but synchronizing to upstream servers "

@@ -8,6 +8,7 @@ request came to. Every outcome, answered or dropped, increments a named counter.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import time
@@ -25,6 +26,7 @@ from ntpy.daemon.udp import (
     RECV_BUFSIZE,
     Endpoint,
     ListenAddress,
+    ListenError,
     parse_ancillary,
 )
 
@@ -48,19 +50,21 @@ class NtpServer:
         self.endpoints: list[Endpoint] = []
         self.counters: Counter[str] = Counter()
 
-    def open(self, addresses: Iterable[ListenAddress], *, optional: Iterable[ListenAddress] = ()) -> None:
+    def open(
+        self, addresses: Iterable[ListenAddress], *, optional: Iterable[ListenAddress] = ()
+    ) -> None:
         """Bind every address (ListenError on failure); ``optional`` ones only warn."""
         for addr in addresses:
             self.endpoints.append(Endpoint(addr))
         for addr in optional:
             try:
                 self.endpoints.append(Endpoint(addr))
-            except OSError as exc:
+            except ListenError as exc:
                 log.warning("%s; continuing without it", exc)
 
     def attach(self, loop: Loop) -> None:
         for ep in self.endpoints:
-            loop.add_reader(ep.sock, lambda ep=ep: self.drain(ep))
+            loop.add_reader(ep.sock, functools.partial(self.drain, ep))
 
     def close(self) -> None:
         for ep in self.endpoints:
@@ -111,7 +115,9 @@ class NtpServer:
 
     def summary(self) -> str:
         """One line of counters, answered first."""
-        answered = sum(v for k, v in self.counters.items() if k in {r.value for r in Reason if r.answered})
+        answered = sum(
+            v for k, v in self.counters.items() if k in {r.value for r in Reason if r.answered}
+        )
         parts = [f"answered={answered}"] + [
             f"{k}={v}" for k, v in sorted(self.counters.items()) if v
         ]

@@ -12,6 +12,7 @@ Python 3.11 does not name SO_TIMESTAMPNS or IP_PKTINFO, so the Linux numbers are
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import socket
@@ -93,10 +94,8 @@ class Endpoint:
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            try:
+            with contextlib.suppress(OSError):  # a smaller buffer still works
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            except OSError:
-                pass
             self.wildcard = address.wildcard
             if fam == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -128,7 +127,7 @@ class Endpoint:
 def parse_ancillary(
     ancdata: list[tuple[int, int, bytes]],
 ) -> tuple[int | None, bytes | None]:
-    """Extract (kernel RX time in CLOCK_REALTIME ns, reply PKTINFO cmsg data) from ancillary data."""
+    """(kernel RX time as CLOCK_REALTIME ns, PKTINFO data for the reply) from ancillary data."""
     rx_ns: int | None = None
     pktinfo: bytes | None = None
     for level, ctype, cdata in ancdata:
