@@ -1,0 +1,106 @@
+"""How the daemon turns a config into listen sockets, a time source and keys."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from ntpy.cli.main import main
+from ntpy.config import Config, default_config, parse_text
+from ntpy.core.system import REFID_CHRONY_LOCAL
+from ntpy.daemon.app import StartupError, listen_addresses, load_mac_keys, local_reference
+from ntpy.daemon.udp import ListenAddress, parse_listen
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.conf"))
+
+
+def cfg(text: str) -> Config:
+    return parse_text(text, "test.conf").config
+
+
+def test_default_config_serves_local_clock_at_11() -> None:
+    ref = local_reference(default_config())
+    assert ref is not None and ref.served_stratum == 11 and ref.refid == 0x7F7F0100
+
+
+def test_fudge_stratum_0_serves_stratum_1_with_driver_refid() -> None:
+    ref = local_reference(cfg("server 127.127.1.0\nfudge 127.127.1.0 stratum 0 refid GPS\n"))
+    assert ref is not None and ref.served_stratum == 1
+    assert ref.refid.to_bytes(4, "big") == b"GPS\0"
+
+
+def test_ntpd_local_default_stratum_is_5() -> None:
+    ref = local_reference(cfg("server 127.127.1.0\n"))
+    assert ref is not None and ref.served_stratum == 6
+
+
+def test_chrony_local() -> None:
+    ref = local_reference(cfg("local stratum 3\n"))
+    assert ref is not None and ref.served_stratum == 3 and ref.refid == REFID_CHRONY_LOCAL
+
+
+def test_no_source_means_no_local_reference() -> None:
+    assert local_reference(cfg("server 192.0.2.1 iburst\n")) is None
+
+
+def test_listen_precedence() -> None:
+    c = cfg("listen 127.0.0.5:1234\n")
+    assert listen_addresses(c, ["127.0.0.9:99"]) == ([ListenAddress("127.0.0.9", 99)], [])
+    assert listen_addresses(c, []) == ([ListenAddress("127.0.0.5", 1234)], [])
+    req, opt = listen_addresses(cfg(""), [])
+    assert req == [ListenAddress("0.0.0.0", 123)] and opt == [ListenAddress("::", 123)]
+
+
+def test_interface_rules_pick_sockets() -> None:
+    assert listen_addresses(cfg("interface ignore ipv6\n"), []) == (
+        [ListenAddress("0.0.0.0", 123)],
+        [],
+    )
+    req, _ = listen_addresses(cfg("interface listen 192.0.2.10\n"), [])
+    assert req == [ListenAddress("192.0.2.10", 123)]
+    with pytest.raises(StartupError):
+        listen_addresses(cfg("interface ignore all\n"), [])
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [
+        ("127.0.0.1", "127.0.0.1", 123),
+        ("127.0.0.1:5", "127.0.0.1", 5),
+        ("[::1]:7", "::1", 7),
+        ("::1", "::1", 123),
+        (":9", "0.0.0.0", 9),
+    ],
+)
+def test_parse_listen(text: str, host: str, port: int) -> None:
+    assert parse_listen(text) == ListenAddress(host, port)
+
+
+@pytest.mark.parametrize("bad", ["example.org:123", "[::1", "1.2.3.4:99999", "1.2.3.4:x"])
+def test_parse_listen_rejects(bad: str) -> None:
+    with pytest.raises(ValueError, match="listen address|port"):
+        parse_listen(bad)
+
+
+def test_trusted_keys_only(tmp_path: Path) -> None:
+    keys = tmp_path / "ntp.keys"
+    keys.write_text("1 MD5 secret1\n2 SHA1 secret2\n")
+    c = cfg(f"keys {keys}\ntrustedkey 2\n")
+    loaded = load_mac_keys(c)
+    assert list(loaded) == [2] and loaded[2].algorithm == "sha1" and loaded[2].secret == b"secret2"
+    assert hashlib.new(loaded[2].algorithm)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_examples_pass_strict_check(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", "--strict", str(example)]) == 0, capsys.readouterr().err
+
+
+def test_examples_exist() -> None:
+    assert {p.name for p in EXAMPLES} >= {
+        "lan-server.conf",
+        "isolated-lab.conf",
+        "pool-member.conf",
+    }
