@@ -80,7 +80,7 @@ def test_parse_listen(text: str, host: str, port: int) -> None:
 
 @pytest.mark.parametrize("bad", ["example.org:123", "[::1", "1.2.3.4:99999", "1.2.3.4:x"])
 def test_parse_listen_rejects(bad: str) -> None:
-    with pytest.raises(ValueError, match="listen address|port"):
+    with pytest.raises(ValueError, match=r"listen address|port"):
         parse_listen(bad)
 
 
