@@ -30,7 +30,7 @@ from _procstat import descendants, read_proc_times
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 
-DEFAULT_NTPY_CMD = "{python} -m ntpy.cli.main serve --config {config} --listen {addr}:{port} -x"
+DEFAULT_NTPY_CMD = "{python} -m ntpy serve --config {config} --listen {addr}:{port} -x"
 NTPY_CONF = "server 127.127.1.0\nfudge 127.127.1.0 stratum 10\n"
 
 

@@ -3,7 +3,8 @@
 Why it exists: the benchmark should show what "a plain Python server" costs per request,
 so ntpy's number can be read against both chronyd (the C reference) and the simplest
 Python that answers correctly. It is one blocking ``recvfrom``/``sendto`` loop, no
-batching, no threads: each mode-3 request gets a mode-4 reply (stratum 10, refid LOCL)
+batching, no threads, no socket-buffer tuning (it gets the kernel's default, as chronyd
+does): each mode-3 request gets a mode-4 reply (stratum 10, refid LOCL)
 with the request's transmit timestamp copied into origin. Anything else is dropped.
 
 Timestamps are built from integer nanoseconds (``time.time_ns``), never float seconds.
@@ -79,7 +80,6 @@ def serve(host: str, port: int) -> None:
     """Answer requests until SIGTERM/SIGINT."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     sock.bind((host, port))
     running = True
 

@@ -23,6 +23,10 @@
  * optionally UDP GSO (--gso N): one send of N back-to-back 48-byte requests that the kernel
  * splits into N ordinary datagrams; the server sees exactly what it would see otherwise.
  *
+ * A reply counts as valid only if it arrives within --timeout-ms (default 50 ms) of its
+ * request: a server whose queue keeps growing would otherwise "answer everything" from a
+ * deep socket buffer during the drain, at a rate it cannot sustain.
+ *
  * Honesty about the generator itself: it reports how many packets the pacing schedule
  * wanted but could not send (skipped), the achieved send rate, replies the kernel dropped
  * on *our* sockets (SO_RXQ_OVFL), and its own CPU time, so the caller can tell whether a
@@ -71,13 +75,15 @@ struct opts {
     int drain_ms;
     int backlog_us;
     int gso;
+    int timeout_ms;
 };
 
 struct stats {
     uint64_t sent, skipped, send_errors, send_eagain;
     uint64_t received, valid, kod_or_unsync, bad_mode, bad_origin, duplicate, runt;
     uint64_t rx_no_kernel_ts;
-    uint64_t late; /* replies that came during drain phase (still counted valid) */
+    uint64_t in_drain;  /* valid replies that came after sending stopped */
+    uint64_t timed_out; /* replies later than --timeout-ms: answered, but too late to count */
     uint64_t rx_ovfl[MAX_SOCKETS];
     uint64_t hist_over;
     uint64_t lat_max_ns;
@@ -171,8 +177,8 @@ static void parse_target(const char *s, struct sockaddr_in *out) {
 static void usage(void) {
     fprintf(stderr,
             "usage: ntpload --target 127.x.y.z:PORT --rate PPS --duration S\n"
-            "               [--sockets K] [--src 127.1.0.1] [--tick-us 100] [--drain-ms 300]\n"
-            "               [--backlog-us 2000] [--gso 0..64]\n"
+            "               [--sockets K] [--src 127.1.0.1] [--tick-us 100] [--drain-ms TIMEOUT+50]\n"
+            "               [--backlog-us 2000] [--gso 0..64] [--timeout-ms 50]\n"
             "  rate <= %.0f/s, duration <= %.0f s, K <= %d; sources are SRC, SRC+1, ...\n",
             MAX_RATE, MAX_DURATION, MAX_SOCKETS);
     exit(2);
@@ -187,9 +193,10 @@ static void parse_args(int argc, char **argv, struct opts *o) {
     o->sockets = 16;
     o->src_base = ntohl(src.s_addr);
     o->tick_us = 100;
-    o->drain_ms = 300;
+    o->drain_ms = -1; /* default: timeout + 50 ms */
     o->backlog_us = 2000;
     o->gso = 0;
+    o->timeout_ms = 50;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage();
@@ -211,6 +218,8 @@ static void parse_args(int argc, char **argv, struct opts *o) {
             o->tick_us = (int)parse_double(v, a);
         } else if (!strcmp(a, "--drain-ms")) {
             o->drain_ms = (int)parse_double(v, a);
+        } else if (!strcmp(a, "--timeout-ms")) {
+            o->timeout_ms = (int)parse_double(v, a);
         } else if (!strcmp(a, "--gso")) {
             o->gso = (int)parse_double(v, a);
         } else if (!strcmp(a, "--backlog-us")) {
@@ -225,7 +234,9 @@ static void parse_args(int argc, char **argv, struct opts *o) {
     if (!(o->duration > 0 && o->duration <= MAX_DURATION)) die("--duration must be in (0, 10] s");
     if (o->sockets < 1 || o->sockets > MAX_SOCKETS) die("--sockets must be in 1..256");
     if (o->tick_us < 10 || o->tick_us > 100000) die("--tick-us must be in 10..100000");
+    if (o->drain_ms == -1) o->drain_ms = o->timeout_ms + 50;
     if (o->drain_ms < 0 || o->drain_ms > 5000) die("--drain-ms must be in 0..5000");
+    if (o->timeout_ms < 1 || o->timeout_ms > 5000) die("--timeout-ms must be in 1..5000");
     if (o->gso < 0 || o->gso > 64) die("--gso must be in 0..64 (0 or 1 = off)");
     if (o->backlog_us < o->tick_us || o->backlog_us > 1000000)
         die("--backlog-us must be in tick-us..1000000");
@@ -277,6 +288,8 @@ static void record_latency(struct stats *st, uint64_t lat_ns) {
     st->lat_sum_ns += (long double)lat_ns;
 }
 
+static uint64_t g_timeout_ns;
+
 static void handle_reply(struct stats *st, const unsigned char *p, unsigned len, uint64_t rx_ns,
                          int draining) {
     st->received++;
@@ -303,9 +316,14 @@ static void handle_reply(struct stats *st, const unsigned char *p, unsigned len,
         st->kod_or_unsync++;
         return;
     }
+    uint64_t lat = rx_ns > sent ? rx_ns - sent : 0;
+    if (lat > g_timeout_ns) { /* a queue that keeps growing is not a rate the server sustains */
+        st->timed_out++;
+        return;
+    }
     st->valid++;
-    if (draining) st->late++;
-    record_latency(st, rx_ns > sent ? rx_ns - sent : 0);
+    if (draining) st->in_drain++;
+    record_latency(st, lat);
 }
 
 /* Read everything queued on one socket. Sockets are connected, so only the target's
@@ -394,6 +412,7 @@ int main(int argc, char **argv) {
     g_hist = calloc(HIST_US, sizeof *g_hist);
     static struct stats st;
     if (!g_sent_at || !g_hist) die("out of memory");
+    g_timeout_ns = (uint64_t)o.timeout_ms * 1000000ull;
     g_key = (uint32_t)(now_ns() ^ (uint64_t)getpid() * 0x9E3779B97F4A7C15ull);
 
     int k = o.sockets;
@@ -497,7 +516,8 @@ int main(int argc, char **argv) {
 
     /* Drain: collect replies still in flight, stop early once every request is answered. */
     const uint64_t drain_deadline = send_end + (uint64_t)o.drain_ms * 1000000ull;
-    while (!g_stop && st.valid + st.kod_or_unsync < st.sent && now_ns() < drain_deadline)
+    while (!g_stop && st.valid + st.kod_or_unsync + st.timed_out < st.sent &&
+           now_ns() < drain_deadline)
         poll_and_drain(&st, ep, 2, 1);
     const uint64_t end = now_ns();
     const double cpu_total = cpu_s() - cpu0;
@@ -529,16 +549,16 @@ int main(int argc, char **argv) {
     char ip[INET_ADDRSTRLEN];
     inet_ntop(AF_INET, &o.target.sin_addr, ip, sizeof ip);
     printf("{\"target\": \"%s:%u\", \"rate_target\": %.0f, \"duration_s\": %.3f, \"sockets\": %d,"
-           " \"tick_us\": %d,\n",
-           ip, ntohs(o.target.sin_port), o.rate, o.duration, k, o.tick_us);
+           " \"tick_us\": %d, \"timeout_ms\": %d,\n",
+           ip, ntohs(o.target.sin_port), o.rate, o.duration, k, o.tick_us, o.timeout_ms);
     printf(" \"scheduled\": %" PRIu64 ", \"sent\": %" PRIu64 ", \"skipped\": %" PRIu64
            ", \"send_eagain\": %" PRIu64 ", \"send_errors\": %" PRIu64 ",\n",
            total, st.sent, st.skipped, st.send_eagain, st.send_errors);
-    printf(" \"received\": %" PRIu64 ", \"valid\": %" PRIu64 ", \"late\": %" PRIu64
+    printf(" \"received\": %" PRIu64 ", \"valid\": %" PRIu64 ", \"in_drain\": %" PRIu64 ", \"timed_out\": %" PRIu64
            ", \"kod_or_unsync\": %" PRIu64 ", \"bad_mode\": %" PRIu64 ", \"bad_origin\": %" PRIu64
            ", \"duplicate\": %" PRIu64 ", \"runt\": %" PRIu64 ", \"rx_no_kernel_ts\": %" PRIu64
            ",\n",
-           st.received, st.valid, st.late, st.kod_or_unsync, st.bad_mode, st.bad_origin,
+           st.received, st.valid, st.in_drain, st.timed_out, st.kod_or_unsync, st.bad_mode, st.bad_origin,
            st.duplicate, st.runt, st.rx_no_kernel_ts);
     printf(" \"gen_rx_drops\": %" PRIu64 ", \"loss\": %.6f, \"send_wall_s\": %.6f, \"wall_s\": %.6f,"
            " \"achieved_rate\": %.1f,\n",

@@ -167,6 +167,8 @@ def test_server_example_message_format() -> None:
 def test_server_warnings() -> None:
     warns("peer 10.0.0.1 iburst", 1, "'iburst'", "peer")
     warns("server a.example autokey", 1, "Autokey")
+    warns("server a.example mode 3", 1, "'mode'")
+    warns("server a.example ttl 3", 1, "'ttl'")
     warns("server a.example\nserver a.example", 2, "duplicate", "t.conf:1")
     warns("server a.example key 3", 1, "'keys FILE'")
     warns("keys /k\nserver a.example key 3", 2, "not listed in 'trustedkey'")
@@ -339,9 +341,7 @@ def test_keys_and_trustedkey_ranges() -> None:
 
 
 def test_file_directives() -> None:
-    config = conf(
-        "driftfile /a\nlogfile /b\nleapfile /c\npidfile /d\nstatsdir /var/log/ntpstats/"
-    )
+    config = conf("driftfile /a\nlogfile /b\nleapfile /c\npidfile /d\nstatsdir /var/log/ntpstats/")
     assert (config.driftfile, config.logfile, config.leapfile, config.pidfile) == (
         "/a",
         "/b",
@@ -523,3 +523,26 @@ def test_tos_order_is_checked_across_lines_and_against_defaults() -> None:
     # Against ntpd's defaults (maxdist 1.5, floor 1), blamed on the line that set the knob.
     fails("server a.example\ntos mindist 2\nserver b.example", 2, "'mindist'", "'maxdist'")
     fails("\ntos ceiling 1", 2, "'floor' (1) must be below 'ceiling' (1)")
+
+
+def test_every_table_option_with_a_valid_value_parses() -> None:
+    """Guards against a table entry that the model has no field for."""
+    from ntpy.config.directives.sources import SERVER_FLAGS, SERVER_INT_OPTIONS
+    from ntpy.config.directives.system import DISCARD_OPTIONS, TINKER_OPTIONS, TOS_OPTIONS
+
+    for kind in ("server", "pool", "peer"):
+        for flag in SERVER_FLAGS:
+            parse_text(f"{kind} a.example {flag}")
+        for option, (lo, hi) in SERVER_INT_OPTIONS.items():
+            if option != "maxsources" or kind == "pool":
+                parse_text(f"{kind} a.example {option} {min(max(lo, 6), hi)}")
+    for directive, table, value in (
+        ("tos", TOS_OPTIONS, "1"),
+        ("tinker", TINKER_OPTIONS, "1000"),
+        ("discard", DISCARD_OPTIONS, "1"),
+    ):
+        for option in table:
+            try:
+                parse_text(f"{directive} {option} {value}")
+            except ConfigError as error:  # a range error is fine, a crash is not
+                assert error.line == 1

@@ -60,7 +60,7 @@ def test_key_errors(line: str, words: list[str]) -> None:
 
 
 def test_duplicate_key() -> None:
-    with pytest.raises(ConfigError, match="already defined at k.keys:1") as info:
+    with pytest.raises(ConfigError, match=r"already defined at k\.keys:1") as info:
         parse_keys_text("1 M a\n1 M b\n", "k.keys")
     assert info.value.line == 2
 

@@ -52,7 +52,9 @@ class ServerSpec:
 
     Accepted and recorded but not acted on by ntpy (documented, not silently dropped):
     ``autokey`` (ntpy has no Autokey; the parser also warns), ``ttl`` (only meaningful for
-    broadcast/manycast, which ntpy does not do), ``preempt``, ``bias`` (NTPsec).
+    broadcast/manycast, which ntpy does not do; warned), ``preempt``, ``bias`` (NTPsec).
+    ``mode N`` is a refclock option; on a network source it is warned about and dropped.
+    ``burst``/``iburst`` on a ``peer`` line are recorded but warned about (ntpd ignores them).
     """
 
     kind: ServerKind

@@ -125,7 +125,8 @@ def _include(state: State, line: Line, base_dir: str, stack: tuple[str, ...]) ->
     try:
         text = read_text_file(full)
     except ReadError as exc:
-        raise fail(f"cannot read include file {show(path)} ({full}): {exc}") from None
+        where = "" if full == path else f" ({show(full, limit=200)})"
+        raise fail(f"cannot read include file {show(path)}{where}: {exc}") from None
     state.includes.append(full)
     _parse_into(state, text, full, os.path.dirname(full), (*stack, identity))
 

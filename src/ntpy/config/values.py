@@ -29,12 +29,12 @@ class BadValue(Exception):
         self.message = message
 
 
-def show(token: str | None) -> str:
+def show(token: str | None, limit: int = 40) -> str:
     """Quote a token for an error message, escaping junk and truncating long ones."""
     if token is None:
         return "nothing"
-    if len(token) > 40:
-        token = token[:37] + "..."
+    if len(token) > limit:
+        token = token[: limit - 3] + "..."
     if token.isprintable() and "'" not in token:
         return f"'{token}'"
     return repr(token)

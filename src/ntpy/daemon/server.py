@@ -40,6 +40,9 @@ DROP_OVERSIZE = "drop_oversize"
 DROP_SEND_FAILED = "drop_send_failed"
 RX_TIMESTAMP_FALLBACK = "rx_timestamp_fallback"
 
+MSG_TRUNC = int(socket.MSG_TRUNC)
+"""A plain int: ``int & IntFlag`` builds an enum object on every packet."""
+
 
 class NtpServer:
     """Serves NTP on a set of endpoints from one Responder and one Clock."""
@@ -91,7 +94,7 @@ class NtpServer:
                 counters["rx_error"] += 1
                 log.debug("recvmsg on %s: %s", ep.bound, exc)
                 continue
-            if flags & socket.MSG_TRUNC:
+            if flags & MSG_TRUNC:
                 counters[DROP_OVERSIZE] += 1
                 continue
             rx_rt, pktinfo = parse_ancillary(anc)

@@ -87,15 +87,19 @@ def parse_listen(text: str, default_port: int = 123) -> ListenAddress:
 class Endpoint:
     """One bound, non-blocking UDP socket that reads (data, peer, kernel time, local addr)."""
 
-    def __init__(self, address: ListenAddress, *, rcvbuf: int = 4 << 20) -> None:
+    def __init__(self, address: ListenAddress, *, rcvbuf: int | None = None) -> None:
         self.address = address
         fam = address.family
         sock = socket.socket(fam, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            with contextlib.suppress(OSError):  # a smaller buffer still works
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            if rcvbuf is not None:
+                # The kernel default (~200 KiB) is kept unless asked: under overload a deep
+                # queue only makes every answer late, while a short one drops the excess and
+                # keeps the replies that do go out fresh.
+                with contextlib.suppress(OSError):  # a smaller buffer still works
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             self.wildcard = address.wildcard
             if fam == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)

@@ -57,9 +57,6 @@ SERVER_INT_OPTIONS: dict[str, tuple[int, int]] = {
 
 SERVER_FLOAT_OPTIONS = frozenset({"bias"})
 
-REFCLOCK_OPTIONS = frozenset({"prefer", "noselect", "true", "minpoll", "maxpoll", "mode"})
-"""What a ``server 127.127.T.U`` line may carry; iburst/burst are accepted but inert."""
-
 FUDGE_USAGE = (
     "fudge 127.127.T.U [stratum N] [refid TEXT] [time1 SECONDS] [time2 VALUE] "
     "[flag1 0|1] [flag2 0|1] [flag3 0|1] [flag4 0|1]"
@@ -138,6 +135,7 @@ def _check_server_values(
     if "autokey" in values:
         state.warn(loc, "ntpy does not implement Autokey; 'autokey' is ignored (use 'key N')")
     if "mode" in values:
+        del values["mode"]
         state.warn(loc, "'mode' only applies to reference clocks (ignored)")
     if "ttl" in values:
         state.warn(loc, "'ttl' only applies to broadcast/manycast, which ntpy lacks (ignored)")

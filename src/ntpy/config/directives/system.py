@@ -13,7 +13,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from ..errors import ConfigError
-from ..model import MakestepSpec, SystemFlags, TosSpec
+from ..model import DiscardSpec, MakestepSpec, SystemFlags, TinkerSpec, TosSpec
 from ..state import Args, Directive, Line, State
 from ..values import BadValue, parse_bool01, parse_float, parse_int, show
 
@@ -232,3 +232,5 @@ DIRECTIVES: dict[str, Directive] = {
 
 # Keep the table and the model in step.
 assert set(TOS_OPTIONS) <= {f.name for f in fields(TosSpec)}
+assert set(TINKER_OPTIONS) <= {f.name for f in fields(TinkerSpec)}
+assert set(DISCARD_OPTIONS) <= {f.name for f in fields(DiscardSpec)}
