@@ -254,7 +254,7 @@ class ServerResult:
     error: str = ""
     command: list[str] = field(default_factory=list)
     max_rate: int | None = None
-    limit: str = ""  # "server" | "generator" | "rate cap"
+    limit: str = ""  # "server" | "generator" | "rate cap" | "unstable"
     light: Step | None = None
     measured: list[Step] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
@@ -369,6 +369,16 @@ def search(server: ManagedServer, cfg: Config, result: ServerResult) -> None:
         lo = int(lo * 0.9)
     result.max_rate = lo if result.measured else None
     result.limit = limit
+    passes = [s for s in result.steps if s.verdict == "pass" and s.rate >= cfg.start_rate]
+    if not result.measured and passes:
+        # The server's capacity drifted during the run (it happens to chronyd too): report
+        # the best single passing step rather than nothing, and say it was unstable.
+        best = max(passes, key=lambda s: s.rate)
+        result.measured = [best]
+        result.max_rate = best.rate
+        result.limit = "unstable"
+        log(f"  {result.name:9s} unstable: reporting the best passing step, {best.rate:,}/s")
+        return
     if not result.measured:
         last = result.steps[-1] if result.steps else None
         detail = f"; last step {last.rate:,}/s: {'; '.join(last.why)}" if last else ""
@@ -464,6 +474,7 @@ def report(results: list[ServerResult], cfg: Config) -> str:
         ),
         "limit: server = loss > 1% above this rate; generator = the load generator, not the "
         "server, ran out (results are a lower bound);",
+        "       unstable = no confirmation run passed; the best single passing step is shown;",
         "       rate cap = --max-rate reached without loss. other CPU = cores used by "
         "processes other than server and generator (noise);",
         "       steal = cores the hypervisor took away. gen CPU = generator's share of its "
