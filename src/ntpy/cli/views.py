@@ -1,0 +1,309 @@
+"""``ntpy status`` and ``ntpy peers``: the daemon's state as ``ntpstat`` and ``ntpq -p`` show it.
+
+Admins and monitoring scripts already parse those two outputs, so the text is theirs line
+for line and column for column: ``status`` follows ntpstat (the script shipped by current
+distributions) including its exit codes (0 synchronised, 1 not, 2 the daemon cannot be
+asked), and ``peers`` follows NTPsec's ``ntpq -p`` (tally, remote cut at 15 characters,
+kiss-code refids in dots, when/poll in s/m/h/d, reach in octal, ms with adaptive decimals
+in 8 columns). Both take the JSON the control socket returns, so rendering is pure and
+is tested with plain dicts; ``--json`` prints that JSON unchanged for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from ntpy.daemon.control import ControlError, query_control
+
+PEERS_HEADER = "     remote           refid      st t when poll reach   delay   offset   jitter"
+PEERS_RULE = "=" * len(PEERS_HEADER)
+REMOTE_WIDTH = 15
+REFID_WIDTH = 15
+NTP_KINDS = frozenset({"server", "pool", "peer"})
+
+EXIT_SYNCED = 0
+EXIT_UNSYNCED = 1
+EXIT_UNKNOWN = 2
+
+
+# ---------------------------------------------------------------------------------------
+# ntpstat
+
+
+def _int(value: object) -> int | None:
+    """An int field of the reply, or None if it is missing or of the wrong type."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
+
+
+def _system_peer(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    sources = status.get("sources")
+    if not isinstance(sources, list | tuple):
+        return None
+    peer_id = _int(status.get("system_peer_id"))
+    peer_addr = status.get("system_peer")
+    for src in sources:
+        if not isinstance(src, Mapping):
+            continue
+        if peer_id is not None and _int(src.get("id")) == peer_id:
+            return src
+    for src in sources:
+        if isinstance(src, Mapping) and peer_addr and src.get("address") == peer_addr:
+            return src
+    return None
+
+
+def _is_local_refid(refid: object) -> bool:
+    text = str(refid or "").strip(".")
+    return text in ("LOCL", "LOCAL") or text.startswith("127.127.1.")
+
+
+def sync_target(status: Mapping[str, Any]) -> str:
+    """ntpstat's words for what the clock follows.
+
+    ntpstat names ntpd's clock-source code: "NTP server (address)" for a network peer,
+    "local net" for the LOCAL driver (127.127.1.x, chrony's ``local``), and "unspecified"
+    when there is no system peer. A reference clock gets the modern script's
+    "reference clock".
+    """
+    peer = _system_peer(status)
+    kind = peer.get("kind") if peer is not None else None
+    address = status.get("system_peer") or (peer.get("address") if peer is not None else None)
+    if kind in NTP_KINDS or (peer is None and address and not _is_local_refid(address)):
+        return f"NTP server ({address})" if address else "NTP server"
+    if kind == "local" or (peer is None and _is_local_refid(status.get("refid"))):
+        return "local net"
+    if kind == "refclock":
+        return "reference clock"
+    return "unspecified"
+
+
+def render_status(status: Mapping[str, Any], max_error_ms: float | None = None) -> tuple[str, int]:
+    """ntpstat's text (no trailing newline) and exit code: 0 synchronised, 1 not.
+
+    Missing fields degrade the way ntpstat does ("stratum unknown", "accuracy unknown",
+    "poll interval unknown") rather than failing. With ``max_error_ms`` (ntpstat -m) a
+    larger error bound makes the clock count as unsynchronised.
+    """
+    synced = status.get("synchronized") is True and status.get("leap") != 3
+    lines: list[str] = []
+    code = EXIT_SYNCED if synced else EXIT_UNSYNCED
+    if synced:
+        stratum = _int(status.get("stratum"))
+        target = sync_target(status)
+        if stratum is not None:
+            lines.append(f"synchronised to {target} at stratum {stratum}")
+        else:
+            lines.append(f"synchronised to {target}, stratum unknown")
+        distance_ns = _int(status.get("root_distance_ns"))
+        if distance_ns is not None:
+            distance_ms = distance_ns / 1e6
+            line = f"   time correct to within {distance_ms:.0f} ms"
+            if max_error_ms is not None and distance_ms > max_error_ms:
+                line += f" (exceeded maximum of {max_error_ms:g} ms)"
+                code = EXIT_UNSYNCED
+            lines.append(line)
+        else:
+            lines.append("accuracy unknown")
+            if max_error_ms is not None:
+                code = EXIT_UNSYNCED
+    else:
+        lines.append("unsynchronised")
+    poll = _int(status.get("poll_s"))
+    if poll is not None and poll > 0:
+        lines.append(f"   polling server every {poll} s")
+    else:
+        lines.append("poll interval unknown")
+    return "\n".join(lines), code
+
+
+# ---------------------------------------------------------------------------------------
+# ntpq -p
+
+
+def pretty_interval(seconds: object) -> str:
+    """ntpq's when/poll: seconds up to 2048, then rounded minutes, hours, days."""
+    value = _int(seconds)
+    if value is None or value <= 0:
+        return "-"
+    if value <= 2048:
+        return str(value)
+    value = (value + 29) // 60
+    if value <= 300:
+        return f"{value}m"
+    value = (value + 29) // 60
+    if value <= 96:
+        return f"{value}h"
+    return f"{(value + 11) // 24}d"
+
+
+def format_ms(ns: object) -> str:
+    """A duration in ms in 8 columns: 3 decimals, fewer only when the number needs room."""
+    if isinstance(ns, bool) or not isinstance(ns, int | float):
+        return f"{'-':>8}"
+    ms = ns / 1e6
+    if math.isnan(ms):
+        return f"{'nan':>8}"
+    for decimals in (3, 2, 1):
+        text = f"{ms:8.{decimals}f}"
+        if len(text) <= 8:
+            return text
+    return f"{ms:8.0f}"
+
+
+def format_refid(refid: object) -> str:
+    """Kiss codes and clock names in dots (``.GPS.``); addresses as they are.
+
+    Too long (an IPv6 refid text): cut on the left with a leading '-', keeping the
+    low-order part that tells addresses apart, as ntpq does.
+    """
+    text = str(refid) if refid is not None else ""
+    if "." not in text and ":" not in text:
+        text = f".{text}."
+    if len(text) > REFID_WIDTH:
+        text = "-" + text[-(REFID_WIDTH - 1) :]
+    return text
+
+
+def _remote(src: Mapping[str, Any], numeric: bool) -> str:
+    name = str(src.get("name") or "")
+    address = str(src.get("address") or "")
+    if src.get("kind") == "local" or not numeric:
+        return name or address  # LOCAL(0) stays a name even with -n, as in ntpq
+    return address or name
+
+
+def peer_line(src: Mapping[str, Any], numeric: bool) -> str:
+    """One ``ntpq -p`` row (79 columns unless a number overflows its field)."""
+    tally = str(src.get("tally") or " ")[:1]
+    remote = _remote(src, numeric)
+    stratum = _int(src.get("stratum"))
+    type_char = str(src.get("type_char") or "?")[:1]
+    reach = _int(src.get("reach")) or 0
+    return (
+        f"{tally}{remote:<{REMOTE_WIDTH}.{REMOTE_WIDTH}} "
+        f"{format_refid(src.get('refid')):<{REFID_WIDTH}} "
+        f"{16 if stratum is None else stratum:2d} {type_char} "
+        f"{pretty_interval(src.get('when_s')):>4.4} {pretty_interval(src.get('poll_s')):>4.4}  "
+        f"{reach & 0xFF:3o} "
+        f"{format_ms(src.get('delay_ns'))} {format_ms(src.get('offset_ns'))} "
+        f"{format_ms(src.get('jitter_ns'))}"
+    )
+
+
+def render_peers(status: Mapping[str, Any], numeric: bool = False) -> str:
+    """The ``ntpq -p`` table (no trailing newline): header, rule, one row per source."""
+    lines = [PEERS_HEADER, PEERS_RULE]
+    sources = status.get("sources")
+    if isinstance(sources, list | tuple):
+        lines.extend(peer_line(src, numeric) for src in sources if isinstance(src, Mapping))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# The subcommands
+
+
+def _query(args: argparse.Namespace, cmd: str) -> dict[str, Any] | None:
+    try:
+        return query_control(
+            getattr(args, "socket", None), cmd, timeout=getattr(args, "timeout", 2.0)
+        )
+    except ControlError as exc:
+        print(f"ntpy {cmd}: {exc}", file=sys.stderr)
+        return None
+
+
+def _print_json(reply: Mapping[str, Any]) -> None:
+    sys.stdout.write(json.dumps(reply, indent=2, sort_keys=True) + "\n")
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """``ntpy status``: exit 0 synchronised, 1 not, 2 the daemon cannot be asked."""
+    reply = _query(args, "status")
+    if reply is None:
+        return EXIT_UNKNOWN
+    text, code = render_status(reply, getattr(args, "max_error", None))
+    if getattr(args, "json", False):
+        _print_json(reply)
+    else:
+        sys.stdout.write(text + "\n")
+    return code
+
+
+def run_peers(args: argparse.Namespace) -> int:
+    """``ntpy peers``: exit 0, or 2 if the daemon cannot be asked or replies nonsense."""
+    reply = _query(args, "peers")
+    if reply is None:
+        return EXIT_UNKNOWN
+    if not isinstance(reply.get("sources"), list):
+        print("ntpy peers: bad reply from the daemon: no 'sources' list", file=sys.stderr)
+        return EXIT_UNKNOWN
+    if getattr(args, "json", False):
+        _print_json(reply)
+        return 0
+    sys.stdout.write(render_peers(reply, getattr(args, "numeric", False)) + "\n")
+    if not reply["sources"]:
+        print(
+            "ntpy peers: no sources (no server, pool, peer or refclock is polled)", file=sys.stderr
+        )
+    return 0
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--socket",
+        "-s",
+        metavar="PATH",
+        help="the daemon's control socket (default: /run/ntpy/ntpy.sock, else "
+        "$XDG_RUNTIME_DIR/ntpy.sock, else /tmp/ntpy-UID/ntpy.sock)",
+    )
+    p.add_argument("--json", action="store_true", help="print the daemon's reply as JSON")
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=2.0,
+        metavar="SECONDS",
+        help="give up if the daemon does not answer in time (default 2)",
+    )
+
+
+def add_view_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``status`` and ``peers`` to the ``ntpy`` command line."""
+    s = subparsers.add_parser(
+        "status",
+        help="synchronisation status like ntpstat: exit 0 synchronised, 1 not, 2 unknown",
+    )
+    _add_common(s)
+    s.add_argument(
+        "--max-error",
+        "-m",
+        type=_positive_float,
+        dest="max_error",
+        metavar="MS",
+        help="also exit 1 if the error bound exceeds MS milliseconds (ntpstat -m)",
+    )
+    p = subparsers.add_parser("peers", help="the daemon's time sources like 'ntpq -p'")
+    _add_common(p)
+    p.add_argument(
+        "-n",
+        "--numeric",
+        action="store_true",
+        help="show addresses instead of the configured host names",
+    )

@@ -1,0 +1,594 @@
+"""The synchronization engine: sources -> selection -> discipline -> served system state.
+
+Sans-IO. The shell (daemon or simulator) calls ``handle_timer`` when ``next_wakeup`` is due
+and ``handle_packet`` for each reply, carries out the returned actions in order, and reads
+``system_state`` for the responder. Times: ``now_mono`` is CLOCK_MONOTONIC (timers only);
+clock times are the *cooked* clock (``actions.cooked_now``): served time plus any slew still
+to run, so a slew counts as applied the moment it is ordered.
+
+Discipline, in brief (chrony-style rather than ntpd's PLL, because it measured better):
+every accepted sample refits that source's regression; selection (RFC 5905 intersection and
+clustering) picks truechimers and the system peer; the survivors' offsets are combined and
+slewed away at once, and the residual frequency the regressions see is added to the clock's
+frequency. Every correction is folded back into all stored samples, so the regressions keep
+fitting across updates. Offsets beyond the step threshold are stepped on the first update
+(or with ``makestep``), otherwise only if they persist for ``stepout``; offsets beyond the
+panic threshold stop the daemon unless allowed (``-g``, ``tinker panic 0``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ntpy.core.actions import (
+    Action,
+    LogEvent,
+    Panic,
+    ReplaceSource,
+    SendRequest,
+    SetFrequency,
+    SlewClock,
+    StepClock,
+)
+from ntpy.core.packet import LEAP_ALARM, LEAP_NONE, refid_to_text
+from ntpy.core.select import Candidate, Selection, select_sources
+from ntpy.core.source import NS, PHI_PPB, Source, SourceConfig
+from ntpy.core.sourcestats import offset_at
+from ntpy.core.status import SourceStatus, SyncStatus
+from ntpy.core.system import STRATUM_UNSYNC, LocalReference, SystemState, unsynchronized
+
+__all__ = ["SourceConfig", "SyncEngine", "SyncOptions"]
+
+HOUSEKEEPING_NS = 4 * NS
+FIRST_UPDATE_WAIT_NS = 16 * NS
+MAX_FREQ_PPB = 500_000.0
+FREQ_VAR_UNKNOWN = (100e-6) ** 2
+"""Prior variance of our frequency with no drift file: about 100 ppm, a typical crystal."""
+FREQ_VAR_DRIFTFILE = (1e-6) ** 2
+
+REFID_LOOPBACK = 0x7F000001
+
+
+@dataclass(frozen=True, slots=True)
+class SyncOptions:
+    precision: int = -20
+    step_threshold_ns: int = 128_000_000
+    """``tinker step``: larger offsets are stepped (first update) or after ``stepout``; 0 = never."""
+    stepout_ns: int = 300 * NS
+    panic_threshold_ns: int = 1000 * NS
+    """``tinker panic``: refuse offsets beyond this; 0 = no limit."""
+    allow_panic_step: bool = False
+    """ntpd ``-g``: the first update may step any distance."""
+    makestep: tuple[int, int] | None = None
+    """chrony ``makestep THRESHOLD LIMIT``: step if beyond threshold in the first LIMIT
+    updates (LIMIT < 0: always)."""
+    maxdist_ns: int = 1_500_000_000
+    minsane: int = 1
+    minclock: int = 3
+    maxclock: int = 10
+    initial_frequency_ppb: float | None = None
+    local: LocalReference | None = None
+    orphan_stratum: int = 16
+    orphanwait_ns: int = 300 * NS
+    clock_name: str = "virtual"
+
+
+def _precision_ns(precision: int) -> int:
+    p = max(-32, min(0, precision))
+    return max(1, NS >> -p)
+
+
+def address_refid(address: object) -> int:
+    """RFC 5905 refid of an upstream: its IPv4 address, or the first 4 bytes of MD5 of IPv6."""
+    host = str(address[0]) if isinstance(address, tuple) else str(address)
+    parts = host.split(".")
+    if len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts):
+        return int.from_bytes(bytes(int(p) for p in parts), "big")
+    return int.from_bytes(hashlib.md5(host.encode()).digest()[:4], "big")
+
+
+def _host(address: object) -> str:
+    return str(address[0]) if isinstance(address, tuple) else str(address)
+
+
+class SyncEngine:
+    """Keeps time from upstream sources; see the module docstring."""
+
+    def __init__(self, options: SyncOptions, random64: Callable[[], int]) -> None:
+        self.opts = options
+        self.random64 = random64
+        self.precision_ns = _precision_ns(options.precision)
+        self.sources: dict[int, Source] = {}
+        self._next_id = 1
+        self.frequency_ppb = options.initial_frequency_ppb or 0.0
+        self.freq_prior_var = (
+            FREQ_VAR_UNKNOWN if options.initial_frequency_ppb is None else FREQ_VAR_DRIFTFILE
+        )
+        self.system_peer: int | None = None
+        self.selection: Selection | None = None
+        self.updates = 0
+        self.synced = False
+        self.ever_synced = False
+        self.panicked = False
+        self.spike_since: int | None = None
+        self.start_mono: int | None = None
+        self.last_selectable_mono: int | None = None
+        self.next_housekeeping = 0
+        self.fallback_active = False
+        # System variables from the last clock update.
+        self.sys_leap = LEAP_ALARM
+        self.sys_stratum = STRATUM_UNSYNC
+        self.sys_refid = 0
+        self.sys_reference: int | None = None
+        self.sys_root_delay = 0
+        self.sys_root_disp = 0
+        self.sys_offset = 0
+        self.sys_jitter = 0
+        self.sys_peer_address: str | None = None
+
+    # ----------------------------------------------------------------- sources
+
+    def add_source(self, config: SourceConfig, now_mono: int) -> int:
+        sid = self._next_id
+        self._next_id += 1
+        spread = (self.random64() % 1000) / 1000.0  # first poll within 1 s
+        self.sources[sid] = Source(sid, config, self.precision_ns, now_mono, spread)
+        return sid
+
+    def remove_source(self, source_id: int) -> None:
+        self.sources.pop(source_id, None)
+        if self.system_peer == source_id:
+            self.system_peer = None
+
+    # ----------------------------------------------------------------- entry points
+
+    def start(self, now_mono: int, now_clock: int) -> list[Action]:
+        self.start_mono = now_mono
+        self.next_housekeeping = now_mono
+        actions: list[Action] = []
+        if self.opts.initial_frequency_ppb is not None:
+            self.frequency_ppb = max(-MAX_FREQ_PPB, min(MAX_FREQ_PPB, self.opts.initial_frequency_ppb))
+            actions.append(SetFrequency(self.frequency_ppb))
+        if not self.sources:
+            self._housekeeping(now_mono, now_clock, actions)
+        return actions
+
+    def next_wakeup(self) -> int | None:
+        times = [s.next_poll_mono for s in self.sources.values() if s.active]
+        times.append(self.next_housekeeping)
+        return min(times)
+
+    def mark_sent(self, source_id: int, t1_clock: int) -> None:
+        src = self.sources.get(source_id)
+        if src is not None:
+            src.mark_sent(t1_clock)
+
+    def handle_timer(self, now_mono: int, now_clock: int) -> list[Action]:
+        actions: list[Action] = []
+        for src in list(self.sources.values()):
+            if not src.due(now_mono):
+                continue
+            was_reachable = src.reachable
+            rnd = (self.random64() % 2000) / 1000.0 - 1.0
+            data = src.poll_request(now_mono, self.random64(), rnd)
+            actions.append(SendRequest(src.id, src.config.address, data))
+            if was_reachable and not src.reachable:
+                src.state = "unreachable"
+                actions.append(LogEvent("warning", f"source {self._label(src)} is unreachable"))
+                if src.config.pool is not None:
+                    actions.append(ReplaceSource(src.id, src.config.pool, "unreachable"))
+        if now_mono >= self.next_housekeeping:
+            self._housekeeping(now_mono, now_clock, actions)
+        return actions
+
+    def handle_packet(
+        self, source_id: int, data: bytes, t4_clock: int, now_mono: int
+    ) -> list[Action]:
+        src = self.sources.get(source_id)
+        if src is None:
+            return []
+        actions: list[Action] = []
+        prev = src.stats.estimate
+        m, reason = src.receive(data, t4_clock, now_mono)
+        if reason.startswith("kod_"):
+            actions.append(LogEvent("warning", f"kiss-o'-death {reason[4:]} from {self._label(src)}"))
+            if src.kod is not None:
+                if self.system_peer == src.id:
+                    self.system_peer = None
+                if src.config.pool is not None:
+                    actions.append(ReplaceSource(src.id, src.config.pool, reason))
+        if m is None:
+            return actions
+        est = src.stats.add(m)
+        if prev is not None:
+            innovation = m.offset_ns - offset_at(prev, m.time_ns)
+            sd = math.hypot(prev.offset_sd_ns, est.jitter_ns, m.delay_ns / 4.0)
+            src.adapt_poll(innovation, sd, est)
+        self._update(now_mono, t4_clock, actions)
+        return actions
+
+    # ----------------------------------------------------------------- selection + discipline
+
+    def _distance(self, src: Source, now_clock: int) -> int:
+        est = src.stats.estimate
+        last = src.stats.last()
+        assert est is not None and last is not None
+        return int(
+            last.root_delay_ns / 2
+            + last.root_dispersion_ns
+            + est.min_delay_ns / 2
+            + src.dispersion_now(now_clock)
+            + est.jitter_ns
+            + est.offset_sd_ns
+        )
+
+    def _candidates(self, now_clock: int) -> list[Candidate]:
+        out: list[Candidate] = []
+        for src in self.sources.values():
+            est = src.stats.estimate
+            last = src.stats.last()
+            src.tally = " "
+            if not src.active or not src.reachable or est is None or last is None:
+                continue
+            if last.leap == LEAP_ALARM or src.config.noselect:
+                continue
+            dist = self._distance(src, now_clock)
+            if dist > self.opts.maxdist_ns:
+                src.state = "too far"
+                continue
+            out.append(
+                Candidate(
+                    id=src.id,
+                    offset_ns=round(offset_at(est, now_clock)),
+                    root_distance_ns=dist,
+                    jitter_ns=max(1, round(est.jitter_ns)),
+                    stratum=last.stratum,
+                    leap=last.leap,
+                    prefer=src.config.prefer,
+                )
+            )
+        return out
+
+    def _update(self, now_mono: int, now_clock: int, actions: list[Action]) -> None:
+        if self.panicked:
+            return
+        if self.updates == 0 and not self._ready_for_first_update(now_mono):
+            return
+        cands = self._candidates(now_clock)
+        if cands:
+            self.last_selectable_mono = now_mono
+        sel = select_sources(
+            cands,
+            minsane=self.opts.minsane,
+            minclock=self.opts.minclock,
+            maxclock=self.opts.maxclock,
+            previous_peer=self.system_peer,
+        )
+        self.selection = sel
+        self._mark_tallies(sel)
+        if sel is None or sel.system_peer is None:
+            return
+        if sel.system_peer != self.system_peer:
+            peer = self.sources[sel.system_peer]
+            actions.append(LogEvent("info", f"system peer is now {self._label(peer)}"))
+            self.system_peer = sel.system_peer
+        offset = sel.offset_ns
+        if not self._discipline(offset, sel, now_mono, now_clock, actions):
+            return
+        self._set_system_vars(sel, now_clock, actions)
+
+    def _ready_for_first_update(self, now_mono: int) -> bool:
+        """Hold the first clock update until every source has answered (or one iburst,
+        16 s, has passed): otherwise whichever server answers first -- a liar, say -- would
+        win the first selection alone, and could set the clock or trip the panic check."""
+        if all(s.stats.estimate is not None for s in self.sources.values() if s.active):
+            return True
+        return self.start_mono is not None and now_mono - self.start_mono >= FIRST_UPDATE_WAIT_NS
+
+    def _mark_tallies(self, sel: Selection | None) -> None:
+        if sel is None:
+            for src in self.sources.values():
+                if src.stats.estimate is not None and src.reachable and src.active:
+                    src.state = "no majority" if src.state not in ("too far",) else src.state
+            return
+        for sid in sel.falsetickers:
+            self.sources[sid].tally, self.sources[sid].state = "x", "falseticker"
+        for sid in sel.outliers:
+            self.sources[sid].tally, self.sources[sid].state = "-", "outlier"
+        for sid in sel.excess:
+            self.sources[sid].tally, self.sources[sid].state = "#", "excess"
+        for sid in sel.survivors:
+            if sid in sel.excess:
+                continue
+            self.sources[sid].tally, self.sources[sid].state = "+", "candidate"
+        if sel.system_peer is not None:
+            self.sources[sel.system_peer].tally = "*"
+            self.sources[sel.system_peer].state = "sync"
+
+    def _combined_frequency(self, sel: Selection) -> tuple[float, float]:
+        """Inverse-variance average of the survivors' residual frequencies, and its variance."""
+        num = den = 0.0
+        for sid in sel.survivors:
+            est = self.sources[sid].stats.estimate
+            if est is None or not math.isfinite(est.frequency_sd) or est.samples_used < 3:
+                continue
+            w = 1.0 / max(est.frequency_sd, 1e-12) ** 2
+            num += w * est.frequency
+            den += w
+        if den <= 0:
+            return 0.0, math.inf
+        return num / den, 1.0 / den
+
+    def _frequency_step(self, sel: Selection) -> float:
+        """How much to change our frequency (dimensionless).
+
+        Each regression's residual slope is already the best estimate from all its samples
+        (they were re-expressed after every correction), so it is not averaged with earlier
+        estimates -- that would count the same samples twice. It is only shrunk toward what
+        we knew before any sample: a crystal within ~100 ppm (or the drift file's value), so
+        that a slope from three samples 2 s apart through 10 ms of jitter moves the
+        frequency a little instead of 500 ppm.
+        """
+        slope, var = self._combined_frequency(sel)
+        if not math.isfinite(var):
+            return 0.0
+        return slope * self.freq_prior_var / (self.freq_prior_var + var)
+
+    def _discipline(
+        self, offset: int, sel: Selection, now_mono: int, now_clock: int, actions: list[Action]
+    ) -> bool:
+        """Decide step / slew / refuse for ``offset``. False if the clock was not updated."""
+        o = self.opts
+        first = self.updates == 0
+        mag = abs(offset)
+        if o.panic_threshold_ns and mag > o.panic_threshold_ns and not (first and o.allow_panic_step):
+            self.panicked = True
+            msg = (
+                f"offset {offset / NS:+.3f} s exceeds the panic threshold "
+                f"{o.panic_threshold_ns / NS:g} s: refusing to adjust the clock; set it by hand, "
+                "or allow it with -g (first adjustment) or 'tinker panic 0'"
+            )
+            actions.append(LogEvent("error", msg))
+            actions.append(Panic(offset, msg))
+            return False
+        step = False
+        if o.makestep is not None and mag > o.makestep[0] and (
+            o.makestep[1] < 0 or self.updates < o.makestep[1]
+        ):
+            step = True
+        elif o.step_threshold_ns and mag > o.step_threshold_ns:
+            if first:
+                step = True
+            elif self.spike_since is None:
+                self.spike_since = now_mono
+                actions.append(
+                    LogEvent(
+                        "warning",
+                        f"offset {offset / NS:+.6f} s exceeds the step threshold; stepping if it "
+                        f"persists for {o.stepout_ns // NS} s",
+                    )
+                )
+                return False
+            elif now_mono - self.spike_since >= o.stepout_ns:
+                step = True
+            else:
+                return False
+        if not step:
+            self.spike_since = None
+        if step:
+            self.spike_since = None
+            actions.append(StepClock(offset))
+            actions.append(LogEvent("warning", f"stepped the clock by {offset / NS:+.6f} s"))
+            self._correct(now_clock, offset, 0.0)
+        else:
+            dfreq = self._frequency_step(sel)
+            new_ppb = max(-MAX_FREQ_PPB, min(MAX_FREQ_PPB, self.frequency_ppb + dfreq * 1e9))
+            applied = (new_ppb - self.frequency_ppb) / 1e9
+            if applied:
+                self.frequency_ppb = new_ppb
+                actions.append(SetFrequency(new_ppb))
+            if offset:
+                actions.append(SlewClock(offset))
+            self._correct(now_clock, offset, applied)
+        self.sys_offset = offset
+        self.updates += 1
+        return True
+
+    def _correct(self, at: int, offset: int, dfreq: float) -> None:
+        for src in self.sources.values():
+            src.stats.apply_correction(at, offset, dfreq)
+            if src.pending is not None and src.pending.t1_ns is not None:
+                t1 = src.pending.t1_ns
+                src.pending.t1_ns = t1 + round(offset + dfreq * (t1 - at))
+
+    def _set_system_vars(self, sel: Selection, now_clock: int, actions: list[Action]) -> None:
+        assert sel.system_peer is not None
+        peer = self.sources[sel.system_peer]
+        est = peer.stats.estimate
+        last = peer.stats.last()
+        assert est is not None and last is not None
+        self.sys_leap = sel.leap
+        self.sys_stratum = min(last.stratum + 1, STRATUM_UNSYNC)
+        self.sys_refid = address_refid(peer.config.address)
+        self.sys_peer_address = _host(peer.config.address)
+        self.sys_reference = now_clock + self.sys_offset
+        self.sys_root_delay = last.root_delay_ns + est.min_delay_ns
+        self.sys_root_disp = (
+            last.root_dispersion_ns
+            + peer.dispersion_now(now_clock)
+            + int(est.jitter_ns)
+            + abs(self.sys_offset)
+        )
+        self.sys_jitter = sel.jitter_ns
+        if not self.synced:
+            actions.append(
+                LogEvent(
+                    "info",
+                    f"synchronized to {self._label(peer)} at stratum {self.sys_stratum}"
+                    + (" (regained)" if self.ever_synced else ""),
+                )
+            )
+        self.synced = True
+        self.ever_synced = True
+        self.fallback_active = False
+
+    # ----------------------------------------------------------------- holdover and fallback
+
+    def _root_distance(self, now_clock: int) -> int:
+        if self.sys_reference is None:
+            return 1 << 62
+        age = max(0, now_clock - self.sys_reference)
+        return self.sys_root_delay // 2 + self.sys_root_disp + age * PHI_PPB // NS
+
+    def _fallback(self) -> LocalReference | None:
+        if self.opts.local is not None:
+            return self.opts.local
+        if self.opts.orphan_stratum < STRATUM_UNSYNC:
+            return LocalReference(self.opts.orphan_stratum, REFID_LOOPBACK)
+        return None
+
+    def _housekeeping(self, now_mono: int, now_clock: int, actions: list[Action]) -> None:
+        self.next_housekeeping = now_mono + HOUSEKEEPING_NS
+        if self.synced and self._root_distance(now_clock) > self.opts.maxdist_ns:
+            self.synced = False
+            actions.append(
+                LogEvent(
+                    "warning",
+                    "sync lost: no usable source and the root distance has grown beyond "
+                    f"maxdist ({self.opts.maxdist_ns / NS:g} s)",
+                )
+            )
+        fallback = self._fallback()
+        if fallback is None:
+            return
+        upstream = any(s.active for s in self.sources.values())
+        last_ok = self.last_selectable_mono
+        since = self.start_mono if last_ok is None else last_ok
+        lost = not upstream or (
+            since is not None
+            and now_mono - since >= self.opts.orphanwait_ns
+            and not self._has_selection()
+        )
+        if lost and not self.fallback_active:
+            self.fallback_active = True
+            what = "local clock" if self.opts.local is not None else "orphan mode"
+            actions.append(
+                LogEvent(
+                    "warning" if upstream else "info",
+                    f"serving from the {what} at stratum {fallback.served_stratum}"
+                    + (" (no upstream source)" if upstream else ""),
+                )
+            )
+        elif not lost and self.fallback_active and self.synced:
+            self.fallback_active = False
+
+    def _has_selection(self) -> bool:
+        return self.selection is not None and self.selection.system_peer is not None
+
+    # ----------------------------------------------------------------- views
+
+    def system_state(self, now_clock: int) -> SystemState:
+        if self.synced and self._root_distance(now_clock) <= self.opts.maxdist_ns:
+            return SystemState(
+                leap=self.sys_leap,
+                stratum=self.sys_stratum,
+                refid=self.sys_refid,
+                reference_ns=self.sys_reference,
+                root_delay_ns=self.sys_root_delay,
+                root_dispersion_ns=self.sys_root_disp,
+                precision=self.opts.precision,
+            )
+        fallback = self._fallback()
+        if fallback is not None and self.fallback_active:
+            return fallback.state(now_clock, self.opts.precision)
+        return unsynchronized(self.opts.precision)
+
+    def _label(self, src: Source) -> str:
+        host = _host(src.config.address)
+        return host if src.config.name == host else f"{src.config.name} ({host})"
+
+    def status(self, now_mono: int, now_clock: int) -> SyncStatus:
+        state = self.system_state(now_clock)
+        sources: list[SourceStatus] = []
+        for src in self.sources.values():
+            est = src.stats.estimate
+            last = src.stats.last()
+            sample = src.last_sample
+            stratum = sample.stratum if sample else 16
+            sources.append(
+                SourceStatus(
+                    id=src.id,
+                    name=src.config.name,
+                    address=_host(src.config.address),
+                    kind=src.config.kind,
+                    tally=src.tally,
+                    refid=refid_to_text(sample.refid, stratum) if sample else ".INIT.",
+                    stratum=stratum,
+                    leap=sample.leap if sample else LEAP_ALARM,
+                    type_char="p" if src.config.kind == "pool" else "u",
+                    when_s=None
+                    if src.last_reply_mono is None
+                    else max(0, (now_mono - src.last_reply_mono) // NS),
+                    poll_s=1 << src.poll,
+                    reach=src.reach,
+                    delay_ns=est.min_delay_ns if est else 0,
+                    offset_ns=round(offset_at(est, now_clock)) if est else 0,
+                    jitter_ns=round(est.jitter_ns) if est else 0,
+                    dispersion_ns=src.dispersion_now(now_clock),
+                    root_delay_ns=last.root_delay_ns if last else 0,
+                    root_dispersion_ns=last.root_dispersion_ns if last else 0,
+                    samples=len(src.stats),
+                    state=src.state if src.active else "kod",
+                )
+            )
+        fallback = self._fallback()
+        if fallback is not None:
+            local_st = fallback.state(now_clock, self.opts.precision)
+            sources.append(
+                SourceStatus(
+                    id=0,
+                    name="LOCAL(0)" if self.opts.local is not None else "ORPHAN",
+                    address="127.127.1.0",
+                    kind="local",
+                    tally="*" if self.fallback_active and not self.synced else " ",
+                    refid=refid_to_text(local_st.refid, 1) if fallback.served_stratum <= 1 else ".LOCL.",
+                    stratum=max(0, fallback.served_stratum - 1),
+                    leap=LEAP_NONE,
+                    type_char="l",
+                    when_s=None,
+                    poll_s=64,
+                    reach=0o377 if self.fallback_active else 0,
+                    delay_ns=0,
+                    offset_ns=0,
+                    jitter_ns=0,
+                    dispersion_ns=0,
+                    root_delay_ns=0,
+                    root_dispersion_ns=0,
+                    samples=0,
+                    state="sync" if self.fallback_active and not self.synced else "standby",
+                )
+            )
+        peer = self.sources.get(self.system_peer) if self.system_peer is not None else None
+        synced = state.synchronized
+        return SyncStatus(
+            synchronized=synced,
+            leap=state.leap,
+            stratum=state.wire_stratum if synced else 16,
+            refid=refid_to_text(state.refid, state.wire_stratum),
+            system_peer=_host(peer.config.address) if (peer and self.synced) else None,
+            system_peer_id=peer.id if (peer and self.synced) else None,
+            reference_ns=state.reference_ns,
+            root_delay_ns=state.root_delay_ns,
+            root_dispersion_ns=state.root_dispersion_at(now_clock),
+            root_distance_ns=state.root_distance_at(now_clock),
+            offset_ns=self.sys_offset,
+            frequency_ppb=self.frequency_ppb,
+            jitter_ns=self.sys_jitter,
+            poll_s=(1 << peer.poll) if peer else 64,
+            precision=self.opts.precision,
+            clock=self.opts.clock_name,
+            sources=tuple(sources),
+        )

@@ -1,0 +1,227 @@
+"""One upstream time source: when to poll, what to send, which replies to believe.
+
+Sans-IO: the engine asks ``due(now)``/``poll(now, cookie)`` for requests and feeds replies
+to ``receive``. Everything a source learns lands in its ``SourceStats``.
+
+Behaviour, following ntpd where it is the reference:
+- Poll interval 2**poll s between minpoll and maxpoll, with +-5% randomization so many
+  clients started together do not synchronize their queries.
+- ``iburst``: while the source is unreachable (including at start), each poll is a burst of
+  8 requests 2 s apart, so the first clock update comes in seconds, not minutes. ``burst``
+  does that at every poll (the NTP Pool considers it abuse; we still honour it when asked).
+- An 8-bit reach register: shifted left at every poll, bit 0 set by a valid reply.
+- Every request carries a fresh random transmit timestamp (the "cookie"); only a reply
+  whose origin echoes the outstanding cookie is accepted: duplicates, replays, stale and
+  spoofed replies are dropped and counted.
+- Kiss-o'-death: RATE raises our poll interval (and floor); DENY and RSTR stop the source.
+- Unreachable sources back off: each poll without any reply raises the interval toward
+  maxpoll, so a dead server costs little.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+from ntpy.core.client import ReplyRejected, Sample, build_request, parse_reply
+from ntpy.core.packet import LEAP_ALARM
+from ntpy.core.sourcestats import Estimate, Measurement, SourceStats, wander_sd_ns
+
+NS = 1_000_000_000
+BURST_COUNT = 8
+BURST_SPACING_NS = 2 * NS
+PHI_PPB = 15_000
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    """An upstream server as the daemon resolved it."""
+
+    name: str
+    address: object
+    kind: str = "server"
+    iburst: bool = False
+    burst: bool = False
+    prefer: bool = False
+    noselect: bool = False
+    minpoll: int = 6
+    maxpoll: int = 10
+    version: int = 4
+    pool: str | None = None
+
+
+@dataclass(slots=True)
+class Pending:
+    cookie: int
+    t1_ns: int | None
+    sent_mono: int
+
+
+class Source:
+    """State of one upstream server."""
+
+    def __init__(
+        self, source_id: int, config: SourceConfig, precision_ns: int, now_mono: int, jitter: float
+    ) -> None:
+        self.id = source_id
+        self.config = config
+        self.stats = SourceStats(precision_ns)
+        self.precision_ns = precision_ns
+        self.minpoll = config.minpoll
+        self.maxpoll = max(config.maxpoll, config.minpoll)
+        self.poll = self.minpoll
+        self.reach = 0
+        self.polls_unanswered = 0
+        self.pending: Pending | None = None
+        self.burst_left = 0
+        self.kod: str | None = None
+        """'DENY'/'RSTR' once the server refused us: the source is no longer used."""
+        self.counters: Counter[str] = Counter()
+        self.last_reply_mono: int | None = None
+        self.last_sample: Sample | None = None
+        self.state = "init"
+        self.tally = " "
+        # First poll soon after start, spread a little so sources do not fire together.
+        self.next_poll_mono = now_mono + int(jitter * NS)
+
+    # ----------------------------------------------------------------- polling
+
+    @property
+    def reachable(self) -> bool:
+        return self.reach != 0
+
+    @property
+    def active(self) -> bool:
+        return self.kod is None
+
+    def poll_interval_ns(self) -> int:
+        return (1 << self.poll) * NS
+
+    def due(self, now_mono: int) -> bool:
+        return self.active and now_mono >= self.next_poll_mono
+
+    def poll_request(self, now_mono: int, cookie: int, randomize: float) -> bytes:
+        """Build the request for a due poll and schedule the next one.
+
+        ``randomize`` in [-1, 1) spreads the interval by +-5%.
+        """
+        if self.burst_left > 0:
+            self.burst_left -= 1
+        else:
+            # A new poll: account the previous one in the reach register.
+            self.reach = (self.reach << 1) & 0xFF
+            if self.pending is not None:
+                self.polls_unanswered += 1
+            if self.reach == 0 and self.polls_unanswered >= 2 and self.poll < self.maxpoll:
+                self.poll += 1  # back off while nobody answers
+            if self.config.burst or (self.config.iburst and self.reach == 0):
+                self.burst_left = BURST_COUNT - 1
+        self.pending = Pending(cookie, None, now_mono)
+        if self.burst_left > 0:
+            self.next_poll_mono = now_mono + BURST_SPACING_NS
+        else:
+            interval = self.poll_interval_ns()
+            self.next_poll_mono = now_mono + int(interval * (1.0 + 0.05 * randomize))
+        self.counters["requests"] += 1
+        return build_request(cookie, version=self.config.version, poll=self.poll)
+
+    def mark_sent(self, t1_ns: int) -> None:
+        if self.pending is not None:
+            self.pending.t1_ns = t1_ns
+
+    # ----------------------------------------------------------------- replies
+
+    def receive(self, data: bytes, t4_ns: int, now_mono: int) -> tuple[Measurement | None, str]:
+        """Validate a reply. Returns (measurement to use or None, reason)."""
+        pending = self.pending
+        if pending is None or pending.t1_ns is None:
+            self.counters["drop_unexpected"] += 1
+            return None, "unexpected"
+        try:
+            sample = parse_reply(data, pending.cookie, pending.t1_ns, t4_ns)
+        except ReplyRejected as exc:
+            reason = exc.reason
+            if reason.startswith("kod_"):
+                return None, self._kiss(reason[4:])
+            self.counters[f"drop_{reason}"] += 1
+            return None, reason
+        self.pending = None  # one reply per request: a duplicate is now "unexpected"
+        self.reach |= 1
+        self.polls_unanswered = 0
+        self.last_reply_mono = now_mono
+        self.last_sample = sample
+        self.counters["replies"] += 1
+        if sample.leap == LEAP_ALARM or not 1 <= sample.stratum <= 15:
+            self.counters["unsynchronized"] += 1
+            self.state = "unsynchronized"
+            return None, "unsynchronized"
+        # RFC 5905: both clocks' precision plus PHI times the round trip.
+        dispersion = (
+            _precision_ns(sample.precision)
+            + self.precision_ns
+            + (sample.delay_ns * PHI_PPB) // NS
+        )
+        m = Measurement(
+            time_ns=(pending.t1_ns + t4_ns) // 2,
+            offset_ns=sample.offset_ns,
+            delay_ns=max(sample.delay_ns, self.precision_ns),
+            dispersion_ns=dispersion,
+            root_delay_ns=sample.root_delay_ns,
+            root_dispersion_ns=sample.root_dispersion_ns,
+            stratum=sample.stratum,
+            leap=sample.leap,
+        )
+        self.counters["samples"] += 1
+        return m, "ok"
+
+    def _kiss(self, code: str) -> str:
+        self.counters[f"kod_{code}"] += 1
+        self.pending = None
+        if code == "RATE":
+            self.minpoll = min(self.minpoll + 1, 17)
+            self.maxpoll = max(self.maxpoll, self.minpoll)
+            self.poll = max(self.poll + 1, self.minpoll)
+            self.burst_left = 0
+            self.next_poll_mono += self.poll_interval_ns()
+            return "kod_RATE"
+        if code in ("DENY", "RSTR"):
+            self.kod = code
+            self.state = "kod"
+            return f"kod_{code}"
+        return f"kod_{code}"
+
+    # ----------------------------------------------------------------- poll adaptation
+
+    def adapt_poll(self, innovation_ns: float, sd_ns: float, est: Estimate) -> None:
+        """Lengthen the poll while the clock is well modelled, shorten it on surprises.
+
+        The next interval is worth it only if our frequency is known well enough that it
+        drifts less than the measurement noise across it: freq_sd * interval < noise. The
+        regression's sample count and the runs test (which drops samples when the frequency
+        wanders) feed freq_sd, so wander pulls the poll back down by itself.
+        """
+        if self.burst_left > 0:
+            return
+        noise = max(est.jitter_ns, est.offset_sd_ns, float(self.precision_ns))
+        interval_s = float(1 << self.poll)
+        drift_next = math.hypot(est.frequency_sd * 2.0 * interval_s * 1e9, wander_sd_ns(2.0 * interval_s))
+        drift_now = math.hypot(est.frequency_sd * interval_s * 1e9, wander_sd_ns(interval_s))
+        if abs(innovation_ns) > 4.0 * sd_ns and self.poll > self.minpoll:
+            self.poll -= 1
+        elif est.samples_used >= 8 and drift_next < noise and self.poll < self.maxpoll:
+            self.poll += 1
+        elif (drift_now > 2.0 * noise or est.samples_used < 4) and self.poll > self.minpoll:
+            self.poll -= 1
+
+    def dispersion_now(self, now_clock: int) -> int:
+        last = self.stats.last()
+        if last is None:
+            return 16 * NS
+        age = max(0, now_clock - last.time_ns)
+        return last.dispersion_ns + age * PHI_PPB // NS
+
+
+def _precision_ns(precision: int) -> int:
+    p = max(-32, min(0, precision))
+    return max(1, NS >> -p)

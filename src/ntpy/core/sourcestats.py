@@ -1,0 +1,219 @@
+"""Per-source sample statistics: a weighted linear regression of offset against time.
+
+Why regression rather than ntpd's "minimum delay of the last 8": a line through many
+samples estimates both the offset *now* and our frequency error relative to the source,
+and averages their noise over minutes to hours instead of taking one lucky sample. This is
+chrony's approach, and it is what lets one server with heavy jitter still give
+tens-of-microseconds accuracy.
+
+Three ideas make it work:
+- Weights from the delay excess. With random queueing delay the offset error of a sample is
+  at most half its delay above the minimum, roughly uniform, so its variance is about
+  (delay - min_delay)^2 / 12. The quick samples dominate; the slow ones still count.
+- A runs test picks how many of the newest samples to fit: when the residuals' signs form
+  too few runs, the clock is wandering and old samples no longer fit a line, so they are
+  dropped from the fit (they are kept for later, when the line may straighten again).
+- Every correction of our clock (step, slew, frequency change) re-expresses the stored
+  samples as if the new correction had always been in force (``apply_correction``), so the
+  regression keeps fitting across clock updates instead of starting over.
+All times are integer ns on the engine's "cooked" clock; regression arithmetic is float on
+times relative to the newest sample, which is ample precision for differences.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+MAX_SAMPLES = 64
+MIN_REGRESSION = 3
+FLOOR_FRACTION = 0.1
+WANDER_Q = (2e-9) ** 2
+"""Assumed frequency random walk of our oscillator, (fraction/s)^2 per s: about 2 ppb per
+sqrt(s), between a temperature-stable room (~1 ppb) and a busy machine (~10 ppb)."""
+NS = 1_000_000_000.0
+
+
+@dataclass(slots=True)
+class Measurement:
+    """One accepted sample: when (cooked clock, midpoint of T1..T4) and what it measured."""
+
+    time_ns: int
+    offset_ns: int
+    """Source time minus ours."""
+    delay_ns: int
+    dispersion_ns: int
+    root_delay_ns: int
+    root_dispersion_ns: int
+    stratum: int
+    leap: int
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """The regression's view of a source at ``time_ns``."""
+
+    time_ns: int
+    offset_ns: float
+    """Source minus our clock at ``time_ns``."""
+    offset_sd_ns: float
+    frequency: float
+    """d(offset)/dt: positive when the source runs ahead of us (we are slow)."""
+    frequency_sd: float
+    samples_used: int
+    min_delay_ns: int
+    jitter_ns: float
+    """Weighted RMS of the residuals: the scatter of this source's offsets."""
+
+
+def _critical_runs(n: int) -> int:
+    """Fewest sign runs acceptable among ``n`` residuals (about a 5% one-sided test).
+
+    For n random signs the number of runs has mean (n + 1) / 2 and standard deviation about
+    sqrt(n - 1) / 2; fewer than mean - 1.64 sd means the residuals are not random: the data
+    bend away from a straight line.
+    """
+    if n < 6:
+        return 0
+    mean = (n + 1) / 2.0
+    sd = math.sqrt(n - 1) / 2.0
+    return max(0, math.floor(mean - 1.64 * sd))
+
+
+class SourceStats:
+    """The sample history of one source and its regression."""
+
+    def __init__(self, precision_ns: int) -> None:
+        self.samples: list[Measurement] = []
+        self.floor_sd_ns = max(float(precision_ns), 100.0)
+        self.estimate: Estimate | None = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def clear(self) -> None:
+        self.samples.clear()
+        self.estimate = None
+
+    def add(self, m: Measurement) -> Estimate:
+        """Store a sample and refit."""
+        self.samples.append(m)
+        if len(self.samples) > MAX_SAMPLES:
+            del self.samples[0]
+        self.estimate = self._fit()
+        return self.estimate
+
+    def last(self) -> Measurement | None:
+        return self.samples[-1] if self.samples else None
+
+    def min_delay(self) -> int:
+        return min(s.delay_ns for s in self.samples)
+
+    def apply_correction(self, at_ns: int, offset_ns: int, dfreq: float) -> None:
+        """Re-express samples after our clock moved by ``offset_ns`` at ``at_ns`` and its rate
+        changed by ``dfreq`` (dimensionless): as if that correction had always applied."""
+        for s in self.samples:
+            shift = offset_ns + dfreq * (s.time_ns - at_ns)
+            ishift = round(shift)
+            s.time_ns += ishift
+            s.offset_ns -= ishift
+        if self.samples:
+            self.estimate = self._fit()
+
+    def _weights(self, samples: list[Measurement]) -> list[float]:
+        dmin = min(s.delay_ns for s in samples)
+        excess = sorted(s.delay_ns - dmin for s in samples)
+        # Even the quickest sample is not exact (the clock wanders off any straight line,
+        # the path's fastest delay is not perfectly symmetric), so the variance has a floor
+        # that scales with the path's typical queueing; without it one lucky sample would
+        # pin the whole line.
+        floor = max(self.floor_sd_ns, FLOOR_FRACTION * excess[len(excess) // 2])
+        floor2 = floor * floor
+        newest = samples[-1].time_ns
+        # Our oscillator's frequency wanders (a random walk), so an old sample departs from
+        # any straight line through the recent ones by a variance growing as q * age^3 / 3.
+        q = WANDER_Q * 1e18  # ns^2 per s^3
+        return [
+            1.0
+            / (
+                floor2
+                + (s.delay_ns - dmin) ** 2 / 12.0
+                + q * ((newest - s.time_ns) / NS) ** 3 / 3.0
+            )
+            for s in samples
+        ]
+
+    def _fit(self) -> Estimate:
+        samples = self.samples
+        n_all = len(samples)
+        newest = samples[-1].time_ns
+        if n_all < MIN_REGRESSION:
+            # Not enough for a slope: the best (lowest delay) sample's offset, no frequency.
+            best = min(samples, key=lambda s: s.delay_ns)
+            jit = _spread([float(s.offset_ns) for s in samples])
+            return Estimate(
+                time_ns=newest,
+                offset_ns=float(best.offset_ns),
+                offset_sd_ns=max(self.floor_sd_ns, jit, best.delay_ns / 4.0),
+                frequency=0.0,
+                frequency_sd=math.inf,
+                samples_used=n_all,
+                min_delay_ns=best.delay_ns,
+                jitter_ns=jit,
+            )
+        # Try the newest n samples for n = all, then fewer, until the residuals look random.
+        n = n_all
+        while True:
+            est, runs = self._regress(samples[n_all - n :], newest)
+            if n <= MIN_REGRESSION or runs >= _critical_runs(n):
+                return est
+            n = max(MIN_REGRESSION, (n * 3) // 4)
+
+    def _regress(self, samples: list[Measurement], t_ref: int) -> tuple[Estimate, int]:
+        w = self._weights(samples)
+        xs = [(s.time_ns - t_ref) / NS for s in samples]
+        ys = [float(s.offset_ns) for s in samples]
+        sw = sum(w)
+        xm = sum(wi * xi for wi, xi in zip(w, xs, strict=True)) / sw
+        ym = sum(wi * yi for wi, yi in zip(w, ys, strict=True)) / sw
+        sxx = sum(wi * (xi - xm) ** 2 for wi, xi in zip(w, xs, strict=True))
+        sxy = sum(wi * (xi - xm) * (yi - ym) for wi, xi, yi in zip(w, xs, ys, strict=True))
+        b = sxy / sxx if sxx > 0 else 0.0
+        a = ym - b * xm  # offset at t_ref (x = 0)
+        resid = [yi - (a + b * xi) for xi, yi in zip(xs, ys, strict=True)]
+        n = len(samples)
+        chi2 = sum(wi * r * r for wi, r in zip(w, resid, strict=True))
+        # Residual variance scale: how far the data scatter relative to their assumed weights.
+        scale = chi2 / (n - 2) if n > 2 else 1.0
+        var_b = scale / sxx if sxx > 0 else math.inf
+        var_a = scale * (1.0 / sw + xm * xm / sxx) if sxx > 0 else scale / sw
+        runs = 1 + sum(1 for r0, r1 in zip(resid, resid[1:], strict=False) if (r0 >= 0) != (r1 >= 0))
+        jitter = math.sqrt(chi2 / sw) if sw > 0 else 0.0
+        est = Estimate(
+            time_ns=t_ref,
+            offset_ns=a,
+            offset_sd_ns=max(math.sqrt(max(var_a, 0.0)), self.floor_sd_ns),
+            frequency=b / NS,
+            frequency_sd=math.sqrt(max(var_b, 0.0)) / NS,
+            samples_used=n,
+            min_delay_ns=min(s.delay_ns for s in samples),
+            jitter_ns=jitter,
+        )
+        return est, runs
+
+
+def _spread(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    m = sum(values) / len(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def wander_sd_ns(interval_s: float) -> float:
+    """Offset uncertainty that frequency wander alone adds over ``interval_s``."""
+    return math.sqrt(WANDER_Q * interval_s**3 / 3.0) * NS
+
+
+def offset_at(est: Estimate, time_ns: int) -> float:
+    """Extrapolate the estimate's offset to ``time_ns``."""
+    return est.offset_ns + est.frequency * (time_ns - est.time_ns)

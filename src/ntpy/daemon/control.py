@@ -1,0 +1,543 @@
+"""The local control socket: ``ntpy status`` and ``ntpy peers`` ask the running daemon here.
+
+A UNIX stream socket, not UDP mode 6, because access control is then the file system's
+job (socket 0660 in a 0700 directory) and nothing is reachable from the network. The
+protocol is one JSON request line (``{"cmd": "status"}``), one JSON reply line, close.
+Every command is read-only (DESIGN rule 7): there is deliberately no command that changes
+state, so the socket needs no authentication beyond the file permissions.
+
+The server lives inside the daemon's single-threaded event loop, so a client must never be
+able to stall it: sockets are non-blocking, a request is at most ``request_limit`` bytes,
+every connection has a deadline, and only ``max_connections`` are served at once (more are
+told "busy" and closed). The loop offers readers and timers only, so a reply that does not
+fit the socket buffer at once is finished by short retry timers until the deadline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import errno
+import functools
+import json
+import logging
+import os
+import socket
+import stat
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ntpy.daemon.loop import Loop
+
+log = logging.getLogger("ntpy.control")
+
+NS_PER_S = 1_000_000_000
+SYSTEM_SOCKET_DIR = "/run/ntpy"
+SOCKET_NAME = "ntpy.sock"
+REQUEST_LIMIT = 4096
+"""Bytes of request, newline included; the commands are a dozen bytes."""
+MAX_CONNECTIONS = 16
+CONNECTION_TIMEOUT_NS = 2 * NS_PER_S
+ACCEPT_BATCH = 32
+"""Connections accepted per readiness event before yielding to NTP traffic."""
+SEND_RETRY_NS = 5_000_000
+ACCEPT_PAUSE_NS = 100_000_000
+"""How long to stop accepting after EMFILE, so a level-triggered poll does not spin."""
+REPLY_LIMIT = 16 * 1024 * 1024
+"""The client refuses replies larger than this instead of growing without bound."""
+DRAIN_LIMIT = 64 * 1024
+"""Unread request bytes discarded before a close (more than that: the client gets a reset)."""
+SUN_PATH_MAX = 107
+"""Linux sockaddr_un.sun_path is 108 bytes including the terminating NUL."""
+
+Provider = Callable[[], object]
+
+
+class ControlError(Exception):
+    """The control socket cannot be set up, or a query failed; the message is for a human."""
+
+
+# ---------------------------------------------------------------------------------------
+# Socket paths
+
+
+def default_socket_path() -> str:
+    """Where the daemon puts its socket: /run/ntpy when it may write there, else per user.
+
+    Root (or a service user given /run/ntpy by systemd's RuntimeDirectory=) uses the system
+    path; an unprivileged daemon, e.g. a ``-x`` test instance, uses $XDG_RUNTIME_DIR and
+    finally a private directory under /tmp.
+    """
+    if os.geteuid() == 0 or os.access(SYSTEM_SOCKET_DIR, os.W_OK | os.X_OK):
+        return os.path.join(SYSTEM_SOCKET_DIR, SOCKET_NAME)
+    return _user_socket_paths()[0]
+
+
+def _user_socket_paths() -> list[str]:
+    paths = []
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isabs(runtime) and os.path.isdir(runtime):
+        paths.append(os.path.join(runtime, SOCKET_NAME))
+    paths.append(f"/tmp/ntpy-{os.getuid()}/{SOCKET_NAME}")
+    return paths
+
+
+def socket_candidates() -> list[str]:
+    """Every place a daemon may have put its socket, in the order the client looks."""
+    paths = [os.path.join(SYSTEM_SOCKET_DIR, SOCKET_NAME), *_user_socket_paths()]
+    return list(dict.fromkeys(paths))
+
+
+def find_socket() -> str | None:
+    """The first candidate that exists (or that we may not even look at: a root-only dir)."""
+    for path in socket_candidates():
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return path  # e.g. EACCES on /run/ntpy: connecting will say "permission denied"
+        return path
+    return None
+
+
+def _check_path(path: str) -> None:
+    if not path or not os.path.isabs(path):
+        raise ControlError(f"control socket path must be absolute: {path!r}")
+    if len(os.fsencode(path)) > SUN_PATH_MAX:
+        raise ControlError(
+            f"control socket path is {len(os.fsencode(path))} bytes, longer than the "
+            f"{SUN_PATH_MAX} a UNIX socket address allows: {path}"
+        )
+
+
+def _prepare_directory(directory: str, mode: int) -> None:
+    """Create the socket's directory, or check that an existing one is safe to use.
+
+    In a shared sticky directory like /tmp another user could pre-create our directory and
+    later swap the socket, so an existing directory must be ours and writable by no one else
+    -- unless we created the parent ourselves (the check is skipped for root's /run/ntpy,
+    which only root can create).
+    """
+    try:
+        os.mkdir(directory, mode)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ControlError(
+            f"cannot create control socket directory {directory}: {exc.strerror}"
+        ) from None
+    else:
+        return
+    try:
+        st = os.lstat(directory)
+    except OSError as exc:
+        raise ControlError(f"cannot use {directory}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ControlError(f"{directory} exists and is not a directory")
+    parent = os.stat(os.path.dirname(directory) or "/")
+    shared_parent = bool(parent.st_mode & stat.S_IWOTH)
+    if shared_parent and (st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+        raise ControlError(
+            f"refusing to use {directory}: it is in a world-writable directory and is not a "
+            "private directory owned by this user"
+        )
+
+
+def _remove_stale(path: str) -> None:
+    """Remove a socket file left by a daemon that died, never a live one or a regular file."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ControlError(f"cannot examine {path}: {exc.strerror}") from None
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ControlError(f"{path} exists and is not a socket; not removing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        pass  # nobody listening: stale
+    except BlockingIOError:
+        raise ControlError(
+            f"another ntpy is already answering on {path} (its queue is full)"
+        ) from None
+    except OSError as exc:
+        raise ControlError(f"cannot check whether {path} is in use: {exc.strerror}") from None
+    else:
+        raise ControlError(f"another ntpy is already answering on {path}")
+    finally:
+        probe.close()
+    log.info("removing stale control socket %s", path)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise ControlError(f"cannot remove stale control socket {path}: {exc.strerror}") from None
+
+
+# ---------------------------------------------------------------------------------------
+# Requests and replies
+
+
+def _json_default(obj: object) -> object:
+    """Nested dataclasses (inside dicts), tuples of them, enums, addresses: plain JSON."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, set | frozenset):
+        return sorted(obj, key=str)
+    if isinstance(obj, bytes):
+        return obj.hex()
+    return str(obj)
+
+
+def encode_line(obj: object) -> bytes:
+    """One reply line. NaN/inf are refused: strict JSON parsers (jq) reject them."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    text = json.dumps(obj, default=_json_default, allow_nan=False, separators=(",", ":"))
+    return text.encode() + b"\n"
+
+
+def error_line(message: str) -> bytes:
+    return encode_line({"error": message})
+
+
+def build_reply(line: bytes, providers: Mapping[str, Provider]) -> tuple[bytes, str]:
+    """The reply line for one request line, and a counter name for what happened.
+
+    Pure apart from calling the provider, so the protocol is tested without sockets.
+    """
+    try:
+        request = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return error_line('bad request: expected one JSON line like {"cmd": "status"}'), "bad"
+    if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
+        return error_line('bad request: expected a JSON object with a "cmd" string'), "bad"
+    cmd = request["cmd"]
+    provider = providers.get(cmd)
+    if provider is None:
+        known = ", ".join(sorted(providers))
+        shown = cmd if len(cmd) <= 40 else cmd[:40] + "..."
+        return error_line(f"unknown command {shown!r}; known commands: {known}"), "unknown"
+    try:
+        result = provider()
+        reply = encode_line(result)
+    except Exception as exc:  # a provider bug must not take the daemon down
+        log.exception("control command %r failed", cmd)
+        return error_line(f"internal error in {cmd!r}: {type(exc).__name__}: {exc}"), "failed"
+    if not reply.startswith(b"{"):
+        log.error("control command %r returned %s, not an object", cmd, type(result).__name__)
+        return error_line(f"internal error in {cmd!r}: reply is not a JSON object"), "failed"
+    return reply, "ok"
+
+
+# ---------------------------------------------------------------------------------------
+# Server
+
+
+@dataclasses.dataclass(eq=False)
+class _Conn:
+    sock: socket.socket
+    deadline_ns: int
+    buf: bytearray = dataclasses.field(default_factory=bytearray)
+    out: memoryview | None = None
+    closed: bool = False
+
+
+class ControlServer:
+    """Serves read-only JSON commands on a UNIX socket from inside the daemon's loop.
+
+    ``providers`` maps a command name to a function returning a dataclass or a dict; it is
+    called at request time, so replies are always current.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        loop: Loop,
+        providers: Mapping[str, Provider],
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        request_limit: int = REQUEST_LIMIT,
+        timeout_ns: int = CONNECTION_TIMEOUT_NS,
+        socket_mode: int = 0o660,
+        dir_mode: int = 0o700,
+    ) -> None:
+        if max_connections < 1 or request_limit < 16 or timeout_ns <= 0:
+            raise ValueError("max_connections >= 1, request_limit >= 16, timeout_ns > 0")
+        self.path = path
+        self.loop = loop
+        self.providers = dict(providers)
+        self.max_connections = max_connections
+        self.request_limit = request_limit
+        self.timeout_ns = timeout_ns
+        self.socket_mode = socket_mode
+        self.dir_mode = dir_mode
+        self.counters: Counter[str] = Counter()
+        self._listener: socket.socket | None = None
+        self._identity: tuple[int, int] | None = None
+        self._conns: set[_Conn] = set()
+        self._accepting = False
+
+    @property
+    def active_connections(self) -> int:
+        return len(self._conns)
+
+    def start(self) -> None:
+        """Create the directory, clear a stale socket, bind, listen and join the loop."""
+        path = self.path
+        _check_path(path)
+        _prepare_directory(os.path.dirname(path), self.dir_mode)
+        _remove_stale(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.bind(path)
+            os.chmod(path, self.socket_mode)
+            sock.listen(self.max_connections)
+            st = os.stat(path)
+        except OSError as exc:
+            sock.close()
+            raise ControlError(
+                f"cannot open control socket {path}: {exc.strerror or exc}"
+            ) from None
+        self._identity = (st.st_dev, st.st_ino)
+        self._listener = sock
+        self._resume_accepting()
+        log.info("control socket %s", path)
+
+    def close(self) -> None:
+        """Stop serving and remove the socket file -- only if it is still the one we made."""
+        for conn in list(self._conns):
+            self._drop(conn)
+        if self._listener is not None:
+            self._pause_accepting()
+            self._listener.close()
+            self._listener = None
+            try:
+                st = os.lstat(self.path)
+                if (st.st_dev, st.st_ino) == self._identity:
+                    os.unlink(self.path)
+            except OSError:
+                pass
+            self._identity = None
+
+    # -- accepting ----------------------------------------------------------------------
+
+    def _resume_accepting(self) -> None:
+        if self._listener is not None and not self._accepting:
+            self.loop.add_reader(self._listener, self._on_accept)
+            self._accepting = True
+
+    def _pause_accepting(self) -> None:
+        if self._accepting and self._listener is not None:
+            _quiet_remove_reader(self.loop, self._listener)
+        self._accepting = False
+
+    def _on_accept(self) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _addr = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("control socket: cannot accept (%s); pausing", exc.strerror)
+                    self.counters["accept_failed"] += 1
+                    self._pause_accepting()
+                    self.loop.call_later(ACCEPT_PAUSE_NS, self._resume_accepting)
+                return  # ECONNABORTED and friends: the client is gone already
+            sock.setblocking(False)
+            if len(self._conns) >= self.max_connections:
+                self.counters["busy"] += 1
+                _send_best_effort(sock, error_line("busy: too many control connections"))
+                _close_gently(sock)
+                continue
+            self.counters["accepted"] += 1
+            conn = _Conn(sock, time.monotonic_ns() + self.timeout_ns)
+            self._conns.add(conn)
+            self.loop.add_reader(sock, functools.partial(self._on_readable, conn))
+            self.loop.call_at(conn.deadline_ns, functools.partial(self._on_deadline, conn))
+
+    # -- one connection -----------------------------------------------------------------
+
+    def _on_readable(self, conn: _Conn) -> None:
+        want = self.request_limit + 1 - len(conn.buf)
+        try:
+            data = conn.sock.recv(want)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        if not data:  # EOF: a request without its newline still counts
+            if conn.buf:
+                self._respond(conn, bytes(conn.buf))
+            else:
+                self._drop(conn)
+            return
+        conn.buf += data
+        newline = conn.buf.find(b"\n")
+        if newline >= 0:
+            self._respond(conn, bytes(conn.buf[:newline]))
+        elif len(conn.buf) > self.request_limit:
+            self.counters["too_large"] += 1
+            limit = self.request_limit
+            self._send(conn, error_line(f"request too large (limit {limit} bytes per line)"))
+
+    def _respond(self, conn: _Conn, line: bytes) -> None:
+        reply, outcome = build_reply(line, self.providers)
+        self.counters[outcome] += 1
+        self._send(conn, reply)
+
+    def _send(self, conn: _Conn, data: bytes) -> None:
+        _quiet_remove_reader(self.loop, conn.sock)
+        conn.buf.clear()
+        conn.out = memoryview(data)
+        self._flush(conn)
+
+    def _flush(self, conn: _Conn) -> None:
+        if conn.closed or conn.out is None:
+            return
+        try:
+            sent = conn.sock.send(conn.out)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # EPIPE, ECONNRESET: the client left
+            self._drop(conn)
+            return
+        conn.out = conn.out[sent:]
+        if not conn.out:
+            self._drop(conn)
+            return
+        if time.monotonic_ns() + SEND_RETRY_NS < conn.deadline_ns:
+            self.loop.call_later(SEND_RETRY_NS, functools.partial(self._flush, conn))
+        # else the deadline timer closes it
+
+    def _on_deadline(self, conn: _Conn) -> None:
+        if conn.closed:
+            return
+        self.counters["timeout"] += 1
+        if conn.out is None:
+            _send_best_effort(conn.sock, error_line("timeout: no complete request line in time"))
+        self._drop(conn)
+
+    def _drop(self, conn: _Conn) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        self._conns.discard(conn)
+        if conn.out is None:
+            _quiet_remove_reader(self.loop, conn.sock)
+        conn.out = None
+        _close_gently(conn.sock)
+
+
+def _quiet_remove_reader(loop: Loop, sock: socket.socket) -> None:
+    """Unregister, tolerating a socket that was never registered or a loop already closed."""
+    with contextlib.suppress(KeyError, ValueError, RuntimeError, OSError):
+        loop.remove_reader(sock)
+
+
+def _close_gently(sock: socket.socket) -> None:
+    """Close after discarding unread input: Linux resets a UNIX stream closed with data
+    still queued, and the peer would then lose the error reply we just sent it."""
+    with contextlib.suppress(OSError):
+        for _ in range(DRAIN_LIMIT // 4096):
+            if not sock.recv(4096):
+                break
+    sock.close()
+
+
+def _send_best_effort(sock: socket.socket, data: bytes) -> None:
+    with contextlib.suppress(OSError):
+        sock.send(data)
+
+
+# ---------------------------------------------------------------------------------------
+# Client
+
+
+def query_control(path: str | None, cmd: str, timeout: float = 2.0) -> dict[str, Any]:
+    """Ask the daemon one command and return its reply object.
+
+    Raises ControlError with a message fit for the terminal: not running, permission
+    denied, no reply in time, or the daemon's own ``{"error": ...}``.
+    """
+    if path is None:
+        found = find_socket()
+        if found is None:
+            tried = ", ".join(socket_candidates())
+            raise ControlError(f"ntpy is not running (no socket at {tried})")
+        path = found
+    if timeout <= 0:
+        raise ValueError("timeout must be positive")
+    deadline = time.monotonic() + timeout
+    request = json.dumps({"cmd": cmd}).encode() + b"\n"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except FileNotFoundError:
+            raise ControlError(f"ntpy is not running (no socket at {path})") from None
+        except ConnectionRefusedError:
+            raise ControlError(
+                f"ntpy is not running (nothing answers on {path}; a stale socket?)"
+            ) from None
+        except PermissionError:
+            raise ControlError(
+                f"permission denied: cannot connect to {path} "
+                "(run as root or as a member of the socket's group)"
+            ) from None
+        except (BlockingIOError, TimeoutError):
+            raise ControlError(f"ntpy at {path} is too busy to accept a connection") from None
+        except OSError as exc:
+            raise ControlError(f"cannot connect to {path}: {exc.strerror or exc}") from None
+        data = bytearray()
+        try:
+            # a daemon that is busy answers and closes before reading: still read that answer
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                sock.sendall(request)
+            while b"\n" not in data:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                sock.settimeout(left)
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if len(data) > REPLY_LIMIT:
+                    raise ControlError(f"reply from {path} is larger than {REPLY_LIMIT} bytes")
+        except TimeoutError:
+            raise ControlError(f"no reply from ntpy at {path} within {timeout:g} s") from None
+        except OSError as exc:
+            raise ControlError(f"lost connection to {path}: {exc.strerror or exc}") from None
+    return _parse_reply(bytes(data), path)
+
+
+def _parse_reply(data: bytes, path: str) -> dict[str, Any]:
+    line = data.split(b"\n", 1)[0]
+    if not line:
+        raise ControlError(f"ntpy at {path} closed the connection without a reply")
+    try:
+        reply = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ControlError(f"bad reply from {path}: not JSON") from None
+    if not isinstance(reply, dict):
+        raise ControlError(f"bad reply from {path}: not a JSON object")
+    if set(reply) == {"error"}:
+        raise ControlError(f"ntpy: {reply['error']}")
+    return reply

@@ -1,0 +1,207 @@
+"""The drift file: the clock's frequency error, kept across restarts (ntpd's ``driftfile``).
+
+Without it every start re-learns the frequency from scratch, which takes ntpd-style loops
+tens of minutes to hours; with it the clock is within a fraction of a PPM at once. The
+format is ntpd's: one line holding the frequency in PPM (``-12.345``). chrony's drift file
+(frequency and skew on one line) is accepted too, so a config switched over keeps its value.
+
+Reading never raises: a missing file is normal on first start, and a corrupt one (a crash
+of some other writer, a full disk, a stray edit) costs only the head start, so it becomes a
+warning and a fresh estimate. Writing is atomic -- temp file in the same directory, fsync,
+rename, fsync the directory -- so a power cut leaves either the old value or the new one,
+never a truncated file that would then be read as corrupt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import math
+import os
+import re
+import tempfile
+
+log = logging.getLogger("ntpy.drift")
+
+NS_PER_S = 1_000_000_000
+MAX_PPM = 500.0
+"""ntpd's frequency tolerance: the kernel rejects more, so a larger value is corruption."""
+MAX_FILE_BYTES = 4096
+WRITE_INTERVAL_NS = 3600 * NS_PER_S
+"""ntpd writes the drift file hourly."""
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+"""A plain decimal. Stricter than float(): no 'nan', 'inf', '1_0' or hex."""
+_FRESH = "starting with a fresh frequency estimate"
+
+
+class DriftFileError(Exception):
+    """The drift file could not be written; the message names the file and the cause."""
+
+
+def format_drift(ppm: float) -> str:
+    """The file's content: ntpd's ``%.3f`` and a newline."""
+    return f"{ppm:.3f}\n"
+
+
+def parse_drift(text: str) -> float:
+    """The frequency in a drift file's text, or ValueError saying why it is unusable."""
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise ValueError("empty")
+    if any(line.strip() for line in lines[1:]):
+        raise ValueError("more than one line")
+    fields = lines[0].split()
+    if len(fields) > 2:
+        raise ValueError("more than two fields")
+    for field in fields:
+        if not _NUMBER.fullmatch(field):
+            shown = field if len(field) <= 24 else field[:24] + "..."
+            raise ValueError(f"not a number: {shown!r}")
+    ppm = float(fields[0])
+    if not math.isfinite(ppm):
+        raise ValueError("not a finite number")
+    if abs(ppm) > MAX_PPM:
+        raise ValueError(f"{ppm:.3f} PPM is beyond the +/-{MAX_PPM:.0f} PPM limit")
+    return ppm
+
+
+def read_drift(path: str) -> tuple[float | None, str | None]:
+    """(frequency in PPM, None), (None, None) if there is no file, or (None, warning)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"{path}: cannot read drift file ({exc.strerror or exc}); {_FRESH}"
+    except Exception as exc:  # e.g. a NUL in the path: still never fatal
+        return None, f"{path}: cannot read drift file ({exc}); {_FRESH}"
+    reason: str
+    if len(raw) > MAX_FILE_BYTES:
+        reason = f"larger than {MAX_FILE_BYTES} bytes"
+    else:
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            reason = "not text"
+        else:
+            if "\0" in text:
+                reason = "not text"
+            else:
+                try:
+                    return parse_drift(text), None
+                except ValueError as exc:
+                    reason = str(exc)
+    return None, f"{path}: corrupt drift file ({reason}); {_FRESH}"
+
+
+def write_drift(path: str, ppm: float) -> None:
+    """Replace the drift file atomically; DriftFileError (old file intact) on any failure."""
+    if not isinstance(ppm, int | float) or not math.isfinite(ppm) or abs(ppm) > MAX_PPM:
+        raise DriftFileError(
+            f"{path}: not writing frequency {ppm!r}: expected a finite value within "
+            f"+/-{MAX_PPM:.0f} PPM"
+        )
+    data = format_drift(ppm).encode("ascii")
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
+        )
+    except OSError as exc:
+        raise DriftFileError(
+            f"{path}: cannot write drift file: cannot create a temporary file in "
+            f"{directory}: {exc.strerror or exc}"
+        ) from None
+    try:
+        try:
+            os.fchmod(fd, 0o644)  # mkstemp makes 0600; the value is not secret
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise DriftFileError(
+            f"{path}: cannot write drift file: {exc.strerror or exc}; the previous file "
+            "is unchanged"
+        ) from None
+    try:
+        _fsync_directory(directory)
+    except OSError as exc:
+        raise DriftFileError(
+            f"{path}: drift file written, but syncing directory {directory} failed: "
+            f"{exc.strerror or exc}; the new value may not survive a power failure"
+        ) from None
+
+
+def _fsync_directory(directory: str) -> None:
+    """Make the rename durable. Some file systems cannot fsync a directory (EINVAL): fine."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+    finally:
+        os.close(fd)
+
+
+class DriftWriter:
+    """When to save the frequency: hourly while running, and once more at exit.
+
+    Timers run on monotonic time (DESIGN rule 3). A failed write is logged and retried at
+    the next hour, never every tick, and an unchanged value (to ntpd's three decimals) is
+    not rewritten, sparing flash storage a write per hour on a stable clock.
+    """
+
+    def __init__(self, path: str, interval_ns: int = WRITE_INTERVAL_NS) -> None:
+        if interval_ns <= 0:
+            raise ValueError("interval_ns must be positive")
+        self.path = path
+        self.interval_ns = interval_ns
+        self._next_ns: int | None = None
+        self._last_text: str | None = None
+        self.writes = 0
+        self.failures = 0
+
+    def loaded(self, ppm: float | None) -> None:
+        """Tell the writer what was read at start, so an unchanged value is not rewritten."""
+        self._last_text = None if ppm is None else format_drift(ppm)
+
+    def due(self, now_mono_ns: int) -> bool:
+        """True once per interval; the first call only starts the clock."""
+        if self._next_ns is None:
+            self._next_ns = now_mono_ns + self.interval_ns
+            return False
+        return now_mono_ns >= self._next_ns
+
+    def write(self, ppm: float, now_mono_ns: int) -> bool:
+        """Write now (typically when ``due``); True if the file holds ``ppm`` afterwards."""
+        self._next_ns = now_mono_ns + self.interval_ns
+        return self._write(ppm)
+
+    def write_at_exit(self, ppm: float | None) -> bool:
+        """The final save at shutdown; nothing to do if no frequency was ever estimated."""
+        if ppm is None:
+            return False
+        return self._write(ppm)
+
+    def _write(self, ppm: float) -> bool:
+        text = format_drift(ppm) if math.isfinite(ppm) else None
+        if text is not None and text == self._last_text:
+            return True
+        try:
+            write_drift(self.path, ppm)
+        except DriftFileError as exc:
+            self.failures += 1
+            log.warning("%s", exc)
+            return False
+        self._last_text = text
+        self.writes += 1
+        return True

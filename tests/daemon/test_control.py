@@ -1,0 +1,577 @@
+"""The control socket, driven by a real Loop on PollSelector from the test's own thread.
+
+Clients are non-blocking sockets: a UNIX connect completes into the listen backlog and a
+short request fits the socket buffer, so the test can queue requests, run the loop for a
+few milliseconds, and read what the server wrote -- no threads, no sleeps in the server.
+One end-to-end test runs the server in a child process to exercise the blocking client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from ntpy.core.status import SourceStatus, SyncStatus
+from ntpy.daemon import control
+from ntpy.daemon.control import (
+    ControlError,
+    ControlServer,
+    build_reply,
+    default_socket_path,
+    query_control,
+    socket_candidates,
+)
+from ntpy.daemon.loop import Loop
+
+MS = 1_000_000
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+SOURCE = SourceStatus(
+    id=1,
+    name="192.0.2.1",
+    address="192.0.2.1",
+    kind="server",
+    tally="*",
+    refid="GPS",
+    stratum=1,
+    leap=0,
+    type_char="u",
+    when_s=33,
+    poll_s=64,
+    reach=0o377,
+    delay_ns=512_000,
+    offset_ns=-21_000,
+    jitter_ns=34_000,
+    dispersion_ns=1_000,
+    root_delay_ns=0,
+    root_dispersion_ns=10_000,
+    samples=8,
+    state="sync",
+)
+STATUS = SyncStatus(
+    synchronized=True,
+    leap=0,
+    stratum=2,
+    refid="192.0.2.1",
+    system_peer="192.0.2.1",
+    system_peer_id=1,
+    reference_ns=1_700_000_000 * 1_000_000_000,
+    root_delay_ns=1 * MS,
+    root_dispersion_ns=41 * MS,
+    root_distance_ns=42 * MS,
+    offset_ns=-21_000,
+    frequency_ppb=-12345.5,
+    jitter_ns=34_000,
+    poll_s=64,
+    precision=-20,
+    clock="virtual",
+    sources=(SOURCE,),
+)
+PROVIDERS = {
+    "status": lambda: STATUS,
+    "peers": lambda: {"sources": STATUS.sources},
+    "counters": lambda: {"answered": 5, "drop_rate": 1},
+}
+
+
+def wire(obj: object) -> object:
+    """What a value looks like after a JSON round trip (tuples become lists)."""
+    return json.loads(json.dumps(obj))
+
+
+@pytest.fixture
+def sockdir() -> Iterator[str]:
+    # tmp_path can exceed the 107-byte limit of a UNIX socket path; /tmp is short
+    d = tempfile.mkdtemp(prefix="ntpyc-", dir="/tmp")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def loop() -> Iterator[Loop]:
+    lp = Loop("poll")
+    yield lp
+    lp.close()
+
+
+def run(loop: Loop, ms: float = 30) -> None:
+    loop.call_later(int(ms * MS), loop.stop)
+    loop.run()
+
+
+def start(path: str, loop: Loop, **kw: int) -> ControlServer:
+    srv = ControlServer(path, loop, PROVIDERS, **kw)
+    srv.start()
+    return srv
+
+
+def client(path: str, data: bytes = b"") -> socket.socket:
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.setblocking(False)
+    c.connect(path)
+    if data:
+        c.sendall(data)
+    return c
+
+
+def reply(c: socket.socket) -> dict[str, object]:
+    """Read what the server sent, up to its close."""
+    c.setblocking(True)
+    c.settimeout(1.0)
+    data = b""
+    while chunk := c.recv(65536):
+        data += chunk
+    c.close()
+    assert data.endswith(b"\n") and data.count(b"\n") == 1, data
+    out = json.loads(data)
+    assert isinstance(out, dict)
+    return out
+
+
+def pending(c: socket.socket) -> bool:
+    """True if the server has neither answered nor closed yet."""
+    try:
+        c.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    return False
+
+
+# -- protocol without sockets ----------------------------------------------------------
+
+
+def test_build_reply_serializes_dataclass() -> None:
+    line, outcome = build_reply(b'{"cmd": "status"}', PROVIDERS)
+    assert outcome == "ok" and line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line) == wire(asdict(STATUS))
+
+
+@pytest.mark.parametrize(
+    ("request_line", "outcome", "fragment"),
+    [
+        (b"status", "bad", "bad request"),
+        (b"\xff\xfe", "bad", "bad request"),
+        (b'["status"]', "bad", '"cmd" string'),
+        (b'{"command": "status"}', "bad", '"cmd" string'),
+        (b'{"cmd": 1}', "bad", '"cmd" string'),
+        (b'{"cmd": "settime"}', "unknown", "unknown command 'settime'"),
+    ],
+)
+def test_build_reply_errors(request_line: bytes, outcome: str, fragment: str) -> None:
+    line, got = build_reply(request_line, PROVIDERS)
+    assert got == outcome
+    err = json.loads(line)
+    assert set(err) == {"error"} and fragment in err["error"]
+
+
+def test_unknown_command_lists_the_known_ones() -> None:
+    line, _ = build_reply(b'{"cmd": "x"}', PROVIDERS)
+    assert "known commands: counters, peers, status" in json.loads(line)["error"]
+
+
+def test_provider_failures_become_error_replies() -> None:
+    def boom() -> object:
+        raise RuntimeError("kaput")
+
+    providers = {"a": boom, "b": lambda: {"x": float("nan")}, "c": lambda: [1, 2]}
+    for cmd in "abc":
+        line, outcome = build_reply(json.dumps({"cmd": cmd}).encode(), providers)
+        assert outcome == "failed"
+        assert json.loads(line)["error"].startswith(f"internal error in '{cmd}'")
+
+
+# -- the server in a loop --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("selector", ["poll", "select", "default"])
+def test_status_round_trip_on_every_selector(sockdir: str, selector: str) -> None:
+    lp = Loop(selector)
+    try:
+        path = f"{sockdir}/s.sock"
+        srv = start(path, lp)
+        c = client(path, b'{"cmd": "status"}\n')
+        run(lp)
+        assert reply(c) == wire(asdict(STATUS))
+        assert srv.active_connections == 0 and srv.counters["ok"] == 1
+        srv.close()
+    finally:
+        lp.close()
+
+
+def test_peers_and_counters(sockdir: str, loop: Loop) -> None:
+    path = f"{sockdir}/s.sock"
+    start(path, loop)
+    p = client(path, b'{"cmd": "peers"}\n')
+    k = client(path, b'{"cmd": "counters"}\n')
+    run(loop)
+    assert reply(p) == {"sources": [wire(asdict(SOURCE))]}
+    assert reply(k) == {"answered": 5, "drop_rate": 1}
+
+
+def test_unknown_command_over_the_socket(sockdir: str, loop: Loop) -> None:
+    path = f"{sockdir}/s.sock"
+    srv = start(path, loop)
+    c = client(path, b'{"cmd": "step"}\n')
+    run(loop)
+    assert "unknown command 'step'" in str(reply(c)["error"])
+    assert srv.counters["unknown"] == 1
+
+
+def test_request_without_newline_at_eof(sockdir: str, loop: Loop) -> None:
+    path = f"{sockdir}/s.sock"
+    start(path, loop)
+    c = client(path, b'{"cmd": "counters"}')
+    c.shutdown(socket.SHUT_WR)
+    run(loop)
+    assert reply(c) == {"answered": 5, "drop_rate": 1}
+
+
+def test_request_arriving_in_pieces(sockdir: str, loop: Loop) -> None:
+    path = f"{sockdir}/s.sock"
+    start(path, loop)
+    c = client(path, b'{"cmd": "cou')
+    run(loop, 10)
+    assert pending(c)
+    c.sendall(b'nters"}\n')
+    run(loop, 10)
+    assert reply(c) == {"answered": 5, "drop_rate": 1}
+
+
+def test_connect_and_close_without_request(sockdir: str, loop: Loop) -> None:
+    path = f"{sockdir}/s.sock"
+    srv = start(path, loop)
+    client(path).close()
+    run(loop)
+    assert srv.active_connections == 0
+
+
+def test_oversized_request_is_refused(sockdir: str, loop: Loop) -> None:
+    path = f"{sockdir}/s.sock"
+    srv = start(path, loop)
+    c = client(path, b" " * 5000)
+    run(loop)
+    assert "request too large (limit 4096 bytes" in str(reply(c)["error"])
+    assert srv.counters["too_large"] == 1 and srv.active_connections == 0
+
+
+def test_request_of_exactly_the_limit_is_served(sockdir: str, loop: Loop) -> None:
+    path = f"{sockdir}/s.sock"
+    start(path, loop)
+    line = b'{"cmd": "counters"}'
+    c = client(path, line + b" " * (4096 - len(line)) + b"\n")
+    run(loop)
+    assert reply(c) == {"answered": 5, "drop_rate": 1}
+
+
+def test_slow_client_does_not_block_others_and_times_out(sockdir: str, loop: Loop) -> None:
+    path = f"{sockdir}/s.sock"
+    srv = start(path, loop, timeout_ns=300 * MS)
+    slow = client(path, b'{"cmd": "sta')  # never finishes its line
+    fast = client(path, b'{"cmd": "counters"}\n')
+    t0 = time.monotonic()
+    run(loop, 20)
+    assert reply(fast) == {"answered": 5, "drop_rate": 1}
+    assert pending(slow)
+    run(loop, 400)
+    assert "timeout" in str(reply(slow)["error"])
+    assert srv.counters["timeout"] == 1 and srv.active_connections == 0
+    assert time.monotonic() - t0 < 2
+
+
+def test_connection_limit(sockdir: str, loop: Loop) -> None:
+    path = f"{sockdir}/s.sock"
+    srv = start(path, loop, max_connections=2, timeout_ns=200 * MS)
+    idle = [client(path), client(path)]
+    run(loop, 10)
+    assert srv.active_connections == 2
+    extra = client(path, b'{"cmd": "counters"}\n')
+    run(loop, 10)
+    assert "busy" in str(reply(extra)["error"])
+    assert srv.counters["busy"] == 1
+    run(loop, 300)  # the idle ones time out, freeing their slots
+    assert srv.active_connections == 0
+    for c in idle:
+        c.close()
+    later = client(path, b'{"cmd": "counters"}\n')
+    run(loop, 10)
+    assert reply(later) == {"answered": 5, "drop_rate": 1}
+
+
+def test_many_concurrent_clients(sockdir: str, loop: Loop) -> None:
+    path = f"{sockdir}/s.sock"
+    srv = start(path, loop)
+    clients = [client(path, b'{"cmd": "status"}\n') for _ in range(12)]
+    run(loop, 50)
+    for c in clients:
+        assert reply(c)["stratum"] == 2
+    assert srv.counters["ok"] == 12
+
+
+def test_large_reply_is_finished_by_retries(sockdir: str, loop: Loop) -> None:
+    """A reply bigger than the socket buffer is sent in parts without blocking the loop."""
+    path = f"{sockdir}/s.sock"
+    big = {"blob": "x" * 3_000_000}
+    srv = ControlServer(path, loop, {"big": lambda: big})
+    srv.start()
+    c = client(path, b'{"cmd": "big"}\n')
+    got = b""
+    deadline = time.monotonic() + 5
+    while not got.endswith(b"\n") and time.monotonic() < deadline:
+        run(loop, 10)
+        try:
+            while chunk := c.recv(1 << 20):
+                got += chunk
+        except BlockingIOError:
+            pass
+    c.close()
+    assert json.loads(got) == big
+
+
+def test_client_leaving_before_the_reply(sockdir: str, loop: Loop) -> None:
+    path = f"{sockdir}/s.sock"
+    srv = start(path, loop)
+    c = client(path, b'{"cmd": "status"}\n')
+    c.close()
+    run(loop)
+    assert srv.active_connections == 0
+    c2 = client(path, b'{"cmd": "counters"}\n')
+    run(loop)
+    assert reply(c2)["answered"] == 5
+
+
+# -- socket file life cycle ------------------------------------------------------------
+
+
+def test_socket_and_directory_permissions(sockdir: str, loop: Loop) -> None:
+    path = f"{sockdir}/run/ntpy.sock"
+    srv = start(path, loop)
+    assert stat.S_ISSOCK(os.lstat(path).st_mode)
+    assert stat.S_IMODE(os.lstat(path).st_mode) == 0o660
+    assert stat.S_IMODE(os.stat(f"{sockdir}/run").st_mode) & 0o077 == 0
+    srv.close()
+    assert not os.path.exists(path)
+
+
+def test_stale_socket_is_replaced(sockdir: str, loop: Loop) -> None:
+    path = f"{sockdir}/s.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(path)  # bound, never listening, then gone: what a killed daemon leaves
+    dead.close()
+    assert os.path.exists(path)
+    start(path, loop)
+    c = client(path, b'{"cmd": "counters"}\n')
+    run(loop)
+    assert reply(c)["answered"] == 5
+
+
+def test_live_socket_is_not_stolen(sockdir: str, loop: Loop) -> None:
+    path = f"{sockdir}/s.sock"
+    start(path, loop)
+    with pytest.raises(ControlError, match="another ntpy is already answering"):
+        ControlServer(path, loop, PROVIDERS).start()
+    c = client(path, b'{"cmd": "counters"}\n')
+    run(loop)
+    assert reply(c)["answered"] == 5
+
+
+def test_regular_file_is_not_removed(sockdir: str, loop: Loop) -> None:
+    path = f"{sockdir}/s.sock"
+    Path(path).write_text("keep me")
+    with pytest.raises(ControlError, match="not a socket"):
+        start(path, loop)
+    assert Path(path).read_text() == "keep me"
+
+
+def test_close_leaves_a_newer_daemons_socket(sockdir: str, loop: Loop) -> None:
+    path = f"{sockdir}/s.sock"
+    srv = start(path, loop)
+    os.unlink(path)
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    other.bind(path)
+    try:
+        srv.close()
+        assert os.path.exists(path)
+    finally:
+        other.close()
+
+
+def test_close_is_idempotent_and_survives_a_closed_loop(sockdir: str) -> None:
+    lp = Loop("poll")
+    srv = start(f"{sockdir}/s.sock", lp)
+    client(f"{sockdir}/s.sock")
+    run(lp, 10)
+    lp.close()
+    srv.close()
+    srv.close()
+    assert not os.path.exists(f"{sockdir}/s.sock")
+
+
+def test_bad_paths(loop: Loop) -> None:
+    with pytest.raises(ControlError, match="absolute"):
+        start("relative.sock", loop)
+    with pytest.raises(ControlError, match="longer than the 107"):
+        start("/tmp/" + "x" * 120 + "/s.sock", loop)
+
+
+def test_unsafe_directory_in_tmp_is_refused(sockdir: str, loop: Loop) -> None:
+    os.chmod(sockdir, 0o777)  # in /tmp, writable by everyone: someone could swap the socket
+    with pytest.raises(ControlError, match="refusing to use"):
+        start(f"{sockdir}/s.sock", loop)
+
+
+def test_default_paths(monkeypatch: pytest.MonkeyPatch, sockdir: str) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert default_socket_path() == "/run/ntpy/ntpy.sock"
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "getuid", lambda: 1000)
+    monkeypatch.setattr(control, "SYSTEM_SOCKET_DIR", f"{sockdir}/missing")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", sockdir)
+    assert default_socket_path() == f"{sockdir}/ntpy.sock"
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    assert default_socket_path() == "/tmp/ntpy-1000/ntpy.sock"
+    assert socket_candidates() == [f"{sockdir}/missing/ntpy.sock", "/tmp/ntpy-1000/ntpy.sock"]
+
+
+# -- the blocking client ---------------------------------------------------------------
+
+
+def test_query_missing_socket(sockdir: str) -> None:
+    with pytest.raises(ControlError, match=r"ntpy is not running \(no socket at .*/nope.sock\)"):
+        query_control(f"{sockdir}/nope.sock", "status")
+
+
+def test_query_no_socket_anywhere(monkeypatch: pytest.MonkeyPatch, sockdir: str) -> None:
+    monkeypatch.setattr(control, "socket_candidates", lambda: [f"{sockdir}/a", f"{sockdir}/b"])
+    with pytest.raises(ControlError, match=r"no socket at .*/a, .*/b"):
+        query_control(None, "status")
+
+
+def test_query_stale_socket(sockdir: str) -> None:
+    path = f"{sockdir}/s.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(path)
+    dead.close()
+    with pytest.raises(ControlError, match=r"ntpy is not running \(nothing answers"):
+        query_control(path, "status")
+
+
+def test_query_timeout(sockdir: str) -> None:
+    path = f"{sockdir}/s.sock"
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    mute.bind(path)
+    mute.listen(1)  # accepts into the backlog, never answers
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ControlError, match=r"no reply from ntpy at .* within 0\.2 s"):
+            query_control(path, "status", timeout=0.2)
+        assert time.monotonic() - t0 < 1.5
+    finally:
+        mute.close()
+
+
+def test_query_permission_denied(monkeypatch: pytest.MonkeyPatch, sockdir: str) -> None:
+    def deny(self: socket.socket, addr: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(socket.socket, "connect", deny)
+    with pytest.raises(ControlError, match="permission denied: cannot connect to"):
+        query_control(f"{sockdir}/s.sock", "status")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_query_permission_denied_for_real(sockdir: str, loop: Loop) -> None:
+    path = f"{sockdir}/s.sock"
+    srv = ControlServer(path, loop, PROVIDERS, socket_mode=0o000)
+    srv.start()
+    with pytest.raises(ControlError, match="permission denied"):
+        query_control(path, "status")
+
+
+SERVER_SCRIPT = textwrap.dedent(
+    """
+    import signal, sys
+    from ntpy.daemon.control import ControlServer
+    from ntpy.daemon.loop import Loop
+    sys.path.insert(0, sys.argv[2])
+    from test_control import PROVIDERS
+    loop = Loop("poll")
+    srv = ControlServer(sys.argv[1], loop, PROVIDERS)
+    srv.start()
+    loop.add_signal_handler(signal.SIGTERM, lambda s: loop.stop())
+    loop.call_later(30_000_000_000, loop.stop)  # never outlive a broken test
+    print("ready", flush=True)
+    try:
+        loop.run()
+    finally:
+        srv.close()
+        loop.close()
+    """
+)
+
+
+@pytest.fixture
+def daemon_socket(sockdir: str) -> Iterator[str]:
+    """A ControlServer in a child process (the client blocks, so it cannot share a thread)."""
+    path = f"{sockdir}/d.sock"
+    env = {**os.environ, "PYTHONPATH": SRC}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER_SCRIPT, path, str(Path(__file__).parent)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        yield path
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    assert proc.returncode == 0
+    assert not os.path.exists(path), "the socket file is removed at exit"
+
+
+def test_end_to_end_queries(daemon_socket: str) -> None:
+    assert query_control(daemon_socket, "status") == wire(asdict(STATUS))
+    assert query_control(daemon_socket, "peers")["sources"][0]["refid"] == "GPS"
+    assert query_control(daemon_socket, "counters") == {"answered": 5, "drop_rate": 1}
+    with pytest.raises(ControlError, match="ntpy: unknown command 'reboot'"):
+        query_control(daemon_socket, "reboot")
+
+
+def test_accept_failure_pauses_instead_of_spinning(
+    sockdir: str, loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of file descriptors: stop accepting for a moment, then serve the waiting client."""
+    path = f"{sockdir}/s.sock"
+    srv = start(path, loop)
+    real_accept = socket.socket.accept
+    calls = []
+
+    def flaky_accept(self: socket.socket) -> tuple[socket.socket, object]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(24, "Too many open files")
+        return real_accept(self)
+
+    monkeypatch.setattr(socket.socket, "accept", flaky_accept)
+    c = client(path, b'{"cmd": "counters"}\n')
+    run(loop, 50)
+    assert srv.counters["accept_failed"] == 1 and len(calls) == 1  # paused, not spinning
+    assert pending(c)
+    run(loop, 150)
+    assert reply(c)["answered"] == 5
