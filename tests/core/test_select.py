@@ -338,30 +338,34 @@ def test_property_never_raises_and_partitions(
 
 @st.composite
 def honest_majority(draw: st.DrawFn) -> tuple[list[Candidate], set[int]]:
-    """A strict majority whose intervals contain the true offset 0, plus < n/2 liars."""
+    """A strict majority whose intervals contain the true offset 0, plus < n/2 liars.
+
+    A small scale makes intervals overlap often; colluding liars share one interval.
+    """
+    scale = draw(st.sampled_from([20, 10**6, BIG]))
     n_honest = draw(st.integers(1, 7))
     n_liars = draw(st.integers(0, n_honest - 1))
-    ids = draw(
-        st.lists(st.integers(0, 100), min_size=n_honest + n_liars,
-                 max_size=n_honest + n_liars, unique=True)
-    )
+    n = n_honest + n_liars
+    ids = draw(st.lists(st.integers(0, 100), min_size=n, max_size=n, unique=True))
+    collude = draw(st.booleans())
+    shared = (draw(st.integers(-3 * scale, 3 * scale)), draw(st.integers(0, scale)))
     out: list[Candidate] = []
     for k, i in enumerate(ids):
         if k < n_honest:
-            dist = draw(st.integers(0, BIG))
+            dist = draw(st.integers(0, scale))
             offset = draw(st.integers(-dist, dist))
+        elif collude:
+            offset, dist = shared
         else:
-            dist = draw(st.integers(0, BIG))
-            offset = draw(st.integers(-2 * BIG, 2 * BIG))
+            offset, dist = draw(st.integers(-3 * scale, 3 * scale)), draw(st.integers(0, scale))
         out.append(
             Candidate(
                 id=i,
                 offset_ns=offset,
                 root_distance_ns=dist,
-                jitter_ns=draw(st.integers(0, BIG)),
+                jitter_ns=draw(st.integers(0, scale)),
                 stratum=draw(st.integers(0, 15)),
                 leap=draw(st.integers(0, 2)),
-                prefer=False,
             )
         )
     return out, set(ids[:n_honest])

@@ -549,7 +549,7 @@ def test_end_to_end_queries(daemon_socket: str) -> None:
     assert query_control(daemon_socket, "status") == wire(asdict(STATUS))
     assert query_control(daemon_socket, "peers")["sources"][0]["refid"] == "GPS"
     assert query_control(daemon_socket, "counters") == {"answered": 5, "drop_rate": 1}
-    with pytest.raises(ControlError, match="ntpy: unknown command 'reboot'"):
+    with pytest.raises(ControlError, match="the daemon replied: unknown command 'reboot'"):
         query_control(daemon_socket, "reboot")
 
 

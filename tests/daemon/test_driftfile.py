@@ -95,6 +95,13 @@ def test_unreadable_path_is_a_warning(tmp_path: Path) -> None:
     assert ppm is None and warning is not None and "cannot read drift file" in warning
     ppm, warning = read_drift("/tmp/bad\0path")
     assert ppm is None and warning is not None
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # opening a FIFO for reading would block without O_NONBLOCK
+    ppm, warning = read_drift(str(fifo))
+    assert ppm is None and warning == (
+        f"{fifo}: cannot read drift file (not a regular file); "
+        "starting with a fresh frequency estimate"
+    )
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])

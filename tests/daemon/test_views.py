@@ -111,6 +111,15 @@ def test_status_without_system_peer_is_unspecified() -> None:
     assert render_status(st)[0].startswith("synchronised to unspecified at stratum 2\n")
 
 
+def test_status_engine_style_local_fallback() -> None:
+    """No network system peer, the local clock marked '*' with its refid in dots."""
+    local = source(
+        id=0, name="LOCAL(0)", address="127.127.1.0", kind="local", refid=".LOCL.", stratum=0
+    )
+    st = status(local, stratum=1, refid="LOCL", system_peer=None, system_peer_id=None)
+    assert render_status(st)[0].startswith("synchronised to local net at stratum 1\n")
+
+
 def test_status_refclock() -> None:
     ref = source(kind="refclock", type_char="l", name="SHM(0)", address="127.127.28.0")
     st = status(ref, stratum=1, system_peer=None)
@@ -348,7 +357,7 @@ def test_run_status_daemon_unreachable(
     assert run_status(argparse.Namespace(socket=None, json=False)) == 2
     out = capsys.readouterr()
     assert out.out == ""
-    assert out.err == "ntpy status: ntpy is not running (no socket at /run/ntpy/ntpy.sock)\n"
+    assert out.err == "ntpy: ntpy is not running (no socket at /run/ntpy/ntpy.sock)\n"
 
 
 def test_run_peers(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,7 +16,15 @@ from stand_in import StandInEngine, stand_in_factory
 
 from ntpy.core.client import build_request, parse_reply
 from ntpy.core.timestamps import NS_PER_S
-from ntpy.sim import SCENARIOS, Scenario, Simulation, compute_metrics, get_scenario, run_scenario
+from ntpy.sim import (
+    SCENARIOS,
+    Scenario,
+    Simulation,
+    compute_metrics,
+    get_scenario,
+    markdown_table,
+    run_scenario,
+)
 from ntpy.sim.__main__ import main
 from ntpy.sim.network import Link, LinkSpec
 from ntpy.sim.oscillator import FINE_PER_NS, Oscillator
@@ -322,3 +330,13 @@ def test_cli_json_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert out["scenario"] == "step-10s" and out["seed"] == 2 and "trace" not in out
     assert main(["no-such-scenario"]) == 2
     assert "unknown scenario" in capsys.readouterr().err
+
+
+def test_markdown_table_rows() -> None:
+    sc = get_scenario("defaults")
+    short = replace(sc, duration_s=600)
+    report = run_scenario(short, 1, engine_factory=stand_in_factory())
+    table = markdown_table([(sc, report)])
+    lines = table.splitlines()
+    assert len(lines) == 3 and lines[2].startswith("| defaults |")
+    assert "(131)" in lines[2] and "59.0" in lines[2]  # chrony's sync time and RMS

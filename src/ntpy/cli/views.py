@@ -56,6 +56,9 @@ def _system_peer(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
     for src in sources:
         if isinstance(src, Mapping) and peer_addr and src.get("address") == peer_addr:
             return src
+    for src in sources:  # e.g. the local clock, which is not a network system peer
+        if isinstance(src, Mapping) and src.get("tally") == "*":
+            return src
     return None
 
 
@@ -216,7 +219,7 @@ def _query(args: argparse.Namespace, cmd: str) -> dict[str, Any] | None:
             getattr(args, "socket", None), cmd, timeout=getattr(args, "timeout", 2.0)
         )
     except ControlError as exc:
-        print(f"ntpy {cmd}: {exc}", file=sys.stderr)
+        print(f"ntpy: {exc}", file=sys.stderr)
         return None
 
 
@@ -243,16 +246,14 @@ def run_peers(args: argparse.Namespace) -> int:
     if reply is None:
         return EXIT_UNKNOWN
     if not isinstance(reply.get("sources"), list):
-        print("ntpy peers: bad reply from the daemon: no 'sources' list", file=sys.stderr)
+        print("ntpy: bad reply from the daemon: no 'sources' list", file=sys.stderr)
         return EXIT_UNKNOWN
     if getattr(args, "json", False):
         _print_json(reply)
         return 0
     sys.stdout.write(render_peers(reply, getattr(args, "numeric", False)) + "\n")
     if not reply["sources"]:
-        print(
-            "ntpy peers: no sources (no server, pool, peer or refclock is polled)", file=sys.stderr
-        )
+        print("ntpy: no sources (no server, pool, peer or refclock is polled)", file=sys.stderr)
     return 0
 
 

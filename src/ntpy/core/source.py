@@ -106,11 +106,12 @@ class Source:
 
         ``randomize`` in [-1, 1) spreads the interval by +-5%.
         """
+        # Every request shifts the reach register, burst packets included (as ntpd does:
+        # after an iburst, ntpq shows 377).
+        self.reach = (self.reach << 1) & 0xFF
         if self.burst_left > 0:
             self.burst_left -= 1
         else:
-            # A new poll: account the previous one in the reach register.
-            self.reach = (self.reach << 1) & 0xFF
             if self.pending is not None:
                 self.polls_unanswered += 1
             if self.reach == 0 and self.polls_unanswered >= 2 and self.poll < self.maxpoll:

@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -21,14 +22,20 @@ from ntpy.config import Config
 from ntpy.config.model import LOCAL_CLOCK_DEFAULT_REFID, RefclockSpec
 from ntpy.core.auth import MacKey
 from ntpy.core.packet import refid_from_text
+from ntpy.core.actions import cooked_now
+from ntpy.core.engine import SyncEngine
 from ntpy.core.server import Responder
 from ntpy.core.system import LocalReference, SystemState, unsynchronized
+from ntpy.daemon.control import ControlError, ControlServer, default_socket_path
+from ntpy.daemon.driftfile import WRITE_INTERVAL_NS, DriftWriter, read_drift
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.server import NtpServer
+from ntpy.daemon.sync import SyncShell, random64, sync_options
 from ntpy.daemon.udp import ListenAddress, ListenError, parse_listen
 
 log = logging.getLogger("ntpy")
 
+NS = 1_000_000_000
 DEFAULT_LISTEN = (ListenAddress("0.0.0.0", 123),)
 DEFAULT_LISTEN_OPTIONAL = (ListenAddress("::", 123),)
 
@@ -44,6 +51,10 @@ class ServeOptions:
     """"virtual", "system", "auto" or None (use the config's ``clock`` directive)."""
     selector: str = "default"
     log_level: str = "info"
+    allow_panic_step: bool = False
+    """ntpd -g: let the first adjustment be of any size."""
+    control_socket: str | None = None
+    """Path of the control socket; None = the default; "none" = no control socket."""
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -139,7 +150,7 @@ def configure_logging(level: str, logfile: str | None) -> None:
 
 
 class Daemon:
-    """The running server: clock, system state, responder, sockets and the loop."""
+    """The running server: clock, sync engine, responder, sockets, control socket, loop."""
 
     def __init__(self, config: Config, options: ServeOptions) -> None:
         self.config = config
@@ -152,19 +163,54 @@ class Daemon:
         self.clock: Clock = clock
         self.clock_reason = why
         self.precision = measure_precision()
-        self.local = local_reference(config)
-        self.responder = Responder(self._current_state(), load_mac_keys(config))
+        self.exit_code = 0
+        self.drift = DriftWriter(config.driftfile) if config.driftfile else None
+        initial_ppb: float | None = None
+        if config.driftfile:
+            ppm, warning = read_drift(config.driftfile)
+            if warning:
+                log.warning("%s", warning)
+            if ppm is not None:
+                initial_ppb = ppm * 1000.0
+                log.info("drift file %s: frequency %+.3f ppm", config.driftfile, ppm)
+            assert self.drift is not None
+            self.drift.loaded(ppm)
+        self.engine = SyncEngine(
+            sync_options(
+                config,
+                precision=self.precision,
+                clock_name=self.clock.name,
+                local=local_reference(config),
+                initial_frequency_ppb=initial_ppb,
+                allow_panic_step=options.allow_panic_step,
+            ),
+            random64,
+        )
+        self.responder = Responder(unsynchronized(self.precision), load_mac_keys(config))
         self.server = NtpServer(self.clock, self.responder)
         self.loop = Loop(options.selector)
+        self.sync = SyncShell(self.engine, self.clock, self.loop, self._set_state, self._panic)
+        self.control: ControlServer | None = None
 
-    def _current_state(self) -> SystemState:
-        if self.local is not None:
-            return self.local.state(self.clock.now_ns(), self.precision)
-        return unsynchronized(self.precision)
+    def _set_state(self, state: SystemState) -> None:
+        if state != self.responder.state:
+            self.responder.set_state(state)
+
+    def _panic(self, message: str) -> None:
+        log.error("exiting: %s", message)
+        self.exit_code = 1
+        self.loop.stop()
 
     def refresh_state(self) -> None:
-        """Re-read the time source (the local reference updates its reference time)."""
-        self.responder.set_state(self._current_state())
+        """Re-read the system state (root dispersion ages, the local clock's reference time)."""
+        self._set_state(self.engine.system_state(cooked_now(self.clock)))
+
+    def status(self) -> object:
+        return self.engine.status(time.monotonic_ns(), cooked_now(self.clock))
+
+    def _write_drift(self) -> None:
+        if self.drift is not None and self.engine.ever_synced:
+            self.drift.write(self.engine.frequency_ppb / 1000.0, time.monotonic_ns())
 
     def start(self) -> None:
         required, optional = listen_addresses(self.config, self.options.listen)
@@ -176,8 +222,28 @@ class Daemon:
         if not self.server.endpoints:
             raise StartupError("no address could be opened for listening")
         self.server.attach(self.loop)
-        interval = self.local.update_interval_ns if self.local else 64_000_000_000
-        self.loop.call_every(interval, self.refresh_state)
+        self._announce()
+        self.sync.add_configured(self.config.servers)
+        self.sync.start()
+        self.loop.call_every(16 * NS, self.refresh_state)
+        if self.drift is not None:
+            self.loop.call_every(WRITE_INTERVAL_NS, self._write_drift)
+        if self.options.control_socket != "none":
+            path = self.options.control_socket or default_socket_path()
+            try:
+                self.control = ControlServer(
+                    path,
+                    self.loop,
+                    {
+                        "status": self.status,
+                        "peers": self.status,
+                        "counters": lambda: dict(self.server.counters),
+                    },
+                )
+                self.control.start()
+            except (OSError, ControlError) as exc:
+                log.warning("no control socket: %s", exc)
+                self.control = None
         self.loop.add_signal_handler(signal.SIGTERM, self._on_stop)
         self.loop.add_signal_handler(signal.SIGINT, self._on_stop)
         self.loop.add_signal_handler(
@@ -189,24 +255,25 @@ class Daemon:
                 "SIGHUP: configuration reload is not supported yet; restart ntpy to apply changes"
             ),
         )
-        self._announce()
+        self.refresh_state()
 
     def _announce(self) -> None:
-        st = self.responder.state
         log.info("ntpy %s starting (pid %d)", __version__, os.getpid())
         log.info("clock: %s; precision 2^%d s", self.clock_reason, self.precision)
-        if self.local is not None:
-            log.info("time source: undisciplined local clock, serving stratum %d", st.stratum)
-        else:
+        n = len(self.config.servers)
+        local = self.engine.opts.local
+        if n:
+            log.info("%d upstream server/pool line(s) configured", n)
+        if local is not None:
             log.info(
-                "no time source yet: serving as unsynchronized (leap alarm, stratum 0) "
-                "so clients will not use this server"
+                "local clock configured at stratum %d (%s)",
+                local.served_stratum,
+                "fallback when the upstreams are lost" if n else "the time source",
             )
-        if self.config.servers:
-            log.warning(
-                "%d server/pool/peer line(s) are configured, but synchronizing to upstream servers "
-                "is not implemented in this version; they are not polled",
-                len(self.config.servers),
+        if not n and local is None:
+            log.info(
+                "no time source configured: serving as unsynchronized (leap alarm, stratum 0) "
+                "so clients will not use this server"
             )
         for ep in self.server.endpoints:
             log.info("listening on %s (%s loop)", ep.bound, self.loop.selector_name)
@@ -215,13 +282,19 @@ class Daemon:
         log.info("received %s, shutting down", signal.Signals(signum).name)
         self.loop.stop()
 
-    def run(self) -> None:
+    def run(self) -> int:
         try:
             self.loop.run()
         finally:
             log.info("counters: %s", self.server.summary())
+            if self.drift is not None and self.engine.ever_synced:
+                self.drift.write_at_exit(self.engine.frequency_ppb / 1000.0)
+            if self.control is not None:
+                self.control.close()
+            self.sync.close()
             self.server.close()
             self.loop.close()
+        return self.exit_code
 
 
 def serve(config: Config, options: ServeOptions) -> int:
@@ -233,5 +306,4 @@ def serve(config: Config, options: ServeOptions) -> int:
     except (StartupError, ValueError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 1
-    daemon.run()
-    return 0
+    return daemon.run()

@@ -299,14 +299,19 @@ class ControlServer:
         _prepare_directory(os.path.dirname(path), self.dir_mode)
         _remove_stale(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        bound = False
         try:
             sock.setblocking(False)
             sock.bind(path)
+            bound = True
             os.chmod(path, self.socket_mode)
             sock.listen(self.max_connections)
             st = os.stat(path)
         except OSError as exc:
             sock.close()
+            if bound:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             raise ControlError(
                 f"cannot open control socket {path}: {exc.strerror or exc}"
             ) from None
@@ -539,5 +544,5 @@ def _parse_reply(data: bytes, path: str) -> dict[str, Any]:
     if not isinstance(reply, dict):
         raise ControlError(f"bad reply from {path}: not a JSON object")
     if set(reply) == {"error"}:
-        raise ControlError(f"ntpy: {reply['error']}")
+        raise ControlError(f"the daemon replied: {reply['error']}")
     return reply

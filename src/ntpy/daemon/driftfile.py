@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import re
+import stat
 import tempfile
 
 log = logging.getLogger("ntpy.drift")
@@ -69,8 +70,7 @@ def parse_drift(text: str) -> float:
 def read_drift(path: str) -> tuple[float | None, str | None]:
     """(frequency in PPM, None), (None, None) if there is no file, or (None, warning)."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
+        raw = _read_regular_file(path, MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         return None, None
     except OSError as exc:
@@ -94,6 +94,22 @@ def read_drift(path: str) -> tuple[float | None, str | None]:
                 except ValueError as exc:
                     reason = str(exc)
     return None, f"{path}: corrupt drift file ({reason}); {_FRESH}"
+
+
+def _read_regular_file(path: str, limit: int) -> bytes:
+    """At most ``limit`` bytes; O_NONBLOCK so a FIFO put there cannot hang the daemon."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while size < limit and (chunk := os.read(fd, limit - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def write_drift(path: str, ppm: float) -> None:

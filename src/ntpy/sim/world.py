@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
 
+from ntpy.clock.select import VIRTUAL_SLEW_RATE_PPM
 from ntpy.clock.virtual import VirtualClock
 from ntpy.core.actions import (
     Action,
@@ -40,6 +41,7 @@ from ntpy.core.actions import (
     apply_to_clock,
     cooked_now,
 )
+from ntpy.core.engine import SourceConfig, SyncEngine, SyncOptions
 from ntpy.core.status import TALLY_SYSPEER, SyncStatus
 from ntpy.core.system import SystemState
 from ntpy.core.timestamps import NS_PER_S
@@ -99,13 +101,7 @@ EngineFactory = Callable[
 def production_engine(
     scenario: Scenario, servers: Sequence[SimServer], random64: Callable[[], int], now_mono: int
 ) -> tuple[EngineLike, list[int]]:
-    """The real ``SyncEngine`` with default options and one source per simulated server.
-
-    Imported here, not at module level, so the world itself can be exercised with a
-    stand-in engine without loading the production core's discipline.
-    """
-    from ntpy.core.engine import SourceConfig, SyncEngine, SyncOptions
-
+    """The real ``SyncEngine`` with default options and one source per simulated server."""
     engine = SyncEngine(SyncOptions(precision=CLOCK_PRECISION, clock_name="sim"), random64)
     ids = [
         engine.add_source(
@@ -153,7 +149,12 @@ class Simulation:
             wander_ppb=scenario.wander_ppb,
             rng=random.Random(master.getrandbits(64)),
         )
-        self.clock = VirtualClock(realtime=self._raw_now, precision_log=CLOCK_PRECISION)
+        # The same slew rate as the daemon's virtual clock, so the sim grades what runs.
+        self.clock = VirtualClock(
+            realtime=self._raw_now,
+            precision_log=CLOCK_PRECISION,
+            slew_rate_ppm=VIRTUAL_SLEW_RATE_PPM,
+        )
         engine_rng = random.Random(master.getrandbits(64))
         self.servers: list[SimServer] = []
         self.links: list[Link] = []

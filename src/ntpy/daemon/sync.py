@@ -1,0 +1,303 @@
+"""The synchronization shell: carries the engine's actions out on real sockets and the Clock.
+
+Each upstream gets its own connected UDP socket on a random local port (as chrony does by
+default): a reply can only come from the address we asked, an off-path attacker must guess
+the port as well as the 64-bit cookie, and routing a reply to its source is the socket.
+Receive timestamps come from the kernel (SO_TIMESTAMPNS) and, like every time handed to the
+engine, are "cooked": mapped through the Clock plus the slew still to run.
+
+Name resolution (``server name``, ``pool name``) is blocking getaddrinfo, done at start and
+when the engine asks for a replacement pool member; a name that does not resolve is retried
+every minute rather than failing the daemon, because DNS is often not up when ntpd starts.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from ntpy.clock.base import Clock
+from ntpy.config import Config, ServerSpec
+from ntpy.core.actions import (
+    Action,
+    LogEvent,
+    Panic,
+    ReplaceSource,
+    SendRequest,
+    apply_to_clock,
+    cooked_now,
+)
+from ntpy.core.engine import SourceConfig, SyncEngine, SyncOptions
+from ntpy.core.system import LocalReference, SystemState
+from ntpy.daemon.loop import Loop
+from ntpy.daemon.udp import ANC_BUFSIZE, SO_TIMESTAMPNS, parse_ancillary
+
+log = logging.getLogger("ntpy.sync")
+
+NS = 1_000_000_000
+RESOLVE_RETRY_NS = 60 * NS
+LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def sync_options(
+    config: Config,
+    *,
+    precision: int,
+    clock_name: str,
+    local: LocalReference | None,
+    initial_frequency_ppb: float | None,
+    allow_panic_step: bool,
+) -> SyncOptions:
+    """Translate ntp.conf's tinker/tos/makestep lines into engine options."""
+    t, tos = config.tinker, config.tos
+    makestep = None
+    if config.makestep is not None:
+        makestep = (int(config.makestep.threshold * NS), config.makestep.limit)
+    return SyncOptions(
+        precision=precision,
+        step_threshold_ns=int(t.step * NS),
+        stepout_ns=int(t.stepout * NS),
+        panic_threshold_ns=int(t.panic * NS),
+        allow_panic_step=allow_panic_step,
+        makestep=makestep,
+        maxdist_ns=int(tos.maxdist * NS),
+        minsane=tos.minsane,
+        minclock=tos.minclock,
+        maxclock=tos.maxclock,
+        initial_frequency_ppb=initial_frequency_ppb,
+        local=local,
+        orphan_stratum=tos.orphan,
+        orphanwait_ns=int(tos.orphanwait * NS),
+        clock_name=clock_name,
+    )
+
+
+@dataclass
+class Upstream:
+    """One resolved source and its socket."""
+
+    source_id: int
+    spec: ServerSpec
+    address: tuple[object, ...]
+    sock: socket.socket
+
+
+class SyncShell:
+    """Owns the engine, the per-source sockets and the engine's timer."""
+
+    def __init__(
+        self,
+        engine: SyncEngine,
+        clock: Clock,
+        loop: Loop,
+        on_state: Callable[[SystemState], None],
+        on_panic: Callable[[str], None],
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.loop = loop
+        self.on_state = on_state
+        self.on_panic = on_panic
+        self.upstreams: dict[int, Upstream] = {}
+        self.unresolved: list[ServerSpec] = []
+        self.pools: dict[str, ServerSpec] = {}
+        self._timer_gen = 0
+        self._timer_due: int | None = None
+
+    # ----------------------------------------------------------------- sources
+
+    def add_configured(self, servers: tuple[ServerSpec, ...]) -> None:
+        now = time.monotonic_ns()
+        for spec in servers:
+            if spec.kind == "pool":
+                self.pools[spec.address] = spec
+                self._fill_pool(spec, now)
+            elif not self._add_resolved(spec, now):
+                self.unresolved.append(spec)
+        if self.unresolved:
+            self.loop.call_later(RESOLVE_RETRY_NS, self._retry_unresolved)
+
+    def _resolve(self, spec: ServerSpec) -> list[tuple[object, ...]]:
+        family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(spec.family or 0, 0)
+        try:
+            infos = socket.getaddrinfo(spec.address, spec.port, family, socket.SOCK_DGRAM)
+        except (OSError, UnicodeError) as exc:
+            log.warning("cannot resolve %s: %s; will retry", spec.address, exc)
+            return []
+        seen: list[tuple[object, ...]] = []
+        for info in infos:
+            addr = tuple(info[4])
+            if addr not in seen:
+                seen.append(addr)
+        return seen
+
+    def _open(self, addr: tuple[object, ...]) -> socket.socket:
+        fam = socket.AF_INET6 if ":" in str(addr[0]) else socket.AF_INET
+        sock = socket.socket(fam, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.connect(addr)
+        return sock
+
+    def _add(self, spec: ServerSpec, addr: tuple[object, ...], now_mono: int) -> None:
+        cfg = SourceConfig(
+            name=spec.address,
+            address=addr,
+            kind=spec.kind,
+            iburst=spec.iburst,
+            burst=spec.burst,
+            prefer=spec.prefer,
+            noselect=spec.noselect,
+            minpoll=spec.minpoll,
+            maxpoll=spec.maxpoll,
+            version=spec.version,
+            pool=spec.address if spec.kind == "pool" else None,
+        )
+        try:
+            sock = self._open(addr)
+        except OSError as exc:
+            log.warning("cannot open a socket to %s (%s): %s", spec.address, addr[0], exc)
+            return
+        sid = self.engine.add_source(cfg, now_mono)
+        self.upstreams[sid] = Upstream(sid, spec, addr, sock)
+        self.loop.add_reader(sock, functools.partial(self._on_readable, sid))
+        log.info("source %s (%s port %s) added", spec.address, addr[0], addr[1])
+
+    def _add_resolved(self, spec: ServerSpec, now_mono: int) -> bool:
+        addrs = self._resolve(spec)
+        if not addrs:
+            return False
+        self._add(spec, addrs[0], now_mono)
+        return True
+
+    def _fill_pool(self, spec: ServerSpec, now_mono: int) -> int:
+        """Add pool members up to ``maxsources``; returns how many were added."""
+        in_use = {u.address for u in self.upstreams.values()}
+        have = sum(
+            1 for u in self.upstreams.values() if u.spec.kind == "pool" and u.spec.address == spec.address
+        )
+        added = 0
+        for addr in self._resolve(spec):
+            if have + added >= spec.maxsources:
+                break
+            if addr in in_use:
+                continue
+            self._add(spec, addr, now_mono)
+            added += 1
+        if have + added == 0 and spec not in self.unresolved:
+            self.unresolved.append(spec)
+        return added
+
+    def _retry_unresolved(self) -> None:
+        now = time.monotonic_ns()
+        pending, self.unresolved = self.unresolved, []
+        for spec in pending:
+            if spec.kind == "pool":
+                self._fill_pool(spec, now)
+            elif not self._add_resolved(spec, now):
+                self.unresolved.append(spec)
+        if self.unresolved:
+            self.loop.call_later(RESOLVE_RETRY_NS, self._retry_unresolved)
+        self.reschedule()
+
+    def _remove(self, source_id: int) -> None:
+        up = self.upstreams.pop(source_id, None)
+        self.engine.remove_source(source_id)
+        if up is not None:
+            self.loop.remove_reader(up.sock)
+            up.sock.close()
+
+    # ----------------------------------------------------------------- engine I/O
+
+    def start(self) -> None:
+        self.run_actions(self.engine.start(time.monotonic_ns(), cooked_now(self.clock)))
+        self.reschedule()
+
+    def _on_readable(self, source_id: int) -> None:
+        up = self.upstreams.get(source_id)
+        if up is None:
+            return
+        for _ in range(8):
+            try:
+                data, anc, _flags, _addr = up.sock.recvmsg(2048, ANC_BUFSIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # ICMP port unreachable and friends: just no sample
+                log.debug("source %s: %s", up.spec.address, exc)
+                break
+            rx, _ = parse_ancillary(anc)
+            t4 = (
+                self.clock.from_realtime_ns(rx) + self.clock.remaining_slew_ns()
+                if rx is not None
+                else cooked_now(self.clock)
+            )
+            self.run_actions(self.engine.handle_packet(source_id, data, t4, time.monotonic_ns()))
+        self.reschedule()
+
+    def _on_timer(self, gen: int) -> None:
+        if gen != self._timer_gen:
+            return  # superseded by an earlier deadline
+        self._timer_due = None
+        self.run_actions(self.engine.handle_timer(time.monotonic_ns(), cooked_now(self.clock)))
+        self.reschedule()
+
+    def reschedule(self) -> None:
+        due = self.engine.next_wakeup()
+        if due is None or (self._timer_due is not None and self._timer_due <= due):
+            return
+        self._timer_gen += 1
+        gen = self._timer_gen
+        self._timer_due = due
+        self.loop.call_at(due, lambda: self._on_timer(gen))
+
+    def run_actions(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SendRequest):
+                up = self.upstreams.get(action.source_id)
+                if up is None:
+                    continue
+                t1 = cooked_now(self.clock)
+                try:
+                    up.sock.send(action.data)
+                except OSError as exc:
+                    log.debug("send to %s failed: %s", up.spec.address, exc)
+                    continue
+                self.engine.mark_sent(action.source_id, t1)
+            elif apply_to_clock(action, self.clock):
+                pass
+            elif isinstance(action, LogEvent):
+                level = LOG_LEVELS.get(action.level, logging.ERROR)
+                log.log(level, "%s", action.message)
+            elif isinstance(action, ReplaceSource):
+                self._replace(action)
+            elif isinstance(action, Panic):
+                self.on_panic(action.message)
+                return
+        self.on_state(self.engine.system_state(cooked_now(self.clock)))
+
+    def _replace(self, action: ReplaceSource) -> None:
+        spec = self.pools.get(action.pool)
+        self._remove(action.source_id)
+        if spec is None:
+            return
+        added = self._fill_pool(replace(spec), time.monotonic_ns())
+        log.info(
+            "pool %s: dropped a member (%s)%s",
+            action.pool,
+            action.reason,
+            ", added a replacement" if added else ", no other address available yet",
+        )
+
+    def close(self) -> None:
+        for sid in list(self.upstreams):
+            up = self.upstreams.pop(sid)
+            up.sock.close()
+
+
+def random64() -> int:
+    return secrets.randbits(64)
