@@ -289,14 +289,15 @@ BIG = 10**13  # about 2.8 hours in ns
 
 @st.composite
 def candidate_lists(draw: st.DrawFn, max_size: int = 12) -> list[Candidate]:
+    scale = draw(st.sampled_from([10, BIG]))  # small: many overlaps and exact ties
     n = draw(st.integers(0, max_size))
     ids = draw(st.lists(st.integers(0, 1000), min_size=n, max_size=n, unique=True))
     return [
         Candidate(
             id=i,
-            offset_ns=draw(st.integers(-BIG, BIG)),
-            root_distance_ns=draw(st.integers(0, BIG)),
-            jitter_ns=draw(st.integers(0, BIG)),
+            offset_ns=draw(st.integers(-scale, scale)),
+            root_distance_ns=draw(st.integers(0, scale)),
+            jitter_ns=draw(st.integers(0, scale)),
             stratum=draw(st.integers(0, 15)),
             leap=draw(st.integers(0, 2)),
             prefer=draw(st.booleans()),

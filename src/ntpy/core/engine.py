@@ -56,7 +56,7 @@ REFID_LOOPBACK = 0x7F000001
 class SyncOptions:
     precision: int = -20
     step_threshold_ns: int = 128_000_000
-    """``tinker step``: larger offsets are stepped (first update) or after ``stepout``; 0 = never."""
+    """``tinker step``: larger offsets are stepped at once (first update) or after stepout."""
     stepout_ns: int = 300 * NS
     panic_threshold_ns: int = 1000 * NS
     """``tinker panic``: refuse offsets beyond this; 0 = no limit."""
@@ -150,7 +150,9 @@ class SyncEngine:
         self.next_housekeeping = now_mono
         actions: list[Action] = []
         if self.opts.initial_frequency_ppb is not None:
-            self.frequency_ppb = max(-MAX_FREQ_PPB, min(MAX_FREQ_PPB, self.opts.initial_frequency_ppb))
+            self.frequency_ppb = max(
+                -MAX_FREQ_PPB, min(MAX_FREQ_PPB, self.opts.initial_frequency_ppb)
+            )
             actions.append(SetFrequency(self.frequency_ppb))
         if not self.sources:
             self._housekeeping(now_mono, now_clock, actions)
@@ -194,7 +196,9 @@ class SyncEngine:
         prev = src.stats.estimate
         m, reason = src.receive(data, t4_clock, now_mono)
         if reason.startswith("kod_"):
-            actions.append(LogEvent("warning", f"kiss-o'-death {reason[4:]} from {self._label(src)}"))
+            actions.append(
+                LogEvent("warning", f"kiss-o'-death {reason[4:]} from {self._label(src)}")
+            )
             if src.kod is not None:
                 if self.system_peer == src.id:
                     self.system_peer = None
@@ -344,7 +348,11 @@ class SyncEngine:
         o = self.opts
         first = self.updates == 0
         mag = abs(offset)
-        if o.panic_threshold_ns and mag > o.panic_threshold_ns and not (first and o.allow_panic_step):
+        if (
+            o.panic_threshold_ns
+            and mag > o.panic_threshold_ns
+            and not (first and o.allow_panic_step)
+        ):
             self.panicked = True
             msg = (
                 f"offset {offset / NS:+.3f} s exceeds the panic threshold "
@@ -355,8 +363,10 @@ class SyncEngine:
             actions.append(Panic(offset, msg))
             return False
         step = False
-        if o.makestep is not None and mag > o.makestep[0] and (
-            o.makestep[1] < 0 or self.updates < o.makestep[1]
+        if (
+            o.makestep is not None
+            and mag > o.makestep[0]
+            and (o.makestep[1] < 0 or self.updates < o.makestep[1])
         ):
             step = True
         elif o.step_threshold_ns and mag > o.step_threshold_ns:
@@ -554,7 +564,9 @@ class SyncEngine:
                     address="127.127.1.0",
                     kind="local",
                     tally="*" if self.fallback_active and not self.synced else " ",
-                    refid=refid_to_text(local_st.refid, 1) if fallback.served_stratum <= 1 else ".LOCL.",
+                    refid=refid_to_text(local_st.refid, 1)
+                    if fallback.served_stratum <= 1
+                    else ".LOCL.",
                     stratum=max(0, fallback.served_stratum - 1),
                     leap=LEAP_NONE,
                     type_char="l",

@@ -159,9 +159,7 @@ class Source:
             return None, "unsynchronized"
         # RFC 5905: both clocks' precision plus PHI times the round trip.
         dispersion = (
-            _precision_ns(sample.precision)
-            + self.precision_ns
-            + (sample.delay_ns * PHI_PPB) // NS
+            _precision_ns(sample.precision) + self.precision_ns + (sample.delay_ns * PHI_PPB) // NS
         )
         m = Measurement(
             time_ns=(pending.t1_ns + t4_ns) // 2,
@@ -206,7 +204,9 @@ class Source:
             return
         noise = max(est.jitter_ns, est.offset_sd_ns, float(self.precision_ns))
         interval_s = float(1 << self.poll)
-        drift_next = math.hypot(est.frequency_sd * 2.0 * interval_s * 1e9, wander_sd_ns(2.0 * interval_s))
+        drift_next = math.hypot(
+            est.frequency_sd * 2.0 * interval_s * 1e9, wander_sd_ns(2.0 * interval_s)
+        )
         drift_now = math.hypot(est.frequency_sd * interval_s * 1e9, wander_sd_ns(interval_s))
         if abs(innovation_ns) > 4.0 * sd_ns and self.poll > self.minpoll:
             self.poll -= 1

@@ -22,6 +22,7 @@ times relative to the newest sample, which is ample precision for differences.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -187,7 +188,7 @@ class SourceStats:
         scale = chi2 / (n - 2) if n > 2 else 1.0
         var_b = scale / sxx if sxx > 0 else math.inf
         var_a = scale * (1.0 / sw + xm * xm / sxx) if sxx > 0 else scale / sw
-        runs = 1 + sum(1 for r0, r1 in zip(resid, resid[1:], strict=False) if (r0 >= 0) != (r1 >= 0))
+        runs = 1 + sum(1 for r0, r1 in itertools.pairwise(resid) if (r0 >= 0) != (r1 >= 0))
         jitter = math.sqrt(chi2 / sw) if sw > 0 else 0.0
         est = Estimate(
             time_ns=t_ref,

@@ -20,10 +20,10 @@ from ntpy.clock import choose_clock, measure_precision
 from ntpy.clock.base import Clock
 from ntpy.config import Config
 from ntpy.config.model import LOCAL_CLOCK_DEFAULT_REFID, RefclockSpec
-from ntpy.core.auth import MacKey
-from ntpy.core.packet import refid_from_text
 from ntpy.core.actions import cooked_now
+from ntpy.core.auth import MacKey
 from ntpy.core.engine import SyncEngine
+from ntpy.core.packet import refid_from_text
 from ntpy.core.server import Responder
 from ntpy.core.system import LocalReference, SystemState, unsynchronized
 from ntpy.daemon.control import ControlError, ControlServer, default_socket_path

@@ -179,7 +179,9 @@ class SyncShell:
         """Add pool members up to ``maxsources``; returns how many were added."""
         in_use = {u.address for u in self.upstreams.values()}
         have = sum(
-            1 for u in self.upstreams.values() if u.spec.kind == "pool" and u.spec.address == spec.address
+            1
+            for u in self.upstreams.values()
+            if u.spec.kind == "pool" and u.spec.address == spec.address
         )
         added = 0
         for addr in self._resolve(spec):
