@@ -26,10 +26,11 @@ from dataclasses import dataclass
 
 from ntpy.core.client import ReplyRejected, Sample, build_request, parse_reply
 from ntpy.core.packet import LEAP_ALARM
-from ntpy.core.sourcestats import Estimate, Measurement, SourceStats, wander_sd_ns
+from ntpy.core.sourcestats import Estimate, Measurement, SourceStats
 
 NS = 1_000_000_000
 BURST_COUNT = 8
+POLL_NOISE_FACTOR = 0.5
 BURST_SPACING_NS = 2 * NS
 PHI_PPB = 15_000
 
@@ -202,12 +203,14 @@ class Source:
         """
         if self.burst_left > 0:
             return
-        noise = max(est.jitter_ns, est.offset_sd_ns, float(self.precision_ns))
+        noise = POLL_NOISE_FACTOR * max(est.offset_sd_ns, float(self.precision_ns))
         interval_s = float(1 << self.poll)
         drift_next = math.hypot(
-            est.frequency_sd * 2.0 * interval_s * 1e9, wander_sd_ns(2.0 * interval_s)
+            est.frequency_sd * 2.0 * interval_s * 1e9, self.stats.wander_sd_ns(2.0 * interval_s)
         )
-        drift_now = math.hypot(est.frequency_sd * interval_s * 1e9, wander_sd_ns(interval_s))
+        drift_now = math.hypot(
+            est.frequency_sd * interval_s * 1e9, self.stats.wander_sd_ns(interval_s)
+        )
         if abs(innovation_ns) > 4.0 * sd_ns and self.poll > self.minpoll:
             self.poll -= 1
         elif est.samples_used >= 8 and drift_next < noise and self.poll < self.maxpoll:

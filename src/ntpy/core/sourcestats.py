@@ -29,6 +29,9 @@ from dataclasses import dataclass
 MAX_SAMPLES = 64
 MIN_REGRESSION = 3
 FLOOR_FRACTION = 0.1
+ADAPT_WANDER = True
+Q_MIN = (0.1e-9) ** 2
+Q_MAX = (100e-9) ** 2
 WANDER_Q = (2e-9) ** 2
 """Assumed frequency random walk of our oscillator, (fraction/s)^2 per s: about 2 ppb per
 sqrt(s), between a temperature-stable room (~1 ppb) and a busy machine (~10 ppb)."""
@@ -88,6 +91,9 @@ class SourceStats:
         self.samples: list[Measurement] = []
         self.floor_sd_ns = max(float(precision_ns), 100.0)
         self.estimate: Estimate | None = None
+        self.q = WANDER_Q
+        """Frequency random-walk rate assumed for our oscillator, (fraction/s)^2 per s."""
+        self.surprise = 1.0
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -97,12 +103,45 @@ class SourceStats:
         self.estimate = None
 
     def add(self, m: Measurement) -> Estimate:
-        """Store a sample and refit."""
+        """Store a sample, learn from how well it was predicted, and refit."""
+        if ADAPT_WANDER and self.estimate is not None and len(self.samples) >= MIN_REGRESSION:
+            self._learn_wander(m, self.estimate)
         self.samples.append(m)
         if len(self.samples) > MAX_SAMPLES:
             del self.samples[0]
         self.estimate = self._fit()
         return self.estimate
+
+    def _learn_wander(self, m: Measurement, est: Estimate) -> None:
+        """Adapt the wander model to how surprising new samples are.
+
+        Compare the new sample's innovation with the variance the model predicted for it
+        (offset and frequency uncertainty, wander over the gap, the sample's own noise). A
+        running mean of the normalized squared innovation above ~1 means the oscillator
+        wanders more than assumed: raise q; well below 1: lower it. Bounded to 0.1..100 ppb
+        per sqrt(s), so a burst of bad samples cannot make the model absurd.
+        """
+        dt = max(0.0, (m.time_ns - est.time_ns) / NS)
+        dmin = min(est.min_delay_ns, m.delay_ns)
+        excess = m.delay_ns - dmin
+        floor = max(self.floor_sd_ns, FLOOR_FRACTION * excess)
+        predicted = est.offset_sd_ns**2
+        if math.isfinite(est.frequency_sd):
+            predicted += (est.frequency_sd * dt * NS) ** 2
+        predicted += self.q * 1e18 * dt**3 / 3.0 + floor**2 + excess**2 / 12.0
+        if predicted <= 0:
+            return
+        innovation = m.offset_ns - offset_at(est, m.time_ns)
+        z2 = min(innovation * innovation / predicted, 25.0)
+        self.surprise += 0.1 * (z2 - self.surprise)
+        if self.surprise > 1.5:
+            self.q = min(self.q * 1.3, Q_MAX)
+        elif self.surprise < 0.6:
+            self.q = max(self.q / 1.15, Q_MIN)
+
+    def wander_sd_ns(self, interval_s: float) -> float:
+        """Offset uncertainty that frequency wander alone adds over ``interval_s``."""
+        return math.sqrt(self.q * interval_s**3 / 3.0) * NS
 
     def last(self) -> Measurement | None:
         return self.samples[-1] if self.samples else None
@@ -133,7 +172,7 @@ class SourceStats:
         newest = samples[-1].time_ns
         # Our oscillator's frequency wanders (a random walk), so an old sample departs from
         # any straight line through the recent ones by a variance growing as q * age^3 / 3.
-        q = WANDER_Q * 1e18  # ns^2 per s^3
+        q = self.q * 1e18  # ns^2 per s^3
         return [
             1.0
             / (
@@ -208,11 +247,6 @@ def _spread(values: list[float]) -> float:
         return 0.0
     m = sum(values) / len(values)
     return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
-
-
-def wander_sd_ns(interval_s: float) -> float:
-    """Offset uncertainty that frequency wander alone adds over ``interval_s``."""
-    return math.sqrt(WANDER_Q * interval_s**3 / 3.0) * NS
 
 
 def offset_at(est: Estimate, time_ns: int) -> float:
