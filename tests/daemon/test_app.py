@@ -104,3 +104,35 @@ def test_examples_exist() -> None:
         "isolated-lab.conf",
         "pool-member.conf",
     }
+
+
+class _RecordingLibc:
+    """Stands in for libc: records adjtimex 'modes' words, never reaches the kernel."""
+
+    def __init__(self) -> None:
+        self.modes: list[int] = []
+
+    def adjtimex(self, ptr: object) -> int:
+        import ctypes
+
+        self.modes.append(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_uint)).contents.value)
+        return 0
+
+
+@pytest.mark.parametrize(("servers", "expect_reset"), [(False, False), (True, True)])
+def test_kernel_pll_taken_over_only_when_disciplining(
+    monkeypatch: pytest.MonkeyPatch, servers: bool, expect_reset: bool
+) -> None:
+    from ntpy.clock import SystemClock
+    from ntpy.daemon import app
+
+    libc = _RecordingLibc()
+    monkeypatch.setattr(
+        app, "choose_clock", lambda mode: (SystemClock(libc, adjustable=True), "fake system")
+    )
+    text = "server 192.0.2.1 iburst\n" if servers else "server 127.127.1.0\n"
+    d = app.Daemon(cfg(text), app.ServeOptions(listen=["127.0.0.1:0"], control_socket="none"))
+    d._take_over_kernel_clock()
+    writes = [m for m in libc.modes if m not in (0,)]
+    assert bool(writes) == expect_reset
+    d.loop.close()

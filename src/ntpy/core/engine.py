@@ -44,6 +44,7 @@ __all__ = ["SourceConfig", "SyncEngine", "SyncOptions"]
 
 HOUSEKEEPING_NS = 4 * NS
 FIRST_UPDATE_WAIT_NS = 16 * NS
+FALSETICKER_REPLACE = 4
 MAX_FREQ_PPB = 500_000.0
 FREQ_VAR_UNKNOWN = (100e-6) ** 2
 """Prior variance of our frequency with no drift file: about 100 ppm, a typical crystal."""
@@ -273,6 +274,7 @@ class SyncEngine:
         )
         self.selection = sel
         self._mark_tallies(sel)
+        self._replace_bad_pool_members(sel, actions)
         if sel is None or sel.system_peer is None:
             return
         if sel.system_peer != self.system_peer:
@@ -291,6 +293,24 @@ class SyncEngine:
         if all(s.stats.estimate is not None for s in self.sources.values() if s.active):
             return True
         return self.start_mono is not None and now_mono - self.start_mono >= FIRST_UPDATE_WAIT_NS
+
+    def _replace_bad_pool_members(self, sel: Selection | None, actions: list[Action]) -> None:
+        """A pool member that keeps being a falseticker is dropped and replaced (the pool
+        has plenty of others; a liar among a few sources weakens every later vote)."""
+        false_ids = set(sel.falsetickers) if sel is not None else set()
+        for src in list(self.sources.values()):
+            if src.id in false_ids:
+                src.falseticker_count += 1
+            else:
+                src.falseticker_count = 0
+            if src.config.pool is not None and src.falseticker_count >= FALSETICKER_REPLACE:
+                src.falseticker_count = 0
+                actions.append(
+                    LogEvent(
+                        "warning", f"pool source {self._label(src)} is a falseticker: replacing it"
+                    )
+                )
+                actions.append(ReplaceSource(src.id, src.config.pool, "falseticker"))
 
     def _mark_tallies(self, sel: Selection | None) -> None:
         if sel is None:

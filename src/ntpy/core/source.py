@@ -83,6 +83,7 @@ class Source:
         self.last_sample: Sample | None = None
         self.state = "init"
         self.tally = " "
+        self.falseticker_count = 0
         # First poll soon after start, spread a little so sources do not fire together.
         self.next_poll_mono = now_mono + int(jitter * NS)
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ntpy import __version__
-from ntpy.clock import choose_clock, measure_precision
+from ntpy.clock import ClockError, SystemClock, choose_clock, measure_precision
 from ntpy.clock.base import Clock
 from ntpy.config import Config
 from ntpy.config.model import LOCAL_CLOCK_DEFAULT_REFID, RefclockSpec
@@ -212,7 +212,18 @@ class Daemon:
         if self.drift is not None and self.engine.ever_synced:
             self.drift.write(self.engine.frequency_ppb / 1000.0, time.monotonic_ns())
 
+    def _take_over_kernel_clock(self) -> None:
+        """Before disciplining the kernel clock, switch off the kernel PLL another daemon may
+        have left running (two loops would fight). Only with upstreams: serving the local
+        clock never adjusts anything, so it never touches the kernel either."""
+        if isinstance(self.clock, SystemClock) and self.config.servers:
+            try:
+                self.clock.reset_kernel_discipline()
+            except ClockError as exc:
+                raise StartupError(str(exc)) from exc
+
     def start(self) -> None:
+        self._take_over_kernel_clock()
         required, optional = listen_addresses(self.config, self.options.listen)
         try:
             self.server.open(required, optional=optional)
