@@ -106,6 +106,8 @@ class SyncShell:
         self.upstreams: dict[int, Upstream] = {}
         self.unresolved: list[ServerSpec] = []
         self.pools: dict[str, ServerSpec] = {}
+        self.rejected: dict[str, set[tuple[object, ...]]] = {}
+        """Pool members dropped (unreachable, falseticker, KoD), per pool name."""
         self._timer_gen = 0
         self._timer_due: int | None = None
 
@@ -178,6 +180,7 @@ class SyncShell:
     def _fill_pool(self, spec: ServerSpec, now_mono: int) -> int:
         """Add pool members up to ``maxsources``; returns how many were added."""
         in_use = {u.address for u in self.upstreams.values()}
+        in_use |= self.rejected.get(spec.address, set())
         have = sum(
             1
             for u in self.upstreams.values()
@@ -284,10 +287,18 @@ class SyncShell:
 
     def _replace(self, action: ReplaceSource) -> None:
         spec = self.pools.get(action.pool)
+        up = self.upstreams.get(action.source_id)
+        if up is not None:
+            # Never take a dropped member back from the same pool (DNS will offer it again).
+            self.rejected.setdefault(action.pool, set()).add(up.address)
         self._remove(action.source_id)
         if spec is None:
             return
         added = self._fill_pool(replace(spec), time.monotonic_ns())
+        if not added and spec not in self.unresolved:
+            # DNS rotates pool answers: ask again in a minute for a member we do not have.
+            self.unresolved.append(spec)
+            self.loop.call_later(RESOLVE_RETRY_NS, self._retry_unresolved)
         log.info(
             "pool %s: dropped a member (%s)%s",
             action.pool,

@@ -1,0 +1,234 @@
+"""Unit tests for the per-source regression (``ntpy.core.sourcestats``).
+
+Synthetic samples with a known offset and frequency check that the regression recovers
+them, that low-delay samples dominate, that ``apply_correction`` re-expresses the history
+consistently, that the runs test drops samples when the data bend, and that the wander
+model ``q`` adapts within its bounds.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ntpy.core.sourcestats import (
+    MAX_SAMPLES,
+    Q_MAX,
+    Q_MIN,
+    WANDER_Q,
+    Measurement,
+    SourceStats,
+    offset_at,
+)
+
+NS = 1_000_000_000
+T0 = 1_700_000_000 * NS
+PRECISION_NS = 1_000
+
+
+def sample(t_ns: int, offset_ns: int, delay_ns: int = 2_000_000) -> Measurement:
+    return Measurement(
+        time_ns=t_ns,
+        offset_ns=offset_ns,
+        delay_ns=delay_ns,
+        dispersion_ns=1_000,
+        root_delay_ns=0,
+        root_dispersion_ns=10_000,
+        stratum=1,
+        leap=0,
+    )
+
+
+def linear(
+    stats: SourceStats,
+    n: int,
+    *,
+    offset0_ns: float,
+    freq: float,
+    step_s: int = 16,
+    noise_ns: float = 0.0,
+    seed: int = 1,
+) -> None:
+    """Add ``n`` samples of offset0 + freq * (t - T0), every ``step_s``, plus Gaussian noise."""
+    rng = random.Random(seed)
+    for i in range(n):
+        t = T0 + i * step_s * NS
+        y = offset0_ns + freq * (t - T0) + rng.gauss(0.0, noise_ns)
+        stats.add(sample(t, round(y)))
+
+
+def test_fewer_than_three_samples_give_best_offset_and_no_frequency() -> None:
+    stats = SourceStats(PRECISION_NS)
+    stats.add(sample(T0, 5_000, delay_ns=9_000_000))
+    est = stats.add(sample(T0 + 2 * NS, 1_000, delay_ns=1_000_000))
+    assert est.offset_ns == 1_000  # the lower-delay sample
+    assert est.frequency == 0.0
+    assert est.frequency_sd == float("inf")
+    assert est.samples_used == 2
+    assert est.min_delay_ns == 1_000_000
+
+
+def test_regression_recovers_offset_and_frequency_exactly_without_noise() -> None:
+    stats = SourceStats(PRECISION_NS)
+    linear(stats, 20, offset0_ns=3_000_000.0, freq=25e-6)
+    est = stats.estimate
+    assert est is not None
+    assert est.samples_used == 20
+    assert est.time_ns == T0 + 19 * 16 * NS
+    expected_now = 3_000_000.0 + 25e-6 * 19 * 16 * NS
+    assert est.offset_ns == pytest.approx(expected_now, abs=2.0)
+    assert est.frequency == pytest.approx(25e-6, rel=1e-6)
+    # extrapolation follows the line
+    later = est.time_ns + 100 * NS
+    assert offset_at(est, later) == pytest.approx(expected_now + 25e-6 * 100 * NS, abs=5.0)
+
+
+def test_regression_recovers_offset_and_frequency_through_noise() -> None:
+    stats = SourceStats(PRECISION_NS)
+    linear(stats, 64, offset0_ns=-1_500_000.0, freq=-40e-6, noise_ns=20_000.0, seed=7)
+    est = stats.estimate
+    assert est is not None
+    expected_now = -1_500_000.0 - 40e-6 * 63 * 16 * NS
+    # 64 samples of 20 us noise: the fit is good to a few us and a few ppb
+    assert est.offset_ns == pytest.approx(expected_now, abs=15_000)
+    assert est.frequency == pytest.approx(-40e-6, abs=0.1e-6)
+    assert 0 < est.frequency_sd < 0.1e-6
+    # the reported uncertainty is honest (within 4 sigma)
+    assert abs(est.offset_ns - expected_now) < 4 * est.offset_sd_ns
+    assert abs(est.frequency + 40e-6) < 4 * est.frequency_sd
+
+
+def test_weights_favour_low_delay_samples() -> None:
+    """Quick samples have offset 0, slow ones are 5 ms off: the estimate follows the quick."""
+    stats = SourceStats(PRECISION_NS)
+    for i in range(32):
+        slow = i % 2 == 1
+        stats.add(
+            sample(
+                T0 + i * 16 * NS,
+                5_000_000 if slow else 0,
+                delay_ns=20_000_000 if slow else 1_000_000,
+            )
+        )
+    est = stats.estimate
+    assert est is not None
+    assert abs(est.offset_ns) < 250_000  # < 5% of the way to the slow samples
+    assert est.min_delay_ns == 1_000_000
+    w = stats._weights(stats.samples)
+    assert w[0] > 100 * w[1]
+
+
+def test_weights_are_equal_for_equal_delays_at_the_same_age() -> None:
+    stats = SourceStats(PRECISION_NS)
+    stats.q = 0.0  # no wander: age alone does not matter
+    linear(stats, 5, offset0_ns=0.0, freq=0.0)
+    w = stats._weights(stats.samples)
+    assert max(w) == pytest.approx(min(w))
+
+
+def test_apply_correction_with_the_fit_leaves_zero_offset_and_frequency() -> None:
+    stats = SourceStats(PRECISION_NS)
+    linear(stats, 30, offset0_ns=8_000_000.0, freq=60e-6, noise_ns=5_000.0, seed=3)
+    est = stats.estimate
+    assert est is not None
+    before_n = len(stats)
+    stats.apply_correction(est.time_ns, round(est.offset_ns), est.frequency)
+    after = stats.estimate
+    assert after is not None
+    assert len(stats) == before_n
+    assert after.offset_ns == pytest.approx(0.0, abs=1_000)
+    assert after.frequency == pytest.approx(0.0, abs=1e-9)
+    # the corrected samples sit on our (now corrected) clock: their times moved too
+    assert stats.samples[-1].time_ns == est.time_ns + round(est.offset_ns)
+
+
+def test_apply_correction_offset_only_shifts_every_sample() -> None:
+    stats = SourceStats(PRECISION_NS)
+    linear(stats, 5, offset0_ns=1_000_000.0, freq=0.0)
+    times = [s.time_ns for s in stats.samples]
+    stats.apply_correction(times[-1], 400_000, 0.0)
+    assert [s.offset_ns for s in stats.samples] == [600_000] * 5
+    assert [s.time_ns for s in stats.samples] == [t + 400_000 for t in times]
+
+
+def test_apply_correction_on_empty_stats_is_harmless() -> None:
+    stats = SourceStats(PRECISION_NS)
+    stats.apply_correction(T0, 1_000, 1e-6)
+    assert stats.estimate is None
+    assert stats.last() is None
+
+
+def test_runs_test_keeps_all_samples_of_a_noisy_line() -> None:
+    stats = SourceStats(PRECISION_NS)
+    linear(stats, 48, offset0_ns=0.0, freq=10e-6, noise_ns=50_000.0, seed=11)
+    est = stats.estimate
+    assert est is not None
+    assert est.samples_used == 48
+
+
+def test_runs_test_drops_old_samples_when_the_data_bend() -> None:
+    """A quadratic (frequency ramp) leaves long runs of same-sign residuals on a line."""
+    stats = SourceStats(PRECISION_NS)
+    rng = random.Random(5)
+    n = 48
+    for i in range(n):
+        t_s = i * 16
+        y = 2.0 * t_s * t_s + rng.gauss(0.0, 1_000.0)  # ns; 1.2 ms of bend at the end
+        stats.add(sample(T0 + t_s * NS, round(y)))
+    est = stats.estimate
+    assert est is not None
+    assert est.samples_used < n
+    assert len(stats) == n  # dropped from the fit, not from the history
+    # the fit of the newest samples follows the local slope (4 * t ns/s at the end)
+    slope_end = 4.0 * (n - 1) * 16 * 1e-9
+    assert est.frequency == pytest.approx(slope_end, rel=0.25)
+
+
+def test_history_is_bounded() -> None:
+    stats = SourceStats(PRECISION_NS)
+    linear(stats, MAX_SAMPLES + 10, offset0_ns=0.0, freq=0.0)
+    assert len(stats) == MAX_SAMPLES
+    assert stats.samples[0].time_ns == T0 + 10 * 16 * NS
+
+
+def test_q_grows_on_large_innovations_and_stays_bounded() -> None:
+    stats = SourceStats(PRECISION_NS)
+    assert stats.q == WANDER_Q
+    rng = random.Random(2)
+    seen = []
+    for i in range(200):
+        # 1 ms scatter on a path with constant delay: far more than the model predicts
+        stats.add(sample(T0 + i * 16 * NS, round(rng.gauss(0.0, 1_000_000.0))))
+        seen.append(stats.q)
+    assert max(seen) == Q_MAX
+    assert stats.q > WANDER_Q
+    assert all(Q_MIN <= q <= Q_MAX for q in seen)
+
+
+def test_q_shrinks_on_small_innovations_and_stays_bounded() -> None:
+    stats = SourceStats(PRECISION_NS)
+    seen = []
+    for i in range(300):
+        stats.add(sample(T0 + i * 16 * NS, 1_000))  # a perfect, constant offset
+        seen.append(stats.q)
+    assert stats.q == Q_MIN
+    assert all(Q_MIN <= q <= Q_MAX for q in seen)
+    # monotone non-increasing on perfect data
+    assert all(b <= a for a, b in zip(seen, seen[1:], strict=False))
+
+
+def test_wander_sd_grows_with_interval() -> None:
+    stats = SourceStats(PRECISION_NS)
+    assert stats.wander_sd_ns(0.0) == 0.0
+    a, b = stats.wander_sd_ns(16.0), stats.wander_sd_ns(64.0)
+    assert 0 < a < b
+    assert b / a == pytest.approx(4.0**1.5)
+
+
+def test_clear_forgets_samples_and_estimate() -> None:
+    stats = SourceStats(PRECISION_NS)
+    linear(stats, 4, offset0_ns=0.0, freq=0.0)
+    stats.clear()
+    assert len(stats) == 0
+    assert stats.estimate is None
