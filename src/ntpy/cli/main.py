@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from ntpy import __version__
-from ntpy.cli.views import add_view_parsers, run_peers, run_status
+from ntpy.cli.views import add_clients_parser, add_view_parsers, run_clients, run_peers, run_status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,11 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="event loop backend; 'poll' uses only poll(2) (for LD_PRELOAD simulators)",
     )
     s.add_argument("--strict", action="store_true", help="unknown config directives are errors")
-    s.add_argument("-g", dest="allow_panic_step", action="store_true",
-                   help="allow the first clock adjustment to exceed the panic threshold (ntpd -g)")
-    s.add_argument("--control-socket", metavar="PATH",
-                   help="UNIX socket for 'ntpy status'/'ntpy peers' ('none' to disable; "
-                        "default /run/ntpy/ntpy.sock as root)")
+    s.add_argument(
+        "-g",
+        dest="allow_panic_step",
+        action="store_true",
+        help="allow the first clock adjustment to exceed the panic threshold (ntpd -g)",
+    )
+    s.add_argument(
+        "--control-socket",
+        metavar="PATH",
+        help="UNIX socket for 'ntpy status'/'ntpy peers' ('none' to disable; "
+        "default /run/ntpy/ntpy.sock as root)",
+    )
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     c = sub.add_parser("check-config", help="validate an ntp.conf: exit 0, or 2 with file:line")
@@ -82,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="exchanges per server; the one with the lowest delay is reported",
     )
     add_view_parsers(sub)
+    add_clients_parser(sub)
     return p
 
 
@@ -105,6 +113,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_status(args)
     if args.command == "peers":
         return run_peers(args)
+    if args.command == "clients":
+        return run_clients(args)
     if args.command == "query":
         from ntpy.cli.query import run as run_query
 

@@ -308,3 +308,49 @@ def add_view_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         action="store_true",
         help="show addresses instead of the configured host names",
     )
+
+
+def render_clients(reply: Mapping[str, Any], now_note: str = "") -> str:
+    """``ntpy clients``: the busiest clients of the rate limiter's table, like ``chronyc clients``.
+
+    One row per client: address (IPv6 clients are tracked per /64), requests, requests
+    dropped by the limiter, KoD replies sent, average interval between requests, and how long
+    ago it was last seen.
+    """
+    rows = reply.get("clients") or []
+    head = f"{'address':<40} {'requests':>9} {'drops':>7} {'kod':>5} {'interval':>9} {'last':>7}"
+    lines = [head, "=" * len(head)]
+    for c in rows:
+        avg = c.get("avg_interval_s")
+        interval = "-" if avg is None else pretty_interval(round(avg))
+        ago = c.get("last_seen_ago_s")
+        last = "-" if ago is None else pretty_interval(int(ago))
+        lines.append(
+            f"{c.get('address', '?')!s:<40} {int(c.get('requests', 0)):>9} "
+            f"{int(c.get('drops', 0)):>7} {int(c.get('kods', 0)):>5} {interval:>9} {last:>7}"
+        )
+    if not rows:
+        lines.append(
+            "(no clients tracked: rate limiting applies to clients matched by "
+            "'restrict ... limited')"
+        )
+    return "\n".join(lines) + "\n" + now_note
+
+
+def run_clients(args: argparse.Namespace) -> int:
+    """``ntpy clients``: exit 0, or 2 if the daemon cannot be asked."""
+    reply = _query(args, "clients")
+    if reply is None:
+        return EXIT_UNKNOWN
+    if getattr(args, "json", False):
+        _print_json(reply)
+    else:
+        sys.stdout.write(render_clients(reply))
+    return 0
+
+
+def add_clients_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    c = subparsers.add_parser(
+        "clients", help="the busiest NTP clients (rate-limited ones), like 'chronyc clients'"
+    )
+    _add_common(c)

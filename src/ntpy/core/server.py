@@ -22,7 +22,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from ntpy.core import auth
 from ntpy.core.packet import (
@@ -60,10 +60,35 @@ class Reason(StrEnum):
     PRIVATE = "drop_mode7"
     MALFORMED = "drop_malformed"
     BAD_PORT = "drop_bad_port"
+    RESTRICTED = "drop_restricted"
+    """``restrict ... ignore|noserve`` (or a chrony ``deny``) matched the client."""
+    CONTROL_DENIED = "drop_mode6_noquery"
+    VERSION_DENIED = "drop_restrict_version"
+    UNAUTHENTICATED = "drop_notrust"
+    RATE_LIMITED = "drop_rate_limited"
+    KOD_RATE = "kod_rate_sent"
 
     @property
     def answered(self) -> bool:
-        return self in (Reason.SERVED, Reason.SERVED_AUTH, Reason.CRYPTO_NAK)
+        return self in (Reason.SERVED, Reason.SERVED_AUTH, Reason.CRYPTO_NAK, Reason.KOD_RATE)
+
+
+class AccessPolicy(Protocol):
+    """What the responder needs from access control (``ntpy.core.access.AccessControl``)."""
+
+    def flags(self, address: str) -> frozenset[str]: ...
+
+
+class Limiter(Protocol):
+    """What the responder needs from rate limiting (``ntpy.core.ratelimit.RateLimiter``)."""
+
+    def check(self, address: str, now_ns: int, *, kod: bool) -> int: ...
+
+
+VERDICT_ALLOW = 0
+VERDICT_DROP = 1
+VERDICT_KOD = 2
+REFID_RATE = int.from_bytes(b"RATE", "big")
 
 
 class Reply:
@@ -92,6 +117,23 @@ class Reply:
         return bytes(buf)
 
 
+_NO_FLAGS: frozenset[str] = frozenset()
+
+
+class _KissReply(Reply):
+    """A kiss carries the client's transmit timestamp in every field, ours in none."""
+
+    __slots__ = ("xmt",)
+
+    def __init__(self, buf: bytearray, xmt: bytes) -> None:
+        super().__init__(buf)
+        self.xmt = xmt
+
+    def finalize(self, tx_ntp: int) -> bytes:
+        self.buf[40:48] = self.xmt
+        return bytes(self.buf)
+
+
 class Responder:
     """Answers NTP requests from the current ``SystemState``.
 
@@ -99,8 +141,20 @@ class Responder:
     packed once per state change, so the per-request work is a copy and three small packs.
     """
 
-    def __init__(self, state: SystemState, keys: Mapping[int, auth.MacKey] | None = None) -> None:
+    def __init__(
+        self,
+        state: SystemState,
+        keys: Mapping[int, auth.MacKey] | None = None,
+        *,
+        access: AccessPolicy | None = None,
+        limiter: Limiter | None = None,
+        kod_min_poll: int = 4,
+    ) -> None:
         self._keys: Mapping[int, auth.MacKey] = keys or {}
+        self.access = access
+        self.limiter = limiter
+        self.kod_min_poll = kod_min_poll
+        """The poll (log2 s) a RATE kiss asks for at least: the limiter's average interval."""
         self._template = bytearray(HEADER_LEN)
         self._leap_bits = 0
         self.state = state
@@ -127,6 +181,23 @@ class Responder:
     def set_keys(self, keys: Mapping[int, auth.MacKey]) -> None:
         self._keys = keys
 
+    def _kiss_rate(self, request: bytes, version: int, reply_mode: int) -> Reply:
+        """A RATE kiss-o'-death (RFC 5905 7.4): leap alarm, stratum 0, refid 'RATE', and a
+        poll the client should back off to. Every timestamp is the client's own transmit
+        timestamp, so the packet carries no time anyone could use; 48 bytes, never larger
+        than the request."""
+        xmt = request[40:48]
+        buf = bytearray(HEADER_LEN)
+        buf[0] = (3 << 6) | (version << 3) | reply_mode
+        buf[1] = 0
+        buf[2] = max(request[2] if request[2] < 128 else 0, self.kod_min_poll)
+        buf[3] = self.state.precision & 0xFF
+        _U32.pack_into(buf, 12, REFID_RATE)
+        buf[16:24] = xmt
+        buf[24:32] = xmt
+        buf[32:40] = xmt
+        return _KissReply(buf, bytes(xmt))
+
     def handle(
         self, request: bytes, client: Any, rx_time: int, now: int
     ) -> tuple[Reply | None, Reason]:
@@ -142,8 +213,15 @@ class Responder:
         b0 = request[0]
         version = (b0 >> 3) & 7
         mode = b0 & 7
+        flags: frozenset[str] = _NO_FLAGS
+        if self.access is not None and client is not None:
+            flags = self.access.flags(client[0])
+            if "ignore" in flags:
+                return None, Reason.RESTRICTED
         if mode == MODE_CONTROL:
-            return None, Reason.CONTROL
+            # Mode 6 (ntpq) is not served yet; noquery clients are counted apart so the
+            # counters show who was refused rather than unserved.
+            return None, Reason.CONTROL_DENIED if "noquery" in flags else Reason.CONTROL
         if mode == MODE_PRIVATE:
             return None, Reason.PRIVATE
         if version == 0 or version > 4:
@@ -160,6 +238,11 @@ class Responder:
             return None, Reason.TOO_SHORT
         if client is not None and len(client) >= 2 and client[1] == 0:
             return None, Reason.BAD_PORT
+        if flags:
+            if "noserve" in flags:
+                return None, Reason.RESTRICTED
+            if "version" in flags and version != 4:
+                return None, Reason.VERSION_DENIED
 
         key: auth.MacKey | None = None
         nak = False
@@ -176,6 +259,16 @@ class Responder:
                     reason = Reason.CRYPTO_NAK
                 else:
                     reason = Reason.SERVED_AUTH
+
+        if flags:
+            if "notrust" in flags and key is None:
+                return None, Reason.UNAUTHENTICATED
+            if "limited" in flags and self.limiter is not None:
+                verdict = self.limiter.check(client[0], now, kod="kod" in flags)
+                if verdict == VERDICT_DROP:
+                    return None, Reason.RATE_LIMITED
+                if verdict == VERDICT_KOD:
+                    return self._kiss_rate(request, version, reply_mode), Reason.KOD_RATE
 
         buf = self._template.copy()
         buf[0] = self._leap_bits | (version << 3) | reply_mode
