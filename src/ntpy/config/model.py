@@ -255,6 +255,19 @@ class DiscardSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class MruSpec:
+    """``mru`` (ntpd): the size of the client table (ntpy's rate limiter and ``ntpy clients``).
+
+    ``maxdepth``: entries; ``maxmem``: KiB. ntpy's table is fixed-size, so it is sized by the
+    smaller of the two when both are given (default 65536 clients in about 16 MiB). The other
+    ntpd knobs (mindepth, maxage, initalloc, ...) tune a growing list and are accepted only.
+    """
+
+    maxdepth: int | None = None
+    maxmem: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SystemFlags:
     """Effective ``enable``/``disable`` switches; defaults per ntpd ``miscopt.html``."""
 
@@ -324,6 +337,7 @@ class Config:
     tos: TosSpec = TosSpec()
     tinker: TinkerSpec = TinkerSpec()
     discard: DiscardSpec = DiscardSpec()
+    mru: MruSpec = MruSpec()
     flags: SystemFlags = SystemFlags()
     interfaces: tuple[InterfaceRule, ...] = ()
     listen: tuple[ListenAddress, ...] = ()

@@ -162,6 +162,7 @@ def _finish(state: State) -> Config:
         tos=state.tos,
         tinker=state.tinker,
         discard=state.discard,
+        mru=state.mru,
         flags=state.flags,
         interfaces=tuple(state.interfaces),
         listen=tuple(state.listen),

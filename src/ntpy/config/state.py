@@ -21,6 +21,7 @@ from .model import (
     ListenAddress,
     LocalSpec,
     MakestepSpec,
+    MruSpec,
     RefclockSpec,
     RestrictRule,
     ServerSpec,
@@ -100,6 +101,7 @@ class State:
     tos_set: dict[str, SourceLocation] = field(default_factory=dict)
     tinker: TinkerSpec = field(default_factory=TinkerSpec)
     discard: DiscardSpec = field(default_factory=DiscardSpec)
+    mru: MruSpec = field(default_factory=MruSpec)
     flags: SystemFlags = field(default_factory=SystemFlags)
     interfaces: list[InterfaceRule] = field(default_factory=list)
     listen: list[ListenAddress] = field(default_factory=list)

@@ -53,7 +53,6 @@ UNSUPPORTED_NTPD_DIRECTIVES = frozenset(
         "manycastclient",
         "manycastserver",
         "mdnstries",
-        "mru",
         "multicastclient",
         "nonvolatile",
         "ntpsigndsocket",

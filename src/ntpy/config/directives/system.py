@@ -70,6 +70,18 @@ DISCARD_OPTIONS: dict[str, ValueParser] = {
     "monitor": _int(0, 2**31 - 1),
 }
 
+MRU_OPTIONS: dict[str, ValueParser] = {
+    "maxdepth": _int(1, 1 << 24),
+    "maxmem": _int(64, 1 << 22),
+    "mindepth": _int(0, 1 << 24),
+    "maxage": _int(0, 2**31 - 1),
+    "minage": _int(0, 2**31 - 1),
+    "initalloc": _int(0, 1 << 24),
+    "initmem": _int(0, 1 << 22),
+    "incalloc": _int(0, 1 << 24),
+    "incmem": _int(0, 1 << 22),
+}
+
 SYSTEM_FLAG_NAMES = tuple(f.name for f in fields(SystemFlags))
 
 
@@ -165,6 +177,14 @@ def handle_discard(state: State, line: Line) -> None:
     state.discard = discard
 
 
+def handle_mru(state: State, line: Line) -> None:
+    mru = state.mru
+    for option, value in _key_values(line, MRU_OPTIONS):
+        if option in ("maxdepth", "maxmem"):
+            mru = replace(mru, **{option: value})
+    state.mru = mru
+
+
 def handle_enable_disable(state: State, line: Line) -> None:
     on = line.name == "enable"
     args = Args(line.args)
@@ -223,6 +243,9 @@ DIRECTIVES: dict[str, Directive] = {
         handle_tinker, "tinker " + " ".join(f"[{k} VALUE]" for k in TINKER_OPTIONS)
     ),
     "discard": Directive(handle_discard, "discard [average N] [minimum N] [monitor N]"),
+    "mru": Directive(
+        handle_mru, "mru [maxdepth ENTRIES] [maxmem KIB] [mindepth N] [maxage S] [minage S] ..."
+    ),
     "enable": Directive(handle_enable_disable, _ENABLE_USAGE.format("enable")),
     "disable": Directive(handle_enable_disable, _ENABLE_USAGE.format("disable")),
     "makestep": Directive(handle_makestep, "makestep THRESHOLD-SECONDS LIMIT (-1 = no limit)"),
