@@ -29,7 +29,7 @@ class Flags:
         self.value = frozenset(flags)
         self.asked: list[str] = []
 
-    def flags(self, address: str) -> frozenset[str]:
+    def flags(self, address: str, port: int | None = None) -> frozenset[str]:
         self.asked.append(address)
         return self.value
 

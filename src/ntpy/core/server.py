@@ -76,7 +76,7 @@ class Reason(StrEnum):
 class AccessPolicy(Protocol):
     """What the responder needs from access control (``ntpy.core.access.AccessControl``)."""
 
-    def flags(self, address: str) -> frozenset[str]: ...
+    def flags(self, address: str, port: int | None = None) -> frozenset[str]: ...
 
 
 class Limiter(Protocol):
@@ -215,7 +215,7 @@ class Responder:
         mode = b0 & 7
         flags: frozenset[str] = _NO_FLAGS
         if self.access is not None and client is not None:
-            flags = self.access.flags(client[0])
+            flags = self.access.flags(client[0], client[1])
             if "ignore" in flags:
                 return None, Reason.RESTRICTED
         if mode == MODE_CONTROL:

@@ -7,9 +7,12 @@ address is reported with the port actually bound, so a test or a human can rely 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import secrets
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -20,10 +23,12 @@ from ntpy.clock import ClockError, SystemClock, choose_clock, measure_precision
 from ntpy.clock.base import Clock
 from ntpy.config import Config
 from ntpy.config.model import LOCAL_CLOCK_DEFAULT_REFID, RefclockSpec
+from ntpy.core.access import AccessControl, AccessError, compile_rules
 from ntpy.core.actions import cooked_now
 from ntpy.core.auth import MacKey
 from ntpy.core.engine import SyncEngine
 from ntpy.core.packet import refid_from_text
+from ntpy.core.ratelimit import RateLimitConfig, RateLimiter
 from ntpy.core.server import Responder
 from ntpy.core.system import LocalReference, SystemState, unsynchronized
 from ntpy.daemon.control import ControlError, ControlServer, default_socket_path
@@ -36,6 +41,10 @@ from ntpy.daemon.udp import ListenAddress, ListenError, parse_listen
 log = logging.getLogger("ntpy")
 
 NS = 1_000_000_000
+DEFAULT_CLIENT_TABLE = 65536
+CLIENT_ENTRY_BYTES = 256
+"""Budget per client-table entry used to turn ``mru maxmem`` into entries (the table itself
+uses less; the rest is headroom for the address cache)."""
 DEFAULT_LISTEN = (ListenAddress("0.0.0.0", 123),)
 DEFAULT_LISTEN_OPTIONAL = (ListenAddress("::", 123),)
 
@@ -130,6 +139,45 @@ def load_mac_keys(config: Config) -> dict[int, MacKey]:
     return trusted
 
 
+def resolve_rule_hosts(config: Config) -> dict[str, list[str]]:
+    """Addresses of the host names used in restrict/allow/deny lines (looked up once, at
+    start; a name that does not resolve leaves its rule inactive, with a warning)."""
+    names = {r.host for r in config.restricts if r.host} | {a.host for a in config.access if a.host}
+    out: dict[str, list[str]] = {}
+    for name in sorted(names):
+        try:
+            infos = socket.getaddrinfo(name, None, type=socket.SOCK_DGRAM)
+        except (OSError, UnicodeError) as exc:
+            log.warning("restrict %s: cannot resolve (%s); the rule does not apply", name, exc)
+            continue
+        out[name] = sorted({str(info[4][0]) for info in infos})
+    return out
+
+
+def build_access(config: Config) -> AccessControl:
+    """ntpd's restrict rules (and chrony's allow/deny) as the responder's access policy."""
+    rules = compile_rules(
+        config.restricts, config.access, resolved_hosts=resolve_rule_hosts(config)
+    )
+    return AccessControl(rules)
+
+
+def build_limiter(config: Config) -> RateLimiter:
+    """The fixed-size client table behind ``limited``: ``discard`` sets the rates, ``mru
+    maxdepth``/``maxmem`` the size (default 65536 clients)."""
+    entries = DEFAULT_CLIENT_TABLE
+    if config.mru.maxdepth is not None:
+        entries = config.mru.maxdepth
+    if config.mru.maxmem is not None:
+        entries = min(entries, max(1, config.mru.maxmem * 1024 // CLIENT_ENTRY_BYTES))
+    cfg = RateLimitConfig(
+        average_log2=config.discard.average,
+        minimum_s=config.discard.minimum,
+        max_clients=entries,
+    )
+    return RateLimiter(cfg, lambda: secrets.randbits(32))
+
+
 def configure_logging(level: str, logfile: str | None) -> None:
     fmt = logging.Formatter("%(asctime)s ntpy[%(process)d]: %(levelname)s %(message)s")
     root = logging.getLogger()
@@ -186,10 +234,24 @@ class Daemon:
             ),
             random64,
         )
-        self.responder = Responder(unsynchronized(self.precision), load_mac_keys(config))
+        try:
+            self.access = build_access(config)
+        except AccessError as exc:
+            raise StartupError(f"restrict rules: {exc}") from exc
+        for name in self.access.rules.unresolved:
+            log.warning("restrict %s: host not resolved; the rule does not apply", name)
+        self.limiter = build_limiter(config)
+        self.responder = Responder(
+            unsynchronized(self.precision),
+            load_mac_keys(config),
+            access=self.access,
+            limiter=self.limiter,
+            kod_min_poll=config.discard.average,
+        )
         self.server = NtpServer(self.clock, self.responder)
         self.loop = Loop(options.selector)
         self.sync = SyncShell(self.engine, self.clock, self.loop, self._set_state, self._panic)
+        self.sync.on_sources = self.access.update_sources  # `restrict source` follows them
         self.control: ControlServer | None = None
 
     def _set_state(self, state: SystemState) -> None:
@@ -207,6 +269,20 @@ class Daemon:
 
     def status(self) -> object:
         return self.engine.status(time.monotonic_ns(), cooked_now(self.clock))
+
+    def counters(self) -> dict[str, int]:
+        out = {str(k): v for k, v in self.server.counters.items()}
+        out.update({f"ratelimit_{k}": v for k, v in self.limiter.counters.items()})
+        return out
+
+    def clients(self) -> dict[str, object]:
+        now = self.clock.now_ns()  # the limiter keeps served time
+        rows = []
+        for c in self.limiter.clients(50):
+            row = dataclasses.asdict(c)
+            row["last_seen_ago_s"] = max(0, (now - c.last_seen_ns) // NS)
+            rows.append(row)
+        return {"clients": rows, "table_entries": self.limiter.config.max_clients}
 
     def _write_drift(self) -> None:
         if self.drift is not None and self.engine.ever_synced:
@@ -248,7 +324,8 @@ class Daemon:
                     {
                         "status": self.status,
                         "peers": self.status,
-                        "counters": lambda: dict(self.server.counters),
+                        "counters": self.counters,
+                        "clients": self.clients,
                     },
                 )
                 self.control.start()

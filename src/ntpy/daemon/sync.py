@@ -107,6 +107,8 @@ class SyncShell:
         self.unresolved: list[ServerSpec] = []
         self.pools: dict[str, ServerSpec] = {}
         self.rejected: dict[str, set[tuple[object, ...]]] = {}
+        self.on_sources: Callable[[list[str]], None] | None = None
+        """Told the upstream addresses whenever they change (for ``restrict source``)."""
         """Pool members dropped (unreachable, falseticker, KoD), per pool name."""
         self._timer_gen = 0
         self._timer_due: int | None = None
@@ -168,6 +170,7 @@ class SyncShell:
         sid = self.engine.add_source(cfg, now_mono)
         self.upstreams[sid] = Upstream(sid, spec, addr, sock)
         self.loop.add_reader(sock, functools.partial(self._on_readable, sid))
+        self._sources_changed()
         log.info("source %s (%s port %s) added", spec.address, addr[0], addr[1])
 
     def _add_resolved(self, spec: ServerSpec, now_mono: int) -> bool:
@@ -216,6 +219,11 @@ class SyncShell:
         if up is not None:
             self.loop.remove_reader(up.sock)
             up.sock.close()
+            self._sources_changed()
+
+    def _sources_changed(self) -> None:
+        if self.on_sources is not None:
+            self.on_sources([str(u.address[0]) for u in self.upstreams.values()])
 
     # ----------------------------------------------------------------- engine I/O
 
