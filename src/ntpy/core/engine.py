@@ -45,6 +45,7 @@ __all__ = ["SourceConfig", "SyncEngine", "SyncOptions"]
 HOUSEKEEPING_NS = 4 * NS
 FIRST_UPDATE_WAIT_NS = 16 * NS
 FALSETICKER_REPLACE = 4
+POOL_SILENT_POLLS = 4
 MAX_FREQ_PPB = 500_000.0
 FREQ_VAR_UNKNOWN = (100e-6) ** 2
 """Prior variance of our frequency with no drift file: about 100 ppm, a typical crystal."""
@@ -119,6 +120,7 @@ class SyncEngine:
         self.last_selectable_mono: int | None = None
         self.next_housekeeping = 0
         self.fallback_active = False
+        self.first_wait_over = False
         # System variables from the last clock update.
         self.sys_leap = LEAP_ALARM
         self.sys_stratum = STRATUM_UNSYNC
@@ -162,6 +164,8 @@ class SyncEngine:
     def next_wakeup(self) -> int | None:
         times = [s.next_poll_mono for s in self.sources.values() if s.active]
         times.append(self.next_housekeeping)
+        if self.updates == 0 and not self.first_wait_over and self.start_mono is not None:
+            times.append(self.start_mono + FIRST_UPDATE_WAIT_NS)
         return min(times)
 
     def mark_sent(self, source_id: int, t1_clock: int) -> None:
@@ -182,7 +186,30 @@ class SyncEngine:
                 src.state = "unreachable"
                 actions.append(LogEvent("warning", f"source {self._label(src)} is unreachable"))
                 if src.config.pool is not None:
+                    src.replace_requested = True
                     actions.append(ReplaceSource(src.id, src.config.pool, "unreachable"))
+            elif (
+                src.config.pool is not None
+                and not src.reachable
+                and src.polls_unanswered >= POOL_SILENT_POLLS
+                and not src.replace_requested
+            ):
+                # A pool address that never answered at all: ntpd drops such preemptible
+                # associations too; the pool has others.
+                src.replace_requested = True
+                src.state = "unreachable"
+                actions.append(ReplaceSource(src.id, src.config.pool, "never answered"))
+        if (
+            self.updates == 0
+            and not self.first_wait_over
+            and self.start_mono is not None
+            and now_mono - self.start_mono >= FIRST_UPDATE_WAIT_NS
+        ):
+            # A source that never answered must not hold the first update hostage until
+            # the next reply, which may be a whole poll away.
+            self.first_wait_over = True
+            if any(s.stats.estimate is not None for s in self.sources.values()):
+                self._update(now_mono, now_clock, actions)
         if now_mono >= self.next_housekeeping:
             self._housekeeping(now_mono, now_clock, actions)
         return actions
@@ -480,8 +507,29 @@ class SyncEngine:
             return LocalReference(self.opts.orphan_stratum, REFID_LOOPBACK)
         return None
 
+    def _reselect(self, now_mono: int, now_clock: int, actions: list[Action]) -> None:
+        """Re-run selection without touching the clock, so tallies and the system peer
+        follow sources that stopped answering (replies are not the only event that counts)."""
+        cands = self._candidates(now_clock)
+        if cands:
+            self.last_selectable_mono = now_mono
+        sel = select_sources(
+            cands,
+            minsane=self.opts.minsane,
+            minclock=self.opts.minclock,
+            maxclock=self.opts.maxclock,
+            previous_peer=self.system_peer,
+        )
+        self.selection = sel
+        self._mark_tallies(sel)
+        if (sel is None or sel.system_peer is None) and self.system_peer is not None:
+            self.system_peer = None
+            actions.append(LogEvent("warning", "no selectable source: holding over"))
+
     def _housekeeping(self, now_mono: int, now_clock: int, actions: list[Action]) -> None:
         self.next_housekeeping = now_mono + HOUSEKEEPING_NS
+        if self.ever_synced or self.sources:
+            self._reselect(now_mono, now_clock, actions)
         if self.synced and self._root_distance(now_clock) > self.opts.maxdist_ns:
             self.synced = False
             actions.append(

@@ -84,6 +84,7 @@ class Source:
         self.state = "init"
         self.tally = " "
         self.falseticker_count = 0
+        self.replace_requested = False
         # First poll soon after start, spread a little so sources do not fire together.
         self.next_poll_mono = now_mono + int(jitter * NS)
 
@@ -180,9 +181,9 @@ class Source:
         self.counters[f"kod_{code}"] += 1
         self.pending = None
         if code == "RATE":
-            self.minpoll = min(self.minpoll + 1, 17)
+            self.minpoll = min(self.minpoll + 1, self.maxpoll)
             self.maxpoll = max(self.maxpoll, self.minpoll)
-            self.poll = max(self.poll + 1, self.minpoll)
+            self.poll = min(max(self.poll + 1, self.minpoll), self.maxpoll)
             self.burst_left = 0
             self.next_poll_mono += self.poll_interval_ns()
             return "kod_RATE"

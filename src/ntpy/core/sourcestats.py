@@ -30,6 +30,10 @@ MAX_SAMPLES = 64
 MIN_REGRESSION = 3
 FLOOR_FRACTION = 0.1
 ADAPT_WANDER = True
+JUMP_Z2 = 36.0
+"""A sample more than 6 predicted standard deviations off is a jump, not noise ..."""
+JUMP_MIN_NS = 1_000_000
+"""... provided it is also more than 1 ms off (tiny predicted spreads are not trusted)."""
 Q_MIN = (0.1e-9) ** 2
 Q_MAX = (100e-9) ** 2
 WANDER_Q = (2e-9) ** 2
@@ -94,6 +98,11 @@ class SourceStats:
         self.q = WANDER_Q
         """Frequency random-walk rate assumed for our oscillator, (fraction/s)^2 per s."""
         self.surprise = 1.0
+        self.jumps = 0
+        """Times the fit was restarted because the source's time jumped."""
+        self.outliers = 0
+        self.held: Measurement | None = None
+        """A wild sample kept out of the fit until the next one confirms or refutes it."""
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -101,43 +110,61 @@ class SourceStats:
     def clear(self) -> None:
         self.samples.clear()
         self.estimate = None
+        self.held = None
 
     def add(self, m: Measurement) -> Estimate:
         """Store a sample, learn from how well it was predicted, and refit."""
-        if ADAPT_WANDER and self.estimate is not None and len(self.samples) >= MIN_REGRESSION:
-            self._learn_wander(m, self.estimate)
+        held, self.held = self.held, None
+        if self.estimate is not None and len(self.samples) >= MIN_REGRESSION:
+            innovation, predicted, wander = self._prediction(m, self.estimate)
+            if abs(innovation) > JUMP_MIN_NS and innovation * innovation > JUMP_Z2 * predicted:
+                if held is None or abs(m.offset_ns - held.offset_ns) > abs(innovation) / 2:
+                    # One wild sample is an outlier until a second one agrees with it.
+                    self.held = m
+                    self.outliers += 1
+                    return self.estimate
+                # Two in a row agree: the source's time jumped (it was stepped, a route
+                # changed). A line through samples on both sides would turn the jump into
+                # a huge frequency, so the fit starts again on the new timescale.
+                self.samples = [held]
+                self.jumps += 1
+            elif ADAPT_WANDER:
+                self._learn_wander(innovation, predicted, wander)
         self.samples.append(m)
         if len(self.samples) > MAX_SAMPLES:
             del self.samples[0]
         self.estimate = self._fit()
         return self.estimate
 
-    def _learn_wander(self, m: Measurement, est: Estimate) -> None:
-        """Adapt the wander model to how surprising new samples are.
-
-        Compare the new sample's innovation with the variance the model predicted for it
-        (offset and frequency uncertainty, wander over the gap, the sample's own noise). A
-        running mean of the normalized squared innovation above ~1 means the oscillator
-        wanders more than assumed: raise q; well below 1: lower it. Bounded to 0.1..100 ppb
-        per sqrt(s), so a burst of bad samples cannot make the model absurd.
-        """
+    def _prediction(self, m: Measurement, est: Estimate) -> tuple[float, float, float]:
+        """(innovation, its predicted variance, the wander part of it) for a new sample:
+        offset and frequency uncertainty, wander over the gap, the sample's own noise."""
         dt = max(0.0, (m.time_ns - est.time_ns) / NS)
-        dmin = min(est.min_delay_ns, m.delay_ns)
-        excess = m.delay_ns - dmin
+        excess = m.delay_ns - min(est.min_delay_ns, m.delay_ns)
         floor = max(self.floor_sd_ns, FLOOR_FRACTION * excess)
-        predicted = est.offset_sd_ns**2
+        predicted = est.offset_sd_ns**2 + floor**2 + excess**2 / 12.0
         if math.isfinite(est.frequency_sd):
             predicted += (est.frequency_sd * dt * NS) ** 2
-        predicted += self.q * 1e18 * dt**3 / 3.0 + floor**2 + excess**2 / 12.0
-        if predicted <= 0:
+        wander = self.q * 1e18 * dt**3 / 3.0
+        return m.offset_ns - offset_at(est, m.time_ns), predicted + wander, wander
+
+    def _learn_wander(self, innovation: float, predicted: float, wander: float) -> None:
+        """Adapt the wander model to how surprising new samples are.
+
+        A running mean of the normalized squared innovation above ~1 means the oscillator
+        wanders more than assumed: raise q; below ~1, lower it -- in equal steps, so plain
+        network noise (mean ~1) leaves q alone. Only samples whose predicted spread owes a
+        real share (10%) to wander teach anything about wander. Bounded to 0.1..100 ppb per
+        sqrt(s), so a burst of bad samples cannot make the model absurd.
+        """
+        if predicted <= 0 or wander < 0.1 * predicted:
             return
-        innovation = m.offset_ns - offset_at(est, m.time_ns)
         z2 = min(innovation * innovation / predicted, 25.0)
         self.surprise += 0.1 * (z2 - self.surprise)
         if self.surprise > 1.5:
-            self.q = min(self.q * 1.3, Q_MAX)
-        elif self.surprise < 0.6:
-            self.q = max(self.q / 1.15, Q_MIN)
+            self.q = min(self.q * 1.25, Q_MAX)
+        elif self.surprise < 1.0 / 1.5:
+            self.q = max(self.q / 1.25, Q_MIN)
 
     def wander_sd_ns(self, interval_s: float) -> float:
         """Offset uncertainty that frequency wander alone adds over ``interval_s``."""
