@@ -136,3 +136,27 @@ def test_kernel_pll_taken_over_only_when_disciplining(
     writes = [m for m in libc.modes if m not in (0,)]
     assert bool(writes) == expect_reset
     d.loop.close()
+
+
+def test_ratelimit_and_mru_size_the_client_table() -> None:
+    from ntpy.daemon.app import build_limiter
+
+    lim = build_limiter(
+        cfg(
+            "discard average 4 minimum 1\nmru maxdepth 1000\n"
+            "ratelimit burst 4 leak 3 ipv6prefix 56\n"
+        )
+    )
+    c = lim.config
+    assert (c.average_log2, c.minimum_s, c.burst, c.leak_log2, c.ipv6_prefix) == (4, 1, 4, 3, 56)
+    assert c.max_clients == 1000
+    assert build_limiter(cfg("ratelimit interval 5\n")).config.average_log2 == 5
+    assert build_limiter(cfg("mru maxmem 1024\n")).config.max_clients == 1024 * 1024 // 256
+    assert build_limiter(cfg("")).config.max_clients == 65536
+
+
+def test_ratelimit_bad_value_is_a_file_line_error() -> None:
+    from ntpy.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"test.conf:2: .*ipv6prefix"):
+        parse_text("server 127.127.1.0\nratelimit ipv6prefix 200\n", "test.conf")

@@ -268,6 +268,22 @@ class MruSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitSpec:
+    """chrony's ``ratelimit`` (plus ntpy's ``ipv6prefix``), for clients under ``limited``.
+
+    ``interval``: log2 s between requests on average (None: use ``discard average``);
+    ``burst``: requests a quiet client may send at once; ``leak``: log2 of the share of
+    over-limit requests still answered (2 = one in 4); ``ipv6prefix``: IPv6 clients are
+    tracked per this prefix (default /64, one household or host).
+    """
+
+    interval: int | None = None
+    burst: int = 8
+    leak: int = 2
+    ipv6prefix: int = 64
+
+
+@dataclass(frozen=True, slots=True)
 class SystemFlags:
     """Effective ``enable``/``disable`` switches; defaults per ntpd ``miscopt.html``."""
 
@@ -338,6 +354,7 @@ class Config:
     tinker: TinkerSpec = TinkerSpec()
     discard: DiscardSpec = DiscardSpec()
     mru: MruSpec = MruSpec()
+    ratelimit: RateLimitSpec = RateLimitSpec()
     flags: SystemFlags = SystemFlags()
     interfaces: tuple[InterfaceRule, ...] = ()
     listen: tuple[ListenAddress, ...] = ()

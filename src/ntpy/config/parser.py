@@ -163,6 +163,7 @@ def _finish(state: State) -> Config:
         tinker=state.tinker,
         discard=state.discard,
         mru=state.mru,
+        ratelimit=state.ratelimit,
         flags=state.flags,
         interfaces=tuple(state.interfaces),
         listen=tuple(state.listen),

@@ -22,6 +22,7 @@ from .model import (
     LocalSpec,
     MakestepSpec,
     MruSpec,
+    RateLimitSpec,
     RefclockSpec,
     RestrictRule,
     ServerSpec,
@@ -102,6 +103,7 @@ class State:
     tinker: TinkerSpec = field(default_factory=TinkerSpec)
     discard: DiscardSpec = field(default_factory=DiscardSpec)
     mru: MruSpec = field(default_factory=MruSpec)
+    ratelimit: RateLimitSpec = field(default_factory=RateLimitSpec)
     flags: SystemFlags = field(default_factory=SystemFlags)
     interfaces: list[InterfaceRule] = field(default_factory=list)
     listen: list[ListenAddress] = field(default_factory=list)

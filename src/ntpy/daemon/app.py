@@ -170,10 +170,14 @@ def build_limiter(config: Config) -> RateLimiter:
         entries = config.mru.maxdepth
     if config.mru.maxmem is not None:
         entries = min(entries, max(1, config.mru.maxmem * 1024 // CLIENT_ENTRY_BYTES))
+    rl = config.ratelimit
     cfg = RateLimitConfig(
-        average_log2=config.discard.average,
+        average_log2=config.discard.average if rl.interval is None else rl.interval,
         minimum_s=config.discard.minimum,
+        burst=rl.burst,
+        leak_log2=rl.leak,
         max_clients=entries,
+        ipv6_prefix=rl.ipv6prefix,
     )
     return RateLimiter(cfg, lambda: secrets.randbits(32))
 
@@ -246,7 +250,7 @@ class Daemon:
             load_mac_keys(config),
             access=self.access,
             limiter=self.limiter,
-            kod_min_poll=config.discard.average,
+            kod_min_poll=self.limiter.config.average_log2,
         )
         self.server = NtpServer(self.clock, self.responder)
         self.loop = Loop(options.selector)

@@ -82,6 +82,13 @@ MRU_OPTIONS: dict[str, ValueParser] = {
     "incmem": _int(0, 1 << 22),
 }
 
+RATELIMIT_OPTIONS: dict[str, ValueParser] = {
+    "interval": _int(-10, 17),
+    "burst": _int(1, 255),
+    "leak": _int(1, 16),
+    "ipv6prefix": _int(0, 128),
+}
+
 SYSTEM_FLAG_NAMES = tuple(f.name for f in fields(SystemFlags))
 
 
@@ -185,6 +192,13 @@ def handle_mru(state: State, line: Line) -> None:
     state.mru = mru
 
 
+def handle_ratelimit(state: State, line: Line) -> None:
+    spec = state.ratelimit
+    for option, value in _key_values(line, RATELIMIT_OPTIONS):
+        spec = replace(spec, **{option: value})
+    state.ratelimit = spec
+
+
 def handle_enable_disable(state: State, line: Line) -> None:
     on = line.name == "enable"
     args = Args(line.args)
@@ -243,6 +257,10 @@ DIRECTIVES: dict[str, Directive] = {
         handle_tinker, "tinker " + " ".join(f"[{k} VALUE]" for k in TINKER_OPTIONS)
     ),
     "discard": Directive(handle_discard, "discard [average N] [minimum N] [monitor N]"),
+    "ratelimit": Directive(
+        handle_ratelimit,
+        "ratelimit [interval LOG2-SECONDS] [burst N] [leak LOG2] [ipv6prefix BITS]",
+    ),
     "mru": Directive(
         handle_mru, "mru [maxdepth ENTRIES] [maxmem KIB] [mindepth N] [maxage S] [minage S] ..."
     ),
