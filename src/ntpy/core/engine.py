@@ -289,18 +289,7 @@ class SyncEngine:
             return
         if self.updates == 0 and not self._ready_for_first_update(now_mono):
             return
-        cands = self._candidates(now_clock)
-        if cands:
-            self.last_selectable_mono = now_mono
-        sel = select_sources(
-            cands,
-            minsane=self.opts.minsane,
-            minclock=self.opts.minclock,
-            maxclock=self.opts.maxclock,
-            previous_peer=self.system_peer,
-        )
-        self.selection = sel
-        self._mark_tallies(sel)
+        sel = self._select(now_mono, now_clock)
         self._replace_bad_pool_members(sel, actions)
         if sel is None or sel.system_peer is None:
             return
@@ -507,9 +496,8 @@ class SyncEngine:
             return LocalReference(self.opts.orphan_stratum, REFID_LOOPBACK)
         return None
 
-    def _reselect(self, now_mono: int, now_clock: int, actions: list[Action]) -> None:
-        """Re-run selection without touching the clock, so tallies and the system peer
-        follow sources that stopped answering (replies are not the only event that counts)."""
+    def _select(self, now_mono: int, now_clock: int) -> Selection | None:
+        """Run selection over the current candidates and mark the tallies."""
         cands = self._candidates(now_clock)
         if cands:
             self.last_selectable_mono = now_mono
@@ -522,6 +510,12 @@ class SyncEngine:
         )
         self.selection = sel
         self._mark_tallies(sel)
+        return sel
+
+    def _reselect(self, now_mono: int, now_clock: int, actions: list[Action]) -> None:
+        """Re-run selection without touching the clock, so tallies and the system peer
+        follow sources that stopped answering (replies are not the only event that counts)."""
+        sel = self._select(now_mono, now_clock)
         if (sel is None or sel.system_peer is None) and self.system_peer is not None:
             self.system_peer = None
             actions.append(LogEvent("warning", "no selectable source: holding over"))

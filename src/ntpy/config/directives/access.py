@@ -10,6 +10,8 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
 from typing import Literal
 
+from ntpy.core.access import RESTRICT_FLAGS as CORE_RESTRICT_FLAGS
+
 from ..model import AccessRule, Family, IPAddress, IPNetwork, RestrictRule, RestrictTarget
 from ..state import Args, Directive, Line, State
 from ..values import (
@@ -25,28 +27,10 @@ from ..values import (
     show,
 )
 
-RESTRICT_FLAGS = frozenset(
-    {
-        "flake",
-        "ignore",
-        "kod",
-        "limited",
-        "lowpriotrap",
-        "mssntp",
-        "noepeer",
-        "nomodify",
-        "nomrulist",
-        "nopeer",
-        "noquery",
-        "noserve",
-        "notrap",
-        "notrust",
-        "ntpport",
-        "serverresponse_fuzz",
-        "version",
-    }
-)
-"""Valid ``restrict`` flags; ``serverresponse fuzz`` (two words) is stored with an underscore."""
+# One list of flags for the parser and the enforcer: the core owns it (the parser may
+# import the core; the core never imports the parser). ``serverresponse fuzz`` (two words)
+# is stored with an underscore.
+RESTRICT_FLAGS = CORE_RESTRICT_FLAGS
 
 _FLAG_LIST = ", ".join(sorted(f.replace("_", " ") for f in RESTRICT_FLAGS))
 
