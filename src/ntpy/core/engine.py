@@ -39,6 +39,7 @@ from ntpy.core.source import NS, PHI_PPB, Source, SourceConfig
 from ntpy.core.sourcestats import offset_at
 from ntpy.core.status import SourceStatus, SyncStatus
 from ntpy.core.system import STRATUM_UNSYNC, LocalReference, SystemState, unsynchronized
+from ntpy.core.timestamps import precision_to_ns
 
 __all__ = ["SourceConfig", "SyncEngine", "SyncOptions"]
 
@@ -78,11 +79,6 @@ class SyncOptions:
     clock_name: str = "virtual"
 
 
-def _precision_ns(precision: int) -> int:
-    p = max(-32, min(0, precision))
-    return max(1, NS >> -p)
-
-
 def address_refid(address: object) -> int:
     """RFC 5905 refid of an upstream: its IPv4 address, or the first 4 bytes of MD5 of IPv6."""
     host = str(address[0]) if isinstance(address, tuple) else str(address)
@@ -102,7 +98,7 @@ class SyncEngine:
     def __init__(self, options: SyncOptions, random64: Callable[[], int]) -> None:
         self.opts = options
         self.random64 = random64
-        self.precision_ns = _precision_ns(options.precision)
+        self.precision_ns = precision_to_ns(options.precision)
         self.sources: dict[int, Source] = {}
         self._next_id = 1
         self.frequency_ppb = options.initial_frequency_ppb or 0.0
@@ -340,9 +336,7 @@ class SyncEngine:
             self.sources[sid].tally, self.sources[sid].state = "-", "outlier"
         for sid in sel.excess:
             self.sources[sid].tally, self.sources[sid].state = "#", "excess"
-        for sid in sel.survivors:
-            if sid in sel.excess:
-                continue
+        for sid in sel.survivors:  # excess ids are never survivors
             self.sources[sid].tally, self.sources[sid].state = "+", "candidate"
         if sel.system_peer is not None:
             self.sources[sel.system_peer].tally = "*"

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from ntpy.core.client import ReplyRejected, Sample, build_request, parse_reply
 from ntpy.core.packet import LEAP_ALARM
 from ntpy.core.sourcestats import Estimate, Measurement, SourceStats
+from ntpy.core.timestamps import precision_to_ns
 
 NS = 1_000_000_000
 BURST_COUNT = 8
@@ -162,7 +163,9 @@ class Source:
             return None, "unsynchronized"
         # RFC 5905: both clocks' precision plus PHI times the round trip.
         dispersion = (
-            _precision_ns(sample.precision) + self.precision_ns + (sample.delay_ns * PHI_PPB) // NS
+            precision_to_ns(sample.precision)
+            + self.precision_ns
+            + (sample.delay_ns * PHI_PPB) // NS
         )
         m = Measurement(
             time_ns=(pending.t1_ns + t4_ns) // 2,
@@ -226,8 +229,3 @@ class Source:
             return 16 * NS
         age = max(0, now_clock - last.time_ns)
         return last.dispersion_ns + age * PHI_PPB // NS
-
-
-def _precision_ns(precision: int) -> int:
-    p = max(-32, min(0, precision))
-    return max(1, NS >> -p)

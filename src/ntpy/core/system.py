@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ntpy.core.packet import LEAP_ALARM, LEAP_NONE, refid_from_text
-from ntpy.core.timestamps import NS_PER_S
+from ntpy.core.timestamps import NS_PER_S, precision_to_ns
 
 STRATUM_UNSYNC = 16
 """Internal stratum of an unsynchronized server; sent on the wire as 0 (RFC 5905)."""
@@ -105,13 +105,12 @@ class LocalReference:
 
     def state(self, now_ns: int, precision: int) -> SystemState:
         """The system state while serving from the local clock, updated at ``now_ns``."""
-        precision_ns = NS_PER_S >> -precision if precision < 0 else NS_PER_S << precision
         return SystemState(
             leap=LEAP_NONE,
             stratum=self.served_stratum,
             refid=self.refid,
             reference_ns=now_ns,
             root_delay_ns=0,
-            root_dispersion_ns=max(precision_ns, 1),
+            root_dispersion_ns=precision_to_ns(precision),
             precision=precision,
         )

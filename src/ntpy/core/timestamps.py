@@ -102,6 +102,13 @@ def ntp_to_float_offset(units: int) -> float:
     return units / 4294967296.0
 
 
+def precision_to_ns(precision: int) -> int:
+    """2**precision seconds in ns (at least 1), for a precision exponent from a packet or
+    our own clock; exponents outside -32..0 are clamped."""
+    p = max(-32, min(0, precision))
+    return max(1, NS_PER_S >> -p)
+
+
 def log2_precision_from_ns(ns: int) -> int:
     """The NTP precision exponent for a clock reading granularity/cost of ``ns`` nanoseconds.
 
