@@ -331,6 +331,18 @@ class MakestepSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpEndpointSpec:
+    """``metrics ADDRESS[:PORT]`` / ``webstatus ADDRESS[:PORT]``: where an HTTP listener binds.
+
+    Both default to loopback: monitoring is read-only, but an admin must opt in to show it
+    to the network (DESIGN rule 7)."""
+
+    address: IPAddress
+    port: int
+    location: SourceLocation | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A complete, validated ntpy configuration."""
 
@@ -362,6 +374,12 @@ class Config:
     makestep: MakestepSpec | None = None
     broadcastdelay: float | None = None
     logconfig: tuple[str, ...] = ()
+    metrics: HttpEndpointSpec | None = None
+    """Prometheus exposition endpoint (``metrics`` directive)."""
+    webstatus: HttpEndpointSpec | None = None
+    """Web status page endpoint (``webstatus`` directive)."""
+    workers: int | None = None
+    """Serving processes (``workers N``); None = one per CPU core."""
     includes: tuple[str, ...] = ()
     """Every file read, top-level first (so a reloader knows what to watch)."""
 

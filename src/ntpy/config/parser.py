@@ -171,5 +171,8 @@ def _finish(state: State) -> Config:
         makestep=state.makestep,
         broadcastdelay=state.broadcastdelay,
         logconfig=tuple(state.logconfig),
+        metrics=state.metrics,
+        webstatus=state.webstatus,
+        workers=state.workers,
         includes=tuple(state.includes),
     )

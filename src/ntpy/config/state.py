@@ -17,6 +17,7 @@ from .model import (
     ClockMode,
     DiscardSpec,
     FilegenSpec,
+    HttpEndpointSpec,
     InterfaceRule,
     ListenAddress,
     LocalSpec,
@@ -111,6 +112,9 @@ class State:
     makestep: MakestepSpec | None = None
     broadcastdelay: float | None = None
     logconfig: list[str] = field(default_factory=list)
+    metrics: HttpEndpointSpec | None = None
+    webstatus: HttpEndpointSpec | None = None
+    workers: int | None = None
     includes: list[str] = field(default_factory=list)
     warnings: list[ConfigWarning] = field(default_factory=list)
 

@@ -84,7 +84,49 @@ class LogEvent:
     message: str
 
 
-Action = SendRequest | StepClock | SlewClock | SetFrequency | Panic | ReplaceSource | LogEvent
+@dataclass(frozen=True, slots=True)
+class LoopStats:
+    """One clock update, as ntpd's ``loopstats`` records it (also feeds metrics history)."""
+
+    time_ns: int
+    """Our clock at the update (served-time ns)."""
+    offset_ns: int
+    frequency_ppb: float
+    jitter_ns: int
+    """Clock jitter (RMS of recent offsets)."""
+    wander_ppb: float
+    poll: int
+    """Time constant, log2 s."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStats:
+    """One valid sample from a source, as ntpd's ``peerstats`` records it."""
+
+    time_ns: int
+    source_id: int
+    address: str
+    status: int
+    """The source's peer status word (``status.peer_status_word``)."""
+    offset_ns: int
+    delay_ns: int
+    dispersion_ns: int
+    jitter_ns: int
+
+
+Action = (
+    SendRequest
+    | StepClock
+    | SlewClock
+    | SetFrequency
+    | Panic
+    | ReplaceSource
+    | LogEvent
+    | LoopStats
+    | PeerStats
+)
+Record = LoopStats | PeerStats
+"""Actions that only report: the shell hands them to stats files, metrics and history."""
 
 
 def cooked_now(clock: ClockLike) -> int:

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from ntpy.core.actions import (
     Action,
     LogEvent,
+    LoopStats,
     Panic,
+    PeerStats,
     ReplaceSource,
     SendRequest,
     SetFrequency,
@@ -37,7 +39,7 @@ from ntpy.core.packet import LEAP_ALARM, LEAP_NONE, refid_to_text
 from ntpy.core.select import Candidate, Selection, select_sources
 from ntpy.core.source import NS, PHI_PPB, Source, SourceConfig
 from ntpy.core.sourcestats import offset_at
-from ntpy.core.status import SourceStatus, SyncStatus
+from ntpy.core.status import SourceStatus, SyncStatus, peer_status_word
 from ntpy.core.system import STRATUM_UNSYNC, LocalReference, SystemState, unsynchronized
 from ntpy.core.timestamps import precision_to_ns
 
@@ -92,6 +94,18 @@ def _host(address: object) -> str:
     return str(address[0]) if isinstance(address, tuple) else str(address)
 
 
+def _port(address: object) -> int:
+    if isinstance(address, tuple) and len(address) > 1 and isinstance(address[1], int):
+        return address[1]
+    return 123
+
+
+CLOCK_AVG = 8
+"""Averaging constant for clock jitter (ntpd's CLOCK_AVG): RMS over about 8 updates."""
+WANDER_AVG = 4
+"""Averaging constant for frequency wander (ntpd uses the same 4 for clk_wander)."""
+
+
 class SyncEngine:
     """Keeps time from upstream sources; see the module docstring."""
 
@@ -127,6 +141,8 @@ class SyncEngine:
         self.sys_offset = 0
         self.sys_jitter = 0
         self.sys_peer_address: str | None = None
+        self.clock_jitter_sq = 0.0
+        self.clock_wander_sq = 0.0
 
     # ----------------------------------------------------------------- sources
 
@@ -236,6 +252,18 @@ class SyncEngine:
             sd = math.hypot(prev.offset_sd_ns, est.jitter_ns, m.delay_ns / 4.0)
             src.adapt_poll(innovation, sd, est)
         self._update(now_mono, t4_clock, actions)
+        actions.append(
+            PeerStats(
+                time_ns=t4_clock,
+                source_id=src.id,
+                address=_host(src.config.address),
+                status=peer_status_word(self._source_status(src, now_mono, t4_clock)),
+                offset_ns=m.offset_ns,
+                delay_ns=m.delay_ns,
+                dispersion_ns=src.dispersion_now(t4_clock),
+                jitter_ns=round(est.jitter_ns),
+            )
+        )
         return actions
 
     # ----------------------------------------------------------------- selection + discipline
@@ -435,6 +463,20 @@ class SyncEngine:
             self._correct(now_clock, offset, applied)
         self.sys_offset = offset
         self.updates += 1
+        self.clock_jitter_sq += (float(offset) ** 2 - self.clock_jitter_sq) / CLOCK_AVG
+        dppb = 0.0 if step else applied * 1e9
+        self.clock_wander_sq += (dppb**2 - self.clock_wander_sq) / WANDER_AVG
+        peer = self.sources.get(self.system_peer) if self.system_peer is not None else None
+        actions.append(
+            LoopStats(
+                time_ns=now_clock,
+                offset_ns=offset,
+                frequency_ppb=self.frequency_ppb,
+                jitter_ns=round(math.sqrt(self.clock_jitter_sq)),
+                wander_ppb=math.sqrt(self.clock_wander_sq),
+                poll=peer.poll if peer is not None else 6,
+            )
+        )
         return True
 
     def _correct(self, at: int, offset: int, dfreq: float) -> None:
@@ -576,40 +618,47 @@ class SyncEngine:
         host = _host(src.config.address)
         return host if src.config.name == host else f"{src.config.name} ({host})"
 
+    def _source_status(self, src: Source, now_mono: int, now_clock: int) -> SourceStatus:
+        est = src.stats.estimate
+        last = src.stats.last()
+        sample = src.last_sample
+        stratum = sample.stratum if sample else 16
+        return SourceStatus(
+            id=src.id,
+            name=src.config.name,
+            address=_host(src.config.address),
+            kind=src.config.kind,
+            tally=src.tally,
+            refid=refid_to_text(sample.refid, stratum) if sample else ".INIT.",
+            stratum=stratum,
+            leap=sample.leap if sample else LEAP_ALARM,
+            type_char="p" if src.config.kind == "pool" else "u",
+            when_s=None
+            if src.last_reply_mono is None
+            else max(0, (now_mono - src.last_reply_mono) // NS),
+            poll_s=1 << src.poll,
+            reach=src.reach,
+            delay_ns=est.min_delay_ns if est else 0,
+            offset_ns=round(offset_at(est, now_clock)) if est else 0,
+            jitter_ns=round(est.jitter_ns) if est else 0,
+            dispersion_ns=src.dispersion_now(now_clock),
+            root_delay_ns=last.root_delay_ns if last else 0,
+            root_dispersion_ns=last.root_dispersion_ns if last else 0,
+            samples=len(src.stats),
+            state=src.state if src.active else "kod",
+            port=_port(src.config.address),
+            hpoll=src.poll,
+            ppoll=sample.poll if sample else src.poll,
+            reference_ns=sample.reference_ns if sample else None,
+            received_ns=sample.t4_ns if sample else None,
+            refid_raw=sample.refid if sample else 0,
+            precision=sample.precision if sample else 0,
+            configured=src.config.pool is None,
+        )
+
     def status(self, now_mono: int, now_clock: int) -> SyncStatus:
         state = self.system_state(now_clock)
-        sources: list[SourceStatus] = []
-        for src in self.sources.values():
-            est = src.stats.estimate
-            last = src.stats.last()
-            sample = src.last_sample
-            stratum = sample.stratum if sample else 16
-            sources.append(
-                SourceStatus(
-                    id=src.id,
-                    name=src.config.name,
-                    address=_host(src.config.address),
-                    kind=src.config.kind,
-                    tally=src.tally,
-                    refid=refid_to_text(sample.refid, stratum) if sample else ".INIT.",
-                    stratum=stratum,
-                    leap=sample.leap if sample else LEAP_ALARM,
-                    type_char="p" if src.config.kind == "pool" else "u",
-                    when_s=None
-                    if src.last_reply_mono is None
-                    else max(0, (now_mono - src.last_reply_mono) // NS),
-                    poll_s=1 << src.poll,
-                    reach=src.reach,
-                    delay_ns=est.min_delay_ns if est else 0,
-                    offset_ns=round(offset_at(est, now_clock)) if est else 0,
-                    jitter_ns=round(est.jitter_ns) if est else 0,
-                    dispersion_ns=src.dispersion_now(now_clock),
-                    root_delay_ns=last.root_delay_ns if last else 0,
-                    root_dispersion_ns=last.root_dispersion_ns if last else 0,
-                    samples=len(src.stats),
-                    state=src.state if src.active else "kod",
-                )
-            )
+        sources = [self._source_status(s, now_mono, now_clock) for s in self.sources.values()]
         fallback = self._fallback()
         if fallback is not None:
             local_st = fallback.state(now_clock, self.opts.precision)
@@ -637,6 +686,10 @@ class SyncEngine:
                     root_dispersion_ns=0,
                     samples=0,
                     state="sync" if self.fallback_active and not self.synced else "standby",
+                    hpoll=6,
+                    ppoll=6,
+                    refid_raw=local_st.refid,
+                    precision=self.opts.precision,
                 )
             )
         peer = self.sources.get(self.system_peer) if self.system_peer is not None else None
@@ -659,4 +712,10 @@ class SyncEngine:
             precision=self.opts.precision,
             clock=self.opts.clock_name,
             sources=tuple(sources),
+            clock_jitter_ns=round(math.sqrt(self.clock_jitter_sq)),
+            clock_wander_ppb=math.sqrt(self.clock_wander_sq),
+            time_constant=peer.poll if peer else 6,
+            min_time_constant=peer.minpoll if peer else 3,
+            refid_raw=state.refid,
+            updates=self.updates,
         )

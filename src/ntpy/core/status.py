@@ -56,6 +56,22 @@ class SourceStatus:
     samples: int
     state: str
     """A short word: 'sync', 'candidate', 'outlier', 'falseticker', 'unreachable', 'kod', ..."""
+    port: int = 123
+    """The source's UDP port (ntpq's ``srcport``)."""
+    hpoll: int = 6
+    """Our poll interval to it, log2 s (ntpq's ``hpoll``)."""
+    ppoll: int = 6
+    """The poll exponent the source put in its last reply (ntpq's ``ppoll``)."""
+    reference_ns: int | None = None
+    """The source's reference time from its last reply, served-time ns (``reftime``)."""
+    received_ns: int | None = None
+    """Our clock when the last valid reply arrived, served-time ns (``rec``)."""
+    refid_raw: int = 0
+    """The refid as the 32-bit wire value (for ``ntpq``'s own formatting)."""
+    precision: int = -20
+    """The source's advertised precision, log2 s."""
+    configured: bool = True
+    """From a ``server``/``peer`` line (False: mobilized from a ``pool``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +99,54 @@ class SyncStatus:
     clock: str
     """'system' or 'virtual' (or 'sim')."""
     sources: tuple[SourceStatus, ...]
+    clock_jitter_ns: int = 0
+    """RMS of recent clock offsets corrected (ntpq's ``clk_jitter``)."""
+    clock_wander_ppb: float = 0.0
+    """RMS of recent frequency changes (ntpq's ``clk_wander``, shown in ppm)."""
+    time_constant: int = 6
+    """The discipline's time constant, log2 s (ntpq's ``tc``)."""
+    min_time_constant: int = 3
+    """Its lower bound (ntpq's ``mintc``)."""
+    refid_raw: int = 0
+    """The served refid as the 32-bit wire value."""
+    updates: int = 0
+    """Clock updates made since start."""
+
+
+SELECT_CODES = {
+    TALLY_NONE: 0,
+    TALLY_FALSETICKER: 1,
+    TALLY_OUTLIER: 3,
+    TALLY_CANDIDATE: 4,
+    TALLY_EXCESS: 5,
+    TALLY_SYSPEER: 6,
+}
+"""ntpd's peer selection codes (``CTL_PST_SEL_*``): ntpq derives the tally from these."""
+
+PEER_EVENT_UNREACH = 3
+PEER_EVENT_REACH = 4
+PEER_EVENT_RATE = 7
+PEER_EVENT_NEWPEER = 10
+
+
+def peer_status_word(src: SourceStatus) -> int:
+    """The 16-bit peer status word ntpd reports for a source (``ntpq -c as``, peerstats).
+
+    High byte: status bits (configured 0x80, reachable 0x10) and the selection code;
+    low byte: event count and last event. ntpy keeps no per-peer event log, so the event is
+    the one that explains the present state: new system peer, reachable, rate/KoD or
+    unreachable, counted once.
+    """
+    bits = 0x80 if src.configured or src.kind == "local" else 0
+    if src.reach:
+        bits |= 0x10
+    select = SELECT_CODES.get(src.tally, 0)
+    if src.tally == TALLY_SYSPEER:
+        event = PEER_EVENT_NEWPEER
+    elif src.state == "kod":
+        event = PEER_EVENT_RATE
+    elif src.reach:
+        event = PEER_EVENT_REACH
+    else:
+        event = PEER_EVENT_UNREACH
+    return (bits << 8) | (select << 8) | (1 << 4) | event

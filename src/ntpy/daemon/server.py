@@ -13,7 +13,8 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from ntpy.clock.base import Clock
 from ntpy.core.server import Reason, Responder
@@ -40,6 +41,10 @@ DROP_OVERSIZE = "drop_oversize"
 DROP_SEND_FAILED = "drop_send_failed"
 RX_TIMESTAMP_FALLBACK = "rx_timestamp_fallback"
 
+ControlHandler = Callable[[bytes, Any], list[bytes]]
+"""Mode 6 (ntpq) handler: (request, client address) -> reply datagrams (maybe none).
+Called only for requests the access rules allow to query (not ``noquery``/``ignore``)."""
+
 MSG_TRUNC = int(socket.MSG_TRUNC)
 """A plain int: ``int & IntFlag`` builds an enum object on every packet."""
 
@@ -52,6 +57,8 @@ class NtpServer:
         self.responder = responder
         self.endpoints: list[Endpoint] = []
         self.counters: Counter[str] = Counter()
+        self.control: ControlHandler | None = None
+        """Answers mode 6 requests; None drops them (counted as ``drop_mode6``)."""
 
     def open(
         self, addresses: Iterable[ListenAddress], *, optional: Iterable[ListenAddress] = ()
@@ -82,9 +89,6 @@ class NtpServer:
         from_rt = self.clock.from_realtime_ns
         now_ns = self.clock.now_ns
         counters = self.counters
-        v6 = ep.family == socket.AF_INET6
-        pktinfo_level = socket.IPPROTO_IPV6 if v6 else socket.IPPROTO_IP
-        pktinfo_type = IPV6_PKTINFO if v6 else IP_PKTINFO
         for _ in range(BATCH):
             try:
                 data, anc, flags, peer = recvmsg(RECV_BUFSIZE, ANC_BUFSIZE)
@@ -103,18 +107,41 @@ class NtpServer:
                 rx_rt = time.time_ns()
             rx_served = from_rt(rx_rt)
             reply, reason = handle(data, peer, unix_ns_to_ntp(rx_served), rx_served)
-            counters[reason] += 1
             if reply is None:
-                continue
-            out = reply.finalize(unix_ns_to_ntp(now_ns()))
-            try:
-                if pktinfo is not None and ep.wildcard:
-                    sock.sendmsg([out], [(pktinfo_level, pktinfo_type, pktinfo)], 0, peer)
+                if reason is Reason.CONTROL and self.control is not None:
+                    self._control(ep, data, peer, pktinfo)
                 else:
-                    sock.sendto(out, peer)
-            except OSError as exc:
-                counters[DROP_SEND_FAILED] += 1
-                log.debug("send to %s failed: %s", peer, exc)
+                    counters[reason] += 1
+                continue
+            counters[reason] += 1
+            self._send(ep, reply.finalize(unix_ns_to_ntp(now_ns())), peer, pktinfo)
+
+    def _send(self, ep: Endpoint, out: bytes, peer: Any, pktinfo: bytes | None) -> None:
+        try:
+            if pktinfo is not None and ep.wildcard:
+                if ep.family == socket.AF_INET6:
+                    anc = [(socket.IPPROTO_IPV6, IPV6_PKTINFO, pktinfo)]
+                else:
+                    anc = [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)]
+                ep.sock.sendmsg([out], anc, 0, peer)
+            else:
+                ep.sock.sendto(out, peer)
+        except OSError as exc:
+            self.counters[DROP_SEND_FAILED] += 1
+            log.debug("send to %s failed: %s", peer, exc)
+
+    def _control(self, ep: Endpoint, data: bytes, peer: Any, pktinfo: bytes | None) -> None:
+        """A mode 6 request the access rules allow: the handler answers (fragments, errors)."""
+        assert self.control is not None
+        try:
+            replies = self.control(data, peer)
+        except Exception:  # a bug in the monitoring path must not stop the server
+            self.counters["mode6_error"] += 1
+            log.exception("mode 6 request from %s failed", peer)
+            return
+        self.counters["mode6_answered" if replies else "mode6_dropped"] += 1
+        for out in replies:
+            self._send(ep, out, peer, pktinfo)
 
     def summary(self) -> str:
         """One line of counters, answered first."""

@@ -26,7 +26,10 @@ from ntpy.config import Config, ServerSpec
 from ntpy.core.actions import (
     Action,
     LogEvent,
+    LoopStats,
     Panic,
+    PeerStats,
+    Record,
     ReplaceSource,
     SendRequest,
     apply_to_clock,
@@ -107,9 +110,11 @@ class SyncShell:
         self.unresolved: list[ServerSpec] = []
         self.pools: dict[str, ServerSpec] = {}
         self.rejected: dict[str, set[tuple[object, ...]]] = {}
+        """Pool members dropped (unreachable, falseticker, KoD), per pool name."""
         self.on_sources: Callable[[list[str]], None] | None = None
         """Told the upstream addresses whenever they change (for ``restrict source``)."""
-        """Pool members dropped (unreachable, falseticker, KoD), per pool name."""
+        self.recorders: list[Callable[[Record], None]] = []
+        """Told every LoopStats/PeerStats record (stats files, metrics history)."""
         self._timer_gen = 0
         self._timer_due: int | None = None
 
@@ -291,6 +296,12 @@ class SyncShell:
             elif isinstance(action, Panic):
                 self.on_panic(action.message)
                 return
+            elif isinstance(action, LoopStats | PeerStats):
+                for record in self.recorders:
+                    try:
+                        record(action)
+                    except Exception:  # a broken recorder must not stop time keeping
+                        log.exception("statistics recorder failed on %s", type(action).__name__)
         self.on_state(self.engine.system_state(cooked_now(self.clock)))
 
     def _replace(self, action: ReplaceSource) -> None:

@@ -34,7 +34,9 @@ from ntpy.clock.virtual import VirtualClock
 from ntpy.core.actions import (
     Action,
     LogEvent,
+    LoopStats,
     Panic,
+    PeerStats,
     ReplaceSource,
     SendRequest,
     StepClock,
@@ -293,8 +295,8 @@ class Simulation:
                 if len(self.log) < MAX_LOGGED_EVENTS:
                     t = (self.now - START_NS) // NS_PER_S
                     self.log.append(f"t={t} {action.level}: {action.message}")
-            elif isinstance(action, ReplaceSource):
-                continue  # no pools in the simulation
+            elif isinstance(action, ReplaceSource | LoopStats | PeerStats):
+                continue  # no pools, no statistics files in the simulation
             else:
                 raise SimulationError(f"unknown action {action!r}")
 

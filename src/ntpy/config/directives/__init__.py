@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from ..state import Directive
-from . import access, misc, sources, system
+from . import access, misc, service, sources, system
 
 DIRECTIVES: dict[str, Directive] = {
     **sources.DIRECTIVES,
     **access.DIRECTIVES,
     **system.DIRECTIVES,
     **misc.DIRECTIVES,
+    **service.DIRECTIVES,
 }
 
 __all__ = ["DIRECTIVES"]

@@ -1,0 +1,87 @@
+"""ntpy's own service directives: ``metrics``, ``webstatus`` and ``workers``.
+
+They have no ntpd equivalent, so they follow chrony's style: one value per line, a later
+line replaces an earlier one (with a warning so a stray duplicate is noticed).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..model import HttpEndpointSpec
+from ..state import Args, Directive, Line, State
+from ..values import BadValue, parse_int, show
+from .misc import _listen_address
+
+DEFAULT_METRICS_PORT = 9123
+DEFAULT_WEBSTATUS_PORT = 8123
+MAX_WORKERS = 256
+
+
+def _endpoint(line: Line, default_port: int) -> HttpEndpointSpec:
+    args = Args(line.args)
+    token = args.take()
+    if token is None:
+        raise BadValue(f"'{line.name}' needs an address, e.g. 127.0.0.1:{default_port}")
+    args.expect_end()
+    has_port = (token.startswith("[") and "]:" in token) or (":" in token and token.count(":") == 1)
+    address, port = _listen_address(token)
+    if not has_port:
+        port = default_port
+    if port == 0:
+        raise BadValue(f"'{line.name}' needs a fixed port, not 0")
+    return HttpEndpointSpec(address=address, port=port, location=line.loc)
+
+
+def handle_metrics(state: State, line: Line) -> None:
+    if state.metrics is not None and state.metrics.location is not None:
+        state.warn(
+            line.loc,
+            f"'metrics' was already set at {state.metrics.location}; this line replaces it",
+        )
+    state.metrics = _endpoint(line, DEFAULT_METRICS_PORT)
+
+
+def handle_webstatus(state: State, line: Line) -> None:
+    if state.webstatus is not None and state.webstatus.location is not None:
+        state.warn(
+            line.loc,
+            f"'webstatus' was already set at {state.webstatus.location}; this line replaces it",
+        )
+    state.webstatus = _endpoint(line, DEFAULT_WEBSTATUS_PORT)
+
+
+def handle_workers(state: State, line: Line) -> None:
+    args = Args(line.args)
+    word = args.take()
+    args.expect_end()
+    if word is None:
+        raise BadValue("'workers' needs a number of processes or 'auto'")
+    if word.lower() == "auto":
+        state.workers = None
+        return
+    try:
+        state.workers = parse_int(word, "workers", 1, MAX_WORKERS)
+    except BadValue as exc:
+        raise BadValue(f"{exc} (or 'auto' for one per CPU core)") from None
+
+
+def auto_workers() -> int:
+    """One serving process per CPU core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - Linux has sched_getaffinity
+        return max(1, os.cpu_count() or 1)
+
+
+DIRECTIVES: dict[str, Directive] = {
+    "metrics": Directive(
+        handle_metrics, f"metrics ADDRESS[:PORT] (default port {DEFAULT_METRICS_PORT})"
+    ),
+    "webstatus": Directive(
+        handle_webstatus, f"webstatus ADDRESS[:PORT] (default port {DEFAULT_WEBSTATUS_PORT})"
+    ),
+    "workers": Directive(handle_workers, f"workers N (1..{MAX_WORKERS}) | auto"),
+}
+
+__all__ = ["DIRECTIVES", "auto_workers", "show"]
