@@ -87,12 +87,18 @@ def parse_listen(text: str, default_port: int = 123) -> ListenAddress:
 class Endpoint:
     """One bound, non-blocking UDP socket that reads (data, peer, kernel time, local addr)."""
 
-    def __init__(self, address: ListenAddress, *, rcvbuf: int | None = None) -> None:
+    def __init__(
+        self, address: ListenAddress, *, rcvbuf: int | None = None, reuseport: bool = False
+    ) -> None:
         self.address = address
         fam = address.family
         sock = socket.socket(fam, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
+            if reuseport:
+                # Worker processes each bind their own socket to the same address; the
+                # kernel spreads datagrams over the group (see daemon/workers.py).
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             if rcvbuf is not None:
                 # The kernel default (~200 KiB) is kept unless asked: under overload a deep
