@@ -32,6 +32,7 @@ from ntpy.core.actions import (
     Record,
     ReplaceSource,
     SendRequest,
+    SlewClock,
     apply_to_clock,
     cooked_now,
 )
@@ -44,6 +45,8 @@ log = logging.getLogger("ntpy.sync")
 
 NS = 1_000_000_000
 RESOLVE_RETRY_NS = 60 * NS
+SLEW_LOG_THRESHOLD_NS = 10_000_000
+"""Slews of 10 ms or more are logged at info: beyond normal network noise, below a step."""
 LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -130,6 +133,29 @@ class SyncShell:
                 self.unresolved.append(spec)
         if self.unresolved:
             self.loop.call_later(RESOLVE_RETRY_NS, self._retry_unresolved)
+
+    def apply_servers(self, servers: tuple[ServerSpec, ...]) -> tuple[int, int]:
+        """Bring the sources in line with a reloaded config: drop the sources whose line is
+        gone (or changed), add the new lines; untouched lines keep their statistics.
+        Returns (lines added, lines removed)."""
+        wanted = set(servers)
+        current = {u.spec for u in self.upstreams.values()} | set(self.unresolved)
+        current |= set(self.pools.values())
+        removed = current - wanted
+        added = tuple(s for s in servers if s not in current)
+        for sid, up in list(self.upstreams.items()):
+            if up.spec in removed:
+                log.info("source %s (%s) removed by reload", up.spec.address, up.address[0])
+                self._remove(sid)
+        self.unresolved = [s for s in self.unresolved if s not in removed]
+        for spec in removed:
+            if spec.kind == "pool":
+                self.pools.pop(spec.address, None)
+                self.rejected.pop(spec.address, None)
+        if added:
+            self.add_configured(added)
+        self.reschedule()
+        return len(added), len(removed)
 
     def _resolve(self, spec: ServerSpec) -> list[tuple[object, ...]]:
         family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(spec.family or 0, 0)
@@ -287,7 +313,8 @@ class SyncShell:
                     continue
                 self.engine.mark_sent(action.source_id, t1)
             elif apply_to_clock(action, self.clock):
-                pass
+                if isinstance(action, SlewClock):
+                    self._log_slew(action.offset_ns)
             elif isinstance(action, LogEvent):
                 level = LOG_LEVELS.get(action.level, logging.ERROR)
                 log.log(level, "%s", action.message)
@@ -303,6 +330,23 @@ class SyncShell:
                     except Exception:  # a broken recorder must not stop time keeping
                         log.exception("statistics recorder failed on %s", type(action).__name__)
         self.on_state(self.engine.system_state(cooked_now(self.clock)))
+
+    def _log_slew(self, offset_ns: int) -> None:
+        """Announce a slew large enough for an admin to care (every poll slews a little:
+        those go to the debug log)."""
+        total = self.clock.remaining_slew_ns()
+        level = logging.INFO if abs(offset_ns) >= SLEW_LOG_THRESHOLD_NS else logging.DEBUG
+        if not log.isEnabledFor(level):
+            return
+        rate = getattr(self.clock, "slew_rate_ppm", None)
+        took = f", about {abs(total) / (rate * 1000.0) / NS:.1f} s at {rate:g} ppm" if rate else ""
+        log.log(
+            level,
+            "slewing the clock by %+.6f s (%+.6f s in all%s)",
+            offset_ns / NS,
+            total / NS,
+            took,
+        )
 
     def _replace(self, action: ReplaceSource) -> None:
         spec = self.pools.get(action.pool)
