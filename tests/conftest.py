@@ -17,6 +17,10 @@ from pathlib import Path
 
 import pytest
 
+# No test may change the real clock, even as root: SystemClock refuses clock-changing
+# adjtimex calls while this is set (fakes are unaffected), and child processes inherit it.
+os.environ["NTPY_FORBID_CLOCK_CHANGES"] = "1"
+
 _DAEMON_NAMES = frozenset({"chronyd", "ntpd", "ntpsec", "ntpdsim"})
 
 

@@ -110,6 +110,11 @@ def _us_round(ns: int) -> int:
     return q if ns >= 0 else -q
 
 
+FORBID_ENV = "NTPY_FORBID_CLOCK_CHANGES"
+"""Set (to anything) to make every real clock-changing adjtimex fail: the test suite sets it,
+so no code path under test can move the shared machine's clock, whatever its privileges."""
+
+
 class SystemClock:
     """CLOCK_REALTIME read directly and adjusted via ``adjtimex``."""
 
@@ -121,6 +126,7 @@ class SystemClock:
         ``adjustable`` answers ``can_adjust()``; by default it is whether this process
         holds CAP_SYS_TIME now.
         """
+        self._real_libc = libc is None
         if libc is None:
             libc = cast(LibcLike, ctypes.CDLL(None, use_errno=True))
         try:
@@ -145,6 +151,15 @@ class SystemClock:
 
     def _call(self, tx: Timex) -> int:
         """Run adjtimex on ``tx`` (updated in place); a failure becomes ClockError."""
+        if (
+            self._real_libc
+            and tx.modes not in (0, ADJ_OFFSET_SS_READ)
+            and os.environ.get(FORBID_ENV)
+        ):
+            raise ClockError(
+                f"adjtimex(modes={tx.modes:#x}) refused: {FORBID_ENV} is set (a test or "
+                "benchmark environment where the real clock must never change)"
+            )
         ret = int(self._adjtimex(ctypes.pointer(tx)))
         if ret < 0:
             err = ctypes.get_errno()
