@@ -115,3 +115,54 @@ def read_udp_counters() -> dict[str, int]:
     if len(udp) < 2:
         return {}
     return {name: int(value) for name, value in zip(udp[0], udp[1], strict=True)}
+
+
+@dataclass(frozen=True, slots=True)
+class ProcMemory:
+    """Resident memory of one process of a server's tree.
+
+    RSS counts every page the process maps, shared ones too, so forked workers that share
+    the parent's pages each show them: it is the per-process number a limit like "40 MB
+    per worker" speaks of. PSS splits shared pages among their users, so the PSS of a tree
+    sums to what the whole server really costs.
+    """
+
+    pid: int
+    role: str
+    """``main`` for the process we started, ``w1``, ``w2``, ... for its descendants."""
+    rss_kib: int
+    pss_kib: int | None
+
+
+def _status_kib(path: Path, key: str) -> int | None:
+    """Value of a ``Key:   123 kB`` line, or None if the file or the line is missing."""
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    for line in text.splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return None
+
+
+def read_rss_kib(pid: int) -> int | None:
+    """VmRSS of ``pid`` in KiB (None if gone, or a kernel thread with no memory)."""
+    return _status_kib(PROC / str(pid) / "status", "VmRSS")
+
+
+def read_pss_kib(pid: int) -> int | None:
+    """Proportional set size of ``pid`` in KiB from smaps_rollup (None if unreadable)."""
+    return _status_kib(PROC / str(pid) / "smaps_rollup", "Pss")
+
+
+def tree_memory(root: int) -> list[ProcMemory]:
+    """RSS and PSS of ``root`` and each live descendant, root first, then by PID."""
+    ordered = [root, *sorted(p for p in descendants(root) if p != root)]
+    out: list[ProcMemory] = []
+    for i, pid in enumerate(ordered):
+        rss = read_rss_kib(pid)
+        if rss is None:
+            continue
+        out.append(ProcMemory(pid, "main" if i == 0 else f"w{i}", rss, read_pss_kib(pid)))
+    return out

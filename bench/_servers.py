@@ -30,8 +30,11 @@ from _procstat import descendants, read_proc_times
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 
-DEFAULT_NTPY_CMD = "{python} -m ntpy serve --config {config} --listen {addr}:{port} -x"
+DEFAULT_NTPY_CMD = (
+    "{python} -m ntpy serve --config {config} --listen {addr}:{port} -x --control-socket none"
+)
 NTPY_CONF = "server 127.127.1.0\nfudge 127.127.1.0 stratum 10\n"
+MAX_WORKERS = 256
 
 
 class ServerStartError(RuntimeError):
@@ -99,15 +102,42 @@ def naive_spec(addr: str, port: int) -> ServerSpec:
     return ServerSpec("naive-py", argv, addr, port, workdir)
 
 
-def ntpy_spec(addr: str, port: int, template: str = DEFAULT_NTPY_CMD) -> ServerSpec:
+def ntpy_workers(name: str) -> str | None:
+    """The ``workers`` value a server name asks for: ``ntpy`` = auto, ``ntpy-wN`` = N.
+
+    None when the name is not an ntpy variant. The count goes into the config text (the
+    ``workers`` directive), not onto the command line, so the same template runs a daemon
+    with or without a ``--workers`` option.
+    """
+    if name == "ntpy":
+        return "auto"
+    prefix = "ntpy-w"
+    if name.startswith(prefix):
+        count = name[len(prefix) :]
+        if count == "auto":
+            return "auto"
+        if count.isdigit() and 1 <= int(count) <= MAX_WORKERS:
+            return str(int(count))
+        raise ServerStartError(f"bad ntpy variant {name!r}: need ntpy-w1..ntpy-w{MAX_WORKERS}")
+    return None
+
+
+def ntpy_spec(
+    addr: str,
+    port: int,
+    template: str = DEFAULT_NTPY_CMD,
+    workers: str = "auto",
+    name: str = "ntpy",
+) -> ServerSpec:
     """ntpy's daemon, from a command template (it is configurable: the CLI may change).
 
     Placeholders: {python} {config} {addr} {port} {workdir}. The config serves the local
-    clock at stratum 10, the same role chronyd's ``local stratum 10`` plays.
+    clock at stratum 10, the same role chronyd's ``local stratum 10`` plays, with
+    ``workers WORKERS`` (``auto`` = one serving process per CPU the daemon may run on).
     """
     workdir = Path(tempfile.mkdtemp(prefix="bench-ntpy-"))
     conf = workdir / "ntp.conf"
-    conf.write_text(NTPY_CONF)
+    conf.write_text(NTPY_CONF + f"workers {workers}\n")
     try:
         text = template.format(
             python=shlex.quote(sys.executable),
@@ -117,11 +147,12 @@ def ntpy_spec(addr: str, port: int, template: str = DEFAULT_NTPY_CMD) -> ServerS
             workdir=shlex.quote(str(workdir)),
         )
     except (KeyError, IndexError, ValueError) as exc:
+        shutil.rmtree(workdir, ignore_errors=True)
         raise ServerStartError(f"bad --ntpy-cmd template {template!r}: {exc}") from exc
     src = str(REPO_DIR / "src")
     pythonpath = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
     return ServerSpec(
-        "ntpy", tuple(shlex.split(text)), addr, port, workdir, {"PYTHONPATH": pythonpath}
+        name, tuple(shlex.split(text)), addr, port, workdir, {"PYTHONPATH": pythonpath}
     )
 
 
@@ -216,8 +247,11 @@ class ManagedServer:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
 
-    def stop(self, grace: float = 3.0) -> None:
-        """SIGTERM our process, wait, then SIGKILL it and any remembered descendants."""
+    def stop(self, grace: float = 3.0, keep_workdir: bool = False) -> None:
+        """SIGTERM our process, wait, then SIGKILL it and any remembered descendants.
+
+        The work directory (config, log) goes too, unless the spec is to be started again.
+        """
         proc = self._proc
         if proc is None:
             return
@@ -240,7 +274,8 @@ class ManagedServer:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         self._proc = None
-        shutil.rmtree(self.spec.workdir, ignore_errors=True)
+        if not keep_workdir:
+            shutil.rmtree(self.spec.workdir, ignore_errors=True)
 
 
 def build_specs(
@@ -254,12 +289,14 @@ def build_specs(
             port = free_udp_port(addr, base_port + i)
             if name == "chronyd":
                 out.append((name, chronyd_spec(addr, port, chronyd)))
-            elif name == "ntpy":
-                out.append((name, ntpy_spec(addr, port, ntpy_cmd)))
+            elif (workers := ntpy_workers(name)) is not None:
+                out.append((name, ntpy_spec(addr, port, ntpy_cmd, workers, name)))
             elif name in ("naive", "naive-py"):
                 out.append((name, naive_spec(addr, port)))
             else:
-                raise ServerStartError(f"unknown server {name!r} (known: ntpy, chronyd, naive)")
+                raise ServerStartError(
+                    f"unknown server {name!r} (known: ntpy, ntpy-wN, chronyd, naive)"
+                )
         except ServerStartError as exc:
             out.append((name, exc))
     return out

@@ -25,7 +25,9 @@ from types import FrameType
 
 NTP_UNIX_OFFSET_NS = 2_208_988_800 * 1_000_000_000
 NS_PER_S = 1_000_000_000
-_HEADER = struct.Struct("!BBbbII4sQQQQ")
+_HEADER = struct.Struct("!BBBbII4sQQQQ")
+"""Poll is packed unsigned: it is the request's byte copied as is (sub-second polls are
+negative, e.g. 0xFC = -4, which a signed field would refuse)."""
 STRATUM = 10
 PRECISION = -20
 

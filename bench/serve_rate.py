@@ -40,13 +40,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _procstat import (
     CLK_TCK,
+    ProcMemory,
+    descendants,
     read_system_cpu,
     read_udp_counters,
     tree_cpu_ticks,
+    tree_memory,
 )
+from _quality import (
+    MAX_POLL,
+    MAX_SAMPLES,
+    MIN_POLL,
+    QualityError,
+    QualityResult,
+    format_quality,
+)
+from _quality import measure_many as measure_quality
 from _servers import (
     BENCH_DIR,
     DEFAULT_NTPY_CMD,
+    MAX_WORKERS,
     ManagedServer,
     ServerSpec,
     ServerStartError,
@@ -64,6 +77,8 @@ GEN_CPU_SATURATED = 0.90
 """Generator busier than this share of its core: it, not the server, is the bottleneck."""
 GEN_MIN_SHARE = 0.85
 """Generator sending less than this share of the target could not produce the load."""
+RSS_TARGET_MB = 40.0
+"""Goal for ntpy: resident memory of each serving process, idle and after the load."""
 
 
 class BenchError(RuntimeError):
@@ -92,6 +107,10 @@ class Config:
     base_port: int
     gen_cpus: list[int] | None
     server_cpus: list[int] | None
+    quality_samples: int = 0
+    """chronyd-client samples per server for the served-time quality (0 = not measured)."""
+    quality_poll: int = -4
+    out_dir: str = str(OUT_DIR)
 
 
 @dataclass(slots=True)
@@ -115,6 +134,8 @@ class Step:
     other_cpu_cores: float
     softirq_cores: float
     steal_cores: float
+    procs: int
+    """Processes in the server's tree during the step (ntpy's main process + workers)."""
     why: list[str]
     load: dict[str, Any] = field(repr=False)
 
@@ -207,7 +228,7 @@ def judge(load: dict[str, Any], server_drops: int) -> tuple[str, list[str]]:
 
 def measure_step(server: ManagedServer, rate: int, duration: float, cfg: Config) -> Step:
     """One load step with the server's CPU and the machine's counters around it."""
-    server.remember_pids()
+    procs = len(server.remember_pids())
     sys0, udp0, cpu0 = read_system_cpu(), read_udp_counters(), tree_cpu_ticks(server.pid)
     load = run_ntpload(server.spec, rate, duration, cfg)
     cpu1, sys1, udp1 = tree_cpu_ticks(server.pid), read_system_cpu(), read_udp_counters()
@@ -240,6 +261,7 @@ def measure_step(server: ManagedServer, rate: int, duration: float, cfg: Config)
         other_cpu_cores=other,
         softirq_cores=(sys1.softirq - sys0.softirq) / CLK_TCK / wall,
         steal_cores=(sys1.steal - sys0.steal) / CLK_TCK / wall,
+        procs=procs,
         why=why,
         load=load,
     )
@@ -258,6 +280,12 @@ class ServerResult:
     light: Step | None = None
     measured: list[Step] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
+    memory_idle: list[ProcMemory] = field(default_factory=list)
+    """RSS/PSS per process right after start (workers up, no load yet)."""
+    memory_loaded: list[ProcMemory] = field(default_factory=list)
+    """The same after the rate search, once the server has gone idle again."""
+    quality: QualityResult | None = None
+    quality_error: str = ""
 
     def median(self, key: Callable[[Step], float | None]) -> float | None:
         values = [v for v in (key(s) for s in self.measured) if v is not None]
@@ -391,14 +419,95 @@ def search(server: ManagedServer, cfg: Config, result: ServerResult) -> None:
             result.error = f"no rate passed (<= 1% loss within the timeout){detail}"
 
 
+def settle_tree(server: ManagedServer, stable_s: float = 0.5, limit_s: float = 5.0) -> int:
+    """Wait until the server's set of processes has not changed for ``stable_s``.
+
+    A daemon answers its first probe as soon as one process serves; workers may still be
+    forking. Memory "after start" and every later step should see the whole tree.
+    """
+    t0 = time.monotonic()
+    last = sorted(descendants(server.pid))
+    since = time.monotonic()
+    while time.monotonic() - t0 < limit_s:
+        time.sleep(0.1)
+        now = sorted(descendants(server.pid))
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= stable_s:
+            break
+    server.remember_pids()
+    return len(last)
+
+
+def measure_memory(server: ManagedServer, result: ServerResult, when: str) -> list[ProcMemory]:
+    mem = tree_memory(server.pid)
+    log(f"  {result.name:9s} memory {when}: {fmt_memory(mem)}")
+    return mem
+
+
+def quality_phase(specs: list[ServerSpec], cfg: Config) -> dict[str, QualityResult | str]:
+    """Start every server at once, idle, and let one chronyd client measure them together.
+
+    Together, because the comparison is then made over the same seconds (a busy neighbour
+    hits every server alike) by the same client. Before any load, so no backlog biases it.
+    The servers are stopped again (work directories kept for the rate runs).
+    """
+    out: dict[str, QualityResult | str] = {}
+    running: list[ManagedServer] = []
+    cpus = None if cfg.server_cpus is None else frozenset(cfg.server_cpus)
+    try:
+        for spec in specs:
+            server = ManagedServer(spec)
+            try:
+                server.start(cpus=cpus)
+            except ServerStartError as exc:
+                out[spec.name] = f"did not start for the quality run: {summarize(str(exc))}"
+                continue
+            running.append(server)
+        for server in running:
+            settle_tree(server)
+        if running:
+            log(f"quality: one chronyd client polling {', '.join(s.spec.name for s in running)}")
+            try:
+                found = measure_quality(
+                    [(s.spec.addr, s.spec.port) for s in running],
+                    cfg.quality_samples,
+                    cfg.quality_poll,
+                    cfg.chronyd,
+                )
+            except QualityError as exc:
+                found = {s.spec.addr: exc for s in running}
+            for server in running:
+                q = found[server.spec.addr]
+                name = server.spec.name
+                if isinstance(q, QualityError):
+                    out[name] = str(q)
+                    log(f"  {name:9s} quality: FAILED: {q}")
+                else:
+                    out[name] = q
+                    log(
+                        f"  {name:9s} quality: {q.samples} samples, median |offset| "
+                        f"{q.median_abs_us:.1f} us, p90 {q.p90_abs_us:.1f} us"
+                    )
+    finally:
+        for server in running:
+            server.stop(keep_workdir=True)
+    return out
+
+
 def bench_server(spec: ServerSpec, cfg: Config) -> ServerResult:
-    """Start one server, search its limit, stop it (always)."""
+    """Start one server; memory, rate search, memory again; stop it (always)."""
     result = ServerResult(spec.name, "ok", command=list(spec.argv))
     server = ManagedServer(spec)
     try:
         log(f"starting {spec.name}: {' '.join(spec.argv)}")
         server.start(cpus=None if cfg.server_cpus is None else frozenset(cfg.server_cpus))
+        settle_tree(server)
+        result.memory_idle = measure_memory(server, result, "after start")
         search(server, cfg, result)
+        if server.alive():
+            wait_quiet(server, cfg.settle_s)
+            result.memory_loaded = measure_memory(server, result, "after load")
         if not result.measured:
             result.status = "failed"
     except (ServerStartError, BenchError, subprocess.TimeoutExpired) as exc:
@@ -413,6 +522,54 @@ def fmt(value: float | None, spec: str = ",.0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def mb(kib: int) -> float:
+    """KiB (as /proc reports) to MB (10^6 bytes), the unit of the memory target."""
+    return kib * 1024 / 1e6
+
+
+def fmt_memory(mem: list[ProcMemory], limit: int = 4) -> str:
+    """``main 24.1, w1 22.0`` (RSS in MB); a long worker list is shown as its range."""
+    if not mem:
+        return "-"
+    if len(mem) <= limit:
+        return ", ".join(f"{m.role} {mb(m.rss_kib):.1f}" for m in mem)
+    workers = [mb(m.rss_kib) for m in mem[1:]]
+    return (
+        f"{mem[0].role} {mb(mem[0].rss_kib):.1f}, {len(workers)} workers "
+        f"{min(workers):.1f}-{max(workers):.1f}"
+    )
+
+
+def memory_lines(results: list[ServerResult]) -> list[str]:
+    """Per-process RSS after start and after the load, the tree's PSS, and the target."""
+    rows = [r for r in results if r.memory_idle or r.memory_loaded]
+    if not rows:
+        return []
+    head = (
+        f"{'server':10s} {'procs':>5s}  {'RSS MB after start':28s} {'RSS MB after load':28s} "
+        f"{'PSS MB start/load':>17s}  max RSS"
+    )
+    lines = ["", "memory (RSS per process; PSS = whole tree, shared pages split)", head]
+    for r in rows:
+        pss = "/".join(
+            fmt(mb(sum(m.pss_kib or 0 for m in mem)), ".1f")
+            if mem and all(m.pss_kib is not None for m in mem)
+            else "-"
+            for mem in (r.memory_idle, r.memory_loaded)
+        )
+        top = max((m.rss_kib for m in r.memory_idle + r.memory_loaded), default=0)
+        verdict = ""
+        if r.name.startswith("ntpy"):
+            ok = mb(top) <= RSS_TARGET_MB
+            verdict = f" (target <= {RSS_TARGET_MB:g} per process: {'PASS' if ok else 'FAIL'})"
+        procs = max(len(r.memory_idle), len(r.memory_loaded))
+        lines.append(
+            f"{r.name:10s} {procs:>5d}  {fmt_memory(r.memory_idle):28s} "
+            f"{fmt_memory(r.memory_loaded):28s} {pss:>17s}  {mb(top):.1f}{verdict}"
+        )
+    return lines
+
+
 def summarize(error: str) -> str:
     """First line of an error, plus its last line when that differs (the exception)."""
     rows = [row.strip() for row in error.splitlines() if row.strip()]
@@ -424,7 +581,8 @@ def summarize(error: str) -> str:
 def report(results: list[ServerResult], cfg: Config) -> str:
     """The table and the ratios to chronyd, as printed text."""
     head = (
-        f"{'server':10s} {'max rate/s':>11s} {'limit':>10s} {'loss':>6s} {'CPU us/req':>10s} "
+        f"{'server':10s} {'procs':>5s} {'max rate/s':>11s} {'limit':>10s} {'loss':>6s} "
+        f"{'CPU us/req':>10s} "
         f"{'p50 us':>7s} {'p99 us':>7s} {'light p50':>9s} {'light p99':>9s} "
         f"{'gen CPU':>7s} {'other CPU':>9s} {'steal':>5s}"
     )
@@ -434,7 +592,8 @@ def report(results: list[ServerResult], cfg: Config) -> str:
             lines.append(f"{r.name:10s} FAILED: {summarize(r.error)}")
             continue
         lines.append(
-            f"{r.name:10s} {fmt(r.median(lambda s: s.achieved_rate)):>11s} {r.limit:>10s} "
+            f"{r.name:10s} {fmt(r.median(lambda s: s.procs)):>5s} "
+            f"{fmt(r.median(lambda s: s.achieved_rate)):>11s} {r.limit:>10s} "
             f"{fmt(r.median(lambda s: s.loss * 100), '.2f') + '%':>6s} "
             f"{fmt(r.median(lambda s: s.cpu_us_per_reply), '.2f'):>10s} "
             f"{fmt(r.median(lambda s: s.p50_us)):>7s} {fmt(r.median(lambda s: s.p99_us)):>7s} "
@@ -479,13 +638,30 @@ def report(results: list[ServerResult], cfg: Config) -> str:
         "processes other than server and generator (noise);",
         "       steal = cores the hypervisor took away. gen CPU = generator's share of its "
         "core while sending.",
+        "procs = processes in the server's tree (ntpy: main + workers; 'ntpy' runs 'workers "
+        "auto' = one per CPU it may use, ntpy-wN runs 'workers N'); CPU is summed over all.",
     ]
+    if cfg.server_cpus is not None and any(r.name == "ntpy" for r in results):
+        notes.append(
+            f"NOTE: the server may use {len(cfg.server_cpus)} CPU(s) here, so ntpy's 'workers "
+            f"auto' means {len(cfg.server_cpus)} serving process(es); --no-pin lets it see "
+            "every CPU (shared with the generator)."
+        )
     if any(r.limit == "generator" for r in results if r.status == "ok"):
         notes.append(
             "NOTE: at least one server was limited by the generator; its max rate is a lower "
             "bound (see bench/README.md)."
         )
-    return "\n".join(lines + notes)
+    quality = format_quality(
+        [
+            (r.name, r.quality or r.quality_error or None)
+            for r in results
+            if cfg.quality_samples > 0
+        ],
+        cfg.quality_samples,
+        cfg.quality_poll,
+    )
+    return "\n".join(lines + notes + memory_lines(results) + quality)
 
 
 def machine_busy(seconds: float = 1.0) -> float:
@@ -521,7 +697,8 @@ def environment() -> dict[str, Any]:
 
 
 def save(results: list[ServerResult], cfg: Config, text: str, busy: float) -> Path:
-    OUT_DIR.mkdir(exist_ok=True)
+    out_dir = Path(cfg.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     record = {
         "config": asdict(cfg),
         "machine_busy_before_cores": busy,
@@ -529,9 +706,9 @@ def save(results: list[ServerResult], cfg: Config, text: str, busy: float) -> Pa
         "results": [asdict(r) for r in results],
         "table": text,
     }
-    path = OUT_DIR / f"serve_rate-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path = out_dir / f"serve_rate-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(record, indent=1))
-    (OUT_DIR / "latest.json").write_text(json.dumps(record, indent=1))
+    (out_dir / "latest.json").write_text(json.dumps(record, indent=1))
     return path
 
 
@@ -540,8 +717,29 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument(
         "--servers",
         default="ntpy,chronyd,naive",
-        help="comma list of ntpy, chronyd, naive (default: all three)",
+        help="comma list of ntpy, ntpy-wN (ntpy with 'workers N'), chronyd, naive "
+        "(default: all three; ntpy expands per --ntpy-workers)",
     )
+    p.add_argument(
+        "--ntpy-workers",
+        default="auto",
+        help="comma list of worker counts to run ntpy at: 'auto' (one per CPU the server "
+        "may use) and/or numbers, e.g. 'auto,1' (default: auto)",
+    )
+    p.add_argument(
+        "--quality-samples",
+        type=int,
+        default=None,
+        help=f"chronyd-client samples per server for served-time quality, 0 = skip "
+        f"(default 60, quick 12; max {MAX_SAMPLES})",
+    )
+    p.add_argument(
+        "--quality-poll",
+        type=int,
+        default=-4,
+        help=f"log2 seconds between those samples ({MIN_POLL}..{MAX_POLL}, default -4)",
+    )
+    p.add_argument("--out", default=str(OUT_DIR), help="directory for the JSON records")
     p.add_argument(
         "--duration",
         type=float,
@@ -581,6 +779,15 @@ def parse_args(argv: list[str] | None) -> Config:
     servers = [s.strip() for s in a.servers.split(",") if s.strip()]
     if not servers:
         p.error("--servers is empty")
+    try:
+        servers = expand_ntpy(servers, a.ntpy_workers)
+    except ValueError as exc:
+        p.error(str(exc))
+    quality = a.quality_samples if a.quality_samples is not None else (12 if a.quick else 60)
+    if not 0 <= quality <= MAX_SAMPLES:
+        p.error(f"--quality-samples must be within 0..{MAX_SAMPLES}")
+    if not MIN_POLL <= a.quality_poll <= MAX_POLL:
+        p.error(f"--quality-poll must be within {MIN_POLL}..{MAX_POLL}")
     duration = a.duration if a.duration is not None else (1.0 if a.quick else 2.0)
     if not 0.1 <= duration <= MAX_STEP_S:
         p.error(f"--duration must be within 0.1..{MAX_STEP_S:.0f} s")
@@ -613,7 +820,28 @@ def parse_args(argv: list[str] | None) -> Config:
         ntpy_cmd=a.ntpy_cmd,
         chronyd=a.chronyd,
         base_port=a.base_port,
+        quality_samples=quality,
+        quality_poll=a.quality_poll,
+        out_dir=a.out,
     )
+
+
+def expand_ntpy(servers: list[str], workers: str) -> list[str]:
+    """Replace ``ntpy`` by one entry per --ntpy-workers value: auto -> ntpy, N -> ntpy-wN."""
+    names: list[str] = []
+    for word in (w.strip().lower() for w in workers.split(",")):
+        if word == "auto":
+            names.append("ntpy")
+        elif word.isdigit() and 1 <= int(word) <= MAX_WORKERS:
+            names.append(f"ntpy-w{int(word)}")
+        else:
+            raise ValueError(f"--ntpy-workers: {word!r} is not 'auto' or 1..{MAX_WORKERS}")
+    out: list[str] = []
+    for s in servers:
+        for name in names if s == "ntpy" else [s]:
+            if name not in out:
+                out.append(name)
+    return out
 
 
 @contextlib.contextmanager
@@ -648,12 +876,21 @@ def main(argv: list[str] | None = None) -> int:
     specs = build_specs(cfg.servers, cfg.ntpy_cmd, cfg.base_port, cfg.chronyd)
     with sigterm_as_interrupt():
         try:
+            quality: dict[str, QualityResult | str] = {}
+            if cfg.quality_samples > 0:
+                quality = quality_phase([s for _, s in specs if isinstance(s, ServerSpec)], cfg)
             for name, spec in specs:
                 if isinstance(spec, ServerStartError):
                     results.append(ServerResult(name, "failed", error=str(spec)))
                     log(f"  {name}: FAILED: {spec}")
                     continue
-                results.append(bench_server(spec, cfg))
+                result = bench_server(spec, cfg)
+                q = quality.get(spec.name)
+                if isinstance(q, QualityResult):
+                    result.quality = q
+                elif q is not None:
+                    result.quality_error = q
+                results.append(result)
         except KeyboardInterrupt:
             log("interrupted: servers stopped; partial results follow")
         finally:
@@ -663,9 +900,9 @@ def main(argv: list[str] | None = None) -> int:
     text = report(results, cfg)
     print(text)
     path = save(results, cfg, text, busy)
-    print(
-        f"\n(full record: {path.relative_to(BENCH_DIR.parent)}; took {time.monotonic() - t0:.0f} s)"
-    )
+    with contextlib.suppress(ValueError):
+        path = path.relative_to(BENCH_DIR.parent)
+    print(f"\n(full record: {path}; took {time.monotonic() - t0:.0f} s)")
     return 0 if any(r.status == "ok" for r in results) else 1
 
 

@@ -21,10 +21,27 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _quality
 import naive_server
 import serve_rate
-from _procstat import descendants, read_proc_times, read_system_cpu, read_udp_counters
-from _servers import ManagedServer, ServerSpec, ServerStartError, chronyd_spec, naive_spec
+from _procstat import (
+    CLK_TCK,
+    descendants,
+    read_proc_times,
+    read_system_cpu,
+    read_udp_counters,
+    tree_cpu_ticks,
+    tree_memory,
+)
+from _servers import (
+    ManagedServer,
+    ServerSpec,
+    ServerStartError,
+    chronyd_spec,
+    naive_spec,
+    ntpy_spec,
+    ntpy_workers,
+)
 
 
 def _request(tx: bytes = b"\x01\x02\x03\x04\x05\x06\x07\x08", first: int = 0x23) -> bytes:
@@ -38,6 +55,13 @@ def test_naive_reply_echoes_transmit_into_origin() -> None:
     assert reply[1] == 10
     assert reply[24:32] == b"\x01\x02\x03\x04\x05\x06\x07\x08"
     assert struct.unpack("!Q", reply[40:48])[0] == (5 << 32) + 1
+
+
+def test_naive_reply_copies_a_negative_poll() -> None:
+    request = bytearray(_request())
+    request[2] = 0xFC  # poll -4, as a sub-second chronyd client sends
+    reply = naive_server.make_reply(bytes(request), 1, 2)
+    assert reply is not None and reply[2] == 0xFC
 
 
 @pytest.mark.parametrize("data", [b"", bytes(47), _request(first=0x24), _request(first=0x03)])
@@ -142,3 +166,166 @@ def test_end_to_end_against_naive_server() -> None:
     assert 0 < load["latency_us"]["p50"] <= load["latency_us"]["p99"] < 200_000
     time.sleep(0.1)
     assert read_proc_times(pid) is None, "server process must be gone after stop()"
+
+
+_FORKER = """
+import os, sys, time
+pid = os.fork()
+if pid == 0:
+    t = time.process_time()
+    while time.process_time() - t < 0.4:
+        pass
+    if sys.argv[1] == "exit":
+        os._exit(0)
+    print("burned", flush=True)
+    time.sleep(20)
+    os._exit(0)
+if sys.argv[1] == "exit":
+    os.waitpid(pid, 0)
+    print("reaped", flush=True)
+time.sleep(20)
+"""
+
+
+@pytest.mark.parametrize("mode", ["live", "exit"])
+def test_tree_cpu_counts_forked_children(mode: str) -> None:
+    """CPU of a forked worker counts while it lives and, through cutime, once reaped."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _FORKER, mode], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        assert parent.stdout.readline().strip() in ("burned", "reaped")
+        tree = descendants(parent.pid)
+        assert len(tree) == (2 if mode == "live" else 1)
+        own = read_proc_times(parent.pid)
+        assert own is not None and own.utime + own.stime < 0.3 * CLK_TCK
+        assert tree_cpu_ticks(parent.pid) >= 0.3 * CLK_TCK
+        if mode == "live":
+            mem = tree_memory(parent.pid)
+            assert [m.role for m in mem] == ["main", "w1"]
+            assert all(m.rss_kib > 0 for m in mem)
+    finally:
+        for pid in reversed(descendants(parent.pid)):
+            if pid != parent.pid:
+                os.kill(pid, 9)
+        parent.kill()
+        parent.wait()
+
+
+def _row(addr: str, tests: str, offset: str, delay: str) -> str:
+    """One measurements.log data row as chronyd 4.3 writes it."""
+    return (
+        f"2026-11-22 05:59:27 {addr:15s} N 10 {tests}  -4 -4 0.81 {offset}  {delay}  "
+        "1.7e-07  0.0e+00  0.0e+00 7F7F0101 4B K K"
+    )
+
+
+_LOG = "\n".join(
+    [
+        "=" * 60,
+        "   Date (UTC) Time     IP Address   L St 123 567 ABCD  LP RP Score    Offset  Peer del.",
+        "=" * 60,
+        _row("127.2.0.9", "111 111 1111", "-4.000e-06", "1.000e-05"),
+        _row("127.2.0.9", "111 111 1111", " 2.000e-06", "3.000e-05"),
+        _row("127.2.0.9", "111 101 1111", " 9.000e-03", "3.000e-05"),  # invalid packet
+        _row("127.2.0.8", "111 111 1111", " 9.000e-03", "3.000e-05"),  # another server
+        _row("127.2.0.9", "111 111 1101", "-5.000e-06", "9.000e-05"),  # delay flagged
+        _row("127.2.0.9", "111 111 1111", "-6.000e-06", "2.000e-05"),
+    ]
+)
+
+
+def test_parse_measurements_and_summary() -> None:
+    samples, invalid = _quality.parse_measurements(_LOG, "127.2.0.9")
+    assert [s.offset_s for s in samples] == [-4e-6, 2e-6, -5e-6, -6e-6] and invalid == 1
+    assert [s.flagged for s in samples] == [False, False, True, False]
+    q = _quality.summarize(samples, invalid, 1.0)
+    assert q.samples == 4 and q.flagged == 1 and q.invalid == 1
+    assert q.median_abs_us == pytest.approx(4.5) and q.median_us == pytest.approx(-4.5)
+    assert q.p90_abs_us == pytest.approx(6.0)
+    assert q.median_delay_us == pytest.approx(25.0)
+    assert _quality.percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0
+    with pytest.raises(_quality.QualityError):
+        _quality.summarize([], 0, 1.0)
+
+
+def test_quality_verdict_lines() -> None:
+    def res(med: float) -> _quality.QualityResult:
+        return _quality.QualityResult(10, 0, 0, med, med + 1, -med, 20.0, 1.0)
+
+    text = "\n".join(
+        _quality.format_quality(
+            [("ntpy", res(9.0)), ("ntpy-w1", res(12.5)), ("chronyd", res(6.0)), ("naive", "x")],
+            10,
+            -4,
+        )
+    )
+    assert "ntpy - chronyd: median |offset| +3.0 us" in text and "PASS" in text
+    assert "ntpy-w1 - chronyd: median |offset| +6.5 us" in text and "FAIL" in text
+    assert "naive      FAILED: x" in text
+
+
+def test_quality_client_config_never_touches_clock(tmp_path: Path) -> None:
+    conf = _quality.client_config([("127.2.0.9", 12399), ("127.2.0.8", 12398)], -4, tmp_path)
+    assert conf.count("noselect") == 2 and "port 0" in conf and "cmdport 0" in conf
+    assert "-x" in _quality.client_argv("chronyd", tmp_path / "c.conf")
+    assert _quality.wait_budget(200, 0) == _quality.MAX_WAIT_S
+    with pytest.raises(_quality.QualityError):
+        _quality.measure("127.2.0.9", 12399, 0)
+    with pytest.raises(_quality.QualityError, match="distinct"):
+        _quality.measure_many([("127.2.0.9", 1), ("127.2.0.9", 2)], 5)
+
+
+def test_ntpy_variants_and_workers_config() -> None:
+    assert serve_rate.expand_ntpy(["ntpy", "chronyd"], "auto,1") == ["ntpy", "ntpy-w1", "chronyd"]
+    assert serve_rate.expand_ntpy(["chronyd", "ntpy-w1", "ntpy"], "1") == ["chronyd", "ntpy-w1"]
+    with pytest.raises(ValueError):
+        serve_rate.expand_ntpy(["ntpy"], "zero")
+    assert ntpy_workers("ntpy") == "auto" and ntpy_workers("ntpy-w4") == "4"
+    assert ntpy_workers("chronyd") is None
+    with pytest.raises(ServerStartError):
+        ntpy_workers("ntpy-w0")
+    spec = ntpy_spec("127.2.0.9", 12399, workers="1", name="ntpy-w1")
+    try:
+        assert "workers 1\n" in (spec.workdir / "ntp.conf").read_text()
+        assert spec.name == "ntpy-w1" and "-x" in spec.argv
+    finally:
+        shutil.rmtree(spec.workdir)
+
+
+def test_quality_of_two_servers_at_once() -> None:
+    """One chronyd client measures two naive servers together, each sample by address."""
+    if shutil.which("chronyd") is None:
+        pytest.skip("chronyd not installed")
+    servers = [ManagedServer(naive_spec(f"127.2.0.{n}", 12390 + n)) for n in (251, 252)]
+    try:
+        for server in servers:
+            server.start()
+        found = _quality.measure_many([(s.spec.addr, s.spec.port) for s in servers], 5, -5)
+    finally:
+        for server in servers:
+            server.stop()
+    for server in servers:
+        q = found[server.spec.addr]
+        assert isinstance(q, _quality.QualityResult), q
+        assert q.samples == 5 and q.invalid == 0
+        assert q.median_abs_us < 5_000 and q.median_delay_us > 0
+
+
+def test_quick_run_is_short(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The whole --quick pipeline (search, memory, quality, report, record) in seconds."""
+    t0 = time.monotonic()
+    rc = serve_rate.main(
+        [
+            "--quick", "--servers", "naive", "--no-pin", "--max-rate", "20000",
+            "--duration", "0.3", "--quality-samples", "4", "--quality-poll", "-5",
+            "--base-port", "12380", "--out", str(tmp_path),
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert time.monotonic() - t0 < 30
+    assert "naive-py" in out and "memory (RSS per process" in out
+    assert "served-time quality" in out
+    assert (tmp_path / "latest.json").exists()

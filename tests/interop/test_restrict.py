@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from .ntpy_daemon import running_ntpy
@@ -85,14 +84,16 @@ def test_without_restrict_lines_everyone_is_served_and_local_mode6_is_not_refuse
     tmp_path: Path,
 ) -> None:
     """The safe default: time for everyone; mode 6 refused (noquery) only off the host.
-    From loopback, mode 6 is counted as not served yet (ntpq support is a later feature),
-    not as refused; the access unit tests cover the non-local side."""
+    From loopback, mode 6 is answered (a READVAR reply in mode 6), not refused; the access
+    unit tests cover the non-local side."""
     with running_ntpy(tmp_path, LOCAL, listen=["127.0.8.10:0"]) as d:
         assert len(blast("127.0.8.4", d.port, 1)) == 1
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(("127.0.8.4", 0))
+            s.settimeout(2)
             s.sendto(bytes([0x16, 2, 0, 1]) + bytes(8), ("127.0.8.10", d.port))
-        time.sleep(0.2)
+            reply = s.recv(2048)
+        assert reply[0] & 7 == 6 and reply[1] == 0x82 and reply[2:4] == b"\0\1"
         d.stop()
         summary = d.wait_for_log("counters: answered=")
-        assert "drop_mode6=1" in summary and "noquery" not in summary
+        assert "mode6_answered=1" in summary and "noquery" not in summary

@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 
 from ntpy import __version__
+from ntpy.cli.stat import add_stat_parser
+from ntpy.cli.sync import add_sync_parser
 from ntpy.cli.views import add_clients_parser, add_view_parsers, run_clients, run_peers, run_status
 
 
@@ -66,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="UNIX socket for 'ntpy status'/'ntpy peers' ('none' to disable; "
         "default /run/ntpy/ntpy.sock as root)",
     )
+    s.add_argument(
+        "--workers",
+        type=_workers_arg,
+        metavar="N",
+        help="serving processes sharing the listen addresses ('auto': one per CPU core); "
+        "overrides the config's 'workers' (default auto)",
+    )
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     c = sub.add_parser("check-config", help="validate an ntp.conf: exit 0, or 2 with file:line")
@@ -90,7 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_view_parsers(sub)
     add_clients_parser(sub)
+    add_sync_parser(sub)
+    add_stat_parser(sub)
     return p
+
+
+def _workers_arg(text: str) -> int:
+    from ntpy.config.directives.service import MAX_WORKERS, auto_workers
+
+    if text.strip().lower() == "auto":
+        return auto_workers()
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected 1..{MAX_WORKERS} or 'auto', not {text!r}")
+    return n
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -119,6 +144,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from ntpy.cli.query import run as run_query
 
         return run_query(args)
+    if args.command == "sync":
+        from ntpy.cli.sync import run as run_sync
+
+        return run_sync(args)
+    if args.command == "stat":
+        from ntpy.cli.stat import run as run_stat
+
+        return run_stat(args)
     return 2  # pragma: no cover - argparse enforces the choices
 
 
@@ -147,6 +180,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         allow_panic_step=args.allow_panic_step,
         control_socket=args.control_socket,
+        workers=args.workers,
     )
     return serve(config, options)
 

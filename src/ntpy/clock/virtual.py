@@ -49,8 +49,12 @@ DEFAULT_MAX_FREQUENCY_PPB = 500_000.0
 
 
 @dataclass(frozen=True, slots=True)
-class _Segment:
-    """One linear piece of the correction; replaced whole so readers need no lock."""
+class Segment:
+    """One linear piece of the correction; replaced whole so readers need no lock.
+
+    Public so that worker processes can be handed the segment in force and compute served
+    time with ``served_ns`` -- the very function the clock itself uses.
+    """
 
     anchor_rt: int
     """Realtime (ns) the segment starts at."""
@@ -60,6 +64,34 @@ class _Segment:
     """Frequency correction, milli-ppb (= fine units per elapsed ns)."""
     slew_fine: int
     """Signed slew still to apply at ``anchor_rt``, fine units."""
+
+
+SegmentListener = Callable[[Segment, int], None]
+"""Told ``(segment, slew_rate_mppb)`` after every change of the correction."""
+
+
+def slew_applied_fine(seg: Segment, rate_mppb: int, rt: int) -> int:
+    """Signed slew already applied at ``rt`` (fine units); none before the anchor."""
+    elapsed = rt - seg.anchor_rt
+    if seg.slew_fine == 0 or elapsed <= 0:
+        return 0
+    done = min(abs(seg.slew_fine), rate_mppb * elapsed)
+    return done if seg.slew_fine > 0 else -done
+
+
+def served_ns(seg: Segment, rate_mppb: int, rt: int) -> int:
+    """Served time at realtime ``rt`` under ``seg``; before the anchor the frequency is
+    extrapolated. Inlined (no helper calls): it runs twice per answered request."""
+    elapsed = rt - seg.anchor_rt
+    corr = seg.offset_fine + seg.freq_mppb * elapsed
+    slew = seg.slew_fine
+    if slew and elapsed > 0:
+        done = rate_mppb * elapsed
+        if slew > 0:
+            corr += slew if done > slew else done
+        else:
+            corr -= -slew if done > -slew else done
+    return rt + corr // FINE_PER_NS
 
 
 def _div_toward_zero(a: int, b: int) -> int:
@@ -101,42 +133,46 @@ class VirtualClock:
         self._max_freq_mppb = max_freq
         self._precision = precision_log
         self._handlers: list[StepHandler] = []
+        self._listeners: list[SegmentListener] = []
         self._lock = threading.Lock()
-        self._seg = _Segment(anchor_rt=realtime(), offset_fine=0, freq_mppb=0, slew_fine=0)
+        self._seg = Segment(anchor_rt=realtime(), offset_fine=0, freq_mppb=0, slew_fine=0)
 
     # --- the correction -----------------------------------------------------------------
 
-    def _slew_applied(self, seg: _Segment, rt: int) -> int:
+    def _slew_applied(self, seg: Segment, rt: int) -> int:
         """Signed slew already applied at ``rt`` (fine units); none before the anchor."""
-        elapsed = rt - seg.anchor_rt
-        if seg.slew_fine == 0 or elapsed <= 0:
-            return 0
-        done = min(abs(seg.slew_fine), self._rate_mppb * elapsed)
-        return done if seg.slew_fine > 0 else -done
+        return slew_applied_fine(seg, self._rate_mppb, rt)
 
-    def _correction_fine(self, seg: _Segment, rt: int) -> int:
+    def _correction_fine(self, seg: Segment, rt: int) -> int:
         """Correction at realtime ``rt``; before the anchor the frequency is extrapolated."""
         return seg.offset_fine + seg.freq_mppb * (rt - seg.anchor_rt) + self._slew_applied(seg, rt)
 
-    def _served(self, seg: _Segment, rt: int) -> int:
-        return rt + self._correction_fine(seg, rt) // FINE_PER_NS
+    def _served(self, seg: Segment, rt: int) -> int:
+        return served_ns(seg, self._rate_mppb, rt)
 
-    def _fold(self, rt: int) -> _Segment:
+    def _fold(self, rt: int) -> Segment:
         """A segment anchored at ``rt`` that gives the same correction from ``rt`` on."""
         seg = self._seg
         applied = self._slew_applied(seg, rt)
-        return _Segment(
+        return Segment(
             anchor_rt=rt,
             offset_fine=self._correction_fine(seg, rt),
             freq_mppb=seg.freq_mppb,
             slew_fine=seg.slew_fine - applied,
         )
 
+    def _install(self, seg: Segment) -> None:
+        """Make ``seg`` the correction in force and tell the listeners (caller holds the
+        lock, so listeners see changes in the order they were made)."""
+        self._seg = seg
+        for listener in self._listeners:
+            listener(seg, self._rate_mppb)
+
     # --- Clock protocol -----------------------------------------------------------------
 
     def now_ns(self) -> int:
         """Served time now, Unix ns."""
-        return self._served(self._seg, self._realtime())
+        return served_ns(self._seg, self._rate_mppb, self._realtime())
 
     def from_realtime_ns(self, realtime_ns: int) -> int:
         """Map a CLOCK_REALTIME reading (e.g. a kernel RX timestamp) to served time.
@@ -145,7 +181,7 @@ class VirtualClock:
         ``offset_convert`` does): a reading taken before a step lands in the post-step
         timescale, so a receive stamp never exceeds a later ``now_ns()``.
         """
-        return self._served(self._seg, realtime_ns)
+        return served_ns(self._seg, self._rate_mppb, realtime_ns)
 
     def precision(self) -> int:
         """log2 s of reading cost; measured on ``now_ns`` once unless given."""
@@ -166,11 +202,13 @@ class VirtualClock:
         require_int_ns("offset_ns", offset_ns)
         with self._lock:
             seg = self._fold(self._realtime())
-            self._seg = _Segment(
-                seg.anchor_rt,
-                seg.offset_fine + offset_ns * FINE_PER_NS,
-                seg.freq_mppb,
-                seg.slew_fine,
+            self._install(
+                Segment(
+                    seg.anchor_rt,
+                    seg.offset_fine + offset_ns * FINE_PER_NS,
+                    seg.freq_mppb,
+                    seg.slew_fine,
+                )
             )
         notify_step_handlers(self._handlers, offset_ns)
 
@@ -179,8 +217,8 @@ class VirtualClock:
         require_int_ns("offset_ns", offset_ns)
         with self._lock:
             seg = self._fold(self._realtime())
-            self._seg = _Segment(
-                seg.anchor_rt, seg.offset_fine, seg.freq_mppb, offset_ns * FINE_PER_NS
+            self._install(
+                Segment(seg.anchor_rt, seg.offset_fine, seg.freq_mppb, offset_ns * FINE_PER_NS)
             )
 
     def set_frequency_ppb(self, ppb: float) -> None:
@@ -195,7 +233,7 @@ class VirtualClock:
             )
         with self._lock:
             seg = self._fold(self._realtime())
-            self._seg = _Segment(seg.anchor_rt, seg.offset_fine, mppb, seg.slew_fine)
+            self._install(Segment(seg.anchor_rt, seg.offset_fine, mppb, seg.slew_fine))
 
     def frequency_ppb(self) -> float:
         """The frequency correction in force (resolution 0.001 ppb)."""
@@ -210,6 +248,24 @@ class VirtualClock:
     def add_step_handler(self, handler: StepHandler) -> None:
         """Register ``handler`` to be called with every step (ns)."""
         self._handlers.append(handler)
+
+    def add_segment_listener(self, listener: SegmentListener) -> None:
+        """Register ``listener(segment, slew_rate_mppb)``, called under the clock's lock
+        after every step, slew or frequency change and once now with the segment in force
+        (worker processes serve from a published copy of it)."""
+        with self._lock:
+            self._listeners.append(listener)
+            listener(self._seg, self._rate_mppb)
+
+    @property
+    def segment(self) -> Segment:
+        """The correction in force (immutable; see ``served_ns``)."""
+        return self._seg
+
+    @property
+    def slew_rate_mppb(self) -> int:
+        """The slew rate in milli-ppb (fine units per ns), as ``served_ns`` takes it."""
+        return self._rate_mppb
 
     # --- status ---------------------------------------------------------------------------
 

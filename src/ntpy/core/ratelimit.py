@@ -56,6 +56,7 @@ from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Protocol
 
 __all__ = ["ClientStats", "RateLimitConfig", "RateLimiter", "Verdict"]
 
@@ -66,9 +67,9 @@ _NEVER = -(1 << 63)
 
 _SLOTS_PER_BUCKET = 8
 _CACHE_MAX = 4096
-"""Parsed-address cache size: ~330 B an entry (key str, tuple, ints, bytes, dict slot), so
-at most ~1.3 MB, counted in memory_bytes()."""
-_CACHE_ENTRY_BYTES = 330
+"""Parsed-address cache size: ~370 B an entry (key str, tuple, ints, bytes, dict slot), so
+at most ~1.5 MB, counted in memory_bytes()."""
+_CACHE_ENTRY_BYTES = 370
 
 _KIND_V4 = 4
 _KIND_V6 = 6
@@ -81,8 +82,11 @@ _OCTETS = {str(i): i for i in range(256)}
 """The canonical spellings of an IPv4 octet: no sign, no space, no leading zero (ipaddress
 rejects those too), so a dict lookup both validates and converts."""
 
-_Parsed = tuple[int, int, int, int, bytes]
-"""A parsed address: (hash, bucket start, bucket end, kind, 16 stored address bytes)."""
+_Parsed = tuple[int, int, int, int, int, bytes]
+"""A parsed address: (slot hint, hash, bucket start, bucket end, kind, 16 stored address
+bytes). The hint is where the client's entry was last found; ``_hash[hint] == hash`` proves
+it is still there (entries never move, and a hash is in the table at most once), which
+saves scanning the bucket: ``array.index`` boxes every word it compares."""
 
 SORT_KEYS = ("requests", "drops", "kods", "last_seen")
 """Orders ``RateLimiter.clients`` accepts; all are 'largest / most recent first'."""
@@ -180,12 +184,30 @@ class ClientStats:
     last_seen_ns: int
 
 
+class CheckFunction(Protocol):
+    """The signature of ``RateLimiter.check``."""
+
+    def __call__(self, address: str, now_ns: int, *, kod: bool) -> Verdict: ...
+
+
 class RateLimiter:
     """Fixed-memory client table with token buckets; see the module docstring for the rules.
 
     ``check`` is the whole per-request path for clients with the ``limited`` flag. ``record``
     accounts a request whose fate was decided elsewhere (e.g. a client without ``limited``),
     so ``clients()`` can list every client the way ntpd's MRU list does.
+    """
+
+    check: CheckFunction
+    """``check(address, now_ns, *, kod) -> Verdict``: decide one request from ``address``
+    received at ``now_ns`` and account it.
+
+    ``now_ns`` is integer nanoseconds, 0 <= now_ns < 2**63, on any clock that normally moves
+    forward (the served clock or a monotonic one). Never raises for any address string;
+    raises TypeError/ValueError only for a bad ``now_ns``. A function made per instance
+    (see ``_build_check``): a known client with a token costs one dict lookup, a check that
+    the cached slot still holds that client, a few array reads and writes and one integer
+    increment, with every constant precomputed and nothing allocated but ints.
     """
 
     def __init__(self, config: RateLimitConfig, random32: Callable[[], int]) -> None:
@@ -231,70 +253,87 @@ class RateLimiter:
         self._kind = bytearray(cap)
         self._addr = bytearray(16 * cap)
         self._cache: dict[str, _Parsed] = {}
-        self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
+        # The independent counters; ``counters`` derives the sums (see its docstring).
+        self._n_leaked = 0
+        self._n_dropped = 0
+        self._n_kod_sent = 0
+        self._n_kod_limited = 0
+        self._n_recorded = 0
+        self._n_new = 0
+        self._n_evicted = 0
+        self.check, self._allowed_count = self._build_check()
 
     # -- per request -------------------------------------------------------------------
 
-    def check(self, address: str, now_ns: int, *, kod: bool) -> Verdict:
-        """Decide one request from ``address`` received at ``now_ns`` and account it.
+    def _build_check(self) -> tuple[CheckFunction, Callable[[], int]]:
+        """The per-request function bound to this table, and a reader of its counter.
 
-        ``now_ns`` is integer nanoseconds, 0 <= now_ns < 2**63, on any clock that normally
-        moves forward (the served clock or a monotonic one). Never raises for any address
-        string; raises TypeError/ValueError only for a bad ``now_ns``.
+        Why a closure rather than a method: the request path then finds the arrays and
+        constants in closure cells (as cheap as local variables) instead of looking up
+        eight instance attributes per call, and the caller calls a plain function, not a
+        bound method. The allowed-request count lives in the closure for the same reason.
         """
-        if type(now_ns) is not int or not 0 <= now_ns < _I64_LIMIT:
-            _bad_time(now_ns)
-        # _slot() inlined: the hit path is a dict lookup and one C-level scan of 8 words.
-        cached = self._cache.get(address)
-        if cached is None:
-            cached = self._parse(address)
-        try:
-            slot = self._hash.index(cached[0], cached[1], cached[2])
-        except ValueError:
-            slot = self._insert(cached)
-        counters = self.counters
-        counters["checked"] += 1
+        cache_get = self._cache.get
+        hashes = self._hash
         requests = self._requests
+        last = self._last
         credit_arr = self._credit
-        seen = requests[slot]
-        requests[slot] = seen + 1
-        if seen:
-            elapsed = now_ns - self._last[slot]
+        token = self._token_ns
+        cap = self._cap_ns
+        min_ns = self._min_ns
+        locate = self._locate
+        over_limit = self._over_limit
+        allowed = 0
+
+        def check(address: str, now_ns: int, *, kod: bool) -> Verdict:
+            nonlocal allowed
+            if type(now_ns) is not int or not 0 <= now_ns < 0x8000_0000_0000_0000:
+                _bad_time(now_ns)
+            cached = cache_get(address)
+            if cached is None or hashes[cached[0]] != cached[1]:
+                slot = locate(address, cached, now_ns)
+            else:
+                slot = cached[0]
+            requests[slot] += 1
+            elapsed = now_ns - last[slot]
+            last[slot] = now_ns
             credit = credit_arr[slot]
             if elapsed >= 0:
                 credit += elapsed
-                if credit > self._cap_ns:
-                    credit = self._cap_ns
-                spaced = elapsed >= self._min_ns
-            else:  # our clock went back: the interval is unknown, so judge by tokens only
-                spaced = True
-        else:
-            self._first[slot] = now_ns
-            credit = self._cap_ns
-            spaced = True
-        self._last[slot] = now_ns
+                if credit > cap:
+                    credit = cap
+                if elapsed >= min_ns and credit >= token:
+                    credit_arr[slot] = credit - token
+                    allowed += 1
+                    return _ALLOW
+            elif credit >= token:  # our clock went back: interval unknown, judge by tokens
+                credit_arr[slot] = credit - token
+                allowed += 1
+                return _ALLOW
+            return over_limit(slot, credit, now_ns, kod)
 
+        def allowed_count() -> int:
+            return allowed
+
+        return check, allowed_count
+
+    def _over_limit(self, slot: int, credit: int, now_ns: int, kod: bool) -> Verdict:
+        """The rest of ``check`` for a request over the limit: leak, KoD or drop."""
         token = self._token_ns
-        if spaced and credit >= token:
-            credit_arr[slot] = credit - token
-            counters["allowed"] += 1
-            return _ALLOW
-
-        counters["limited"] += 1
         if not self._random32() & self._leak_mask:
-            credit_arr[slot] = credit - token if credit > token else 0
-            counters["limited_leak"] += 1
+            self._credit[slot] = credit - token if credit > token else 0
+            self._n_leaked += 1
             return _ALLOW
-        credit_arr[slot] = credit
+        self._credit[slot] = credit
         if kod:
             if now_ns - self._kod_last[slot] >= self._kod_ns:
                 self._kod_last[slot] = now_ns
                 self._kods[slot] += 1
-                counters["kod_sent"] += 1
+                self._n_kod_sent += 1
                 return _KOD
-            counters["kod_limited"] += 1
+            self._n_kod_limited += 1
         self._drops[slot] += 1
-        counters["limited_drop"] += 1
+        self._n_dropped += 1
         return _DROP
 
     def record(self, address: str, now_ns: int, verdict: Verdict) -> None:
@@ -308,17 +347,11 @@ class RateLimiter:
         if type(now_ns) is not int or not 0 <= now_ns < _I64_LIMIT:
             _bad_time(now_ns)
         verdict = Verdict(verdict)
-        slot = self._slot(address)
-        self.counters["recorded"] += 1
-        seen = self._requests[slot]
-        self._requests[slot] = seen + 1
-        if seen:
-            elapsed = now_ns - self._last[slot]
-            credit = self._credit[slot] + max(elapsed, 0)
-        else:
-            self._first[slot] = now_ns
-            credit = self._cap_ns
-        credit = min(credit, self._cap_ns)
+        slot = self._slot(address, now_ns)
+        self._n_recorded += 1
+        self._requests[slot] += 1
+        elapsed = now_ns - self._last[slot]
+        credit = min(self._credit[slot] + max(elapsed, 0), self._cap_ns)
         self._last[slot] = now_ns
         if verdict is Verdict.ALLOW:
             credit = max(credit - self._token_ns, 0)
@@ -329,37 +362,77 @@ class RateLimiter:
             self._drops[slot] += 1
         self._credit[slot] = credit
 
+    @property
+    def counters(self) -> dict[str, int]:
+        """Totals since creation, keyed by COUNTER_NAMES: a fresh dict on every read.
+
+        Kept as plain int attributes, and only the independent ones (``checked`` and
+        ``limited`` are sums), so the request path pays one integer increment, not
+        dict updates; monitoring, which reads them rarely, pays for building the dict.
+        """
+        allowed = self._allowed_count()
+        limited = self._n_leaked + self._n_dropped + self._n_kod_sent
+        return {
+            "checked": allowed + limited,
+            "allowed": allowed,
+            "limited": limited,
+            "limited_leak": self._n_leaked,
+            "limited_drop": self._n_dropped,
+            "kod_sent": self._n_kod_sent,
+            "kod_limited": self._n_kod_limited,
+            "recorded": self._n_recorded,
+            "new_clients": self._n_new,
+            "evicted": self._n_evicted,
+        }
+
     # -- table -------------------------------------------------------------------------
 
-    def _slot(self, address: str) -> int:
-        """Index of ``address``'s entry, creating it (maybe evicting) if it is new.
-
-        A new entry has ``requests == 0``; the caller sets its first/last time and credit.
-        """
+    def _slot(self, address: str, now_ns: int) -> int:
+        """Index of ``address``'s entry, creating it (maybe evicting) if it is new."""
         cached = self._cache.get(address)
+        if cached is None or self._hash[cached[0]] != cached[1]:
+            return self._locate(address, cached, now_ns)
+        return cached[0]
+
+    def _locate(self, address: str, cached: _Parsed | None, now_ns: int) -> int:
+        """The slow half of the lookup: parse an uncached address, find the client's entry
+        in its bucket or make one, and remember the slot in the cache for the next time."""
         if cached is None:
             cached = self._parse(address)
+        _, h, start, end, _, _ = cached
         try:
-            return self._hash.index(cached[0], cached[1], cached[2])
+            slot = self._hash.index(h, start, end)
         except ValueError:
-            return self._insert(cached)
+            slot = self._insert(cached, now_ns)
+        cache = self._cache
+        if len(cache) >= _CACHE_MAX and address not in cache:
+            cache.clear()
+        cache[address] = (slot, *cached[1:])
+        return slot
 
-    def _insert(self, cached: _Parsed) -> int:
+    def _insert(self, cached: _Parsed, now_ns: int) -> int:
         """Make an entry for a new client in its bucket: an empty slot (its last time is
-        _NEVER) or else the least recently seen one, which is evicted."""
-        h, start, end, kind, stored = cached
+        _NEVER) or else the least recently seen one, which is evicted.
+
+        The entry starts with a full bucket and a previous request ``minimum_s`` before
+        ``now_ns``, so the caller's ordinary arithmetic treats the first request as well
+        spaced and paid for, with no "is it new?" branch on the request path.
+        """
+        _, h, start, end, kind, stored = cached
         ages = self._last[start:end]
         slot = start + ages.index(min(ages))
         hashes = self._hash
-        counters = self.counters
         if hashes[slot]:
-            counters["evicted"] += 1
+            self._n_evicted += 1
         else:
             self._size += 1
-        counters["new_clients"] += 1
+        self._n_new += 1
         hashes[slot] = h
         self._kind[slot] = kind
         self._addr[16 * slot : 16 * slot + 16] = stored
+        self._first[slot] = now_ns
+        self._last[slot] = now_ns - self._min_ns
+        self._credit[slot] = self._cap_ns
         self._kod_last[slot] = _NEVER
         self._requests[slot] = 0
         self._drops[slot] = 0
@@ -367,7 +440,7 @@ class RateLimiter:
         return slot
 
     def _parse(self, address: str) -> _Parsed:
-        """Hash, bucket bounds and stored bytes for an address string; cached.
+        """Hash, bucket bounds and stored bytes for an address string (slot hint 0).
 
         Raises TypeError for a non-str; any string is accepted.
         """
@@ -384,12 +457,7 @@ class RateLimiter:
             stored = bytes([min(len(raw), 255)]) + raw[:_OPAQUE_CHARS].ljust(_OPAQUE_CHARS, b"\0")
         else:
             stored = key[1:]
-        value = (h, start, start + self._slots, kind, stored)
-        cache = self._cache
-        if len(cache) >= _CACHE_MAX:
-            cache.clear()
-        cache[address] = value
-        return value
+        return (0, h, start, start + self._slots, kind, stored)
 
     def __len__(self) -> int:
         """Number of clients in the table (never more than ``capacity``)."""

@@ -15,6 +15,21 @@ mode 7 (ntpdc's private mode, the monlist amplifier), versions 0 and > 4, and an
 does not parse. A request with a MAC under a trusted key gets a MAC'd reply; a MAC that does
 not verify gets a crypto-NAK, as RFC 5905 asks. No reply to an unauthenticated request is
 larger than the request.
+
+The fast path. Almost every request a public server sees is a plain 48-byte mode 3
+packet from a client the access rules let through. For those the shell asks
+:meth:`Responder.plain_class` once per client address (it caches the answer per raw
+address until :meth:`Responder.plain_generation` changes) and then has
+:meth:`Responder.answer_plain_into` write the reply over the request in place: one
+``struct.pack_into`` of a header prebuilt in ``set_state``. ``handle`` builds its replies
+with the same pack and the same header, so both paths produce identical bytes.
+
+Root dispersion grows with time (PHI = 15 ppm). Instead of recomputing it per request it
+is computed for the *end* of the aligned window of 2**30 ns (~1.07 s) that ``now`` falls
+in, so the value served is never smaller than the exact one and at most
+15 ppm x 1.07 s = 16 us larger -- about one unit of the 16-bit fraction (15.3 us) the
+field has anyway. ntpd and chrony likewise serve a dispersion updated per second or per
+clock update, not per packet.
 """
 
 from __future__ import annotations
@@ -43,7 +58,16 @@ from ntpy.core.timestamps import ns_to_short, unix_ns_to_ntp
 
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
-_TEMPLATE = struct.Struct("!BBbbIII Q".replace(" ", ""))
+_TAIL = struct.Struct("!bIIIQ")
+"""Bytes 3..24 of a reply: precision, root delay, root dispersion, refid, reference time."""
+_PLAIN = struct.Struct("!BBB21s8sQ")
+"""Bytes 0..40 of a reply: LI/VN/mode, stratum, poll, the tail above, origin, receive."""
+_NTP_EPOCH_NS = 2_208_988_800 * 1_000_000_000
+_HALF_S = 500_000_000
+_NS = 1_000_000_000
+_MASK64 = (1 << 64) - 1
+DISPERSION_WINDOW_LOG2 = 30
+"""Root dispersion is served as of the end of the aligned 2**30 ns window ``now`` is in."""
 
 
 class Reason(StrEnum):
@@ -89,6 +113,18 @@ VERDICT_ALLOW = 0
 VERDICT_DROP = 1
 VERDICT_KOD = 2
 REFID_RATE = int.from_bytes(b"RATE", "big")
+
+PLAIN_SERVE = 0
+"""plain_class: no restriction applies -- answer."""
+PLAIN_LIMIT = 1
+"""``limited``: ask the rate limiter first (drop when over)."""
+PLAIN_LIMIT_KOD = 2
+"""``limited kod``: ask the rate limiter first (RATE kiss or drop when over)."""
+PLAIN_IGNORE = 3
+"""``ignore``: every non-empty datagram from it is dropped as ``drop_restricted``."""
+PLAIN_GENERAL = 4
+"""Anything else (``noserve``, ``version``, ``notrust``, ...): use :meth:`Responder.handle`."""
+_GENERAL_FLAGS = frozenset({"noserve", "version", "notrust"})
 
 
 class Reply:
@@ -155,28 +191,110 @@ class Responder:
         self.limiter = limiter
         self.kod_min_poll = kod_min_poll
         """The poll (log2 s) a RATE kiss asks for at least: the limiter's average interval."""
-        self._template = bytearray(HEADER_LEN)
         self._leap_bits = 0
+        self._stratum = 0
+        self._tail = bytes(_TAIL.size)
+        self._win_lo = self._win_hi = 0
+        self.plain_b0: dict[int, int] = {}
+        """Request byte 0 of a plain client request (any LI, version 1..4, mode 3) ->
+        reply byte 0 (our LI, the same version, mode 4). A miss means "not plain"."""
+        self._gen = 0
+        self._gen_key: tuple[object, object, object] | None = None
+        self.plain_port_matters = False
+        """Whether :meth:`plain_class` can differ between source port 123 and others."""
         self.state = state
         self.set_state(state)
 
     def set_state(self, state: SystemState) -> None:
         """Adopt new system variables (called when synchronization changes)."""
         self.state = state
+        self._leap_bits = leap_bits = (state.leap & 3) << 6
+        self._stratum = state.wire_stratum
+        self.plain_b0 = {
+            (li << 6) | (v << 3) | MODE_CLIENT: leap_bits | (v << 3) | MODE_SERVER
+            for li in range(4)
+            for v in range(1, 5)
+        }
+        self._win_lo = self._win_hi = 0  # rebuild the header on the next request
+        self._tail = self._build_tail(0)
+
+    def _build_tail(self, now: int) -> bytes:
+        """Rebuild the header bytes 3..24 for the dispersion window ``now`` is in."""
+        state = self.state
+        lo = (now >> DISPERSION_WINDOW_LOG2) << DISPERSION_WINDOW_LOG2
+        hi = lo + (1 << DISPERSION_WINDOW_LOG2)
         ref = 0 if state.reference_ns is None else unix_ns_to_ntp(state.reference_ns)
-        self._leap_bits = (state.leap & 3) << 6
-        _TEMPLATE.pack_into(
-            self._template,
-            0,
-            0,
-            state.wire_stratum,
-            0,
+        self._tail = _TAIL.pack(
             state.precision,
             ns_to_short(state.root_delay_ns),
-            0,
+            ns_to_short(state.root_dispersion_at(hi)),
             state.refid,
             ref,
         )
+        self._win_lo, self._win_hi = lo, hi
+        return self._tail
+
+    def answer_plain_into(self, buf: bytearray, off: int, reply_b0: int, rx_ns: int) -> None:
+        """Turn the plain request at ``buf[off:off+48]`` into its reply, in place.
+
+        ``reply_b0`` is ``plain_b0[buf[off]]``; ``rx_ns`` the served receive time (also the
+        "now" of root dispersion). The caller has checked access and rate limits (see
+        :meth:`plain_class`) and writes the transmit timestamp (bytes 40..48) last.
+        """
+        tail = self._tail
+        if not self._win_lo <= rx_ns < self._win_hi:
+            tail = self._build_tail(rx_ns)
+        _PLAIN.pack_into(
+            buf,
+            off,
+            reply_b0,
+            self._stratum,
+            buf[off + 2],
+            tail,
+            buf[off + 40 : off + 48],
+            (((rx_ns + _NTP_EPOCH_NS) << 32) + _HALF_S) // _NS & _MASK64,
+        )
+
+    def plain_class(self, host: str, port: int | None = None) -> int:
+        """What to do with a plain request from ``host``/``port``: a PLAIN_* constant.
+
+        Valid for every plain request from that address (and port class, see
+        ``plain_port_matters``) until :meth:`plain_generation` changes.
+        """
+        if self.access is None:
+            return PLAIN_SERVE
+        flags = self.access.flags(host, port)
+        if not flags:
+            return PLAIN_SERVE
+        if "ignore" in flags:
+            return PLAIN_IGNORE
+        if not flags.isdisjoint(_GENERAL_FLAGS):
+            return PLAIN_GENERAL
+        if "limited" in flags and self.limiter is not None:
+            return PLAIN_LIMIT_KOD if "kod" in flags else PLAIN_LIMIT
+        return PLAIN_SERVE
+
+    def plain_generation(self) -> int | None:
+        """A number that changes whenever cached :meth:`plain_class` answers may be stale
+        (new access policy, new rules inside it, new limiter); None when the policy cannot
+        promise stable answers per address (then ask every time)."""
+        access = self.access
+        rules = None
+        if access is not None:
+            rules = getattr(access, "rules", None)
+            if rules is None:
+                return None
+        limiter = self.limiter
+        key = self._gen_key
+        if key is None or key[0] is not access or key[1] is not rules or key[2] is not limiter:
+            self._gen += 1
+            self._gen_key = (access, rules, limiter)
+            self.plain_port_matters = bool(getattr(rules, "has_ntpport", rules is not None))
+        return self._gen
+
+    def kiss_rate(self, request: bytes, version: int, reply_mode: int = MODE_SERVER) -> Reply:
+        """The RATE kiss for ``request`` (see ``_kiss_rate``); for the shell's fast path."""
+        return self._kiss_rate(request, version, reply_mode)
 
     def set_keys(self, keys: Mapping[int, auth.MacKey]) -> None:
         self._keys = keys
@@ -270,10 +388,18 @@ class Responder:
                 if verdict == VERDICT_KOD:
                     return self._kiss_rate(request, version, reply_mode), Reason.KOD_RATE
 
-        buf = self._template.copy()
-        buf[0] = self._leap_bits | (version << 3) | reply_mode
-        buf[2] = request[2]
-        _U32.pack_into(buf, 8, ns_to_short(self.state.root_dispersion_at(now)))
-        buf[24:32] = request[40:48]
-        _U64.pack_into(buf, 32, rx_time)
+        tail = self._tail
+        if not self._win_lo <= now < self._win_hi:
+            tail = self._build_tail(now)
+        buf = bytearray(HEADER_LEN)
+        _PLAIN.pack_into(
+            buf,
+            0,
+            self._leap_bits | (version << 3) | reply_mode,
+            self._stratum,
+            request[2],
+            tail,
+            request[40:48],
+            rx_time,
+        )
         return Reply(buf, key, nak), reason

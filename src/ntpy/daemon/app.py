@@ -37,6 +37,9 @@ from ntpy.daemon.loop import Loop
 from ntpy.daemon.server import NtpServer
 from ntpy.daemon.sync import SyncShell, random64, sync_options
 from ntpy.daemon.udp import ListenAddress, ListenError, parse_listen
+from ntpy.daemon.workers import WorkerPool, open_groups, resolve_workers
+from ntpy.metrics.statsfiles import StatsFiles
+from ntpy.metrics.web import WebService, WebSources
 
 log = logging.getLogger("ntpy")
 
@@ -64,6 +67,8 @@ class ServeOptions:
     """ntpd -g: let the first adjustment be of any size."""
     control_socket: str | None = None
     """Path of the control socket; None = the default; "none" = no control socket."""
+    workers: int | None = None
+    """Serving processes (``--workers``); None = the config's ``workers`` (default auto)."""
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -162,9 +167,10 @@ def build_access(config: Config) -> AccessControl:
     return AccessControl(rules)
 
 
-def build_limiter(config: Config) -> RateLimiter:
+def build_limiter(config: Config, workers: int = 1) -> RateLimiter:
     """The fixed-size client table behind ``limited``: ``discard`` sets the rates, ``mru
-    maxdepth``/``maxmem`` the size (default 65536 clients)."""
+    maxdepth``/``maxmem`` the size (default 65536 clients). With N workers each gets 1/N of
+    the table: a client always reaches the same worker, so the total stays the budget."""
     entries = DEFAULT_CLIENT_TABLE
     if config.mru.maxdepth is not None:
         entries = config.mru.maxdepth
@@ -176,7 +182,7 @@ def build_limiter(config: Config) -> RateLimiter:
         minimum_s=config.discard.minimum,
         burst=rl.burst,
         leak_log2=rl.leak,
-        max_clients=entries,
+        max_clients=max(1, entries // workers),
         ipv6_prefix=rl.ipv6prefix,
     )
     return RateLimiter(cfg, lambda: secrets.randbits(32))
@@ -244,7 +250,10 @@ class Daemon:
             raise StartupError(f"restrict rules: {exc}") from exc
         for name in self.access.rules.unresolved:
             log.warning("restrict %s: host not resolved; the rule does not apply", name)
-        self.limiter = build_limiter(config)
+        self.workers = resolve_workers(config.workers, options.workers, self.clock)
+        self.pool: WorkerPool | None = None
+        """With workers > 1: the serving processes (the main then answers no NTP itself)."""
+        self.limiter = build_limiter(config, self.workers)
         self.responder = Responder(
             unsynchronized(self.precision),
             load_mac_keys(config),
@@ -253,14 +262,29 @@ class Daemon:
             kod_min_poll=self.limiter.config.average_log2,
         )
         self.server = NtpServer(self.clock, self.responder)
+        from ntpy.daemon.ntpq import NtpqHandler  # mode 6: the real ntpq (one local hook)
+        from ntpy.daemon.server import ControlHandler
+
+        self.control_handler: ControlHandler | None = NtpqHandler(self.status, self.clock.now_ns)
+        """Answers mode 6; worker processes forward their mode 6 requests to it too."""
+        self.server.control = self.control_handler
         self.loop = Loop(options.selector)
         self.sync = SyncShell(self.engine, self.clock, self.loop, self._set_state, self._panic)
-        self.sync.on_sources = self.access.update_sources  # `restrict source` follows them
+        self.sync.on_sources = self._sources_changed  # `restrict source` follows them
         self.control: ControlServer | None = None
+        self.stats: StatsFiles | None = None
+        self.web: WebService | None = None
 
     def _set_state(self, state: SystemState) -> None:
         if state != self.responder.state:
             self.responder.set_state(state)
+            if self.pool is not None:
+                self.pool.shared.publish_state(state)
+
+    def _sources_changed(self, addresses: list[str]) -> None:
+        self.access.update_sources(addresses)
+        if self.pool is not None:
+            self.pool.broadcast("sources", {"addresses": addresses})
 
     def _panic(self, message: str) -> None:
         log.error("exiting: %s", message)
@@ -275,11 +299,27 @@ class Daemon:
         return self.engine.status(time.monotonic_ns(), cooked_now(self.clock))
 
     def counters(self) -> dict[str, int]:
+        if self.pool is not None:  # the workers' totals, mirrored for server.summary()
+            served, limited = self.pool.counters()
+            self.server.counters.clear()
+            self.server.counters.update(served)
+            out = {str(k): v for k, v in served.items()}
+            out.update({f"ratelimit_{k}": v for k, v in limited.items()})
+            out["worker_restarts"] = self.pool.restarts
+            return out
         out = {str(k): v for k, v in self.server.counters.items()}
         out.update({f"ratelimit_{k}": v for k, v in self.limiter.counters.items()})
         return out
 
+    def _summary(self) -> str:
+        """The one-line counter summary (over all workers)."""
+        if self.pool is not None:
+            self.counters()
+        return self.server.summary()
+
     def clients(self) -> dict[str, object]:
+        if self.pool is not None:
+            return self.pool.clients(50)
         now = self.clock.now_ns()  # the limiter keeps served time
         rows = []
         for c in self.limiter.clients(50):
@@ -305,15 +345,24 @@ class Daemon:
     def start(self) -> None:
         self._take_over_kernel_clock()
         required, optional = listen_addresses(self.config, self.options.listen)
-        try:
-            self.server.open(required, optional=optional)
-        except ListenError as exc:
-            self.server.close()
-            raise StartupError(str(exc)) from exc
-        if not self.server.endpoints:
-            raise StartupError("no address could be opened for listening")
-        self.server.attach(self.loop)
+        if self.workers > 1:
+            self._open_workers(required, optional)
+        else:
+            try:
+                self.server.open(required, optional=optional)
+            except ListenError as exc:
+                self.server.close()
+                raise StartupError(str(exc)) from exc
+            if not self.server.endpoints:
+                raise StartupError("no address could be opened for listening")
+            self.server.attach(self.loop)
         self._announce()
+        if self.pool is not None:
+            self.pool.start()  # after the log lines above; before any other socket opens
+        self.stats = StatsFiles.from_config(self.config)
+        if self.stats is not None:
+            self.stats.announce(self.clock.now_ns())
+            self.sync.recorders.append(self.stats.record)
         self.sync.add_configured(self.config.servers)
         self.sync.start()
         self.loop.call_every(16 * NS, self.refresh_state)
@@ -336,10 +385,11 @@ class Daemon:
             except (OSError, ControlError) as exc:
                 log.warning("no control socket: %s", exc)
                 self.control = None
+        self._start_web()
         self.loop.add_signal_handler(signal.SIGTERM, self._on_stop)
         self.loop.add_signal_handler(signal.SIGINT, self._on_stop)
         self.loop.add_signal_handler(
-            signal.SIGUSR1, lambda s: log.info("counters: %s", self.server.summary())
+            signal.SIGUSR1, lambda s: log.info("counters: %s", self._summary())
         )
         self.loop.add_signal_handler(
             signal.SIGHUP,
@@ -348,6 +398,41 @@ class Daemon:
             ),
         )
         self.refresh_state()
+
+    def _start_web(self) -> None:
+        """The status page (``webstatus``) and ``/metrics`` (``metrics``), if configured.
+
+        A configured endpoint that cannot be bound stops the start: the admin asked for it.
+        """
+        if self.config.webstatus is None and self.config.metrics is None:
+            return
+        info = {"version": __version__, "clock": self.clock.name}
+        sources = WebSources(self.status, self.counters, self.clock.now_ns, info)
+        self.web = WebService(
+            self.loop, sources, webstatus=self.config.webstatus, metrics=self.config.metrics
+        )
+        try:
+            self.web.start()
+        except OSError as exc:
+            self.web = None
+            raise StartupError(str(exc)) from exc
+        if self.web.history is not None:
+            self.sync.recorders.append(self.web.history.record)
+            self.loop.call_every(self.web.history.interval_ns, self.web.sample)
+
+    def _open_workers(
+        self, required: Sequence[ListenAddress], optional: Sequence[ListenAddress]
+    ) -> None:
+        """Bind every address once per worker (SO_REUSEPORT) and set up the pool; start()
+        forks the workers, run() lets them answer. The main then publishes clock and state
+        changes to them and answers no NTP itself."""
+        try:
+            groups = open_groups(required, optional, self.workers, self.limiter.config.ipv6_prefix)
+        except ListenError as exc:
+            raise StartupError(str(exc)) from exc
+        if not groups:
+            raise StartupError("no address could be opened for listening")
+        self.pool = WorkerPool.for_daemon(self, groups)
 
     def _announce(self) -> None:
         log.info("ntpy %s starting (pid %d)", __version__, os.getpid())
@@ -367,6 +452,14 @@ class Daemon:
                 "no time source configured: serving as unsynchronized (leap alarm, stratum 0) "
                 "so clients will not use this server"
             )
+        if self.pool is not None:
+            for ep in self.pool.endpoints:
+                log.info(
+                    "listening on %s (%s loop, %d workers)",
+                    ep.bound,
+                    self.loop.selector_name,
+                    self.workers,
+                )
         for ep in self.server.endpoints:
             log.info("listening on %s (%s loop)", ep.bound, self.loop.selector_name)
 
@@ -375,15 +468,23 @@ class Daemon:
         self.loop.stop()
 
     def run(self) -> int:
+        if self.pool is not None:
+            self.pool.release()  # the workers answer from now on, with the state start() set
         try:
             self.loop.run()
         finally:
-            log.info("counters: %s", self.server.summary())
+            if self.pool is not None:
+                self.pool.stop()
+            log.info("counters: %s", self._summary())
             if self.drift is not None and self.engine.ever_synced:
                 self.drift.write_at_exit(self.engine.frequency_ppb / 1000.0)
             if self.control is not None:
                 self.control.close()
             self.sync.close()
+            if self.stats is not None:
+                self.stats.close()
+            if self.web is not None:
+                self.web.close()
             self.server.close()
             self.loop.close()
         return self.exit_code

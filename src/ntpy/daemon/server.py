@@ -4,21 +4,51 @@ Per datagram: read it with its kernel receive timestamp (CLOCK_REALTIME), map th
 the Clock to served time, let the sans-IO ``Responder`` decide, then read the clock once
 more -- as late as possible -- for the transmit timestamp and send from the address the
 request came to. Every outcome, answered or dropped, increments a named counter.
+
+Two I/O paths do this. The batched one (Linux, ``ntpy.daemon.mmsg``) reads up to
+``BATCH`` datagrams with one ``recvmmsg``, answers plain requests in place through the
+responder's fast path (per-address access decisions cached by raw address), and sends
+the replies with ``sendmmsg`` in groups of at most ``SEND_GROUP``: the transmit timestamp
+is read once per group right before its ``sendmmsg``. The other path (``recvmsg``/
+``sendmsg`` per datagram) serves everywhere else and when ``batch_io=False`` or
+``NTPY_MMSG=0``. Both produce the same replies and the same counters.
+
+Transmit timestamp compensation. Even read last, T3 is early: from the clock read to the
+kernel's software TX timestamp of the reply takes 10-30 us in Python (longest right after
+the process woke up), which a client sees as a negative offset of half that. So the
+server samples kernel TX timestamps of a few replies (``ntpy.daemon.txstamp``: at most one
+in flight per socket and one per ``SAMPLE_INTERVAL_NS``; every reply when idle), learns
+the delay from the T3 read to the stamp per position k inside a ``sendmmsg`` group (and
+for the per-datagram path), and stamps reply k with T3 + the median of its recent delays
+(bounded 0..500 us). Positions without samples yet use position 0's delay plus k x 3/4
+of the measured per-reply send cost; without TX timestamps (old kernel, non-Linux,
+``tx_timestamps=False`` or ``NTPY_TXSTAMP=0``) that spacing alone, as before.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import socket
+import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from ntpy.clock.base import Clock
-from ntpy.core.server import Reason, Responder
+from ntpy.core.server import (
+    PLAIN_GENERAL,
+    PLAIN_IGNORE,
+    PLAIN_LIMIT_KOD,
+    VERDICT_KOD,
+    Reason,
+    Reply,
+    Responder,
+)
 from ntpy.core.timestamps import unix_ns_to_ntp
+from ntpy.daemon import mmsg, txstamp
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.udp import (
     ANC_BUFSIZE,
@@ -35,11 +65,27 @@ log = logging.getLogger("ntpy.server")
 
 BATCH = 64
 """Datagrams read per readiness event before yielding to timers and other sockets."""
+SEND_GROUP = 8
+"""Replies per ``sendmmsg`` (each group gets its own, freshly read transmit timestamp)."""
+SEND_COST_WINDOW = 32
+"""Group sends whose per-reply time the T3 spacing is the minimum of."""
+CLIENT_CACHE = 4096
+"""Per-address fast-path decisions kept; cleared when full (a flood of new sources then
+costs one access lookup per datagram, as without the cache)."""
+
+SINGLE_CONTEXT = SEND_GROUP
+"""Delay estimator context of the per-datagram path (0..SEND_GROUP-1: sendmmsg positions)."""
 
 # Shell-level drop reasons (the core names its own in Reason).
 DROP_OVERSIZE = "drop_oversize"
 DROP_SEND_FAILED = "drop_send_failed"
 RX_TIMESTAMP_FALLBACK = "rx_timestamp_fallback"
+# Transmit timestamp sampling (see ntpy.daemon.txstamp).
+TX_STAMP_SAMPLES = "tx_stamp_samples"
+TX_STAMP_REJECTED = "tx_stamp_rejected"
+TX_STAMP_LOST = "tx_stamp_lost"
+TX_STAMP_OTHER = "tx_stamp_other"
+TX_STAMP_UNAVAILABLE = "tx_stamp_unavailable"
 
 ControlHandler = Callable[[bytes, Any], list[bytes]]
 """Mode 6 (ntpq) handler: (request, client address) -> reply datagrams (maybe none).
@@ -47,18 +93,79 @@ Called only for requests the access rules allow to query (not ``noquery``/``igno
 
 MSG_TRUNC = int(socket.MSG_TRUNC)
 """A plain int: ``int & IntFlag`` builds an enum object on every packet."""
+_NS = 1_000_000_000
+_NTP_PORT_BE = socket.htons(123)
+_U64 = struct.Struct("!Q")
+_MASK64 = (1 << 64) - 1
+_SERVED = Reason.SERVED.value
+_RESTRICTED = Reason.RESTRICTED.value
+_RATE_LIMITED = Reason.RATE_LIMITED.value
+_KOD_RATE = Reason.KOD_RATE.value
+_ANSWERED = frozenset(r.value for r in Reason if r.answered)
+
+
+def batch_io_default() -> bool:
+    """Batched I/O unless unavailable or switched off with ``NTPY_MMSG=0``."""
+    return os.environ.get("NTPY_MMSG", "1") != "0" and mmsg.available()
+
+
+def tx_timestamps_default() -> bool:
+    """Transmit timestamp compensation unless switched off with ``NTPY_TXSTAMP=0``."""
+    return os.environ.get("NTPY_TXSTAMP", "1") != "0"
 
 
 class NtpServer:
-    """Serves NTP on a set of endpoints from one Responder and one Clock."""
+    """Serves NTP on a set of endpoints from one Responder and one Clock.
 
-    def __init__(self, clock: Clock, responder: Responder) -> None:
+    ``batch_io`` picks the I/O path: True needs ``mmsg.available()`` (ValueError if not),
+    False is per-datagram ``recvmsg``, None (default) chooses :func:`batch_io_default`.
+    ``tx_timestamps`` turns the T3 compensation from sampled kernel TX timestamps on or
+    off; None (default) chooses :func:`tx_timestamps_default`. Where the kernel cannot
+    give them the server serves uncompensated (counted ``tx_stamp_unavailable``).
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        responder: Responder,
+        *,
+        batch_io: bool | None = None,
+        tx_timestamps: bool | None = None,
+    ) -> None:
+        if batch_io is None:
+            batch_io = batch_io_default()
+        elif batch_io and not mmsg.available():
+            raise ValueError(f"batched I/O requested: {mmsg.unavailable_reason()}")
         self.clock = clock
         self.responder = responder
+        self.batch_io = batch_io
         self.endpoints: list[Endpoint] = []
         self.counters: Counter[str] = Counter()
         self.control: ControlHandler | None = None
         """Answers mode 6 requests; None drops them (counted as ``drop_mode6``)."""
+        self._batches: dict[Endpoint, mmsg.MmsgBatch | None] = {}
+        self._clients: dict[Any, tuple[int, str]] = {}
+        self._clients_gen: int | None = None
+        self.send_cost_ns = 0
+        """Recent minimum of the kernel's time per reply inside one ``sendmmsg``."""
+        self._send_costs = [0] * SEND_COST_WINDOW
+        self._send_cost_pos = 0
+        self._tx_step = 0
+        """3/4 of ``send_cost_ns`` in NTP units (2**-32 s): the fallback spacing."""
+        self.tx_timestamps = tx_timestamps_default() if tx_timestamps is None else tx_timestamps
+        self._trackers: dict[Endpoint, txstamp.TxTracker | None] = {}
+        self._tx_estimator = txstamp.DelayEstimator(SEND_GROUP + 1)
+        self._tx_delays = [0] * SEND_GROUP
+        """Added to T3 (NTP units) for reply k of a send group."""
+        self._tx_delay_max = 0
+        self._tx_single_ns = 0
+        """Added to T3 (ns) on the per-datagram path."""
+        self.tx_delays_ns: tuple[int, ...] = (0,) * (SEND_GROUP + 1)
+        """The T3 corrections in force (ns): per sendmmsg position, then per-datagram."""
+        self._sample_at = 0
+        """Served time (ns) from which the next TX timestamp sample may start."""
+        self._sample_rr = 0
+        self._tx_warned = False
 
     def open(
         self, addresses: Iterable[ListenAddress], *, optional: Iterable[ListenAddress] = ()
@@ -80,24 +187,336 @@ class NtpServer:
         for ep in self.endpoints:
             ep.close()
         self.endpoints.clear()
+        self._batches.clear()
+        self._trackers.clear()
 
     def drain(self, ep: Endpoint) -> None:
-        """Answer up to BATCH queued datagrams on ``ep``."""
+        """Answer up to BATCH queued datagrams on ``ep``, then collect TX timestamps.
+
+        The error queue is read when a sample is in flight, and on a wakeup that found no
+        datagram: a pending error queue keeps the socket readable, so leaving anything
+        there would spin the loop.
+        """
+        try:
+            tr = self._trackers[ep]
+        except KeyError:
+            tr = self._trackers[ep] = self._new_tracker(ep)
+        got = 0
+        if self.batch_io:
+            try:
+                batch = self._batches[ep]
+            except KeyError:
+                batch = self._batches[ep] = self._new_batch(ep)
+            if batch is not None:
+                got = self._drain_batch(ep, batch, tr)
+            else:
+                got = self._drain_single(ep, tr)
+        else:
+            got = self._drain_single(ep, tr)
+        if tr is not None and (tr.pending or not got):
+            self._collect(tr)
+
+    def _new_batch(self, ep: Endpoint) -> mmsg.MmsgBatch | None:
+        try:
+            return mmsg.MmsgBatch(ep.sock, wildcard=ep.wildcard, slots=BATCH)
+        except (OSError, ValueError) as exc:  # e.g. ctypes refused: serve anyway
+            log.warning("batched I/O unavailable on %s (%s); using recvmsg", ep.bound, exc)
+            return None
+
+    # --- transmit timestamps -------------------------------------------------------------
+
+    def _new_tracker(self, ep: Endpoint) -> txstamp.TxTracker | None:
+        if not self.tx_timestamps:
+            return None
+        try:
+            _flags, rx_clean = txstamp.enable(ep.sock)
+        except OSError as exc:
+            self.counters[TX_STAMP_UNAVAILABLE] += 1
+            if not self._tx_warned:
+                self._tx_warned = True
+                log.warning(
+                    "kernel TX timestamps unavailable on %s (%s); transmit timestamps are "
+                    "not compensated for the send delay",
+                    ep.bound,
+                    exc.strerror or exc,
+                )
+            return None
+        if not rx_clean:
+            log.debug("%s: kernel cannot filter RX SCM_TIMESTAMPING; parsing around it", ep.bound)
+        return txstamp.TxTracker(ep.sock)
+
+    def _start_sample(self, tr: txstamp.TxTracker, now: int) -> bool:
+        """Whether a TX timestamp sample starts now (the caller checked the interval)."""
+        ok = tr.can_sample(now)
+        if ok < 0:
+            self.counters[TX_STAMP_LOST] += 1
+        if ok:
+            self._sample_at = now + txstamp.SAMPLE_INTERVAL_NS
+            return True
+        return False
+
+    def _collect(self, tr: txstamp.TxTracker) -> None:
+        """Read the error queue; a matched sample updates the corrections."""
+        got, other = tr.collect()
+        if other:
+            self.counters[TX_STAMP_OTHER] += other
+        if got is not None:
+            context, delay_ns = got
+            if self._tx_estimator.add(context, delay_ns):
+                self.counters[TX_STAMP_SAMPLES] += 1
+                self._update_tx_delays()
+            else:
+                self.counters[TX_STAMP_REJECTED] += 1
+
+    def _update_tx_delays(self) -> None:
+        """Recompute the per-position T3 corrections from the estimator and send cost."""
+        est = self._tx_estimator
+        base = est.estimate(0) or 0
+        base_ntp = (base << 32) // _NS
+        spacing_ns = self.send_cost_ns * 3 // 4
+        ntp: list[int] = []
+        ns: list[int] = []
+        for k in range(SEND_GROUP):
+            e = est.estimate(k)
+            if e is None:
+                ntp.append(base_ntp + k * self._tx_step)
+                ns.append(base + k * spacing_ns)
+            else:
+                ntp.append((e << 32) // _NS)
+                ns.append(e)
+        self._tx_delays = ntp
+        self._tx_delay_max = max(ntp)
+        self._tx_single_ns = est.estimate(SINGLE_CONTEXT) or 0
+        self.tx_delays_ns = (*ns, self._tx_single_ns)
+
+    # --- batched path -------------------------------------------------------------------
+
+    def _drain_batch(self, ep: Endpoint, b: mmsg.MmsgBatch, tr: txstamp.TxTracker | None) -> int:
+        """One recvmmsg's worth; returns how many datagrams it read."""
+        counters = self.counters
+        try:
+            n = b.recv()
+        except OSError as exc:  # e.g. ICMP errors queued on the socket
+            counters["rx_error"] += 1
+            log.debug("recvmmsg on %s: %s", ep.bound, exc)
+            return 1
+        if not n:
+            return 0
+        resp = self.responder
+        gen = resp.plain_generation()
+        clients = self._clients
+        if gen is None or gen != self._clients_gen:
+            clients.clear()
+            self._clients_gen = gen
+        port_matters = resp.plain_port_matters
+        plain_b0 = resp.plain_b0
+        answer = resp.answer_plain_into
+        limiter = resp.limiter
+        check = limiter.check if limiter is not None else _no_limiter
+        from_rt = self.clock.from_realtime_ns
+        data, mm32, ctl64, name32, name16 = b.data, b.mm32, b.ctl64, b.name32, b.name16
+        v6 = b.v6
+        len_index = b.LEN_INDEX
+        ts_key = mmsg.TS_KEY
+        fast: list[int] = []
+        tx_offsets: list[int] = []
+        slow: list[tuple[int, Reply]] = []
+        rx = 0
+        for i, off, mi, ci, ai, pi in b.slot_index[:n]:
+            # A plain request: 48 bytes, mode 3, v1..4, a kernel timestamp, port != 0.
+            if mm32[mi + len_index] == 48 and ctl64[ci + 1] == ts_key:
+                reply_b0 = plain_b0.get(data[off])
+                port = name16[pi]
+                if reply_b0 is not None and port:
+                    key: Any = b.address_key(i) if v6 else name32[ai]
+                    if port == _NTP_PORT_BE and port_matters:
+                        key = (key, 123)
+                    hit = clients.get(key)
+                    if hit is None:
+                        hit = self._classify(b, i, key, gen)
+                    cls, host = hit
+                    rx = from_rt(ctl64[ci + 2] * _NS + ctl64[ci + 3])
+                    if cls:
+                        if cls == PLAIN_IGNORE:
+                            counters[_RESTRICTED] += 1
+                            continue
+                        if cls == PLAIN_GENERAL:
+                            self._general(ep, b, i, slow)
+                            continue
+                        verdict = check(host, rx, kod=cls == PLAIN_LIMIT_KOD)
+                        if verdict:
+                            if verdict == VERDICT_KOD:
+                                request = b.payload(i)
+                                slow.append((i, resp.kiss_rate(request, (request[0] >> 3) & 7)))
+                                counters[_KOD_RATE] += 1
+                            else:
+                                counters[_RATE_LIMITED] += 1
+                            continue
+                    answer(data, off, reply_b0, rx)
+                    fast.append(i)
+                    tx_offsets.append(off + 40)
+                    continue
+            self._general(ep, b, i, slow)
+        if fast:
+            counters[_SERVED] += len(fast)
+            self._send_fast(b, fast, tx_offsets, tr, rx)
+        if slow:
+            self._send_slow(ep, b, slow)
+        return n
+
+    def _classify(self, b: mmsg.MmsgBatch, i: int, key: Any, gen: int | None) -> tuple[int, str]:
+        """The responder's fast-path class for slot ``i``'s source, cached by raw address."""
+        host = b.host(i)
+        port = socket.ntohs(b.name16[b.slot_index[i][5]])
+        hit = (self.responder.plain_class(host, port), host)
+        if gen is not None:
+            if len(self._clients) >= CLIENT_CACHE:
+                self._clients.clear()
+            self._clients[key] = hit
+        return hit
+
+    def _general(
+        self, ep: Endpoint, b: mmsg.MmsgBatch, i: int, slow: list[tuple[int, Reply]]
+    ) -> None:
+        """Everything that is not a plain request, exactly as the per-datagram path does it."""
+        counters = self.counters
+        if b.truncated(i):
+            counters[DROP_OVERSIZE] += 1
+            return
+        rx_rt, pktinfo = b.ancillary(i)
+        if rx_rt is None:
+            counters[RX_TIMESTAMP_FALLBACK] += 1
+            rx_rt = time.time_ns()
+        rx_served = self.clock.from_realtime_ns(rx_rt)
+        data = b.payload(i)
+        peer = b.peer(i)
+        reply, reason = self.responder.handle(data, peer, unix_ns_to_ntp(rx_served), rx_served)
+        if reply is None:
+            if reason is Reason.CONTROL and self.control is not None:
+                self._control(ep, data, peer, pktinfo)
+            else:
+                counters[reason] += 1
+            return
+        counters[reason] += 1
+        slow.append((i, reply))
+
+    def _send_fast(
+        self,
+        b: mmsg.MmsgBatch,
+        slots: list[int],
+        tx_offsets: list[int],
+        tr: txstamp.TxTracker | None = None,
+        now_hint: int = 0,
+    ) -> None:
+        """Stamp T3 and send, one fresh clock reading per group of SEND_GROUP replies.
+
+        One ``sendmmsg`` hands the kernel a group whose k-th reply leaves later than the
+        first, and even the first leaves well after the clock read; reply k is stamped
+        ``T3 + delay[k]`` (see the module docstring). A TX timestamp sample is set up
+        *before* the clock read (``now_hint``, the batch's last receive time, decides
+        whether one is due), so a sampled group runs the same code between T3 and the
+        send as any other, plus one ``time.time_ns()``.
+        """
+        now_ns = self.clock.now_ns
+        clock = time.perf_counter_ns
+        data = b.data
+        pack_into = _U64.pack_into
+        b.prepare(slots)
+        total = len(slots)
+        sample = -1
+        for g in range(0, total, SEND_GROUP):
+            end = min(g + SEND_GROUP, total)
+            offsets = tx_offsets[g:end]
+            if (
+                tr is not None
+                and not self._sample_at - txstamp.SAMPLE_INTERVAL_NS <= now_hint < self._sample_at
+                and self._start_sample(tr, now_hint)
+            ):
+                sample = self._sample_rr % (end - g)
+                self._sample_rr += 1
+                b.request_tx_stamp(g + sample)
+            t3 = now_ns()  # T3: from here on, only stamping and the send
+            realtime = time.time_ns() if sample >= 0 else 0
+            tx = unix_ns_to_ntp(t3)
+            delays = self._tx_delays
+            if tx + self._tx_delay_max <= _MASK64:
+                for off, delay in zip(offsets, delays, strict=False):
+                    pack_into(data, off, tx + delay)
+            else:  # the NTP era rolls over inside this group
+                for off, delay in zip(offsets, delays, strict=False):
+                    pack_into(data, off, (tx + delay) & _MASK64)
+            t0 = clock()
+            failures = b.send(slots, g, end)
+            if end - g > 1:
+                self._learn_send_cost((clock() - t0) // (end - g))
+            if sample >= 0:
+                assert tr is not None
+                if failures and slots[g + sample] in failures:
+                    tr.cancel()
+                else:
+                    tr.sent(realtime, sample, t3)
+                sample = -1
+            if failures:
+                self._send_failed(b, failures)
+
+    def _learn_send_cost(self, per_reply_ns: int) -> None:
+        """Keep the per-reply send cost as the median of the last SEND_COST_WINDOW
+        measurements (a preempted call or a lucky one moves it little); the median is
+        recomputed every 8th measurement, which is plenty for a slowly varying cost."""
+        pos = self._send_cost_pos
+        self._send_costs[pos] = per_reply_ns
+        self._send_cost_pos = (pos + 1) % SEND_COST_WINDOW
+        if pos % 8 == 7:
+            self.send_cost_ns = sorted(self._send_costs)[SEND_COST_WINDOW // 2]
+            # Spaced by 3/4 of it: costs vary, and a T3 after the reply left is worse than
+            # one before it (that is the kind of error the per-datagram path has too).
+            self._tx_step = (self.send_cost_ns * 3 << 30) // _NS
+            self._update_tx_delays()
+
+    def _send_slow(self, ep: Endpoint, b: mmsg.MmsgBatch, slow: list[tuple[int, Reply]]) -> None:
+        tx = (unix_ns_to_ntp(self.clock.now_ns()) + self._tx_delays[0]) & _MASK64
+        slots: list[int] = []
+        for i, reply in slow:
+            out = reply.finalize(tx)
+            if len(out) <= b.bufsize:
+                b.put(i, out)
+                slots.append(i)
+            else:  # cannot happen for replies no larger than their request; be safe anyway
+                self._send(ep, out, b.peer(i), b.ancillary(i)[1])
+        b.prepare(slots)
+        failures = b.send(slots)
+        if failures:
+            self._send_failed(b, failures)
+
+    def _send_failed(self, b: mmsg.MmsgBatch, failures: list[int]) -> None:
+        self.counters[DROP_SEND_FAILED] += len(failures)
+        if log.isEnabledFor(logging.DEBUG):
+            for i in failures:
+                log.debug("send to %s failed: %s", b.peer(i), os.strerror(b.last_errno))
+
+    # --- per-datagram path --------------------------------------------------------------
+
+    def _drain_single(self, ep: Endpoint, tr: txstamp.TxTracker | None = None) -> int:
+        """Answer up to BATCH queued datagrams with one recvmsg/sendmsg each; returns how
+        many datagrams (or receive errors) it read."""
         sock = ep.sock
         recvmsg = sock.recvmsg
         handle = self.responder.handle
         from_rt = self.clock.from_realtime_ns
         now_ns = self.clock.now_ns
         counters = self.counters
+        got = 0
         for _ in range(BATCH):
             try:
                 data, anc, flags, peer = recvmsg(RECV_BUFSIZE, ANC_BUFSIZE)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:  # e.g. ICMP errors queued on the socket
+                got += 1
                 counters["rx_error"] += 1
                 log.debug("recvmsg on %s: %s", ep.bound, exc)
                 continue
+            got += 1
             if flags & MSG_TRUNC:
                 counters[DROP_OVERSIZE] += 1
                 continue
@@ -114,21 +533,44 @@ class NtpServer:
                     counters[reason] += 1
                 continue
             counters[reason] += 1
-            self._send(ep, reply.finalize(unix_ns_to_ntp(now_ns())), peer, pktinfo)
+            if (
+                tr is not None
+                and not self._sample_at - txstamp.SAMPLE_INTERVAL_NS <= rx_served < self._sample_at
+                and self._start_sample(tr, rx_served)
+            ):
+                t3 = now_ns()
+                realtime = time.time_ns()
+                out = reply.finalize(unix_ns_to_ntp(t3 + self._tx_single_ns))
+                if self._send(ep, out, peer, pktinfo, tx_stamp=True):
+                    tr.sent(realtime, SINGLE_CONTEXT, t3)
+                continue
+            out = reply.finalize(unix_ns_to_ntp(now_ns() + self._tx_single_ns))
+            self._send(ep, out, peer, pktinfo)
+        return got
 
-    def _send(self, ep: Endpoint, out: bytes, peer: Any, pktinfo: bytes | None) -> None:
+    def _send(
+        self, ep: Endpoint, out: bytes, peer: Any, pktinfo: bytes | None, *, tx_stamp: bool = False
+    ) -> bool:
+        """Send one datagram (from the request's destination address on a wildcard socket;
+        asking for a kernel TX timestamp if ``tx_stamp``); False if the send failed."""
         try:
-            if pktinfo is not None and ep.wildcard:
-                if ep.family == socket.AF_INET6:
-                    anc = [(socket.IPPROTO_IPV6, IPV6_PKTINFO, pktinfo)]
-                else:
-                    anc = [(socket.IPPROTO_IP, IP_PKTINFO, pktinfo)]
+            if (pktinfo is not None and ep.wildcard) or tx_stamp:
+                anc: list[tuple[int, int, bytes]] = []
+                if pktinfo is not None and ep.wildcard:
+                    if ep.family == socket.AF_INET6:
+                        anc.append((socket.IPPROTO_IPV6, IPV6_PKTINFO, pktinfo))
+                    else:
+                        anc.append((socket.IPPROTO_IP, IP_PKTINFO, pktinfo))
+                if tx_stamp:
+                    anc.append((socket.SOL_SOCKET, txstamp.SCM_TIMESTAMPING, txstamp.REQUEST_DATA))
                 ep.sock.sendmsg([out], anc, 0, peer)
             else:
                 ep.sock.sendto(out, peer)
         except OSError as exc:
             self.counters[DROP_SEND_FAILED] += 1
             log.debug("send to %s failed: %s", peer, exc)
+            return False
+        return True
 
     def _control(self, ep: Endpoint, data: bytes, peer: Any, pktinfo: bytes | None) -> None:
         """A mode 6 request the access rules allow: the handler answers (fragments, errors)."""
@@ -145,10 +587,13 @@ class NtpServer:
 
     def summary(self) -> str:
         """One line of counters, answered first."""
-        answered = sum(
-            v for k, v in self.counters.items() if k in {r.value for r in Reason if r.answered}
-        )
+        answered = sum(v for k, v in self.counters.items() if k in _ANSWERED)
         parts = [f"answered={answered}"] + [
             f"{k}={v}" for k, v in sorted(self.counters.items()) if v
         ]
         return " ".join(parts)
+
+
+def _no_limiter(address: str, now_ns: int, *, kod: bool) -> int:
+    """Stands in for a missing limiter; never called (no PLAIN_LIMIT* class without one)."""
+    raise AssertionError("rate limit class without a limiter")

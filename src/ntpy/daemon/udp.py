@@ -27,7 +27,9 @@ IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 
 RECV_BUFSIZE = 4096
 """Largest datagram we read whole; anything longer is truncated by the kernel and dropped."""
-ANC_BUFSIZE = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(20) + 32
+ANC_BUFSIZE = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(48) + socket.CMSG_SPACE(20) + 32
+"""Room for SCM_TIMESTAMPNS, an SCM_TIMESTAMPING cmsg (a kernel without the RX filter adds
+one when TX timestamps are on, see ``daemon/txstamp.py``) and PKTINFO, with slack."""
 
 _TIMESPEC = struct.Struct("@qq")
 NS = 1_000_000_000

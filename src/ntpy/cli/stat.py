@@ -1,0 +1,207 @@
+"""``ntpy stat``: the daemon's synchronisation state in the words of the original ``ntpstat``.
+
+``ntpy status`` follows the newer ntpstat shell script; this command follows the original
+C program (G. Richard Keech's, shipped for years with ntpd) that older runbooks and
+monitoring checks were written against. Its facts, reimplemented:
+
+* synchronised: ``synchronised to <clock source>`` where the source is named by the RFC 1305
+  code in the system status word -- "NTP server" (followed by `` (address)``), "local net"
+  for the LOCAL driver, "atomic clock", "UHF radio", ... -- then `` at stratum N``; then
+  ``   time correct to within N ms`` (root dispersion + half the root delay);
+* not synchronised (leap indicator 3): ``unsynchronised``, plus
+  ``  time server re-starting`` when the daemon has just started;
+* always: ``   polling server every N s``;
+* missing fields: ``, stratum unknown``, ``accuracy unknown``, ``poll interval unknown``
+  (each also makes the exit code 1);
+* exit 0 synchronised, 1 not, 2 the daemon cannot be asked (with "Unable to talk to NTP
+  daemon. Is it running?" on stderr).
+
+The C program printed a stray space after the stratum; it is not reproduced. "Re-starting"
+was ntpd's last system event being the start-up one; ntpy's equivalent is "no clock update
+since the daemon started" (``updates == 0`` in the status reply).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+from ntpy.daemon.control import ControlError, query_control
+
+EXIT_SYNCED = 0
+EXIT_UNSYNCED = 1
+EXIT_UNREACHABLE = 2
+
+UNREACHABLE_MESSAGE = "Unable to talk to NTP daemon. Is it running?"
+
+CLOCK_SOURCE_NAMES = (
+    "unspecified",
+    "atomic clock",
+    "VLF radio",
+    "HF radio",
+    "UHF radio",
+    "local net",
+    "NTP server",
+    "UDP/TIME",
+    "wristwatch",
+    "modem",
+)
+"""RFC 1305 clock source codes 0..9 as the original ntpstat names them."""
+SOURCE_UNSPECIFIED = 0
+SOURCE_LOCAL = 5
+SOURCE_NTP = 6
+NTP_KINDS = frozenset({"server", "pool", "peer"})
+
+
+def _int(value: object) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value
+
+
+def system_peer(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The source the daemon follows: by id, else by address, else the one tallied '*'."""
+    sources = status.get("sources")
+    if not isinstance(sources, list | tuple):
+        return None
+    entries = [s for s in sources if isinstance(s, Mapping)]
+    peer_id = _int(status.get("system_peer_id"))
+    address = status.get("system_peer")
+    for pick in (
+        lambda s: peer_id is not None and _int(s.get("id")) == peer_id,
+        lambda s: bool(address) and s.get("address") == address,
+        lambda s: s.get("tally") == "*",
+    ):
+        for src in entries:
+            if pick(src):
+                return src
+    return None
+
+
+def clock_source(status: Mapping[str, Any]) -> tuple[int, str | None]:
+    """The RFC 1305 clock source code ntpd would put in its status word, and the address
+    to show with code 6 (NTP server)."""
+    peer = system_peer(status)
+    if peer is None:
+        return SOURCE_UNSPECIFIED, None
+    kind = peer.get("kind")
+    if kind in NTP_KINDS:
+        address = status.get("system_peer") or peer.get("address")
+        return SOURCE_NTP, str(address) if address else None
+    if kind == "local":
+        return SOURCE_LOCAL, None
+    return SOURCE_UNSPECIFIED, None
+
+
+def _distance_ns(status: Mapping[str, Any]) -> int | None:
+    distance = _int(status.get("root_distance_ns"))
+    if distance is not None:
+        return distance
+    delay, disp = _int(status.get("root_delay_ns")), _int(status.get("root_dispersion_ns"))
+    if delay is None or disp is None:
+        return None
+    return disp + delay // 2
+
+
+def _poll_s(status: Mapping[str, Any]) -> int | None:
+    poll = _int(status.get("poll_s"))
+    if poll is not None and poll > 0:
+        return poll
+    tc = _int(status.get("time_constant"))
+    if tc is not None and 0 <= tc <= 17:
+        return 1 << tc
+    return None
+
+
+def render_stat(status: Mapping[str, Any]) -> tuple[str, int]:
+    """The original ntpstat's text (no trailing newline) and exit code (0 synchronised, 1 not)."""
+    lines: list[str] = []
+    synced = status.get("synchronized") is True and status.get("leap") != 3
+    code = EXIT_SYNCED if synced else EXIT_UNSYNCED
+    if not synced:
+        lines.append("unsynchronised")
+        if _int(status.get("updates")) == 0:
+            lines.append("  time server re-starting")
+    else:
+        source, address = clock_source(status)
+        head = f"synchronised to {CLOCK_SOURCE_NAMES[source]}"
+        if source == SOURCE_NTP:
+            if address:
+                head += f" ({address})"
+            else:
+                head += " <IP unknown>"
+                code = EXIT_UNSYNCED
+        stratum = _int(status.get("stratum"))
+        if stratum is None:
+            lines.append(head + ", stratum unknown")
+            code = EXIT_UNSYNCED
+        else:
+            lines.append(f"{head} at stratum {stratum}")
+        distance = _distance_ns(status)
+        if distance is None:
+            lines.append("accuracy unknown")
+            code = EXIT_UNSYNCED
+        else:
+            lines.append(f"   time correct to within {distance / 1e6:.0f} ms")
+    poll = _poll_s(status)
+    if poll is None:
+        lines.append("poll interval unknown")
+        code = EXIT_UNSYNCED
+    else:
+        lines.append(f"   polling server every {poll} s")
+    return "\n".join(lines), code
+
+
+def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """``ntpy stat``: print the state; exit 0 synchronised, 1 not, 2 daemon unreachable."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        reply = query_control(args.control_socket, "status", timeout=args.timeout)
+    except ControlError as exc:
+        err.write(f"{UNREACHABLE_MESSAGE}\nntpy stat: {exc}\n")
+        return EXIT_UNREACHABLE
+    if not isinstance(reply.get("synchronized"), bool):
+        err.write("ntpy stat: bad reply from the daemon: no 'synchronized' field\n")
+        return EXIT_UNREACHABLE
+    text, code = render_stat(reply)
+    out.write(text + "\n")
+    return code
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
+    return value
+
+
+def add_stat_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``stat`` to the ``ntpy`` command line."""
+    p = subparsers.add_parser(
+        "stat",
+        help="synchronisation status in the original ntpstat's words "
+        "(exit 0 synchronised, 1 not, 2 daemon unreachable)",
+    )
+    p.add_argument(
+        "--control-socket",
+        "--socket",
+        "-s",
+        dest="control_socket",
+        metavar="PATH",
+        help="the daemon's control socket (default: where 'ntpy serve' puts it: "
+        "/run/ntpy/ntpy.sock, else $XDG_RUNTIME_DIR/ntpy.sock, else /tmp/ntpy-UID/ntpy.sock)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=2.0,
+        metavar="SECONDS",
+        help="give up if the daemon does not answer in time (default 2)",
+    )

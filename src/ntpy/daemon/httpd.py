@@ -1,0 +1,573 @@
+"""A small HTTP/1.1 server inside the daemon's own event loop, for the status page and /metrics.
+
+Why not ``http.server``, threads or asyncio: the daemon is one thread driven by
+``ntpy.daemon.loop.Loop`` (which must keep working on a plain poll selector so LD_PRELOAD
+simulators can drive it), and a monitoring request must never delay an NTP reply by more
+than one short callback. So the server is non-blocking and bounded everywhere:
+
+* a request head (request line + headers) is at most ``head_limit`` bytes, read in slices;
+* at most ``max_connections`` connections at once (more get a best-effort 503 and are closed);
+* every connection has an idle deadline that only progress moves forward (slowloris);
+* only GET and HEAD exist -- monitoring is read-only (DESIGN rule 7) -- and a request body
+  is refused, so there is no body parsing at all;
+* one request per connection (``Connection: close``): keep-alive would buy nothing for a
+  page that polls every few seconds, and it removes request-pipelining state.
+
+Parsing (``parse_request``) and dispatch (``dispatch``) are pure functions, so the protocol
+rules are tested without sockets; any input either parses or raises ``HttpError``, which
+carries the status code the client gets back (h11's rule). The loop offers readers and
+timers only, so a reply larger than the socket buffer is finished by short retry timers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import email.utils
+import errno
+import functools
+import ipaddress
+import json
+import logging
+import re
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from ntpy.daemon.loop import Loop
+
+log = logging.getLogger("ntpy.httpd")
+
+NS_PER_S = 1_000_000_000
+HEAD_LIMIT = 8192
+"""Bytes of request line plus headers (browsers send well under 2 KiB to a local page)."""
+REQUEST_LINE_LIMIT = 4096
+MAX_HEADERS = 64
+MAX_CONNECTIONS = 32
+IDLE_TIMEOUT_NS = 10 * NS_PER_S
+LINGER_NS = 2 * NS_PER_S
+"""After the reply, how long to wait for the client's FIN before closing (see ``_linger``)."""
+SEND_RETRY_NS = 5_000_000
+ACCEPT_BATCH = 16
+ACCEPT_PAUSE_NS = 100_000_000
+DRAIN_LIMIT = 64 * 1024
+SERVER_NAME = "ntpy"
+
+REASONS = {
+    200: "OK",
+    204: "No Content",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    408: "Request Timeout",
+    413: "Content Too Large",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+    505: "HTTP Version Not Supported",
+}
+ALLOWED_METHODS = ("GET", "HEAD")
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    (
+        "Content-Security-Policy",
+        "default-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+)
+"""Sent with every reply: the page loads nothing but its own files, cannot be framed."""
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
+_TARGET = re.compile(rb"[\x21-\x7e]+")
+_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+
+
+class HttpError(Exception):
+    """The client sent something we will not serve; ``status`` is what it gets back."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class HttpServerError(OSError):
+    """The server cannot be set up (bad address, port in use); the message is for the admin."""
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    method: str
+    target: str
+    path: str
+    query: str
+    version: str
+    headers: tuple[tuple[str, str], ...]
+    """(lower-case name, value) in arrival order."""
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    cache_control: str = "no-store"
+    """Dynamic data must never be cached; static files say how long they may be."""
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+Route = Callable[[str], Response]
+"""A handler: gets the raw query string (without '?'), returns the response."""
+
+
+def text_response(status: int, message: str) -> Response:
+    return Response(status, (message.rstrip("\n") + "\n").encode("utf-8"))
+
+
+def json_response(obj: object, status: int = 200) -> Response:
+    """Strict JSON (no NaN/Infinity: browsers' JSON.parse rejects them)."""
+    body = json.dumps(obj, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    return Response(status, body, "application/json")
+
+
+# ---------------------------------------------------------------------------------------
+# Parsing and dispatch (pure)
+
+
+def find_head_end(buf: bytes | bytearray) -> int:
+    """Index just past the blank line that ends the head, or -1 (bare LF tolerated)."""
+    crlf = buf.find(b"\r\n\r\n")
+    lf = buf.find(b"\n\n")
+    ends = [i + 4 for i in (crlf,) if i >= 0] + [i + 2 for i in (lf,) if i >= 0]
+    return min(ends) if ends else -1
+
+
+def parse_request(head: bytes) -> Request:
+    """Parse a request head (up to and including the blank line). Raises HttpError only."""
+    lines = [line[:-1] if line.endswith(b"\r") else line for line in head.split(b"\n")]
+    while lines and lines[-1] == b"":
+        lines.pop()
+    if not lines:
+        raise HttpError(400, "empty request")
+    request_line = lines[0]
+    if len(request_line) > REQUEST_LINE_LIMIT:
+        raise HttpError(414, f"request line longer than {REQUEST_LINE_LIMIT} bytes")
+    parts = request_line.split(b" ")
+    if len(parts) != 3:
+        raise HttpError(400, "malformed request line (expected: METHOD TARGET HTTP/1.1)")
+    method, target, version = parts
+    if not _TOKEN.fullmatch(method):
+        raise HttpError(400, "malformed method")
+    vm = _VERSION.fullmatch(version)
+    if vm is None:
+        raise HttpError(400, "malformed HTTP version")
+    if vm.group(1) != b"1":
+        raise HttpError(505, "only HTTP/1.x is served")
+    if not _TARGET.fullmatch(target):
+        raise HttpError(400, "malformed request target")
+    text_target = target.decode("ascii")
+    path, query = _split_target(text_target)
+    headers = _parse_headers(lines[1:])
+    req = Request(
+        method.decode("ascii"), text_target, path, query, version.decode("ascii"), headers
+    )
+    _check_framing(req)
+    return req
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    if target.startswith(("http://", "https://")):  # absolute-form: keep path and query
+        rest = target.split("://", 1)[1]
+        slash = rest.find("/")
+        target = rest[slash:] if slash >= 0 else "/"
+    if not target.startswith("/"):
+        raise HttpError(400, "request target must be a path")
+    path, _, query = target.partition("?")
+    path = path.partition("#")[0]
+    return path, query
+
+
+def _parse_headers(lines: list[bytes]) -> tuple[tuple[str, str], ...]:
+    if len(lines) > MAX_HEADERS:
+        raise HttpError(431, f"more than {MAX_HEADERS} header fields")
+    out: list[tuple[str, str]] = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            raise HttpError(400, "obsolete header line folding")
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):
+            raise HttpError(400, "malformed header field")
+        value = value.strip(b" \t")
+        if not _FIELD_VALUE.fullmatch(value):
+            raise HttpError(400, "control character in a header value")
+        out.append((name.decode("ascii").lower(), value.decode("latin-1")))
+    return tuple(out)
+
+
+def _check_framing(req: Request) -> None:
+    """Host is mandatory in HTTP/1.1 (RFC 9112 3.2); bodies are never accepted."""
+    hosts = [v for k, v in req.headers if k == "host"]
+    if req.version == "HTTP/1.1" and len(hosts) != 1:
+        raise HttpError(400, "an HTTP/1.1 request needs exactly one Host header")
+    if req.header("transfer-encoding") is not None:
+        raise HttpError(413, "request bodies are not accepted")
+    lengths = {v.strip() for k, v in req.headers if k == "content-length"}
+    if lengths:
+        if len(lengths) != 1 or not next(iter(lengths)).isdigit():
+            raise HttpError(400, "malformed Content-Length")
+        if int(next(iter(lengths))) != 0:
+            raise HttpError(413, "request bodies are not accepted")
+
+
+def dispatch(req: Request, routes: Mapping[str, Route]) -> Response:
+    """The response for a parsed request: 405, 404, the route's reply, or 500 if it broke."""
+    if req.method not in ALLOWED_METHODS:
+        return dataclasses.replace(
+            text_response(405, f"method {req.method} not allowed; use GET"),
+            headers=(("Allow", ", ".join(ALLOWED_METHODS)),),
+        )
+    route = routes.get(req.path)
+    if route is None:
+        return text_response(404, f"not found: {req.path[:200]}")
+    try:
+        return route(req.query)
+    except HttpError as exc:  # a route may refuse its query string
+        return text_response(exc.status, exc.message)
+    except Exception as exc:  # a route bug must not take the daemon down
+        log.exception("HTTP handler for %s failed", req.path)
+        return text_response(500, f"internal error: {type(exc).__name__}")
+
+
+def render(resp: Response, *, head_only: bool = False) -> bytes:
+    """Status line, headers and (unless HEAD) body of a ``Connection: close`` response."""
+    reason = REASONS.get(resp.status, "Unknown")
+    headers = [
+        ("Date", email.utils.formatdate(usegmt=True)),
+        ("Server", SERVER_NAME),
+        ("Content-Type", resp.content_type),
+        ("Content-Length", str(len(resp.body))),
+        ("Cache-Control", resp.cache_control),
+        ("Connection", "close"),
+        *SECURITY_HEADERS,
+        *resp.headers,
+    ]
+    lines = [f"HTTP/1.1 {resp.status} {reason}"] + [f"{k}: {v}" for k, v in headers]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return head if head_only else head + resp.body
+
+
+def status_class(status: int) -> str:
+    return f"http_{status // 100}xx"
+
+
+# ---------------------------------------------------------------------------------------
+# Server
+
+
+@dataclasses.dataclass(eq=False)
+class _Conn:
+    sock: socket.socket
+    deadline_ns: int
+    buf: bytearray = dataclasses.field(default_factory=bytearray)
+    out: memoryview | None = None
+    reading: bool = True
+    lingering: bool = False
+    drained: int = 0
+    closed: bool = False
+    overflow: bool = False
+    """Accepted beyond the limit only to be told 503 (see ``_on_accept``)."""
+
+
+def format_url(host: str, port: int, path: str = "/") -> str:
+    return f"http://[{host}]:{port}{path}" if ":" in host else f"http://{host}:{port}{path}"
+
+
+class HttpServer:
+    """Serves ``routes`` (exact paths) on one TCP address from inside ``loop``."""
+
+    def __init__(
+        self,
+        loop: Loop,
+        routes: Mapping[str, Route],
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        head_limit: int = HEAD_LIMIT,
+        idle_timeout_ns: int = IDLE_TIMEOUT_NS,
+        linger_ns: int = LINGER_NS,
+    ) -> None:
+        if max_connections < 1 or head_limit < 64 or idle_timeout_ns <= 0 or linger_ns < 0:
+            raise ValueError(
+                "need max_connections >= 1, head_limit >= 64, idle_timeout_ns > 0, linger_ns >= 0"
+            )
+        self.loop = loop
+        self.routes = dict(routes)
+        self.max_connections = max_connections
+        self.head_limit = head_limit
+        self.idle_timeout_ns = idle_timeout_ns
+        self.linger_ns = linger_ns
+        self.counters: Counter[str] = Counter()
+        self.bound: tuple[str, int] | None = None
+        self._listener: socket.socket | None = None
+        self._accepting = False
+        self._conns: set[_Conn] = set()
+        self._overflow = 0
+
+    @property
+    def active_connections(self) -> int:
+        return len(self._conns)
+
+    def url(self, path: str = "/") -> str:
+        if self.bound is None:
+            raise RuntimeError("the server is not open")
+        return format_url(self.bound[0], self.bound[1], path)
+
+    def open(self, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
+        """Bind, listen and join the loop; returns the URL of '/' with the bound port."""
+        if not 0 <= port <= 65535:
+            raise HttpServerError(f"port {port} out of range 0-65535")
+        host = str(address)
+        try:
+            infos = socket.getaddrinfo(
+                host,
+                port,
+                socket.AF_UNSPEC,
+                socket.SOCK_STREAM,
+                0,
+                socket.AI_NUMERICHOST | socket.AI_PASSIVE,
+            )
+        except socket.gaierror:
+            raise HttpServerError(f"not a numeric IP address: {host!r}") from None
+        family, _, _, _, sockaddr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setblocking(False)
+            sock.bind(sockaddr)
+            sock.listen(min(self.max_connections, 128))
+        except OSError as exc:
+            sock.close()
+            where = format_url(host, port, "")
+            raise HttpServerError(
+                f"cannot listen on {where.removeprefix('http://')}: {exc.strerror or exc}"
+            ) from None
+        bound_host, bound_port = sock.getsockname()[:2]
+        self.bound = (str(bound_host), int(bound_port))
+        self._listener = sock
+        self._resume_accepting()
+        return self.url()
+
+    def close(self) -> None:
+        for conn in list(self._conns):
+            self._drop(conn)
+        if self._listener is not None:
+            self._pause_accepting()
+            self._listener.close()
+            self._listener = None
+
+    # -- accepting ----------------------------------------------------------------------
+
+    def _resume_accepting(self) -> None:
+        if self._listener is not None and not self._accepting:
+            self.loop.add_reader(self._listener, self._on_accept)
+            self._accepting = True
+
+    def _pause_accepting(self) -> None:
+        if self._accepting and self._listener is not None:
+            _quiet_remove_reader(self.loop, self._listener)
+        self._accepting = False
+
+    def _on_accept(self) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _addr = listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("HTTP: cannot accept (%s); pausing", exc.strerror)
+                    self.counters["accept_failed"] += 1
+                    self._pause_accepting()
+                    self.loop.call_later(ACCEPT_PAUSE_NS, self._resume_accepting)
+                return  # ECONNABORTED and friends: that client is gone already
+            sock.setblocking(False)
+            if len(self._conns) - self._overflow >= self.max_connections:
+                self._refuse(sock)
+                continue
+            self.counters["accepted"] += 1
+            conn = _Conn(sock, time.monotonic_ns() + self.idle_timeout_ns)
+            self._conns.add(conn)
+            self.loop.add_reader(sock, functools.partial(self._on_readable, conn))
+            self.loop.call_at(conn.deadline_ns, functools.partial(self._on_deadline, conn))
+
+    def _refuse(self, sock: socket.socket) -> None:
+        """Over the limit: answer 503 through the normal send-and-linger path, so the client
+        sees the answer rather than a reset; a second, equal budget bounds these too, and
+        past it the connection is simply closed."""
+        self.counters["busy"] += 1
+        if self._overflow >= self.max_connections:
+            sock.close()
+            return
+        self._overflow += 1
+        conn = _Conn(sock, time.monotonic_ns() + self.idle_timeout_ns, reading=False)
+        conn.overflow = True
+        self._conns.add(conn)
+        self.loop.call_at(conn.deadline_ns, functools.partial(self._on_deadline, conn))
+        self.counters[status_class(503)] += 1
+        self._send(conn, render(text_response(503, "busy: too many connections")))
+
+    # -- one connection -----------------------------------------------------------------
+
+    def _on_readable(self, conn: _Conn) -> None:
+        if conn.lingering:
+            self._linger_read(conn)
+            return
+        want = self.head_limit + 1 - len(conn.buf)
+        try:
+            data = conn.sock.recv(max(1, min(want, 16384)))
+        except BlockingIOError:
+            return
+        except OSError:
+            self._drop(conn)
+            return
+        if not data:
+            if conn.buf:
+                self.counters["incomplete"] += 1
+            self._drop(conn)
+            return
+        conn.buf += data
+        conn.deadline_ns = time.monotonic_ns() + self.idle_timeout_ns
+        end = find_head_end(conn.buf)
+        if end >= 0:
+            self._handle(conn, bytes(conn.buf[:end]))
+        elif len(conn.buf) > self.head_limit:
+            status = 414 if b"\n" not in conn.buf else 431
+            self._fail(conn, HttpError(status, f"request head longer than {self.head_limit} bytes"))
+
+    def _handle(self, conn: _Conn, head: bytes) -> None:
+        try:
+            req = parse_request(head)
+        except HttpError as exc:
+            self._fail(conn, exc)
+            return
+        self.counters["requests"] += 1
+        resp = dispatch(req, self.routes)
+        self.counters[status_class(resp.status)] += 1
+        self._send(conn, render(resp, head_only=req.method == "HEAD"))
+
+    def _fail(self, conn: _Conn, exc: HttpError) -> None:
+        """Peer error: counted (``bad_request`` or the size limits), answered, closed."""
+        name = {413: "too_large", 414: "too_large", 431: "too_large", 505: "bad_version"}
+        self.counters[name.get(exc.status, "bad_request")] += 1
+        self.counters[status_class(exc.status)] += 1
+        self._send(conn, render(text_response(exc.status, exc.message)))
+
+    def _send(self, conn: _Conn, data: bytes) -> None:
+        if conn.reading:
+            _quiet_remove_reader(self.loop, conn.sock)
+            conn.reading = False
+        conn.buf.clear()
+        conn.out = memoryview(data)
+        self._flush(conn)
+
+    def _flush(self, conn: _Conn) -> None:
+        if conn.closed or conn.out is None:
+            return
+        try:
+            sent = conn.sock.send(conn.out)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # EPIPE, ECONNRESET: the client left
+            self._drop(conn)
+            return
+        now = time.monotonic_ns()
+        if sent:
+            conn.deadline_ns = now + self.idle_timeout_ns
+        conn.out = conn.out[sent:]
+        if not conn.out:
+            conn.out = None
+            self._linger(conn)
+            return
+        self.loop.call_later(SEND_RETRY_NS, functools.partial(self._flush, conn))
+
+    def _linger(self, conn: _Conn) -> None:
+        """Half-close and wait for the client's FIN before closing.
+
+        Closing a TCP socket with unread input (a pipelined request, a body we refused)
+        makes the kernel send a reset, and the client may then lose the reply it has not
+        read yet. So: FIN our side, discard whatever still arrives, close on the client's
+        FIN, on ``DRAIN_LIMIT`` bytes or after ``linger_ns``.
+        """
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._drop(conn)
+            return
+        if self.linger_ns == 0:
+            self._drop(conn)
+            return
+        conn.lingering = True
+        conn.deadline_ns = time.monotonic_ns() + self.linger_ns
+        self.loop.add_reader(conn.sock, functools.partial(self._on_readable, conn))
+        conn.reading = True
+
+    def _linger_read(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        conn.drained += len(data)
+        if not data or conn.drained > DRAIN_LIMIT:
+            self._drop(conn)
+
+    def _on_deadline(self, conn: _Conn) -> None:
+        if conn.closed:
+            return
+        now = time.monotonic_ns()
+        if now < conn.deadline_ns:  # progress moved it: sleep again (timers cannot be moved)
+            self.loop.call_at(conn.deadline_ns, functools.partial(self._on_deadline, conn))
+            return
+        if conn.lingering:
+            self._drop(conn)
+            return
+        self.counters["timeout"] += 1
+        if conn.out is None and conn.reading:
+            with contextlib.suppress(OSError):
+                conn.sock.send(render(text_response(408, "timeout: no complete request")))
+        self._drop(conn)
+
+    def _drop(self, conn: _Conn) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        self._conns.discard(conn)
+        if conn.overflow:
+            self._overflow -= 1
+        if conn.reading:
+            _quiet_remove_reader(self.loop, conn.sock)
+            conn.reading = False
+        conn.out = None
+        conn.sock.close()
+
+
+def _quiet_remove_reader(loop: Loop, sock: socket.socket) -> None:
+    """Unregister, tolerating a socket that was never registered or a loop already closed."""
+    with contextlib.suppress(KeyError, ValueError, RuntimeError, OSError):
+        loop.remove_reader(sock)
