@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +34,39 @@ REPO_DIR = BENCH_DIR.parent
 DEFAULT_NTPY_CMD = (
     "{python} -m ntpy serve --config {config} --listen {addr}:{port} -x --control-socket none"
 )
-NTPY_CONF = "server 127.127.1.0\nfudge 127.127.1.0 stratum 10\n"
 MAX_WORKERS = 256
+
+# Rate limiting stays on in the benchmark, as in a real deployment: every request from the
+# generator passes through each server's limiter, set generously enough that none is ever
+# limited (the benchmark measures what the limiter costs, not what it refuses). The limits
+# are per source address: 2**RATE_INTERVAL_LOG2 s per request on average, with bursts of
+# RATE_BURST. -10 is the shortest interval ntpy's ``ratelimit`` accepts (1024/s per source),
+# so the generator spreads its load over GEN_SOURCES addresses (serve_rate's --sockets) to
+# stay under it: 256 x 1024/s = 262,144/s before a single request would be limited.
+RATE_INTERVAL_LOG2 = -10
+RATE_BURST = 255
+RATE_LEAK_LOG2 = 2
+GEN_SOURCES = 256
+PER_SOURCE_LIMIT = 2.0**-RATE_INTERVAL_LOG2
+"""Requests per second one source may send on average before it is limited."""
+
+NTPY_CONF = f"""\
+server 127.127.1.0
+fudge 127.127.1.0 stratum 10
+# ntpy's built-in default access rules: everyone limited, with KoD; localhost exempt.
+restrict default kod nomodify notrap nopeer noquery limited
+restrict 127.0.0.1
+restrict ::1
+ratelimit interval {RATE_INTERVAL_LOG2} burst {RATE_BURST} leak {RATE_LEAK_LOG2}
+discard minimum 0
+"""
+NTPY_LIMITER = (
+    f"restrict default kod ... limited; ratelimit interval {RATE_INTERVAL_LOG2} "
+    f"burst {RATE_BURST} leak {RATE_LEAK_LOG2}; discard minimum 0"
+)
+CHRONYD_LIMITER = (
+    f"ratelimit interval {RATE_INTERVAL_LOG2} burst {RATE_BURST} leak {RATE_LEAK_LOG2}"
+)
 
 
 class ServerStartError(RuntimeError):
@@ -52,6 +84,10 @@ class ServerSpec:
     workdir: Path
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path = REPO_DIR
+    limiter: str = "none"
+    """The rate limiter settings the server runs with, as printed in the report."""
+    metrics_port: int | None = None
+    """ntpy's Prometheus endpoint (on ``addr``), read for the limiter's counters."""
 
 
 def free_udp_port(addr: str, first: int, tries: int = 50) -> int:
@@ -64,6 +100,18 @@ def free_udp_port(addr: str, first: int, tries: int = 50) -> int:
                 continue
             return port
     raise ServerStartError(f"no free UDP port on {addr} in {first}..{first + tries - 1}")
+
+
+def free_tcp_port(addr: str, first: int, tries: int = 50) -> int:
+    """First TCP port >= ``first`` that can be bound on ``addr`` (checked, then released)."""
+    for port in range(first, first + tries):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((addr, port))
+            except OSError:
+                continue
+            return port
+    raise ServerStartError(f"no free TCP port on {addr} in {first}..{first + tries - 1}")
 
 
 def chronyd_spec(addr: str, port: int, chronyd: str = "chronyd") -> ServerSpec:
@@ -85,6 +133,7 @@ def chronyd_spec(addr: str, port: int, chronyd: str = "chronyd") -> ServerSpec:
                 f"port {port}",
                 f"bindaddress {addr}",
                 "cmdport 0",
+                CHRONYD_LIMITER,
                 f"bindcmdaddress {workdir / 'chronyd.sock'}",
                 f"pidfile {workdir / 'chronyd.pid'}",
                 "",
@@ -92,7 +141,7 @@ def chronyd_spec(addr: str, port: int, chronyd: str = "chronyd") -> ServerSpec:
         )
     )
     argv = (exe, "-x", "-d", "-u", "root", "-f", str(conf))
-    return ServerSpec("chronyd", argv, addr, port, workdir)
+    return ServerSpec("chronyd", argv, addr, port, workdir, limiter=CHRONYD_LIMITER)
 
 
 def naive_spec(addr: str, port: int) -> ServerSpec:
@@ -137,7 +186,12 @@ def ntpy_spec(
     """
     workdir = Path(tempfile.mkdtemp(prefix="bench-ntpy-"))
     conf = workdir / "ntp.conf"
-    conf.write_text(NTPY_CONF + f"workers {workers}\n")
+    try:
+        metrics_port = free_tcp_port(addr, port + 1000)
+    except ServerStartError:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+    conf.write_text(NTPY_CONF + f"workers {workers}\nmetrics {addr}:{metrics_port}\n")
     try:
         text = template.format(
             python=shlex.quote(sys.executable),
@@ -152,7 +206,14 @@ def ntpy_spec(
     src = str(REPO_DIR / "src")
     pythonpath = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
     return ServerSpec(
-        name, tuple(shlex.split(text)), addr, port, workdir, {"PYTHONPATH": pythonpath}
+        name,
+        tuple(shlex.split(text)),
+        addr,
+        port,
+        workdir,
+        {"PYTHONPATH": pythonpath},
+        limiter=NTPY_LIMITER,
+        metrics_port=metrics_port,
     )
 
 
@@ -251,6 +312,7 @@ class ManagedServer:
         """SIGTERM our process, wait, then SIGKILL it and any remembered descendants.
 
         The work directory (config, log) goes too, unless the spec is to be started again.
+        Read ``limiter_counters`` before this, ``exit_counters`` after (keep_workdir=True).
         """
         proc = self._proc
         if proc is None:
@@ -276,6 +338,113 @@ class ManagedServer:
         self._proc = None
         if not keep_workdir:
             shutil.rmtree(self.spec.workdir, ignore_errors=True)
+
+    def limiter_counters(self) -> dict[str, int]:
+        """The server's own rate-limiter counters, read while it runs (empty if it has none).
+
+        ntpy: its Prometheus endpoint, ``ratelimit_*`` names as the daemon counts them
+        (checked, allowed, limited_leak, limited_drop, kod_sent, ...), summed over workers.
+        chronyd: ``chronyc serverstats`` on its private command socket: ``ntp_received``
+        and ``ntp_dropped`` (dropped = refused by ``ratelimit``). Raises ServerStartError
+        when the server cannot be asked.
+        """
+        spec = self.spec
+        if spec.metrics_port is not None:
+            return read_ntpy_metrics(spec.addr, spec.metrics_port)
+        if spec.name == "chronyd":
+            return read_chronyd_serverstats(spec.workdir / "chronyd.sock")
+        return {}
+
+    def exit_counters(self) -> dict[str, int]:
+        """The ``counters: k=v ...`` line an ntpy daemon logs when it stops (last one wins)."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return {}
+        return parse_counters_line(text)
+
+
+def parse_counters_line(log_text: str) -> dict[str, int]:
+    """``{name: value}`` from the last ``counters: a=1 b=2`` line of a log, else empty."""
+    found: dict[str, int] = {}
+    for line in log_text.splitlines():
+        _, sep, rest = line.partition(" counters: ")
+        if not sep:
+            continue
+        found = {}
+        for word in rest.split():
+            name, eq, value = word.partition("=")
+            if eq and value.isdigit():
+                found[name] = int(value)
+    return found
+
+
+_PROM_LIMITER = {
+    "ntpy_ratelimit_checks_total": "checked",
+    "ntpy_ratelimit_allowed_total": "allowed",
+    'ntpy_ratelimit_limited_total{action="leaked"}': "limited_leak",
+    'ntpy_ratelimit_limited_total{action="dropped"}': "limited_drop",
+    'ntpy_ratelimit_limited_total{action="kod"}': "kod_sent",
+    "ntpy_ratelimit_kod_withheld_total": "kod_limited",
+    "ntpy_ratelimit_evictions_total": "evicted",
+    "ntpy_ratelimit_new_clients_total": "new_clients",
+}
+
+
+def read_ntpy_metrics(addr: str, port: int, timeout: float = 5.0) -> dict[str, int]:
+    """The limiter's counters from ntpy's ``/metrics`` (loopback only), as ``ratelimit_*``."""
+    if not addr.startswith("127."):
+        raise ServerStartError(f"refusing to read metrics from non-loopback {addr}")
+    try:
+        with urllib.request.urlopen(f"http://{addr}:{port}/metrics", timeout=timeout) as r:
+            text = r.read().decode("utf-8", "replace")
+    except OSError as exc:
+        raise ServerStartError(f"cannot read ntpy metrics on {addr}:{port}: {exc}") from exc
+    return parse_prometheus_limiter(text)
+
+
+def parse_prometheus_limiter(text: str) -> dict[str, int]:
+    """``ratelimit_*`` counters from a Prometheus exposition (absent families are absent)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        key = _PROM_LIMITER.get(name)
+        if key is not None:
+            with contextlib.suppress(ValueError):
+                out["ratelimit_" + key] = int(float(value))
+    return out
+
+
+def read_chronyd_serverstats(sock: Path, timeout: float = 5.0) -> dict[str, int]:
+    """``ntp_received`` / ``ntp_dropped`` from ``chronyc -h SOCKET serverstats``."""
+    exe = shutil.which("chronyc")
+    if exe is None:
+        raise ServerStartError("chronyc not found (package chrony)")
+    try:
+        done = subprocess.run(
+            [exe, "-n", "-h", str(sock), "serverstats"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise ServerStartError(f"chronyc serverstats failed: {exc}") from exc
+    return parse_serverstats(done.stdout)
+
+
+def parse_serverstats(text: str) -> dict[str, int]:
+    """The two NTP lines of ``chronyc serverstats``; empty when they are missing."""
+    names = {"NTP packets received": "ntp_received", "NTP packets dropped": "ntp_dropped"}
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        label, _, value = line.partition(":")
+        key = names.get(label.strip())
+        if key is not None and value.strip().isdigit():
+            out[key] = int(value)
+    return out
 
 
 def build_specs(

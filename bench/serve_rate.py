@@ -59,7 +59,10 @@ from _quality import measure_many as measure_quality
 from _servers import (
     BENCH_DIR,
     DEFAULT_NTPY_CMD,
+    GEN_SOURCES,
     MAX_WORKERS,
+    PER_SOURCE_LIMIT,
+    RATE_BURST,
     ManagedServer,
     ServerSpec,
     ServerStartError,
@@ -286,6 +289,13 @@ class ServerResult:
     """The same after the rate search, once the server has gone idle again."""
     quality: QualityResult | None = None
     quality_error: str = ""
+    limiter: str = ""
+    """The rate limiter settings the server ran with."""
+    limiter_counters: dict[str, int] = field(default_factory=dict)
+    """The server's own limiter counters after the runs (see ManagedServer.limiter_counters)."""
+    exit_counters: dict[str, int] = field(default_factory=dict)
+    """ntpy's ``counters:`` line logged at exit (empty for other servers)."""
+    limiter_error: str = ""
 
     def median(self, key: Callable[[Step], float | None]) -> float | None:
         values = [v for v in (key(s) for s in self.measured) if v is not None]
@@ -497,7 +507,7 @@ def quality_phase(specs: list[ServerSpec], cfg: Config) -> dict[str, QualityResu
 
 def bench_server(spec: ServerSpec, cfg: Config) -> ServerResult:
     """Start one server; memory, rate search, memory again; stop it (always)."""
-    result = ServerResult(spec.name, "ok", command=list(spec.argv))
+    result = ServerResult(spec.name, "ok", command=list(spec.argv), limiter=spec.limiter)
     server = ManagedServer(spec)
     try:
         log(f"starting {spec.name}: {' '.join(spec.argv)}")
@@ -508,14 +518,62 @@ def bench_server(spec: ServerSpec, cfg: Config) -> ServerResult:
         if server.alive():
             wait_quiet(server, cfg.settle_s)
             result.memory_loaded = measure_memory(server, result, "after load")
+            try:
+                result.limiter_counters = server.limiter_counters()
+            except ServerStartError as exc:
+                result.limiter_error = str(exc)
         if not result.measured:
             result.status = "failed"
     except (ServerStartError, BenchError, subprocess.TimeoutExpired) as exc:
         result.status, result.error = "failed", str(exc)
         log(f"  {spec.name}: FAILED: {exc}")
     finally:
-        server.stop()
+        server.stop(keep_workdir=True)  # main() removes the work directory
+        result.exit_counters = server.exit_counters()
+    for line in limiter_lines(result):
+        log(f"  {spec.name:9s} {line.strip()}")
     return result
+
+
+def limiter_lines(r: ServerResult) -> list[str]:
+    """What the server's limiter did: it must have been consulted and refused nothing.
+
+    ntpy: ``ratelimit_checked`` > 0 (every generator request passes ``restrict default
+    ... limited``) and no request leaked, dropped or kissed, neither in the limiter's
+    counters nor in the daemon's exit line (``drop_rate_limited``, ``kod_rate_sent``).
+    chronyd: ``NTP packets dropped`` (its rate-limit drops) = 0. Anything else is flagged,
+    since a limited request is an unanswered one and the rate would be wrong.
+    """
+    if not r.limiter or r.limiter == "none":
+        return []
+    out = [f"{r.name:10s} limiter: {r.limiter}"]
+    c, x = r.limiter_counters, r.exit_counters
+    if r.limiter_error:
+        out.append(f"{'':10s}   counters not read: {summarize(r.limiter_error)}")
+    elif "ratelimit_checked" in c:
+        limited = sum(c.get(k, 0) for k in ("ratelimit_limited_leak", "ratelimit_limited_drop"))
+        limited += c.get("ratelimit_kod_sent", 0)
+        refused = x.get("drop_rate_limited", 0) + x.get("kod_rate_sent", 0)
+        ok = c["ratelimit_checked"] > 0 and limited == 0 and refused == 0
+        out.append(
+            f"{'':10s}   checked {c['ratelimit_checked']:,}, allowed "
+            f"{c.get('ratelimit_allowed', 0):,}, limited {limited:,} (leaked "
+            f"{c.get('ratelimit_limited_leak', 0):,}, dropped "
+            f"{c.get('ratelimit_limited_drop', 0):,}, KoD {c.get('ratelimit_kod_sent', 0):,}); "
+            f"at exit drop_rate_limited={x.get('drop_rate_limited', 0):,} "
+            f"kod_rate_sent={x.get('kod_rate_sent', 0):,}: "
+            + ("OK, consulted and never limiting" if ok else "CHECK: limiter not clean")
+        )
+    elif "ntp_dropped" in c:
+        ok = c["ntp_dropped"] == 0 and c.get("ntp_received", 0) > 0
+        out.append(
+            f"{'':10s}   NTP packets received {c.get('ntp_received', 0):,}, dropped by "
+            f"ratelimit {c['ntp_dropped']:,}: "
+            + ("OK, never limiting" if ok else "CHECK: limiter not clean")
+        )
+    else:
+        out.append(f"{'':10s}   (no limiter counters reported)")
+    return out
 
 
 def fmt(value: float | None, spec: str = ",.0f") -> str:
@@ -661,7 +719,16 @@ def report(results: list[ServerResult], cfg: Config) -> str:
         cfg.quality_samples,
         cfg.quality_poll,
     )
-    return "\n".join(lines + notes + memory_lines(results) + quality)
+    limits = [line for r in results for line in limiter_lines(r)]
+    if limits:
+        limits = [
+            "",
+            f"rate limiting (on for all; per source {PER_SOURCE_LIMIT:,.0f}/s, bursts of "
+            f"{RATE_BURST}; {cfg.sockets} generator sources = "
+            f"{PER_SOURCE_LIMIT * cfg.sockets:,.0f}/s before any request is limited)",
+            *limits,
+        ]
+    return "\n".join(lines + notes + limits + memory_lines(results) + quality)
 
 
 def machine_busy(seconds: float = 1.0) -> float:
@@ -749,7 +816,13 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--quick", action="store_true", help="shorter steps, coarser search (< 1 min)")
     p.add_argument("--start-rate", type=int, default=10_000)
     p.add_argument("--max-rate", type=int, default=1_000_000)
-    p.add_argument("--sockets", type=int, default=16, help="generator sockets / source addresses")
+    p.add_argument(
+        "--sockets",
+        type=int,
+        default=GEN_SOURCES,
+        help=f"generator sockets = source addresses (default {GEN_SOURCES}: each stays under "
+        f"the servers' per-source rate limit of {PER_SOURCE_LIMIT:,.0f}/s)",
+    )
     p.add_argument(
         "--gso",
         type=int,
@@ -866,6 +939,12 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         log(f"error: {exc}")
         return 2
+    if cfg.max_rate / cfg.sockets > PER_SOURCE_LIMIT:
+        log(
+            f"NOTE: above {PER_SOURCE_LIMIT * cfg.sockets:,.0f}/s each of the {cfg.sockets} "
+            f"sources exceeds the servers' per-source limit ({PER_SOURCE_LIMIT:,.0f}/s): a "
+            "server that fast would rate-limit the generator (flagged after its run)."
+        )
     busy = machine_busy()
     if busy > 0.2:
         log(

@@ -34,6 +34,9 @@ from _procstat import (
     tree_memory,
 )
 from _servers import (
+    GEN_SOURCES,
+    NTPY_CONF,
+    PER_SOURCE_LIMIT,
     ManagedServer,
     ServerSpec,
     ServerStartError,
@@ -41,6 +44,9 @@ from _servers import (
     naive_spec,
     ntpy_spec,
     ntpy_workers,
+    parse_counters_line,
+    parse_prometheus_limiter,
+    parse_serverstats,
 )
 
 
@@ -131,6 +137,8 @@ def test_chronyd_spec_always_has_x(tmp_path: Path) -> None:
     conf = Path(spec.argv[-1]).read_text()
     shutil.rmtree(spec.workdir)
     assert "local stratum 10" in conf and str(spec.workdir) in conf
+    assert "ratelimit interval -10 burst 255 leak 2" in conf
+    assert spec.limiter.startswith("ratelimit ")
     unsafe = ServerSpec("chronyd", ("chronyd", "-d"), "127.2.0.9", 12399, tmp_path)
     with pytest.raises(ServerStartError, match="-x"):
         ManagedServer(unsafe).start()
@@ -329,3 +337,72 @@ def test_quick_run_is_short(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "naive-py" in out and "memory (RSS per process" in out
     assert "served-time quality" in out
     assert (tmp_path / "latest.json").exists()
+
+
+def test_ntpy_bench_config_keeps_rate_limiting_on() -> None:
+    """The bench's ntpy config parses, limits everyone but localhost with KoD, and its
+    limiter lets the generator's per-source rate through (the limiter costs, never refuses)."""
+    from ntpy.config.parser import parse_text
+    from ntpy.daemon.app import build_limiter
+
+    spec = ntpy_spec("127.2.0.9", 12399, workers="1", name="ntpy-w1")
+    try:
+        text = (spec.workdir / "ntp.conf").read_text()
+    finally:
+        shutil.rmtree(spec.workdir)
+    assert text.startswith(NTPY_CONF)
+    assert f"metrics 127.2.0.9:{spec.metrics_port}\n" in text
+    config = parse_text(text, "bench.conf", strict=True).config
+    default = next(r for r in config.restricts if r.target == "default")
+    assert {"limited", "kod"} <= set(default.flags)
+    limiter = build_limiter(config).config
+    assert 2.0**-limiter.average_log2 == PER_SOURCE_LIMIT
+    assert limiter.minimum_s == 0 and limiter.burst == 255
+    # the default run stays under every source's limit up to ntpy's best rates and beyond
+    assert PER_SOURCE_LIMIT * GEN_SOURCES >= 250_000
+    assert serve_rate.parse_args([]).sockets == GEN_SOURCES
+
+
+def test_limiter_counter_parsers() -> None:
+    log = (
+        "2026 ntpy[1]: INFO counters: answered=10 served=10\n"
+        "2026 ntpy[1]: INFO counters: answered=12 drop_rate_limited=3 served=12 bogus=x\n"
+    )
+    assert parse_counters_line(log) == {"answered": 12, "drop_rate_limited": 3, "served": 12}
+    assert parse_counters_line("no such line") == {}
+    prom = (
+        "# HELP ntpy_ratelimit_checks_total Requests checked.\n"
+        "ntpy_ratelimit_checks_total 100.0\n"
+        "ntpy_ratelimit_allowed_total 97.0\n"
+        'ntpy_ratelimit_limited_total{action="kod"} 3.0\n'
+        "ntpy_requests_total 5.0\n"
+    )
+    assert parse_prometheus_limiter(prom) == {
+        "ratelimit_checked": 100,
+        "ratelimit_allowed": 97,
+        "ratelimit_kod_sent": 3,
+    }
+    stats = "NTP packets received       : 1598\nNTP packets dropped        : 8\nOther : 1\n"
+    assert parse_serverstats(stats) == {"ntp_received": 1598, "ntp_dropped": 8}
+
+
+def test_limiter_verdict_lines() -> None:
+    clean = serve_rate.ServerResult(
+        "ntpy",
+        "ok",
+        limiter="restrict default kod ... limited",
+        limiter_counters={"ratelimit_checked": 5, "ratelimit_allowed": 5},
+        exit_counters={"answered": 5},
+    )
+    assert "OK, consulted" in "\n".join(serve_rate.limiter_lines(clean))
+    clean.exit_counters["drop_rate_limited"] = 1
+    assert "CHECK" in "\n".join(serve_rate.limiter_lines(clean))
+    unused = serve_rate.ServerResult(
+        "ntpy", "ok", limiter="x", limiter_counters={"ratelimit_checked": 0}
+    )
+    assert "CHECK" in "\n".join(serve_rate.limiter_lines(unused))
+    chrony = serve_rate.ServerResult(
+        "chronyd", "ok", limiter="ratelimit", limiter_counters={"ntp_received": 9, "ntp_dropped": 2}
+    )
+    assert "CHECK" in "\n".join(serve_rate.limiter_lines(chrony))
+    assert serve_rate.limiter_lines(serve_rate.ServerResult("naive-py", "ok")) == []

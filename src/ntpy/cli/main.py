@@ -181,6 +181,7 @@ def _serve(args: argparse.Namespace) -> int:
         allow_panic_step=args.allow_panic_step,
         control_socket=args.control_socket,
         workers=args.workers,
+        config_path=args.config or None,
     )
     return serve(config, options)
 

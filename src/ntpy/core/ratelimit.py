@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
 
-__all__ = ["ClientStats", "RateLimitConfig", "RateLimiter", "Verdict"]
+__all__ = ["CheckFunction", "ClientStats", "RateLimitConfig", "RateLimiter", "Verdict"]
 
 _NS_PER_S = 1_000_000_000
 _I64_LIMIT = 1 << 63

@@ -33,7 +33,9 @@ from ntpy.core.server import Responder
 from ntpy.core.system import LocalReference, SystemState, unsynchronized
 from ntpy.daemon.control import ControlError, ControlServer, default_socket_path
 from ntpy.daemon.driftfile import WRITE_INTERVAL_NS, DriftWriter, read_drift
+from ntpy.daemon.logsetup import LogSetup
 from ntpy.daemon.loop import Loop
+from ntpy.daemon.reload import ReloadPlan, plan_reload
 from ntpy.daemon.server import NtpServer
 from ntpy.daemon.sync import SyncShell, random64, sync_options
 from ntpy.daemon.udp import ListenAddress, ListenError, parse_listen
@@ -70,6 +72,8 @@ class ServeOptions:
     workers: int | None = None
     """Serving processes (``--workers``); None = the config's ``workers`` (default auto)."""
     extra: dict[str, str] = field(default_factory=dict)
+    config_path: str | None = None
+    """The file the config came from (re-read on SIGHUP); None = the built-in config."""
 
 
 def local_reference(config: Config) -> LocalReference | None:
@@ -188,25 +192,6 @@ def build_limiter(config: Config, workers: int = 1) -> RateLimiter:
     return RateLimiter(cfg, lambda: secrets.randbits(32))
 
 
-def configure_logging(level: str, logfile: str | None) -> None:
-    fmt = logging.Formatter("%(asctime)s ntpy[%(process)d]: %(levelname)s %(message)s")
-    root = logging.getLogger()
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    err = logging.StreamHandler(sys.stderr)
-    err.setFormatter(fmt)
-    root.addHandler(err)
-    if logfile:
-        try:
-            fh = logging.FileHandler(logfile)
-        except OSError as exc:
-            log.warning("cannot open logfile %s: %s; logging to stderr only", logfile, exc.strerror)
-        else:
-            fh.setFormatter(fmt)
-            root.addHandler(fh)
-
-
 class Daemon:
     """The running server: clock, sync engine, responder, sockets, control socket, loop."""
 
@@ -273,6 +258,8 @@ class Daemon:
         self.sync.on_sources = self._sources_changed  # `restrict source` follows them
         self.control: ControlServer | None = None
         self.stats: StatsFiles | None = None
+        self.logs: LogSetup | None = None
+        """The log handlers (set by ``serve``); SIGHUP reopens the log file through it."""
         self.web: WebService | None = None
 
     def _set_state(self, state: SystemState) -> None:
@@ -306,9 +293,17 @@ class Daemon:
             out = {str(k): v for k, v in served.items()}
             out.update({f"ratelimit_{k}": v for k, v in limited.items()})
             out["worker_restarts"] = self.pool.restarts
-            return out
+            return self._with_mode6(out)
         out = {str(k): v for k, v in self.server.counters.items()}
         out.update({f"ratelimit_{k}": v for k, v in self.limiter.counters.items()})
+        return self._with_mode6(out)
+
+    def _with_mode6(self, out: dict[str, int]) -> dict[str, int]:
+        """Add the ntpq handler's own tallies (ops served, errors, malformed requests)."""
+        handler = self.control_handler
+        tallies = getattr(handler, "counters", None)
+        if tallies:
+            out.update({f"mode6_{k}": int(v) for k, v in tallies.items()})
         return out
 
     def _summary(self) -> str:
@@ -391,13 +386,79 @@ class Daemon:
         self.loop.add_signal_handler(
             signal.SIGUSR1, lambda s: log.info("counters: %s", self._summary())
         )
-        self.loop.add_signal_handler(
-            signal.SIGHUP,
-            lambda s: log.info(
-                "SIGHUP: configuration reload is not supported yet; restart ntpy to apply changes"
-            ),
-        )
+        self.loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         self.refresh_state()
+
+    def _on_hup(self, signum: int) -> None:
+        self.reload()
+
+    def reload(self) -> ReloadPlan | None:
+        """SIGHUP: reopen the log file (logrotate), re-read the config file and apply what
+        can change live (see ``daemon/reload.py``). A file that does not parse changes
+        nothing. Returns the plan carried out, or None if nothing was read."""
+        if self.logs is not None:
+            self.logs.reopen()
+        path = self.options.config_path
+        if path is None:
+            log.info("SIGHUP: log file reopened; running the built-in config, nothing to reload")
+            return None
+        from ntpy.config import ConfigError, load
+
+        try:
+            result = load(path)
+        except ConfigError as exc:
+            log.error("config reload failed, the running configuration stays: %s", exc)
+            return None
+        except OSError as exc:
+            log.error("config reload failed: cannot read %s: %s", path, exc.strerror)
+            return None
+        for warning in result.warnings:
+            log.warning("%s", warning)
+        new = result.config
+        plan = plan_reload(self.config, new)
+        if plan.logfile_changed and self.logs is not None:
+            self.logs.configure(self.options.log_level, new.logfile)
+        if plan.access_changed:
+            self._reload_access(new)
+        if plan.servers_changed:
+            self.sync.apply_servers(new.servers)
+        if plan.stats_changed:
+            self._reload_stats(new)
+        # What needs a restart keeps running as before, so the next reload compares with it.
+        self.config = dataclasses.replace(
+            new, **{name: getattr(self.config, name) for name in plan.restart_needed}
+        )
+        log.info("configuration reloaded from %s: %s", path, plan.summary())
+        return plan
+
+    def _reload_access(self, config: Config) -> None:
+        try:
+            access = build_access(config)
+        except AccessError as exc:
+            log.error("reload: restrict rules: %s; the old rules stay", exc)
+            return
+        upstreams = [str(u.address[0]) for u in self.sync.upstreams.values()]
+        access.update_sources(upstreams)
+        self.access = access
+        self.responder.access = access
+        limits = ("discard", "ratelimit", "mru")
+        if any(getattr(self.config, f) != getattr(config, f) for f in limits):
+            self.limiter = build_limiter(config, self.workers)
+            self.responder.limiter = self.limiter
+            self.responder.kod_min_poll = self.limiter.config.average_log2
+        if self.pool is not None and self.options.config_path is not None:
+            self.pool.broadcast("reload", {"path": self.options.config_path})
+            self.pool.broadcast("sources", {"addresses": upstreams})
+
+    def _reload_stats(self, config: Config) -> None:
+        if self.stats is not None:
+            if self.stats.record in self.sync.recorders:
+                self.sync.recorders.remove(self.stats.record)
+            self.stats.close()
+        self.stats = StatsFiles.from_config(config)
+        if self.stats is not None:
+            self.stats.announce(self.clock.now_ns())
+            self.sync.recorders.append(self.stats.record)
 
     def _start_web(self) -> None:
         """The status page (``webstatus``) and ``/metrics`` (``metrics``), if configured.
@@ -470,6 +531,11 @@ class Daemon:
     def run(self) -> int:
         if self.pool is not None:
             self.pool.release()  # the workers answer from now on, with the state start() set
+        log.info(
+            "ready: answering on %d address(es) in %d process(es); SIGHUP reloads the config",
+            len(self.server.endpoints) or len(self.pool.endpoints if self.pool else []),
+            self.workers if self.pool is not None else 1,
+        )
         try:
             self.loop.run()
         finally:
@@ -492,9 +558,18 @@ class Daemon:
 
 def serve(config: Config, options: ServeOptions) -> int:
     """Run the daemon until SIGTERM/SIGINT. Returns the process exit status."""
-    configure_logging(options.log_level, config.logfile)
+    # A SIGHUP during start-up (logrotate) must not kill the daemon: ignore it until the
+    # loop installs the reload handler.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    logs = LogSetup()
+    try:
+        logs.configure(options.log_level, config.logfile)
+    except ValueError as exc:
+        print(f"ntpy: {exc}", file=sys.stderr)
+        return 2
     try:
         daemon = Daemon(config, options)
+        daemon.logs = logs
         daemon.start()
     except (StartupError, ValueError, OSError) as exc:
         log.error("cannot start: %s", exc)

@@ -415,10 +415,36 @@ class Worker:
             self._mode6_reply(head, tail)
         elif kind == "sources":
             self.setup.access_update([str(a) for a in head["addresses"]])
+        elif kind == "reload":
+            self._reload(str(head["path"]))
         elif kind == "serve":
             self._serve()
         else:
             log.warning("worker %d: unknown message %r", self.index, kind)
+
+    def _reload(self, path: str) -> None:
+        """The main reloaded the config and its access or rate-limit lines changed: rebuild
+        this worker's from the same file (the main has checked that it parses)."""
+        from ntpy.config import ConfigError, load
+        from ntpy.core.access import AccessError
+        from ntpy.daemon.app import build_access, build_limiter
+
+        try:
+            config = load(path).config
+            access = build_access(config)
+        except (ConfigError, OSError, AccessError) as exc:
+            log.error(
+                "worker %d: reload of %s failed, keeping the old rules: %s", self.index, path, exc
+            )
+            return
+        # The main sends the upstream addresses for `restrict source` right after this.
+        self.responder.access = access
+        self.setup.access_update = access.update_sources
+        limiter = build_limiter(config, self.setup.count)
+        if limiter.config != self.limiter.config:
+            self.limiter = limiter
+            self.responder.limiter = limiter
+            self.responder.kod_min_poll = limiter.config.average_log2
 
     def _mode6_reply(self, head: dict[str, Any], tail: bytes) -> None:
         self._settle_forwarded()
