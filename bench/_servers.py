@@ -64,8 +64,12 @@ NTPY_LIMITER = (
     f"restrict default kod ... limited; ratelimit interval {RATE_INTERVAL_LOG2} "
     f"burst {RATE_BURST} leak {RATE_LEAK_LOG2}; discard minimum 0"
 )
+CHRONYD_RATE_INTERVAL_LOG2 = -19
+"""chronyd's shortest interval. Its limiter is coarse below -4 (it lets bursts through and
+refuses in bursts): at ntpy's -10 it refused ~0.04% of the generator's requests at 80k/s,
+so chronyd gets its own most generous setting; it still looks every request up."""
 CHRONYD_LIMITER = (
-    f"ratelimit interval {RATE_INTERVAL_LOG2} burst {RATE_BURST} leak {RATE_LEAK_LOG2}"
+    f"ratelimit interval {CHRONYD_RATE_INTERVAL_LOG2} burst {RATE_BURST} leak {RATE_LEAK_LOG2}"
 )
 
 

@@ -573,6 +573,14 @@ def limiter_lines(r: ServerResult) -> list[str]:
         )
     else:
         out.append(f"{'':10s}   (no limiter counters reported)")
+    # Where refusals happened: the generator counts KoD (and unsynchronized) replies per step.
+    kod_pass = sum(int(st.load.get("kod_or_unsync", 0)) for st in r.steps if st.verdict == "pass")
+    kod_fail = sum(int(st.load.get("kod_or_unsync", 0)) for st in r.steps if st.verdict != "pass")
+    if kod_pass or kod_fail:
+        out.append(
+            f"{'':10s}   KoD/unsync replies seen by the generator: {kod_pass:,} in passing steps, "
+            f"{kod_fail:,} in failing (overloaded) steps"
+        )
     return out
 
 

@@ -137,7 +137,7 @@ def test_chronyd_spec_always_has_x(tmp_path: Path) -> None:
     conf = Path(spec.argv[-1]).read_text()
     shutil.rmtree(spec.workdir)
     assert "local stratum 10" in conf and str(spec.workdir) in conf
-    assert "ratelimit interval -10 burst 255 leak 2" in conf
+    assert "ratelimit interval -19 burst 255 leak 2" in conf
     assert spec.limiter.startswith("ratelimit ")
     unsafe = ServerSpec("chronyd", ("chronyd", "-d"), "127.2.0.9", 12399, tmp_path)
     with pytest.raises(ServerStartError, match="-x"):

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import status_samples as samples
 from ntpy.core import control as c
 from ntpy.core.packet import refid_from_ipv4, refid_from_text
 from ntpy.core.status import SourceStatus, SyncStatus, peer_status_word
@@ -23,64 +24,37 @@ INFO = c.ControlInfo("ntpy 0.1.0", "x86_64", "Linux", "6.1")
 
 
 def source(**kw: object) -> SourceStatus:
-    base: dict[str, object] = dict(
-        id=1,
+    """The shared system-peer sample as a server at 127.0.66.3 polled every 8 s, with the
+    peer variables ntpq asks for (srcport, hpoll, ppoll, reftime, rec) filled in."""
+    mode6: dict[str, object] = dict(
         name="127.0.66.3",
         address="127.0.66.3",
-        kind="server",
-        tally="*",
-        refid="GPS",
-        stratum=1,
-        leap=0,
-        type_char="u",
         when_s=3,
         poll_s=8,
-        reach=0o377,
         delay_ns=221_551,
         offset_ns=-1_234_567,
         jitter_ns=4_328,
         dispersion_ns=13_729,
-        root_delay_ns=0,
         root_dispersion_ns=214_000,
-        samples=8,
-        state="sync",
         port=48044,
         hpoll=3,
         ppoll=3,
         reference_ns=NOW - 14 * NS_PER_S,
         received_ns=NOW - NS_PER_S,
         refid_raw=refid_from_text("GPS"),
-        precision=-20,
     )
-    base.update(kw)
-    return SourceStatus(**base)  # type: ignore[arg-type]
+    return samples.source(**(mode6 | kw))
 
 
-LOCAL = source(
-    id=0,
-    name="LOCAL(0)",
-    address="127.127.1.0",
-    kind="local",
-    tally=" ",
-    refid=".LOCL.",
-    stratum=10,
-    type_char="l",
-    reach=0,
-    reference_ns=None,
-    received_ns=None,
-    refid_raw=0x7F7F0100,
-    port=123,
-)
+LOCAL = samples.local_source(refid_raw=0x7F7F0100)
+"""ntpd's LOCAL driver; its refid on the wire is its address, 127.127.1.0."""
 
 
 def status(*sources: SourceStatus, **kw: object) -> SyncStatus:
-    base: dict[str, object] = dict(
-        synchronized=True,
-        leap=0,
-        stratum=2,
+    """The shared synchronised sample following ``source()`` and with ``LOCAL`` configured."""
+    mode6: dict[str, object] = dict(
         refid="127.0.66.3",
         system_peer="127.0.66.3",
-        system_peer_id=1,
         reference_ns=NOW - NS_PER_S,
         root_delay_ns=222_000,
         root_dispersion_ns=231_000,
@@ -90,8 +64,6 @@ def status(*sources: SourceStatus, **kw: object) -> SyncStatus:
         jitter_ns=4_328,
         poll_s=8,
         precision=-23,
-        clock="virtual",
-        sources=sources or (source(), LOCAL),
         clock_jitter_ns=11_892_314,
         clock_wander_ppb=1548.945,
         time_constant=3,
@@ -99,8 +71,7 @@ def status(*sources: SourceStatus, **kw: object) -> SyncStatus:
         refid_raw=refid_from_ipv4("127.0.66.3"),
         updates=5,
     )
-    base.update(kw)
-    return SyncStatus(**base)  # type: ignore[arg-type]
+    return samples.status(*(sources or (source(), LOCAL)), **(mode6 | kw))
 
 
 def snap_of(st_: SyncStatus) -> Callable[[], c.ControlSnapshot]:

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import pytest
 
-from ntpy.core.status import SourceStatus, SyncStatus
 from ntpy.daemon import control
 from ntpy.daemon.control import (
     ControlError,
@@ -36,51 +35,14 @@ from ntpy.daemon.control import (
     socket_candidates,
 )
 from ntpy.daemon.loop import Loop
+from status_samples import source, status
 
 MS = 1_000_000
 SRC = str(Path(__file__).resolve().parents[2] / "src")
+TESTS = str(Path(__file__).resolve().parents[1])
 
-SOURCE = SourceStatus(
-    id=1,
-    name="192.0.2.1",
-    address="192.0.2.1",
-    kind="server",
-    tally="*",
-    refid="GPS",
-    stratum=1,
-    leap=0,
-    type_char="u",
-    when_s=33,
-    poll_s=64,
-    reach=0o377,
-    delay_ns=512_000,
-    offset_ns=-21_000,
-    jitter_ns=34_000,
-    dispersion_ns=1_000,
-    root_delay_ns=0,
-    root_dispersion_ns=10_000,
-    samples=8,
-    state="sync",
-)
-STATUS = SyncStatus(
-    synchronized=True,
-    leap=0,
-    stratum=2,
-    refid="192.0.2.1",
-    system_peer="192.0.2.1",
-    system_peer_id=1,
-    reference_ns=1_700_000_000 * 1_000_000_000,
-    root_delay_ns=1 * MS,
-    root_dispersion_ns=41 * MS,
-    root_distance_ns=42 * MS,
-    offset_ns=-21_000,
-    frequency_ppb=-12345.5,
-    jitter_ns=34_000,
-    poll_s=64,
-    precision=-20,
-    clock="virtual",
-    sources=(SOURCE,),
-)
+SOURCE = source()
+STATUS = status(SOURCE, frequency_ppb=-12345.5)  # a fraction, through JSON and back
 PROVIDERS = {
     "status": lambda: STATUS,
     "peers": lambda: {"sources": STATUS.sources},
@@ -527,7 +489,7 @@ SERVER_SCRIPT = textwrap.dedent(
 def daemon_socket(sockdir: str) -> Iterator[str]:
     """A ControlServer in a child process (the client blocks, so it cannot share a thread)."""
     path = f"{sockdir}/d.sock"
-    env = {**os.environ, "PYTHONPATH": SRC}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, TESTS])}
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVER_SCRIPT, path, str(Path(__file__).parent)],
         stdout=subprocess.PIPE,

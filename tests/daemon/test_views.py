@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any
 
 import pytest
@@ -23,60 +23,17 @@ from ntpy.cli.views import (
     run_peers,
     run_status,
 )
-from ntpy.core.status import SourceStatus, SyncStatus
+from ntpy.core.status import SourceStatus
 from ntpy.daemon.control import ControlError
+from status_samples import local_source, source
+from status_samples import status as sync_status
 
 MS = 1_000_000
 
 
-def source(**kw: Any) -> SourceStatus:
-    base = SourceStatus(
-        id=1,
-        name="192.0.2.1",
-        address="192.0.2.1",
-        kind="server",
-        tally="*",
-        refid="GPS",
-        stratum=1,
-        leap=0,
-        type_char="u",
-        when_s=33,
-        poll_s=64,
-        reach=0o377,
-        delay_ns=512_000,
-        offset_ns=-21_000,
-        jitter_ns=34_000,
-        dispersion_ns=0,
-        root_delay_ns=0,
-        root_dispersion_ns=0,
-        samples=8,
-        state="sync",
-    )
-    return replace(base, **kw)
-
-
 def status(*sources: SourceStatus, **kw: Any) -> dict[str, Any]:
     """A SyncStatus as it arrives over the control socket (a JSON round trip)."""
-    base = SyncStatus(
-        synchronized=True,
-        leap=0,
-        stratum=2,
-        refid="192.0.2.1",
-        system_peer="192.0.2.1",
-        system_peer_id=1,
-        reference_ns=0,
-        root_delay_ns=2 * MS,
-        root_dispersion_ns=41 * MS,
-        root_distance_ns=42 * MS,
-        offset_ns=0,
-        frequency_ppb=0.0,
-        jitter_ns=0,
-        poll_s=64,
-        precision=-20,
-        clock="virtual",
-        sources=sources or (source(),),
-    )
-    out = json.loads(json.dumps(asdict(replace(base, **kw))))
+    out = json.loads(json.dumps(asdict(sync_status(*sources, **kw))))
     assert isinstance(out, dict)
     return out
 
@@ -113,9 +70,7 @@ def test_status_without_system_peer_is_unspecified() -> None:
 
 def test_status_engine_style_local_fallback() -> None:
     """No network system peer, the local clock marked '*' with its refid in dots."""
-    local = source(
-        id=0, name="LOCAL(0)", address="127.127.1.0", kind="local", refid=".LOCL.", stratum=0
-    )
+    local = local_source(tally="*", stratum=0)
     st = status(local, stratum=1, refid="LOCL", system_peer=None, system_peer_id=None)
     assert render_status(st)[0].startswith("synchronised to local net at stratum 1\n")
 
@@ -186,22 +141,7 @@ def test_peers_golden() -> None:
             offset_ns=1_042_000,
             jitter_ns=659_000,
         ),
-        source(
-            id=3,
-            name="LOCAL(0)",
-            address="127.127.1.0",
-            kind="local",
-            tally=" ",
-            refid="LOCL",
-            stratum=10,
-            type_char="l",
-            when_s=None,
-            poll_s=64,
-            reach=0,
-            delay_ns=0,
-            offset_ns=0,
-            jitter_ns=0,
-        ),
+        local_source(id=3, refid="LOCL"),
     )
     assert render_peers(st).splitlines() == [
         "     remote           refid      st t when poll reach   delay   offset   jitter",

@@ -48,7 +48,10 @@ def test_serves_all_versions(tmp_path: Path, selector: str) -> None:
             assert (reply[0] >> 3) & 7 == version and reply[0] & 7 == 4
             assert r.stratum == 11 and r.leap == 0
             assert reply[12:16] == bytes([127, 127, 1, 0])  # ntpd: refclock address above stratum 1
-            assert r.offset_s is not None and abs(r.offset_s) < 0.001
+            # The true offset is 0 (the virtual clock is the system clock here); a measured
+            # one can be off by up to half the round trip, which a loaded machine stretches.
+            assert r.offset_s is not None and r.delay_s is not None
+            assert abs(r.offset_s) < max(0.001, r.delay_s / 2 + 0.0002), r
             assert r.delay_s is not None and 0 <= r.delay_s < 0.01
             assert reply[3] >= 0xE0  # precision is a measured negative power of two (< 2^-8 s)
 

@@ -436,8 +436,9 @@ def test_a_million_spoofed_sources_keep_memory_bounded(tmp_path: Path) -> None:
         report = (
             f"spoofload: {spoof}\ndaemon processed {seen:,} of them in {cpu:.1f} s of CPU "
             f"({cpu * 1e6 / max(seen, 1):.0f} us each); counters {counters}\n"
-            f"{len(tree_pids(d.pid))} processes; VmRSS before {rss_before} KiB, after {rss_after} KiB (growth {growth / 2**20:.1f}"
-            f" MiB), VmHWM {hwm} KiB; bound {CLIENT_TABLE_BOUND * 1.1 / 2**20:.1f} MiB"
+            f"{len(tree_pids(d.pid))} processes; VmRSS before {rss_before} KiB, "
+            f"after {rss_after} KiB (growth {growth / 2**20:.1f} MiB), VmHWM {hwm} KiB; "
+            f"bound {CLIENT_TABLE_BOUND * 1.1 / 2**20:.1f} MiB"
         )
         print(report)
         assert spoof["sent"] == spoof["distinct_sources"] == SPOOF_SOURCES, report

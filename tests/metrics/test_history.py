@@ -8,8 +8,10 @@ import json
 import pytest
 
 from ntpy.core.actions import LoopStats, PeerStats
-from ntpy.core.status import SourceStatus, SyncStatus
+from ntpy.core.status import SyncStatus
 from ntpy.metrics.history import History
+from status_samples import source
+from status_samples import status as sync_status
 
 S = 1_000_000_000
 T0 = 1_800_000_000 * S
@@ -18,49 +20,17 @@ T0 = 1_800_000_000 * S
 def status(
     offset_ns: int = 5, freq: float = 1.5, names: dict[int, str] | None = None
 ) -> SyncStatus:
+    """A daemon with no system peer; ``names``: its servers (id -> name; only names matter)."""
     sources = tuple(
-        SourceStatus(
-            id=i,
-            name=name,
-            address=f"10.0.0.{i}",
-            kind="server",
-            tally=" ",
-            refid="X",
-            stratum=2,
-            leap=0,
-            type_char="u",
-            when_s=None,
-            poll_s=64,
-            reach=0,
-            delay_ns=0,
-            offset_ns=0,
-            jitter_ns=0,
-            dispersion_ns=0,
-            root_delay_ns=0,
-            root_dispersion_ns=0,
-            samples=0,
-            state="unreachable",
-        )
-        for i, name in (names or {}).items()
+        source(id=i, name=name, address=f"10.0.0.{i}") for i, name in (names or {}).items()
     )
-    return SyncStatus(
-        synchronized=True,
-        leap=0,
-        stratum=3,
-        refid="X",
+    return sync_status(
+        sources=sources,
         system_peer=None,
         system_peer_id=None,
-        reference_ns=None,
-        root_delay_ns=0,
-        root_dispersion_ns=0,
-        root_distance_ns=0,
         offset_ns=offset_ns,
         frequency_ppb=freq,
         jitter_ns=7,
-        poll_s=64,
-        precision=-20,
-        clock="virtual",
-        sources=sources,
     )
 
 

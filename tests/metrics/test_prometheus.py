@@ -12,34 +12,11 @@ from prometheus_client.samples import Sample
 
 from ntpy.core.ratelimit import COUNTER_NAMES
 from ntpy.core.server import Reason
-from ntpy.core.status import SourceStatus, SyncStatus
+from ntpy.core.status import SyncStatus
 from ntpy.metrics.prometheus import CONTENT_TYPE, SELECTION_STATES, label_name, render
+from status_samples import MS, US, source, status
 
-MS = 1_000_000
-US = 1_000
-
-SYSPEER = SourceStatus(
-    id=1,
-    name="time.example.net",
-    address="192.0.2.1",
-    kind="server",
-    tally="*",
-    refid="GPS",
-    stratum=1,
-    leap=0,
-    type_char="u",
-    when_s=33,
-    poll_s=64,
-    reach=0o377,
-    delay_ns=512 * US,
-    offset_ns=-21 * US,
-    jitter_ns=34 * US,
-    dispersion_ns=1 * MS,
-    root_delay_ns=0,
-    root_dispersion_ns=10 * US,
-    samples=8,
-    state="sync",
-)
+SYSPEER = source(name="time.example.net")
 FALSETICKER = replace(
     SYSPEER,
     id=2,
@@ -55,28 +32,7 @@ FALSETICKER = replace(
     offset_ns=50 * MS,
     state="falseticker",
 )
-STATUS = SyncStatus(
-    synchronized=True,
-    leap=0,
-    stratum=2,
-    refid="192.0.2.1",
-    system_peer="192.0.2.1",
-    system_peer_id=1,
-    reference_ns=1_700_000_000 * 1_000_000_000,
-    root_delay_ns=2 * MS,
-    root_dispersion_ns=41 * MS,
-    root_distance_ns=42 * MS,
-    offset_ns=-21 * US,
-    frequency_ppb=-12_500.0,
-    jitter_ns=34 * US,
-    poll_s=64,
-    precision=-20,
-    clock="virtual",
-    sources=(SYSPEER, FALSETICKER),
-    clock_jitter_ns=5 * US,
-    clock_wander_ppb=250.0,
-    updates=17,
-)
+STATUS = status(SYSPEER, FALSETICKER, clock_jitter_ns=5 * US, clock_wander_ppb=250.0, updates=17)
 INFO = {"version": "0.1.0", "clock": "virtual", "workers": "2"}
 
 

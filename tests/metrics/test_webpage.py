@@ -22,41 +22,19 @@ import pytest
 
 from ntpy.config.model import HttpEndpointSpec
 from ntpy.core.actions import LoopStats, PeerStats
-from ntpy.core.status import SourceStatus, SyncStatus
 from ntpy.daemon.httpd import HttpError, HttpServerError, Response, Route
 from ntpy.daemon.loop import Loop
 from ntpy.metrics import web
 from ntpy.metrics.history import History
 from ntpy.metrics.web import WebService, WebSources, parse_since, web_routes
+from status_samples import local_source, status
 
 STATIC = Path(web.__file__).parent / "static"
 NOW_NS = 1_800_000_000_123_456_789
 
-SOURCE = SourceStatus(
-    id=0,
-    name="LOCAL(0)",
-    address="127.127.1.0",
-    kind="local",
-    tally="*",
-    refid=".LOCL.",
-    stratum=10,
-    leap=0,
-    type_char="l",
-    when_s=None,
-    poll_s=64,
-    reach=255,
-    delay_ns=0,
-    offset_ns=0,
-    jitter_ns=0,
-    dispersion_ns=0,
-    root_delay_ns=0,
-    root_dispersion_ns=0,
-    samples=0,
-    state="sync",
-)
-STATUS = SyncStatus(
-    synchronized=True,
-    leap=0,
+SOURCE = local_source(tally="*", reach=255, state="sync")
+STATUS = status(
+    SOURCE,
     stratum=11,
     refid="LOCL",
     system_peer=None,
@@ -68,10 +46,7 @@ STATUS = SyncStatus(
     offset_ns=0,
     frequency_ppb=12.5,
     jitter_ns=0,
-    poll_s=64,
     precision=-23,
-    clock="virtual",
-    sources=(SOURCE,),
 )
 SOURCES = WebSources(
     status=lambda: STATUS,

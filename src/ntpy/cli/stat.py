@@ -24,15 +24,20 @@ since the daemon started" (``updates == 0`` in the status reply).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections.abc import Mapping
 from typing import Any, TextIO
 
+from ntpy.cli.views import (
+    EXIT_SYNCED,
+    EXIT_UNSYNCED,
+    NTP_KINDS,
+    add_timeout_option,
+    int_field,
+    system_peer,
+)
 from ntpy.daemon.control import ControlError, query_control
 
-EXIT_SYNCED = 0
-EXIT_UNSYNCED = 1
 EXIT_UNREACHABLE = 2
 
 UNREACHABLE_MESSAGE = "Unable to talk to NTP daemon. Is it running?"
@@ -53,32 +58,6 @@ CLOCK_SOURCE_NAMES = (
 SOURCE_UNSPECIFIED = 0
 SOURCE_LOCAL = 5
 SOURCE_NTP = 6
-NTP_KINDS = frozenset({"server", "pool", "peer"})
-
-
-def _int(value: object) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    return value
-
-
-def system_peer(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    """The source the daemon follows: by id, else by address, else the one tallied '*'."""
-    sources = status.get("sources")
-    if not isinstance(sources, list | tuple):
-        return None
-    entries = [s for s in sources if isinstance(s, Mapping)]
-    peer_id = _int(status.get("system_peer_id"))
-    address = status.get("system_peer")
-    for pick in (
-        lambda s: peer_id is not None and _int(s.get("id")) == peer_id,
-        lambda s: bool(address) and s.get("address") == address,
-        lambda s: s.get("tally") == "*",
-    ):
-        for src in entries:
-            if pick(src):
-                return src
-    return None
 
 
 def clock_source(status: Mapping[str, Any]) -> tuple[int, str | None]:
@@ -97,20 +76,21 @@ def clock_source(status: Mapping[str, Any]) -> tuple[int, str | None]:
 
 
 def _distance_ns(status: Mapping[str, Any]) -> int | None:
-    distance = _int(status.get("root_distance_ns"))
+    distance = int_field(status.get("root_distance_ns"))
     if distance is not None:
         return distance
-    delay, disp = _int(status.get("root_delay_ns")), _int(status.get("root_dispersion_ns"))
+    delay = int_field(status.get("root_delay_ns"))
+    disp = int_field(status.get("root_dispersion_ns"))
     if delay is None or disp is None:
         return None
     return disp + delay // 2
 
 
 def _poll_s(status: Mapping[str, Any]) -> int | None:
-    poll = _int(status.get("poll_s"))
+    poll = int_field(status.get("poll_s"))
     if poll is not None and poll > 0:
         return poll
-    tc = _int(status.get("time_constant"))
+    tc = int_field(status.get("time_constant"))
     if tc is not None and 0 <= tc <= 17:
         return 1 << tc
     return None
@@ -123,7 +103,7 @@ def render_stat(status: Mapping[str, Any]) -> tuple[str, int]:
     code = EXIT_SYNCED if synced else EXIT_UNSYNCED
     if not synced:
         lines.append("unsynchronised")
-        if _int(status.get("updates")) == 0:
+        if int_field(status.get("updates")) == 0:
             lines.append("  time server re-starting")
     else:
         source, address = clock_source(status)
@@ -134,7 +114,7 @@ def render_stat(status: Mapping[str, Any]) -> tuple[str, int]:
             else:
                 head += " <IP unknown>"
                 code = EXIT_UNSYNCED
-        stratum = _int(status.get("stratum"))
+        stratum = int_field(status.get("stratum"))
         if stratum is None:
             lines.append(head + ", stratum unknown")
             code = EXIT_UNSYNCED
@@ -172,16 +152,6 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     return code
 
 
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number: {text!r}")
-    return value
-
-
 def add_stat_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``stat`` to the ``ntpy`` command line."""
     p = subparsers.add_parser(
@@ -198,10 +168,4 @@ def add_stat_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         help="the daemon's control socket (default: where 'ntpy serve' puts it: "
         "/run/ntpy/ntpy.sock, else $XDG_RUNTIME_DIR/ntpy.sock, else /tmp/ntpy-UID/ntpy.sock)",
     )
-    p.add_argument(
-        "--timeout",
-        type=_timeout,
-        default=2.0,
-        metavar="SECONDS",
-        help="give up if the daemon does not answer in time (default 2)",
-    )
+    add_timeout_option(p)

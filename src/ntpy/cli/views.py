@@ -35,30 +35,30 @@ EXIT_UNKNOWN = 2
 # ntpstat
 
 
-def _int(value: object) -> int | None:
+def int_field(value: object) -> int | None:
     """An int field of the reply, or None if it is missing or of the wrong type."""
     if isinstance(value, bool) or not isinstance(value, int):
         return None
     return value
 
 
-def _system_peer(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def system_peer(status: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The source the daemon follows: by id, else by address, else the one tallied '*'
+    (e.g. the local clock, which is not a network system peer)."""
     sources = status.get("sources")
     if not isinstance(sources, list | tuple):
         return None
-    peer_id = _int(status.get("system_peer_id"))
-    peer_addr = status.get("system_peer")
-    for src in sources:
-        if not isinstance(src, Mapping):
-            continue
-        if peer_id is not None and _int(src.get("id")) == peer_id:
-            return src
-    for src in sources:
-        if isinstance(src, Mapping) and peer_addr and src.get("address") == peer_addr:
-            return src
-    for src in sources:  # e.g. the local clock, which is not a network system peer
-        if isinstance(src, Mapping) and src.get("tally") == "*":
-            return src
+    entries = [s for s in sources if isinstance(s, Mapping)]
+    peer_id = int_field(status.get("system_peer_id"))
+    address = status.get("system_peer")
+    for pick in (
+        lambda s: peer_id is not None and int_field(s.get("id")) == peer_id,
+        lambda s: bool(address) and s.get("address") == address,
+        lambda s: s.get("tally") == "*",
+    ):
+        for src in entries:
+            if pick(src):
+                return src
     return None
 
 
@@ -75,7 +75,7 @@ def sync_target(status: Mapping[str, Any]) -> str:
     when there is no system peer. A reference clock gets the modern script's
     "reference clock".
     """
-    peer = _system_peer(status)
+    peer = system_peer(status)
     kind = peer.get("kind") if peer is not None else None
     address = status.get("system_peer") or (peer.get("address") if peer is not None else None)
     if kind in NTP_KINDS or (peer is None and address and not _is_local_refid(address)):
@@ -98,13 +98,13 @@ def render_status(status: Mapping[str, Any], max_error_ms: float | None = None) 
     lines: list[str] = []
     code = EXIT_SYNCED if synced else EXIT_UNSYNCED
     if synced:
-        stratum = _int(status.get("stratum"))
+        stratum = int_field(status.get("stratum"))
         target = sync_target(status)
         if stratum is not None:
             lines.append(f"synchronised to {target} at stratum {stratum}")
         else:
             lines.append(f"synchronised to {target}, stratum unknown")
-        distance_ns = _int(status.get("root_distance_ns"))
+        distance_ns = int_field(status.get("root_distance_ns"))
         if distance_ns is not None:
             distance_ms = distance_ns / 1e6
             line = f"   time correct to within {distance_ms:.0f} ms"
@@ -118,7 +118,7 @@ def render_status(status: Mapping[str, Any], max_error_ms: float | None = None) 
                 code = EXIT_UNSYNCED
     else:
         lines.append("unsynchronised")
-    poll = _int(status.get("poll_s"))
+    poll = int_field(status.get("poll_s"))
     if poll is not None and poll > 0:
         lines.append(f"   polling server every {poll} s")
     else:
@@ -132,7 +132,7 @@ def render_status(status: Mapping[str, Any], max_error_ms: float | None = None) 
 
 def pretty_interval(seconds: object) -> str:
     """ntpq's when/poll: seconds up to 2048, then rounded minutes, hours, days."""
-    value = _int(seconds)
+    value = int_field(seconds)
     if value is None or value <= 0:
         return "-"
     if value <= 2048:
@@ -186,9 +186,9 @@ def peer_line(src: Mapping[str, Any], numeric: bool) -> str:
     """One ``ntpq -p`` row (79 columns unless a number overflows its field)."""
     tally = str(src.get("tally") or " ")[:1]
     remote = _remote(src, numeric)
-    stratum = _int(src.get("stratum"))
+    stratum = int_field(src.get("stratum"))
     type_char = str(src.get("type_char") or "?")[:1]
-    reach = _int(src.get("reach")) or 0
+    reach = int_field(src.get("reach")) or 0
     return (
         f"{tally}{remote:<{REMOTE_WIDTH}.{REMOTE_WIDTH}} "
         f"{format_refid(src.get('refid')):<{REFID_WIDTH}} "
@@ -257,7 +257,8 @@ def run_peers(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
+    """argparse type for ``--timeout`` and the like: a finite number above zero."""
     try:
         value = float(text)
     except ValueError:
@@ -276,9 +277,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "$XDG_RUNTIME_DIR/ntpy.sock, else /tmp/ntpy-UID/ntpy.sock)",
     )
     p.add_argument("--json", action="store_true", help="print the daemon's reply as JSON")
+    add_timeout_option(p)
+
+
+def add_timeout_option(p: argparse.ArgumentParser) -> None:
+    """``--timeout SECONDS`` for the commands that ask the daemon (default 2 s)."""
     p.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         default=2.0,
         metavar="SECONDS",
         help="give up if the daemon does not answer in time (default 2)",
@@ -295,7 +301,7 @@ def add_view_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     s.add_argument(
         "--max-error",
         "-m",
-        type=_positive_float,
+        type=positive_float,
         dest="max_error",
         metavar="MS",
         help="also exit 1 if the error bound exceeds MS milliseconds (ntpstat -m)",

@@ -18,19 +18,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-import errno
-import functools
 import json
 import logging
 import os
 import socket
 import stat
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ntpy.daemon.loop import Loop
+from ntpy.daemon.streams import StreamConn, StreamServer
 
 log = logging.getLogger("ntpy.control")
 
@@ -43,9 +41,6 @@ MAX_CONNECTIONS = 16
 CONNECTION_TIMEOUT_NS = 2 * NS_PER_S
 ACCEPT_BATCH = 32
 """Connections accepted per readiness event before yielding to NTP traffic."""
-SEND_RETRY_NS = 5_000_000
-ACCEPT_PAUSE_NS = 100_000_000
-"""How long to stop accepting after EMFILE, so a level-triggered poll does not spin."""
 REPLY_LIMIT = 16 * 1024 * 1024
 """The client refuses replies larger than this instead of growing without bound."""
 DRAIN_LIMIT = 64 * 1024
@@ -244,20 +239,12 @@ def build_reply(line: bytes, providers: Mapping[str, Provider]) -> tuple[bytes, 
 # Server
 
 
-@dataclasses.dataclass(eq=False)
-class _Conn:
-    sock: socket.socket
-    deadline_ns: int
-    buf: bytearray = dataclasses.field(default_factory=bytearray)
-    out: memoryview | None = None
-    closed: bool = False
-
-
-class ControlServer:
+class ControlServer(StreamServer[StreamConn]):
     """Serves read-only JSON commands on a UNIX socket from inside the daemon's loop.
 
     ``providers`` maps a command name to a function returning a dataclass or a dict; it is
-    called at request time, so replies are always current.
+    called at request time, so replies are always current. A connection's deadline bounds
+    the whole exchange, and the socket is closed as soon as the reply is out.
     """
 
     def __init__(
@@ -274,23 +261,21 @@ class ControlServer:
     ) -> None:
         if max_connections < 1 or request_limit < 16 or timeout_ns <= 0:
             raise ValueError("max_connections >= 1, request_limit >= 16, timeout_ns > 0")
+        super().__init__(
+            loop,
+            StreamConn,
+            max_connections=max_connections,
+            timeout_ns=timeout_ns,
+            accept_batch=ACCEPT_BATCH,
+            log=log,
+            label="control socket",
+        )
         self.path = path
-        self.loop = loop
         self.providers = dict(providers)
-        self.max_connections = max_connections
         self.request_limit = request_limit
-        self.timeout_ns = timeout_ns
         self.socket_mode = socket_mode
         self.dir_mode = dir_mode
-        self.counters: Counter[str] = Counter()
-        self._listener: socket.socket | None = None
         self._identity: tuple[int, int] | None = None
-        self._conns: set[_Conn] = set()
-        self._accepting = False
-
-    @property
-    def active_connections(self) -> int:
-        return len(self._conns)
 
     def start(self) -> None:
         """Create the directory, clear a stale socket, bind, listen and join the loop."""
@@ -316,18 +301,13 @@ class ControlServer:
                 f"cannot open control socket {path}: {exc.strerror or exc}"
             ) from None
         self._identity = (st.st_dev, st.st_ino)
-        self._listener = sock
-        self._resume_accepting()
+        self._listen_on(sock)
         log.info("control socket %s", path)
 
     def close(self) -> None:
         """Stop serving and remove the socket file -- only if it is still the one we made."""
-        for conn in list(self._conns):
-            self._drop(conn)
-        if self._listener is not None:
-            self._pause_accepting()
-            self._listener.close()
-            self._listener = None
+        super().close()
+        if self._identity is not None:
             try:
                 st = os.lstat(self.path)
                 if (st.st_dev, st.st_ino) == self._identity:
@@ -336,49 +316,20 @@ class ControlServer:
                 pass
             self._identity = None
 
-    # -- accepting ----------------------------------------------------------------------
+    # -- the base class's decisions -----------------------------------------------------
 
-    def _resume_accepting(self) -> None:
-        if self._listener is not None and not self._accepting:
-            self.loop.add_reader(self._listener, self._on_accept)
-            self._accepting = True
+    def _busy_reply(self) -> bytes:
+        return error_line("busy: too many control connections")
 
-    def _pause_accepting(self) -> None:
-        if self._accepting and self._listener is not None:
-            _quiet_remove_reader(self.loop, self._listener)
-        self._accepting = False
+    def _timeout_reply(self) -> bytes:
+        return error_line("timeout: no complete request line in time")
 
-    def _on_accept(self) -> None:
-        listener = self._listener
-        if listener is None:
-            return
-        for _ in range(ACCEPT_BATCH):
-            try:
-                sock, _addr = listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("control socket: cannot accept (%s); pausing", exc.strerror)
-                    self.counters["accept_failed"] += 1
-                    self._pause_accepting()
-                    self.loop.call_later(ACCEPT_PAUSE_NS, self._resume_accepting)
-                return  # ECONNABORTED and friends: the client is gone already
-            sock.setblocking(False)
-            if len(self._conns) >= self.max_connections:
-                self.counters["busy"] += 1
-                _send_best_effort(sock, error_line("busy: too many control connections"))
-                _close_gently(sock)
-                continue
-            self.counters["accepted"] += 1
-            conn = _Conn(sock, time.monotonic_ns() + self.timeout_ns)
-            self._conns.add(conn)
-            self.loop.add_reader(sock, functools.partial(self._on_readable, conn))
-            self.loop.call_at(conn.deadline_ns, functools.partial(self._on_deadline, conn))
+    def _close_socket(self, sock: socket.socket) -> None:
+        _close_gently(sock)
 
     # -- one connection -----------------------------------------------------------------
 
-    def _on_readable(self, conn: _Conn) -> None:
+    def _on_readable(self, conn: StreamConn) -> None:
         want = self.request_limit + 1 - len(conn.buf)
         try:
             data = conn.sock.recv(want)
@@ -402,58 +353,10 @@ class ControlServer:
             limit = self.request_limit
             self._send(conn, error_line(f"request too large (limit {limit} bytes per line)"))
 
-    def _respond(self, conn: _Conn, line: bytes) -> None:
+    def _respond(self, conn: StreamConn, line: bytes) -> None:
         reply, outcome = build_reply(line, self.providers)
         self.counters[outcome] += 1
         self._send(conn, reply)
-
-    def _send(self, conn: _Conn, data: bytes) -> None:
-        _quiet_remove_reader(self.loop, conn.sock)
-        conn.buf.clear()
-        conn.out = memoryview(data)
-        self._flush(conn)
-
-    def _flush(self, conn: _Conn) -> None:
-        if conn.closed or conn.out is None:
-            return
-        try:
-            sent = conn.sock.send(conn.out)
-        except BlockingIOError:
-            sent = 0
-        except OSError:  # EPIPE, ECONNRESET: the client left
-            self._drop(conn)
-            return
-        conn.out = conn.out[sent:]
-        if not conn.out:
-            self._drop(conn)
-            return
-        if time.monotonic_ns() + SEND_RETRY_NS < conn.deadline_ns:
-            self.loop.call_later(SEND_RETRY_NS, functools.partial(self._flush, conn))
-        # else the deadline timer closes it
-
-    def _on_deadline(self, conn: _Conn) -> None:
-        if conn.closed:
-            return
-        self.counters["timeout"] += 1
-        if conn.out is None:
-            _send_best_effort(conn.sock, error_line("timeout: no complete request line in time"))
-        self._drop(conn)
-
-    def _drop(self, conn: _Conn) -> None:
-        if conn.closed:
-            return
-        conn.closed = True
-        self._conns.discard(conn)
-        if conn.out is None:
-            _quiet_remove_reader(self.loop, conn.sock)
-        conn.out = None
-        _close_gently(conn.sock)
-
-
-def _quiet_remove_reader(loop: Loop, sock: socket.socket) -> None:
-    """Unregister, tolerating a socket that was never registered or a loop already closed."""
-    with contextlib.suppress(KeyError, ValueError, RuntimeError, OSError):
-        loop.remove_reader(sock)
 
 
 def _close_gently(sock: socket.socket) -> None:
@@ -464,11 +367,6 @@ def _close_gently(sock: socket.socket) -> None:
             if not sock.recv(4096):
                 break
     sock.close()
-
-
-def _send_best_effort(sock: socket.socket, data: bytes) -> None:
-    with contextlib.suppress(OSError):
-        sock.send(data)
 
 
 # ---------------------------------------------------------------------------------------

@@ -21,10 +21,8 @@ timers only, so a reply larger than the socket buffer is finished by short retry
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import email.utils
-import errno
 import functools
 import ipaddress
 import json
@@ -32,11 +30,11 @@ import logging
 import re
 import socket
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ntpy.daemon.loop import Loop
+from ntpy.daemon.streams import StreamConn, StreamServer
 
 log = logging.getLogger("ntpy.httpd")
 
@@ -49,9 +47,7 @@ MAX_CONNECTIONS = 32
 IDLE_TIMEOUT_NS = 10 * NS_PER_S
 LINGER_NS = 2 * NS_PER_S
 """After the reply, how long to wait for the client's FIN before closing (see ``_linger``)."""
-SEND_RETRY_NS = 5_000_000
 ACCEPT_BATCH = 16
-ACCEPT_PAUSE_NS = 100_000_000
 DRAIN_LIMIT = 64 * 1024
 SERVER_NAME = "ntpy"
 
@@ -276,25 +272,21 @@ def status_class(status: int) -> str:
 
 
 @dataclasses.dataclass(eq=False)
-class _Conn:
-    sock: socket.socket
-    deadline_ns: int
-    buf: bytearray = dataclasses.field(default_factory=bytearray)
-    out: memoryview | None = None
-    reading: bool = True
+class _Conn(StreamConn):
     lingering: bool = False
     drained: int = 0
-    closed: bool = False
-    overflow: bool = False
-    """Accepted beyond the limit only to be told 503 (see ``_on_accept``)."""
 
 
 def format_url(host: str, port: int, path: str = "/") -> str:
     return f"http://[{host}]:{port}{path}" if ":" in host else f"http://{host}:{port}{path}"
 
 
-class HttpServer:
-    """Serves ``routes`` (exact paths) on one TCP address from inside ``loop``."""
+class HttpServer(StreamServer[_Conn]):
+    """Serves ``routes`` (exact paths) on one TCP address from inside ``loop``.
+
+    The deadline of a connection is an idle timer (progress moves it), and the reply is
+    followed by a linger rather than an immediate close (see ``_linger``).
+    """
 
     def __init__(
         self,
@@ -310,22 +302,23 @@ class HttpServer:
             raise ValueError(
                 "need max_connections >= 1, head_limit >= 64, idle_timeout_ns > 0, linger_ns >= 0"
             )
-        self.loop = loop
+        super().__init__(
+            loop,
+            _Conn,
+            max_connections=max_connections,
+            timeout_ns=idle_timeout_ns,
+            accept_batch=ACCEPT_BATCH,
+            log=log,
+            label="HTTP",
+        )
         self.routes = dict(routes)
-        self.max_connections = max_connections
         self.head_limit = head_limit
-        self.idle_timeout_ns = idle_timeout_ns
         self.linger_ns = linger_ns
-        self.counters: Counter[str] = Counter()
         self.bound: tuple[str, int] | None = None
-        self._listener: socket.socket | None = None
-        self._accepting = False
-        self._conns: set[_Conn] = set()
-        self._overflow = 0
 
     @property
-    def active_connections(self) -> int:
-        return len(self._conns)
+    def idle_timeout_ns(self) -> int:
+        return self.timeout_ns
 
     def url(self, path: str = "/") -> str:
         if self.bound is None:
@@ -365,55 +358,16 @@ class HttpServer:
             ) from None
         bound_host, bound_port = sock.getsockname()[:2]
         self.bound = (str(bound_host), int(bound_port))
-        self._listener = sock
-        self._resume_accepting()
+        self._listen_on(sock)
         return self.url()
 
-    def close(self) -> None:
-        for conn in list(self._conns):
-            self._drop(conn)
-        if self._listener is not None:
-            self._pause_accepting()
-            self._listener.close()
-            self._listener = None
+    # -- the base class's decisions -----------------------------------------------------
 
-    # -- accepting ----------------------------------------------------------------------
+    def _busy_reply(self) -> bytes:
+        return render(text_response(503, "busy: too many connections"))
 
-    def _resume_accepting(self) -> None:
-        if self._listener is not None and not self._accepting:
-            self.loop.add_reader(self._listener, self._on_accept)
-            self._accepting = True
-
-    def _pause_accepting(self) -> None:
-        if self._accepting and self._listener is not None:
-            _quiet_remove_reader(self.loop, self._listener)
-        self._accepting = False
-
-    def _on_accept(self) -> None:
-        listener = self._listener
-        if listener is None:
-            return
-        for _ in range(ACCEPT_BATCH):
-            try:
-                sock, _addr = listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("HTTP: cannot accept (%s); pausing", exc.strerror)
-                    self.counters["accept_failed"] += 1
-                    self._pause_accepting()
-                    self.loop.call_later(ACCEPT_PAUSE_NS, self._resume_accepting)
-                return  # ECONNABORTED and friends: that client is gone already
-            sock.setblocking(False)
-            if len(self._conns) - self._overflow >= self.max_connections:
-                self._refuse(sock)
-                continue
-            self.counters["accepted"] += 1
-            conn = _Conn(sock, time.monotonic_ns() + self.idle_timeout_ns)
-            self._conns.add(conn)
-            self.loop.add_reader(sock, functools.partial(self._on_readable, conn))
-            self.loop.call_at(conn.deadline_ns, functools.partial(self._on_deadline, conn))
+    def _timeout_reply(self) -> bytes:
+        return render(text_response(408, "timeout: no complete request"))
 
     def _refuse(self, sock: socket.socket) -> None:
         """Over the limit: answer 503 through the normal send-and-linger path, so the client
@@ -424,12 +378,22 @@ class HttpServer:
             sock.close()
             return
         self._overflow += 1
-        conn = _Conn(sock, time.monotonic_ns() + self.idle_timeout_ns, reading=False)
-        conn.overflow = True
-        self._conns.add(conn)
-        self.loop.call_at(conn.deadline_ns, functools.partial(self._on_deadline, conn))
+        conn = _Conn(sock, time.monotonic_ns() + self.timeout_ns, reading=False, overflow=True)
+        self._watch(conn)
         self.counters[status_class(503)] += 1
-        self._send(conn, render(text_response(503, "busy: too many connections")))
+        self._send(conn, self._busy_reply())
+
+    def _on_progress(self, conn: _Conn, now_ns: int) -> None:
+        conn.deadline_ns = now_ns + self.timeout_ns
+
+    def _sent(self, conn: _Conn) -> None:
+        self._linger(conn)
+
+    def _expired(self, conn: _Conn) -> None:
+        if conn.lingering:
+            self._drop(conn)
+        else:
+            super()._expired(conn)
 
     # -- one connection -----------------------------------------------------------------
 
@@ -451,7 +415,7 @@ class HttpServer:
             self._drop(conn)
             return
         conn.buf += data
-        conn.deadline_ns = time.monotonic_ns() + self.idle_timeout_ns
+        self._on_progress(conn, time.monotonic_ns())
         end = find_head_end(conn.buf)
         if end >= 0:
             self._handle(conn, bytes(conn.buf[:end]))
@@ -476,34 +440,6 @@ class HttpServer:
         self.counters[name.get(exc.status, "bad_request")] += 1
         self.counters[status_class(exc.status)] += 1
         self._send(conn, render(text_response(exc.status, exc.message)))
-
-    def _send(self, conn: _Conn, data: bytes) -> None:
-        if conn.reading:
-            _quiet_remove_reader(self.loop, conn.sock)
-            conn.reading = False
-        conn.buf.clear()
-        conn.out = memoryview(data)
-        self._flush(conn)
-
-    def _flush(self, conn: _Conn) -> None:
-        if conn.closed or conn.out is None:
-            return
-        try:
-            sent = conn.sock.send(conn.out)
-        except BlockingIOError:
-            sent = 0
-        except OSError:  # EPIPE, ECONNRESET: the client left
-            self._drop(conn)
-            return
-        now = time.monotonic_ns()
-        if sent:
-            conn.deadline_ns = now + self.idle_timeout_ns
-        conn.out = conn.out[sent:]
-        if not conn.out:
-            conn.out = None
-            self._linger(conn)
-            return
-        self.loop.call_later(SEND_RETRY_NS, functools.partial(self._flush, conn))
 
     def _linger(self, conn: _Conn) -> None:
         """Half-close and wait for the client's FIN before closing.
@@ -536,38 +472,3 @@ class HttpServer:
         conn.drained += len(data)
         if not data or conn.drained > DRAIN_LIMIT:
             self._drop(conn)
-
-    def _on_deadline(self, conn: _Conn) -> None:
-        if conn.closed:
-            return
-        now = time.monotonic_ns()
-        if now < conn.deadline_ns:  # progress moved it: sleep again (timers cannot be moved)
-            self.loop.call_at(conn.deadline_ns, functools.partial(self._on_deadline, conn))
-            return
-        if conn.lingering:
-            self._drop(conn)
-            return
-        self.counters["timeout"] += 1
-        if conn.out is None and conn.reading:
-            with contextlib.suppress(OSError):
-                conn.sock.send(render(text_response(408, "timeout: no complete request")))
-        self._drop(conn)
-
-    def _drop(self, conn: _Conn) -> None:
-        if conn.closed:
-            return
-        conn.closed = True
-        self._conns.discard(conn)
-        if conn.overflow:
-            self._overflow -= 1
-        if conn.reading:
-            _quiet_remove_reader(self.loop, conn.sock)
-            conn.reading = False
-        conn.out = None
-        conn.sock.close()
-
-
-def _quiet_remove_reader(loop: Loop, sock: socket.socket) -> None:
-    """Unregister, tolerating a socket that was never registered or a loop already closed."""
-    with contextlib.suppress(KeyError, ValueError, RuntimeError, OSError):
-        loop.remove_reader(sock)

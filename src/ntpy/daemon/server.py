@@ -19,10 +19,12 @@ the process woke up), which a client sees as a negative offset of half that. So 
 server samples kernel TX timestamps of a few replies (``ntpy.daemon.txstamp``: at most one
 in flight per socket and one per ``SAMPLE_INTERVAL_NS``; every reply when idle), learns
 the delay from the T3 read to the stamp per position k inside a ``sendmmsg`` group (and
-for the per-datagram path), and stamps reply k with T3 + the median of its recent delays
-(bounded 0..500 us). Positions without samples yet use position 0's delay plus k x 3/4
-of the measured per-reply send cost; without TX timestamps (old kernel, non-Linux,
-``tx_timestamps=False`` or ``NTPY_TXSTAMP=0``) that spacing alone, as before.
+for the per-datagram path), and stamps reply k with T3 + the 25th percentile of its
+recent delays (bounded 0..500 us; why that quantile: ``txstamp.DelayEstimator``).
+Positions without samples yet use position 0's delay plus k x 3/4 of the measured
+per-reply send cost; without TX timestamps (old kernel, non-Linux, ``tx_timestamps=False``
+or ``NTPY_TXSTAMP=0``) that spacing alone, as before. Measured idle with a chronyd client
+(bench/_quality.py): median offset -14..-23 us before, -1..-4 us after (chronyd: -3..-5).
 """
 
 from __future__ import annotations

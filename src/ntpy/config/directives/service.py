@@ -33,22 +33,24 @@ def _endpoint(line: Line, default_port: int) -> HttpEndpointSpec:
     return HttpEndpointSpec(address=address, port=port, location=line.loc)
 
 
-def handle_metrics(state: State, line: Line) -> None:
-    if state.metrics is not None and state.metrics.location is not None:
+def _replace_endpoint(
+    state: State, line: Line, current: HttpEndpointSpec | None, default_port: int
+) -> HttpEndpointSpec:
+    """The endpoint of this line; a warning if an earlier line had set one already."""
+    if current is not None and current.location is not None:
         state.warn(
             line.loc,
-            f"'metrics' was already set at {state.metrics.location}; this line replaces it",
+            f"'{line.name}' was already set at {current.location}; this line replaces it",
         )
-    state.metrics = _endpoint(line, DEFAULT_METRICS_PORT)
+    return _endpoint(line, default_port)
+
+
+def handle_metrics(state: State, line: Line) -> None:
+    state.metrics = _replace_endpoint(state, line, state.metrics, DEFAULT_METRICS_PORT)
 
 
 def handle_webstatus(state: State, line: Line) -> None:
-    if state.webstatus is not None and state.webstatus.location is not None:
-        state.warn(
-            line.loc,
-            f"'webstatus' was already set at {state.webstatus.location}; this line replaces it",
-        )
-    state.webstatus = _endpoint(line, DEFAULT_WEBSTATUS_PORT)
+    state.webstatus = _replace_endpoint(state, line, state.webstatus, DEFAULT_WEBSTATUS_PORT)
 
 
 def handle_workers(state: State, line: Line) -> None:
