@@ -30,7 +30,9 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from ntpy.core.packet import LEAP_ALARM, refid_to_text
 from ntpy.core.status import TALLY_SYSPEER, SourceStatus, SyncStatus, peer_status_word
+from ntpy.core.system import STRATUM_UNSYNC
 from ntpy.core.timestamps import unix_ns_to_ntp
 
 HEADER_LEN = 12
@@ -99,8 +101,6 @@ _ASSOC_SPAN = 0xFFFE
 _HDR = struct.Struct("!BBHHHHH")
 _ASSOC_PAIR = struct.Struct("!HH")
 _MAX_STRING = 255
-_LEAP_ALARM = 3
-_STRATUM_UNSPEC = 16
 
 
 class ControlFormatError(ValueError):
@@ -288,8 +288,8 @@ def refid_value(raw: int, stratum: int, fallback: str = "", *, clock: bool = Fal
     """
     if clock:
         return refid_text(0, fallback) if fallback.strip(".") else refid_text(raw)
-    if 1 < stratum < _STRATUM_UNSPEC:
-        return ".".join(str(b) for b in (raw & 0xFFFFFFFF).to_bytes(4, "big"))
+    if 1 < stratum < STRATUM_UNSYNC:
+        return refid_to_text(raw & 0xFFFFFFFF, stratum)
     return refid_text(raw, fallback)
 
 
@@ -480,7 +480,7 @@ class ControlResponder:
     def __init__(self, info: ControlInfo | None = None) -> None:
         self.info = info or ControlInfo()
         self.counters: Counter[str] = Counter()
-        self._leap = _LEAP_ALARM
+        self._leap = LEAP_ALARM
 
     def handle(self, request: bytes, snapshot: Callable[[], ControlSnapshot]) -> list[bytes]:
         try:

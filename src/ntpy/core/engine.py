@@ -101,7 +101,8 @@ def _port(address: object) -> int:
 
 
 CLOCK_AVG = 8
-"""Averaging constant for clock jitter (ntpd's CLOCK_AVG): RMS over about 8 updates."""
+"""Averaging constant for clock jitter (ntpd's CLOCK_AVG): RMS over about 8 updates of the
+change between successive offsets."""
 WANDER_AVG = 4
 """Averaging constant for frequency wander (ntpd uses the same 4 for clk_wander)."""
 
@@ -461,9 +462,12 @@ class SyncEngine:
             if offset:
                 actions.append(SlewClock(offset))
             self._correct(now_clock, offset, applied)
+        # ntpd's clock jitter: RMS of the change between successive offsets, floored at
+        # the clock's precision (so ntpq's clk_jitter means the same thing for both).
+        change = max(abs(offset - self.sys_offset), self.precision_ns)
         self.sys_offset = offset
         self.updates += 1
-        self.clock_jitter_sq += (float(offset) ** 2 - self.clock_jitter_sq) / CLOCK_AVG
+        self.clock_jitter_sq += (float(change) ** 2 - self.clock_jitter_sq) / CLOCK_AVG
         dppb = 0.0 if step else applied * 1e9
         self.clock_wander_sq += (dppb**2 - self.clock_wander_sq) / WANDER_AVG
         peer = self.sources.get(self.system_peer) if self.system_peer is not None else None

@@ -285,9 +285,11 @@ class Daemon:
     def status(self) -> object:
         return self.engine.status(time.monotonic_ns(), cooked_now(self.clock))
 
-    def counters(self) -> dict[str, int]:
+    def counters(self, *, fresh: bool = True) -> dict[str, int]:
+        """All counters; with workers, ``fresh`` asks them now (up to 1 s) instead of using
+        what they pushed within the last second."""
         if self.pool is not None:  # the workers' totals, mirrored for server.summary()
-            served, limited = self.pool.counters()
+            served, limited = self.pool.counters(fresh=fresh)
             self.server.counters.clear()
             self.server.counters.update(served)
             out = {str(k): v for k, v in served.items()}
@@ -398,6 +400,8 @@ class Daemon:
         nothing. Returns the plan carried out, or None if nothing was read."""
         if self.logs is not None:
             self.logs.reopen()
+        if self.pool is not None:
+            self.pool.broadcast("reopen-logs", {})  # workers share the log file
         path = self.options.config_path
         if path is None:
             log.info("SIGHUP: log file reopened; running the built-in config, nothing to reload")
@@ -447,6 +451,9 @@ class Daemon:
             self.responder.limiter = self.limiter
             self.responder.kod_min_poll = self.limiter.config.average_log2
         if self.pool is not None and self.options.config_path is not None:
+            # A worker forked later (a restart) inherits these objects directly.
+            self.pool.limiter = self.limiter
+            self.pool.access_update = access.update_sources
             self.pool.broadcast("reload", {"path": self.options.config_path})
             self.pool.broadcast("sources", {"addresses": upstreams})
 
@@ -468,7 +475,11 @@ class Daemon:
         if self.config.webstatus is None and self.config.metrics is None:
             return
         info = {"version": __version__, "clock": self.clock.name}
-        sources = WebSources(self.status, self.counters, self.clock.now_ns, info)
+        # Pages and scrapes use the counters the workers push every second: a scrape must
+        # not stall the main loop waiting for them.
+        sources = WebSources(
+            self.status, lambda: self.counters(fresh=False), self.clock.now_ns, info
+        )
         self.web = WebService(
             self.loop, sources, webstatus=self.config.webstatus, metrics=self.config.metrics
         )

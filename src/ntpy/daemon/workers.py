@@ -417,6 +417,11 @@ class Worker:
             self.setup.access_update([str(a) for a in head["addresses"]])
         elif kind == "reload":
             self._reload(str(head["path"]))
+        elif kind == "reopen-logs":
+            for handler in logging.getLogger().handlers:
+                reopen = getattr(handler, "reopen", None)
+                if callable(reopen):
+                    reopen()
         elif kind == "serve":
             self._serve()
         else:

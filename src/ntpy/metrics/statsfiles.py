@@ -371,10 +371,6 @@ class StatsFiles:
                 stats._writers[name].warned = True
         return stats
 
-    @property
-    def names(self) -> list[str]:
-        return list(self._writers)
-
     def uptime_s(self) -> int:
         return (self._monotonic_ns() - self._started_ns) // NS_PER_S
 
@@ -382,10 +378,6 @@ class StatsFiles:
         n = self._conflicts
         self._conflicts += 1
         return n
-
-    def path_for(self, name: str, time_ns: int) -> str:
-        """The generation file a ``name`` record at ``time_ns`` goes to."""
-        return self._writers[name].path_for(time_ns)
 
     def lines_written(self) -> dict[str, int]:
         return {name: w.lines for name, w in self._writers.items()}
