@@ -386,3 +386,23 @@ def test_idle_wakeup_empties_the_error_queue(
     finally:
         server.close()
     assert len(calls) == 3 and server.counters["tx_stamp_other"] == 2  # read until empty
+
+
+def test_tracker_keeps_matching_across_the_u32_key_wrap() -> None:
+    """The kernel's OPT_ID key is a u32: after it wraps (~99 days at 500 samples/s) a
+    sample's stamp must still match, and a stale pre-wrap key must still be ignored."""
+    tracker = txstamp.TxTracker(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    try:
+        for key in range(3):  # keys start at 0 when OPT_ID is switched on
+            tracker.sent(0, 0, 0)
+            assert tracker.match([(key, 10)]) == (0, 10)
+        tracker._expect = 0xFFFF_FFFE  # fast-forward ~4e9 samples
+        tracker.sent(1_000, 0, 0)
+        assert tracker.match([(0xFFFF_FFFF, 1_500)]) == (0, 500)
+        tracker.sent(2_000, 1, 0)
+        # A stale key from before (older than expected) is skipped; the wrapped one matches.
+        assert tracker.match([(0xFFFF_FFF0, 9_999), (0, 2_700)]) == (1, 700)
+        tracker.sent(3_000, 0, 0)
+        assert tracker.match([(1, 3_100)]) == (0, 100)
+    finally:
+        tracker.sock.close()

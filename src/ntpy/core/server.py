@@ -215,8 +215,7 @@ class Responder:
             for li in range(4)
             for v in range(1, 5)
         }
-        self._win_lo = self._win_hi = 0  # rebuild the header on the next request
-        self._tail = self._build_tail(0)
+        self._win_lo = self._win_hi = 0  # an empty window: the next request rebuilds _tail
 
     def _build_tail(self, now: int) -> bytes:
         """Rebuild the header bytes 3..24 for the dispersion window ``now`` is in."""

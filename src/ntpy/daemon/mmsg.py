@@ -185,7 +185,6 @@ class MmsgBatch:
         self._sendmmsg = libc.sendmmsg
         self.sock = sock
         self.fd = sock.fileno()
-        self.family = sock.family
         self.v6 = sock.family == socket.AF_INET6
         self.wildcard = wildcard
         self.slots = slots
@@ -414,7 +413,6 @@ class MmsgBatch:
         # No PKTINFO came with the request: let the kernel choose the source address.
         self._smm64[(j * MM_SIZE + _CTLLEN_OFF) // 8] = 0
         self._smap[j] = -1
-        self._aimed = min(self._aimed, j)
 
     def prepare(self, slots: Sequence[int]) -> None:
         """Aim send headers ``0..len(slots)-1`` at these slots (the replies to send next,

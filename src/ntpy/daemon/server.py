@@ -337,11 +337,11 @@ class NtpServer:
                     if hit is None:
                         hit = self._classify(b, i, key, gen)
                     cls, host = hit
+                    if cls == PLAIN_IGNORE:  # before the clock mapping: floods pay least
+                        counters[_RESTRICTED] += 1
+                        continue
                     rx = from_rt(ctl64[ci + 2] * _NS + ctl64[ci + 3])
                     if cls:
-                        if cls == PLAIN_IGNORE:
-                            counters[_RESTRICTED] += 1
-                            continue
                         if cls == PLAIN_GENERAL:
                             self._general(ep, b, i, slow)
                             continue

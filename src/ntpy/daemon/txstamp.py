@@ -71,6 +71,8 @@ LOST_AFTER_NS = 1_000_000_000
 _TIMESPEC = struct.Struct("=qq")
 _EXT_ERR = struct.Struct("=IBBBBII")
 _NS = 1_000_000_000
+_KEY_MASK = 0xFFFF_FFFF
+"""OPT_ID keys (``ee_data``) are a u32 that wraps."""
 
 
 def enable(sock: socket.socket) -> tuple[int, bool]:
@@ -149,6 +151,8 @@ class TxTracker:
     One at a time makes matching unambiguous whatever the kernel does with keys: a stamp
     whose OPT_ID key is below the next one expected is stale (its sample was given up)
     and ignored; any other is the sample's, and the next key expected is one above it.
+    Keys are the kernel's u32 counter, so "below" is modulo 2**32 (half the range back):
+    a long-running server must keep matching after the counter wraps.
     """
 
     __slots__ = ("_expect", "_pending", "sock")
@@ -186,9 +190,9 @@ class TxTracker:
         """(context, delay ns) of the sample in flight if one of ``stamps`` is its."""
         out: tuple[int, int] | None = None
         for key, stamp_ns in stamps:
-            if key < self._expect or self._pending is None:
+            if self._pending is None or (key - self._expect) & _KEY_MASK > _KEY_MASK >> 1:
                 continue
-            self._expect = key + 1
+            self._expect = (key + 1) & _KEY_MASK
             rt, context, _now = self._pending
             self._pending = None
             out = (context, stamp_ns - rt)
