@@ -94,28 +94,26 @@ class ServerSpec:
     """ntpy's Prometheus endpoint (on ``addr``), read for the limiter's counters."""
 
 
-def free_udp_port(addr: str, first: int, tries: int = 50) -> int:
-    """First port >= ``first`` that can be bound on ``addr`` (checked, then released)."""
+def free_port(addr: str, first: int, tries: int = 50, kind: int = socket.SOCK_DGRAM) -> int:
+    """First port >= ``first`` that can be bound on ``addr`` for ``kind`` (UDP by default;
+    checked, then released)."""
+    proto = "UDP" if kind == socket.SOCK_DGRAM else "TCP"
     for port in range(first, first + tries):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        with socket.socket(socket.AF_INET, kind) as s:
             try:
                 s.bind((addr, port))
             except OSError:
                 continue
             return port
-    raise ServerStartError(f"no free UDP port on {addr} in {first}..{first + tries - 1}")
+    raise ServerStartError(f"no free {proto} port on {addr} in {first}..{first + tries - 1}")
+
+
+def free_udp_port(addr: str, first: int, tries: int = 50) -> int:
+    return free_port(addr, first, tries, socket.SOCK_DGRAM)
 
 
 def free_tcp_port(addr: str, first: int, tries: int = 50) -> int:
-    """First TCP port >= ``first`` that can be bound on ``addr`` (checked, then released)."""
-    for port in range(first, first + tries):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((addr, port))
-            except OSError:
-                continue
-            return port
-    raise ServerStartError(f"no free TCP port on {addr} in {first}..{first + tries - 1}")
+    return free_port(addr, first, tries, socket.SOCK_STREAM)
 
 
 def chronyd_spec(addr: str, port: int, chronyd: str = "chronyd") -> ServerSpec:
