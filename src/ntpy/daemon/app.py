@@ -247,10 +247,16 @@ class Daemon:
             kod_min_poll=self.limiter.config.average_log2,
         )
         self.server = NtpServer(self.clock, self.responder)
+        from ntpy.core.querylimit import QueryBudget
         from ntpy.daemon.ntpq import NtpqHandler  # mode 6: the real ntpq (one local hook)
         from ntpy.daemon.server import ControlHandler
 
-        self.control_handler: ControlHandler | None = NtpqHandler(self.status, self.clock.now_ns)
+        self.control_handler: ControlHandler | None = NtpqHandler(
+            self.status,
+            self.clock.now_ns,
+            budget=QueryBudget(),
+            flags=lambda host, port: self.access.flags(host, port),
+        )
         """Answers mode 6; worker processes forward their mode 6 requests to it too."""
         self.server.control = self.control_handler
         self.loop = Loop(options.selector)
