@@ -43,7 +43,12 @@ def flood(
     replies: list[bytes] = []
     for i in range(n):
         replies += answer_within_budget(
-            responder, budget, READVAR, snapshot, client=address, now_ns=start + i * spacing_ns,
+            responder,
+            budget,
+            READVAR,
+            snapshot,
+            client=address,
+            now_ns=start + i * spacing_ns,
             kod=kod,
         )
     return n * len(READVAR), sum(len(r) for r in replies), replies
@@ -93,7 +98,8 @@ def test_many_sources_are_bounded_by_the_total_budget() -> None:
     responder = c.ControlResponder()
     out = 0
     for i in range(2000):
-        out += flood(budget, responder, f"198.51.{i // 250}.{i % 250}", 1, start=NOW + i * S // 1000)[1]
+        address = f"198.51.{i // 250}.{i % 250}"
+        out += flood(budget, responder, address, 1, start=NOW + i * S // 1000)[1]
     assert out <= cfg.total_burst + 2 * cfg.total_rate + 1024
     assert budget.counters["drop_budget_total"] > 1900
     assert len(budget) <= cfg.max_clients

@@ -96,9 +96,7 @@ def status_counters(sock: Path) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_a_single_source_flood_gets_fewer_bytes_than_it_sends(
-    tmp_path: Path, workers: str
-) -> None:
+def test_a_single_source_flood_gets_fewer_bytes_than_it_sends(tmp_path: Path, workers: str) -> None:
     sock = tmp_path / "c.sock"
     extra = ["--control-socket", str(sock), "--workers", workers]
     with running_ntpy(tmp_path, OPEN, listen=[f"{HOST}:0"], extra=extra) as d:
