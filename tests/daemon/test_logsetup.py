@@ -306,8 +306,9 @@ def test_dev_full_is_one_warning_not_a_traceback_per_line(
     warnings = read(err).splitlines()
     assert len(warnings) == 1
     assert PLAIN_LINE.match(warnings[0])
-    assert "cannot write logfile /dev/full: No space left on device; 1 log line(s) lost" in (
-        warnings[0]
+    assert (
+        "cannot write logfile /dev/full: No space left on device; 1 log line(s) lost"
+        in (warnings[0])
     )
     assert "Logging error" not in capsys.readouterr().err
     setup.close()
@@ -334,8 +335,8 @@ def test_lost_lines_are_reported_once_per_interval_and_on_recovery(
     handler.handle(record)
     disk.full = False
     handler.handle(record)
-    assert "writable again; 1 more log line(s) lost since the last warning, 12 in all" in (
-        notices[2]
+    assert (
+        "writable again; 1 more log line(s) lost since the last warning, 12 in all" in (notices[2])
     )
     assert disk.getvalue() == "tick\n"
     assert handler.lost == 12
