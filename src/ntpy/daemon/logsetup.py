@@ -318,7 +318,7 @@ class LogSetup:
         through the logger it would go back to the file that is failing."""
         stream = self._stream if self._stream is not None else sys.stderr
         record = self._logger.makeRecord(
-            self._logger.name, logging.WARNING, __file__, 0, message, None, None
+            self._logger.name, logging.WARNING, __file__, 0, message, (), None
         )
         fmt = JournalFormatter() if self.journal else logging.Formatter(PLAIN_FORMAT)
         with contextlib.suppress(OSError, ValueError):
