@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ntpy.daemon.control import ControlError, query_control
+from ntpy.daemon.control_paths import SOCKET_HELP
 
 PEERS_HEADER = "     remote           refid      st t when poll reach   delay   offset   jitter"
 PEERS_RULE = "=" * len(PEERS_HEADER)
@@ -273,8 +274,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--socket",
         "-s",
         metavar="PATH",
-        help="the daemon's control socket (default: /run/ntpy/ntpy.sock, else "
-        "$XDG_RUNTIME_DIR/ntpy.sock, else /tmp/ntpy-UID/ntpy.sock)",
+        help=SOCKET_HELP,
     )
     p.add_argument("--json", action="store_true", help="print the daemon's reply as JSON")
     add_timeout_option(p)
