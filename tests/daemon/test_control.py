@@ -8,6 +8,8 @@ One end-to-end test runs the server in a child process to exercise the blocking 
 
 from __future__ import annotations
 
+import contextlib
+import grp
 import json
 import os
 import shutil
@@ -18,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from ntpy.daemon import control
+from ntpy.daemon import control, control_paths
 from ntpy.daemon.control import (
     ControlError,
     ControlServer,
@@ -396,16 +399,36 @@ def test_unsafe_directory_in_tmp_is_refused(sockdir: str, loop: Loop) -> None:
 
 
 def test_default_paths(monkeypatch: pytest.MonkeyPatch, sockdir: str) -> None:
+    monkeypatch.delenv("NTPY_SOCKET", raising=False)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert default_socket_path() == "/run/ntpy/ntpy.sock"
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setattr(os, "getuid", lambda: 1000)
-    monkeypatch.setattr(control, "SYSTEM_SOCKET_DIR", f"{sockdir}/missing")
+    monkeypatch.setattr(control_paths, "SYSTEM_SOCKET_DIR", f"{sockdir}/missing")
     monkeypatch.setenv("XDG_RUNTIME_DIR", sockdir)
     assert default_socket_path() == f"{sockdir}/ntpy.sock"
     monkeypatch.delenv("XDG_RUNTIME_DIR")
     assert default_socket_path() == "/tmp/ntpy-1000/ntpy.sock"
-    assert socket_candidates() == [f"{sockdir}/missing/ntpy.sock", "/tmp/ntpy-1000/ntpy.sock"]
+
+
+def test_a_user_looks_for_its_own_daemon_first(
+    monkeypatch: pytest.MonkeyPatch, sockdir: str
+) -> None:
+    """Issue 11: a non-root user tried root's socket first while its own daemon was in
+    $XDG_RUNTIME_DIR. Root's comes after this user's own places now."""
+    monkeypatch.delenv("NTPY_SOCKET", raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "getuid", lambda: 1000)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # /run/ntpy is root's
+    monkeypatch.setenv("XDG_RUNTIME_DIR", sockdir)
+    assert socket_candidates() == [
+        f"{sockdir}/ntpy.sock",
+        "/run/ntpy/ntpy.sock",
+        "/tmp/ntpy-1000/ntpy.sock",
+    ]
+    monkeypatch.setenv("NTPY_SOCKET", "/srv/lab/ntpy.sock")  # both sides honour it
+    assert default_socket_path() == "/srv/lab/ntpy.sock"
+    assert socket_candidates()[0] == "/srv/lab/ntpy.sock"
 
 
 # -- the blocking client ---------------------------------------------------------------
@@ -417,9 +440,61 @@ def test_query_missing_socket(sockdir: str) -> None:
 
 
 def test_query_no_socket_anywhere(monkeypatch: pytest.MonkeyPatch, sockdir: str) -> None:
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(f"{sockdir}/b")
+    dead.close()
     monkeypatch.setattr(control, "socket_candidates", lambda: [f"{sockdir}/a", f"{sockdir}/b"])
-    with pytest.raises(ControlError, match=r"no socket at .*/a, .*/b"):
+    with pytest.raises(ControlError) as info:
         query_control(None, "status")
+    message = str(info.value)
+    assert message.startswith("ntpy is not running")
+    assert f"{sockdir}/a: no socket; {sockdir}/b: nothing answers (stale socket)" in message
+    assert "--socket PATH or set NTPY_SOCKET=PATH" in message
+
+
+def _deny(monkeypatch: pytest.MonkeyPatch, denied: str) -> None:
+    """connect() to ``denied`` fails with EACCES, as root's 0700 /run/ntpy does for a user."""
+    real_connect = socket.socket.connect
+
+    def connect(self: socket.socket, addr: object) -> None:
+        if addr == denied:
+            raise PermissionError(13, "Permission denied")
+        real_connect(self, addr)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+def test_query_moves_past_root_socket_to_the_running_daemon(
+    monkeypatch: pytest.MonkeyPatch, sockdir: str, daemon_socket: str
+) -> None:
+    """Whatever the order, a socket we may not use or that is stale is not the answer."""
+    stale = f"{sockdir}/stale.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(stale)
+    dead.close()
+    _deny(monkeypatch, f"{sockdir}/root.sock")
+    monkeypatch.setattr(
+        control,
+        "socket_candidates",
+        lambda: [f"{sockdir}/root.sock", stale, f"{sockdir}/none.sock", daemon_socket],
+    )
+    assert query_control(None, "counters") == {"answered": 5, "drop_rate": 1}
+
+
+def test_query_only_denied_says_so_and_where_it_looked(
+    monkeypatch: pytest.MonkeyPatch, sockdir: str
+) -> None:
+    _deny(monkeypatch, f"{sockdir}/root.sock")
+    monkeypatch.setattr(
+        control, "socket_candidates", lambda: [f"{sockdir}/mine.sock", f"{sockdir}/root.sock"]
+    )
+    with pytest.raises(ControlError) as info:
+        query_control(None, "status")
+    message = str(info.value)
+    assert message.startswith(f"permission denied: cannot connect to {sockdir}/root.sock (")
+    assert f"looked at: {sockdir}/mine.sock: no socket; {sockdir}/root.sock: permission denied" in (
+        message
+    )
 
 
 def test_query_stale_socket(sockdir: str) -> None:
@@ -537,3 +612,101 @@ def test_accept_failure_pauses_instead_of_spinning(
     assert pending(c)
     run(loop, 150)
     assert reply(c)["answered"] == 5
+
+
+# -- who may connect: the hint must be true (issue 11) -----------------------------------
+
+NOBODY = 65534
+SYSTEM_PYTHON = "/usr/bin/python3"
+CLIENT_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from ntpy.daemon.control import ControlError, query_control
+    try:
+        print(query_control(sys.argv[1], "counters")["answered"])
+    except ControlError as exc:
+        print(exc)
+    """
+)
+
+
+def _other_group() -> str:
+    """An existing group that is not root's, to stand in for 'ntpy' in tests."""
+    for name in ("nogroup", "nobody", "daemon"):
+        with contextlib.suppress(KeyError):
+            grp.getgrnam(name)
+            return name
+    pytest.skip("no spare group on this system")
+
+
+def test_socket_is_shared_with_the_group_when_it_exists(sockdir: str, loop: Loop) -> None:
+    group = _other_group()
+    gid = grp.getgrnam(group).gr_gid
+    path = f"{sockdir}/run/ntpy.sock"
+    srv = ControlServer(path, loop, PROVIDERS, group=group)
+    srv.start()
+    if srv.shared_with is None:
+        pytest.skip(f"this user may not hand files to group {group}")
+    directory = os.stat(f"{sockdir}/run")
+    assert (stat.S_IMODE(directory.st_mode), directory.st_gid) == (0o750, gid)
+    sock = os.lstat(path)
+    assert (stat.S_IMODE(sock.st_mode), sock.st_gid) == (0o660, gid)
+    assert f"member of group {group!r}" in control_paths.permission_hint(path)
+    srv.close()
+
+
+def test_without_the_group_access_stays_private(sockdir: str, loop: Loop) -> None:
+    path = f"{sockdir}/run/ntpy.sock"
+    srv = ControlServer(path, loop, PROVIDERS, group="no-such-group-ntpy-test")
+    srv.start()
+    assert srv.shared_with is None
+    assert stat.S_IMODE(os.stat(f"{sockdir}/run").st_mode) == 0o700
+    hint = control_paths.permission_hint(path)
+    assert "groupadd --system ntpy" in hint and "restart ntpy" in hint
+    srv.close()
+
+
+def _query_as(uid: int, gid: int, path: str) -> str:
+    """``query_control`` from a process running as ``uid``/``gid`` with no other groups."""
+    done = subprocess.run(
+        [SYSTEM_PYTHON, "-c", CLIENT_SCRIPT, path],
+        env={"PYTHONPATH": SRC, "PATH": "/usr/bin:/bin"},
+        user=uid,
+        group=gid,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
+@pytest.mark.skipif(not os.path.exists(SYSTEM_PYTHON), reason="no system python3")
+def test_following_the_hint_works(sockdir: str) -> None:
+    """A user outside the group is denied and told which group to join; a member of it is
+    let in. (Before: the hint named a group, but the 0700 directory admitted no group.)"""
+    group = _other_group()
+    gid = grp.getgrnam(group).gr_gid
+    outsider_gid = next(g.gr_gid for g in grp.getgrall() if g.gr_gid not in (0, gid))
+    os.chmod(sockdir, 0o755)  # as /run is: anyone may look inside
+    path = f"{sockdir}/run/ntpy.sock"
+    lp = Loop("poll")
+    srv = ControlServer(path, lp, PROVIDERS, group=group)
+    srv.start()
+    stop = threading.Event()
+    lp.call_every(10 * MS, lambda: lp.stop() if stop.is_set() else None)
+    thread = threading.Thread(target=lp.run, daemon=True)
+    thread.start()
+    try:
+        denied = _query_as(NOBODY, outsider_gid, path)
+        assert denied.startswith(f"permission denied: cannot connect to {path}")
+        assert f"member of group {group!r}" in denied
+        assert _query_as(NOBODY, gid, path) == "5"
+    finally:
+        stop.set()
+        thread.join(5)
+        srv.close()
+        lp.close()

@@ -242,3 +242,56 @@ def test_write_at_exit(tmp_path: Path) -> None:
 def test_writer_rejects_bad_interval(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         DriftWriter(str(tmp_path / "d"), interval_ns=0)
+
+
+# -- temp files left by interrupted writes (issue 11: 160 after 300 kill -9s) --------
+
+
+def test_start_removes_temp_files_of_interrupted_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "ntp.drift"
+    write_drift(str(path), 1.5)
+
+    def killed(fd: int) -> None:  # kill -9 between writing the temp file and the rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", killed)
+    for _ in range(3):
+        with pytest.raises(KeyboardInterrupt):
+            write_drift(str(path), 2.5)
+    monkeypatch.undo()
+    assert len(leftovers(tmp_path)) == 3
+    with caplog.at_level(logging.INFO, logger="ntpy.drift"):
+        DriftWriter(str(path)).loaded(read_drift(str(path))[0])
+    assert leftovers(tmp_path) == []
+    assert "removed 3 temp file(s)" in caplog.text
+    assert path.read_text() == "1.500\n"
+
+
+def test_cleanup_touches_only_our_own_pattern(tmp_path: Path) -> None:
+    path = tmp_path / "ntp.drift"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "target").write_text("keep")
+    ours = [".ntp.drift.abcd_123.tmp", ".ntp.drift.zzzzzzzz.tmp"]
+    others = [
+        ".ntp.drift.short.tmp",  # not 8 random characters
+        ".ntp.drift.ABCDEFGH.tmp",  # not mkstemp's alphabet
+        "ntp.drift.abcdefgh.tmp",  # no leading dot
+        ".other.drift.abcdefgh.tmp",  # another file's temp
+        ".ntp.drift.abcdefgh.tmp.bak",
+        "ntp.drift.tmp",
+    ]
+    for name in ours + others:
+        (tmp_path / name).write_text("x")
+    (tmp_path / ".ntp.drift.linklink.tmp").symlink_to(outside / "target")
+    (tmp_path / ".ntp.drift.dirdirdi.tmp").mkdir()
+    assert driftfile.remove_stale_temp_files(str(path)) == sorted(ours)
+    left = set(leftovers(tmp_path))
+    assert set(others) | {".ntp.drift.linklink.tmp", ".ntp.drift.dirdirdi.tmp"} <= left
+    assert (outside / "target").read_text() == "keep"
+
+
+def test_cleanup_of_a_missing_directory_is_quiet(tmp_path: Path) -> None:
+    assert driftfile.remove_stale_temp_files(str(tmp_path / "nodir" / "ntp.drift")) == []

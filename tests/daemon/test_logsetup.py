@@ -16,6 +16,7 @@ import pytest
 from ntpy.daemon.logsetup import (
     JournalFormatter,
     LogSetup,
+    ReopenableFileHandler,
     on_journal,
     parse_level,
     syslog_priority,
@@ -277,3 +278,82 @@ def test_syslog_priority_rounds_custom_levels_down() -> None:
     assert syslog_priority(1) == 7
     record = logging.LogRecord("x", logging.ERROR, __file__, 1, "a\nb", None, None)
     assert JournalFormatter().format(record) == "<3>a\n<3>b"
+
+
+# A log file that stops taking lines (issue 11: /dev/full printed a traceback per line).
+
+
+class FullDisk(io.StringIO):
+    """A log file stand-in that fails with ENOSPC while ``full`` is set."""
+
+    full = True
+
+    def write(self, s: str) -> int:
+        if self.full:
+            raise OSError(28, "No space left on device")
+        return super().write(s)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_dev_full_is_one_warning_not_a_traceback_per_line(
+    logger: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = io.StringIO()
+    setup = LogSetup(foreground=False, stream=err, environ={}, logger=logger)
+    setup.configure("info", "/dev/full")
+    for i in range(50):
+        logger.info("line %d", i)  # and the caller carries on: nothing is raised
+    warnings = read(err).splitlines()
+    assert len(warnings) == 1
+    assert PLAIN_LINE.match(warnings[0])
+    assert (
+        "cannot write logfile /dev/full: No space left on device; 1 log line(s) lost"
+        in (warnings[0])
+    )
+    assert "Logging error" not in capsys.readouterr().err
+    setup.close()
+
+
+def test_lost_lines_are_reported_once_per_interval_and_on_recovery(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    now = [0]
+    notices: list[str] = []
+    handler = ReopenableFileHandler(
+        str(tmp_path / "log"), notice=notices.append, interval_ns=60, monotonic_ns=lambda: now[0]
+    )
+    disk = FullDisk()
+    handler.setStream(disk)
+    record = logging.makeLogRecord({"msg": "tick", "levelno": logging.INFO})
+    for _ in range(10):
+        handler.handle(record)
+        now[0] += 1
+    assert len(notices) == 1 and "1 log line(s) lost;" in notices[0]
+    now[0] = 61
+    handler.handle(record)
+    assert len(notices) == 2 and "10 log line(s) lost since the last warning" in notices[1]
+    handler.handle(record)
+    disk.full = False
+    handler.handle(record)
+    assert (
+        "writable again; 1 more log line(s) lost since the last warning, 12 in all" in (notices[2])
+    )
+    assert disk.getvalue() == "tick\n"
+    assert handler.lost == 12
+    disk.full = True
+    handler.handle(record)  # a new outage warns at once
+    assert len(notices) == 4 and "1 log line(s) lost;" in notices[3]
+    assert "Logging error" not in capsys.readouterr().err
+    handler.setStream(io.StringIO())
+    handler.close()
+
+
+def test_a_format_bug_is_still_reported_by_logging(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    notices: list[str] = []
+    handler = ReopenableFileHandler(str(tmp_path / "log"), notice=notices.append)
+    handler.handle(logging.makeLogRecord({"msg": "%d", "args": ("x",)}))
+    assert notices == [] and handler.lost == 0
+    assert "Logging error" in capsys.readouterr().err
+    handler.close()

@@ -28,6 +28,7 @@ from ntpy.daemon.httpd import (
     find_head_end,
     json_response,
     parse_request,
+    peer_key,
     render,
 )
 from ntpy.daemon.loop import Loop
@@ -166,6 +167,9 @@ def _routes() -> dict[str, Route]:
 
 class Running:
     """A Loop in a thread with one HttpServer; stopped through a flag a timer polls."""
+
+    loop: Loop
+    server: HttpServer
 
     def __init__(self, selector: str, **kwargs: int) -> None:
         self.loop = Loop(selector)
@@ -326,15 +330,27 @@ def test_idle_timeout_is_408() -> None:
         r.stop()
 
 
+def _stalled_reader(addr: tuple[str, int]) -> socket.socket:
+    """A client that asks for /big and reads nothing: its connection stays busy replying."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(5)
+    s.connect(addr)
+    s.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+    return s
+
+
 def test_connection_limit() -> None:
+    """Only when every slot is busy replying (nothing to evict) is a new client refused."""
     r = Running("default", max_connections=2).start()
     try:
-        held = [socket.create_connection(r.addr, timeout=5) for _ in range(2)]
+        held = [_stalled_reader(r.addr) for _ in range(2)]
         try:
-            assert _wait(lambda: r.server.active_connections == 2)
+            assert _wait(lambda: r.server.counters["requests"] == 2)
             status, _, body = split(exchange(r.addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"))
             assert status == 503 and b"busy" in body
             assert r.server.counters["busy"] == 1
+            assert r.server.counters["evicted"] == 0
         finally:
             for s in held:
                 s.close()
@@ -342,6 +358,136 @@ def test_connection_limit() -> None:
         assert get(r.addr, "/")[0] == 200
     finally:
         r.stop()
+
+
+# Slowloris. The server listens in this file's own loopback block (127.0.104.x) and every
+# client binds its own source address there, so the per-address cap sees distinct peers.
+NET = "127.0.104."
+
+
+def _client(src: str, r: Running) -> socket.socket:
+    s = socket.socket()
+    s.settimeout(5)
+    s.bind((NET + src, 0))
+    s.connect(r.addr)
+    return s
+
+
+def _get_from(src: str, r: Running, path: str = "/") -> int:
+    with _client(src, r) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        return split(s.makefile("rb").read())[0]
+
+
+class Trickle:
+    """Slowloris: connections from several addresses that send a partial request head, then
+    one more byte every ``every_s`` so an idle timer never fires."""
+
+    def __init__(self, r: Running, sources: list[str], every_s: float = 0.05) -> None:
+        self.socks = [_client(src, r) for src in sources]
+        for s in self.socks:
+            s.sendall(b"GET / HTTP/1.1\r\n")
+        self.every_s = every_s
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            for s in self.socks:
+                with contextlib.suppress(OSError):
+                    s.send(b"X")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(5)
+        for s in self.socks:
+            s.close()
+
+
+def test_slowloris_cannot_lock_out_a_real_client() -> None:
+    """Every slot held by trickling heads: a new client evicts the longest-silent one and is
+    served (before: 503 for as long as the trickle went on)."""
+    r = Running("default", max_connections=4, idle_timeout_ns=300_000_000)
+    r.start(NET + "1")
+    attack = Trickle(r, ["2", "2", "3", "3"])
+    try:
+        assert _wait(lambda: r.server.active_connections == 4)
+        assert _get_from("9", r) == 200
+        assert r.server.counters["evicted"] == 1
+        assert r.server.counters["busy"] == 0
+    finally:
+        attack.stop()
+        r.stop()
+
+
+def test_request_deadline_is_absolute() -> None:
+    """A head that keeps trickling (so the idle timer never fires) still ends with a 408
+    at the request deadline."""
+    r = Running("poll", idle_timeout_ns=5_000_000_000, request_timeout_ns=300_000_000)
+    r.start(NET + "1")
+    try:
+        with _client("2", r) as s:
+            s.sendall(b"GET / HTTP/1.1\r\n")
+            s.settimeout(0.05)
+            reply = b""
+            for _ in range(80):  # at most 4 s of trickling
+                with contextlib.suppress(OSError):
+                    s.send(b"X")
+                try:
+                    reply = s.recv(4096)
+                except TimeoutError:
+                    continue
+                break
+        assert reply.startswith(b"HTTP/1.1 408 ")
+        assert r.server.counters["timeout"] == 1
+    finally:
+        r.stop()
+
+
+def test_per_address_cap() -> None:
+    r = Running("default", max_per_address=2)
+    r.start(NET + "1")
+    held = [_client("2", r) for _ in range(2)]
+    try:
+        assert _wait(lambda: r.server.active_connections == 2)
+        assert _get_from("2", r) == 503
+        assert r.server.counters["per_address_limit"] == 1
+        assert _get_from("3", r) == 200  # other addresses are unaffected
+        assert r.server.counters["evicted"] == 0  # and nothing else was closed for it
+    finally:
+        for s in held:
+            s.close()
+        r.stop()
+
+
+def test_eviction_takes_the_longest_silent_request() -> None:
+    r = Running("default", max_connections=2)
+    r.start(NET + "1")
+    old = _client("2", r)
+    recent = _client("3", r)
+    try:
+        old.sendall(b"GET / HTTP/1.1\r\n")
+        assert _wait(lambda: r.server.active_connections == 2)
+        time.sleep(0.05)
+        recent.sendall(b"GET / HTTP/1.1\r\n")  # the later byte: this one stays
+        time.sleep(0.05)
+        assert _get_from("4", r) == 200
+        assert split(old.makefile("rb").read())[0] == 503
+        recent.sendall(b"Host: t\r\n\r\n")
+        assert split(recent.makefile("rb").read())[0] == 200
+    finally:
+        old.close()
+        recent.close()
+        r.stop()
+
+
+def test_peer_key_groups_ipv6_by_64() -> None:
+    assert peer_key(("192.0.2.7", 1)) == "192.0.2.7"
+    assert peer_key(("2001:db8:1:2::5", 1, 0, 0)) == peer_key(("2001:db8:1:2:ffff::9", 2, 0, 0))
+    assert peer_key(("2001:db8:1:2::5", 1, 0, 0)) == "2001:db8:1:2::/64"
+    assert peer_key(("::ffff:192.0.2.7", 1, 0, 0)) == "192.0.2.7"
+    assert peer_key(("fe80::1%lo", 1, 0, 1)) == "fe80::/64"
 
 
 def test_ipv6_loopback() -> None:
@@ -395,6 +541,10 @@ def test_bad_arguments() -> None:
     try:
         with pytest.raises(ValueError):
             HttpServer(loop, {}, max_connections=0)
+        with pytest.raises(ValueError):
+            HttpServer(loop, {}, max_per_address=0)
+        with pytest.raises(ValueError):
+            HttpServer(loop, {}, request_timeout_ns=0)
         with pytest.raises(RuntimeError):
             HttpServer(loop, {}).url()
     finally:

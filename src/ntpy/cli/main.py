@@ -17,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ntpy", description="NTP time server and client daemon (reads ntpd's ntp.conf)."
     )
     p.add_argument("--version", action="version", version=f"ntpy {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="(each has its own --help)"
+    )
 
     s = sub.add_parser("serve", help="run the NTP server in the foreground, logging to stderr")
     s.add_argument(
@@ -75,18 +77,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="serving processes sharing the listen addresses ('auto': one per CPU core); "
         "overrides the config's 'workers' (default auto)",
     )
-    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log messages of this level and above (default info)",
+    )
 
     c = sub.add_parser("check-config", help="validate an ntp.conf: exit 0, or 2 with file:line")
-    c.add_argument("file")
+    c.add_argument("file", metavar="FILE", help="the ntp.conf to check")
     c.add_argument("--strict", action="store_true", help="unknown directives are errors")
 
     q = sub.add_parser(
         "query", help="ask a server for the time once, like 'ntpdate -q' (never sets the clock)"
     )
-    q.add_argument("server", metavar="HOST[:PORT]", nargs="+")
+    q.add_argument(
+        "server",
+        metavar="HOST[:PORT]",
+        nargs="+",
+        help="server name or address, port 123 unless given; several are asked in turn",
+    )
     q.add_argument("--json", action="store_true", help="print JSON")
-    q.add_argument("--ntp-version", type=int, default=4, choices=[1, 2, 3, 4], dest="ntp_version")
+    q.add_argument(
+        "--ntp-version",
+        type=int,
+        default=4,
+        choices=[1, 2, 3, 4],
+        dest="ntp_version",
+        help="NTP version number to put in the requests (default 4)",
+    )
     q.add_argument("--timeout", type=float, default=2.0, help="seconds to wait per try (default 2)")
     q.add_argument(
         "--tries", type=int, default=3, help="requests sent before giving up (default 3)"

@@ -37,6 +37,7 @@ from ntpy.cli.views import (
     system_peer,
 )
 from ntpy.daemon.control import ControlError, query_control
+from ntpy.daemon.control_paths import SOCKET_HELP
 
 EXIT_UNREACHABLE = 2
 
@@ -165,7 +166,6 @@ def add_stat_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         "-s",
         dest="control_socket",
         metavar="PATH",
-        help="the daemon's control socket (default: where 'ntpy serve' puts it: "
-        "/run/ntpy/ntpy.sock, else $XDG_RUNTIME_DIR/ntpy.sock, else /tmp/ntpy-UID/ntpy.sock)",
+        help=SOCKET_HELP,
     )
     add_timeout_option(p)

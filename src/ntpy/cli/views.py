@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ntpy.daemon.control import ControlError, query_control
+from ntpy.daemon.control_paths import SOCKET_HELP
 
 PEERS_HEADER = "     remote           refid      st t when poll reach   delay   offset   jitter"
 PEERS_RULE = "=" * len(PEERS_HEADER)
@@ -273,8 +274,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--socket",
         "-s",
         metavar="PATH",
-        help="the daemon's control socket (default: /run/ntpy/ntpy.sock, else "
-        "$XDG_RUNTIME_DIR/ntpy.sock, else /tmp/ntpy-UID/ntpy.sock)",
+        help=SOCKET_HELP,
     )
     p.add_argument("--json", action="store_true", help="print the daemon's reply as JSON")
     add_timeout_option(p)
@@ -316,6 +316,23 @@ def add_view_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     )
 
 
+def format_client_interval(seconds: object) -> str:
+    """A client's average request interval: seconds as ntpq's when/poll, below one second
+    in ms (below 1 ms in us). Sub-second averages are the abusive clients this view is for,
+    so they must never round down to a blank."""
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        return "-"
+    if not math.isfinite(seconds) or seconds < 0:
+        return "-"
+    us = int(seconds * 1_000_000 + 0.5)
+    if us < 1000:
+        return f"{us}us"
+    ms = int(seconds * 1000 + 0.5)
+    if ms < 1000:
+        return f"{ms}ms"
+    return pretty_interval(round(seconds))
+
+
 def render_clients(reply: Mapping[str, Any], now_note: str = "") -> str:
     """``ntpy clients``: the busiest clients of the rate limiter's table, like ``chronyc clients``.
 
@@ -328,7 +345,7 @@ def render_clients(reply: Mapping[str, Any], now_note: str = "") -> str:
     lines = [head, "=" * len(head)]
     for c in rows:
         avg = c.get("avg_interval_s")
-        interval = "-" if avg is None else pretty_interval(round(avg))
+        interval = format_client_interval(avg)
         ago = c.get("last_seen_ago_s")
         last = "-" if ago is None else pretty_interval(int(ago))
         lines.append(

@@ -1,7 +1,8 @@
 """The local control socket: ``ntpy status`` and ``ntpy peers`` ask the running daemon here.
 
 A UNIX stream socket, not UDP mode 6, because access control is then the file system's
-job (socket 0660 in a 0700 directory) and nothing is reachable from the network. The
+job (socket 0660 in a 0700 directory, or 0750 for the ``ntpy`` group when it exists: see
+``control_paths``) and nothing is reachable from the network. The
 protocol is one JSON request line (``{"cmd": "status"}``), one JSON reply line, close.
 Every command is read-only (DESIGN rule 7): there is deliberately no command that changes
 state, so the socket needs no authentication beyond the file permissions.
@@ -27,14 +28,29 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ntpy.daemon.control_paths import (
+    CONTROL_GROUP,
+    SOCKET_ENV,
+    default_socket_path,
+    permission_hint,
+    share_with_group,
+    socket_candidates,
+)
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.streams import StreamConn, StreamServer
+
+__all__ = [
+    "ControlError",
+    "ControlServer",
+    "build_reply",
+    "default_socket_path",
+    "query_control",
+    "socket_candidates",
+]
 
 log = logging.getLogger("ntpy.control")
 
 NS_PER_S = 1_000_000_000
-SYSTEM_SOCKET_DIR = "/run/ntpy"
-SOCKET_NAME = "ntpy.sock"
 REQUEST_LIMIT = 4096
 """Bytes of request, newline included; the commands are a dozen bytes."""
 MAX_CONNECTIONS = 16
@@ -57,46 +73,6 @@ class ControlError(Exception):
 
 # ---------------------------------------------------------------------------------------
 # Socket paths
-
-
-def default_socket_path() -> str:
-    """Where the daemon puts its socket: /run/ntpy when it may write there, else per user.
-
-    Root (or a service user given /run/ntpy by systemd's RuntimeDirectory=) uses the system
-    path; an unprivileged daemon, e.g. a ``-x`` test instance, uses $XDG_RUNTIME_DIR and
-    finally a private directory under /tmp.
-    """
-    if os.geteuid() == 0 or os.access(SYSTEM_SOCKET_DIR, os.W_OK | os.X_OK):
-        return os.path.join(SYSTEM_SOCKET_DIR, SOCKET_NAME)
-    return _user_socket_paths()[0]
-
-
-def _user_socket_paths() -> list[str]:
-    paths = []
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isabs(runtime) and os.path.isdir(runtime):
-        paths.append(os.path.join(runtime, SOCKET_NAME))
-    paths.append(f"/tmp/ntpy-{os.getuid()}/{SOCKET_NAME}")
-    return paths
-
-
-def socket_candidates() -> list[str]:
-    """Every place a daemon may have put its socket, in the order the client looks."""
-    paths = [os.path.join(SYSTEM_SOCKET_DIR, SOCKET_NAME), *_user_socket_paths()]
-    return list(dict.fromkeys(paths))
-
-
-def find_socket() -> str | None:
-    """The first candidate that exists (or that we may not even look at: a root-only dir)."""
-    for path in socket_candidates():
-        try:
-            os.stat(path)
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return path  # e.g. EACCES on /run/ntpy: connecting will say "permission denied"
-        return path
-    return None
 
 
 def _check_path(path: str) -> None:
@@ -258,7 +234,10 @@ class ControlServer(StreamServer[StreamConn]):
         timeout_ns: int = CONNECTION_TIMEOUT_NS,
         socket_mode: int = 0o660,
         dir_mode: int = 0o700,
+        group: str | None = CONTROL_GROUP,
     ) -> None:
+        """``group``: when it exists, directory and socket are opened to it (read-only
+        commands, so this is ntpq-style monitoring access); None keeps them private."""
         if max_connections < 1 or request_limit < 16 or timeout_ns <= 0:
             raise ValueError("max_connections >= 1, request_limit >= 16, timeout_ns > 0")
         super().__init__(
@@ -275,6 +254,8 @@ class ControlServer(StreamServer[StreamConn]):
         self.request_limit = request_limit
         self.socket_mode = socket_mode
         self.dir_mode = dir_mode
+        self.group = group
+        self.shared_with: str | None = None
         self._identity: tuple[int, int] | None = None
 
     def start(self) -> None:
@@ -301,8 +282,12 @@ class ControlServer(StreamServer[StreamConn]):
                 f"cannot open control socket {path}: {exc.strerror or exc}"
             ) from None
         self._identity = (st.st_dev, st.st_ino)
+        self.shared_with = share_with_group(os.path.dirname(path), path, self.group)
         self._listen_on(sock)
-        log.info("control socket %s", path)
+        if self.shared_with is not None:
+            log.info("control socket %s (group %s may connect)", path, self.shared_with)
+        else:
+            log.info("control socket %s (this user and root only)", path)
 
     def close(self) -> None:
         """Stop serving and remove the socket file -- only if it is still the one we made."""
@@ -376,38 +361,20 @@ def _close_gently(sock: socket.socket) -> None:
 def query_control(path: str | None, cmd: str, timeout: float = 2.0) -> dict[str, Any]:
     """Ask the daemon one command and return its reply object.
 
-    Raises ControlError with a message fit for the terminal: not running, permission
-    denied, no reply in time, or the daemon's own ``{"error": ...}``.
+    Without ``path``, the first of ``socket_candidates()`` that accepts the connection is
+    asked. Raises ControlError with a message fit for the terminal: not running (and where
+    we looked), permission denied (and what to do), no reply in time, or the daemon's own
+    ``{"error": ...}``.
     """
-    if path is None:
-        found = find_socket()
-        if found is None:
-            tried = ", ".join(socket_candidates())
-            raise ControlError(f"ntpy is not running (no socket at {tried})")
-        path = found
     if timeout <= 0:
         raise ValueError("timeout must be positive")
     deadline = time.monotonic() + timeout
     request = json.dumps({"cmd": cmd}).encode() + b"\n"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except FileNotFoundError:
-            raise ControlError(f"ntpy is not running (no socket at {path})") from None
-        except ConnectionRefusedError:
-            raise ControlError(
-                f"ntpy is not running (nothing answers on {path}; a stale socket?)"
-            ) from None
-        except PermissionError:
-            raise ControlError(
-                f"permission denied: cannot connect to {path} "
-                "(run as root or as a member of the socket's group)"
-            ) from None
-        except (BlockingIOError, TimeoutError):
-            raise ControlError(f"ntpy at {path} is too busy to accept a connection") from None
-        except OSError as exc:
-            raise ControlError(f"cannot connect to {path}: {exc.strerror or exc}") from None
+    if path is None:
+        sock, path = _connect_any(timeout)
+    else:
+        sock = _connect(path, timeout)
+    with sock:
         data = bytearray()
         try:
             # a daemon that is busy answers and closes before reading: still read that answer
@@ -429,6 +396,65 @@ def query_control(path: str | None, cmd: str, timeout: float = 2.0) -> dict[str,
         except OSError as exc:
             raise ControlError(f"lost connection to {path}: {exc.strerror or exc}") from None
     return _parse_reply(bytes(data), path)
+
+
+class _Unreachable(ControlError):
+    """Nobody answers at this path; ``why`` is the short reason, for the list of places."""
+
+    def __init__(self, message: str, why: str) -> None:
+        super().__init__(message)
+        self.why = why
+
+
+def _connect(path: str, timeout: float) -> socket.socket:
+    """A socket connected to ``path``; _Unreachable when no daemon answers there (so the
+    next candidate may), plain ControlError when one does but cannot take us (busy)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except (FileNotFoundError, NotADirectoryError):
+        sock.close()
+        raise _Unreachable(f"ntpy is not running (no socket at {path})", "no socket") from None
+    except ConnectionRefusedError:
+        sock.close()
+        raise _Unreachable(
+            f"ntpy is not running (nothing answers on {path}; a stale socket?)",
+            "nothing answers (stale socket)",
+        ) from None
+    except PermissionError:
+        sock.close()
+        raise _Unreachable(
+            f"permission denied: cannot connect to {path} ({permission_hint(path)})",
+            "permission denied",
+        ) from None
+    except (BlockingIOError, TimeoutError):
+        sock.close()
+        raise ControlError(f"ntpy at {path} is too busy to accept a connection") from None
+    except OSError as exc:
+        sock.close()
+        why = str(exc.strerror or exc)
+        raise _Unreachable(f"cannot connect to {path}: {why}", why) from None
+    return sock
+
+
+def _connect_any(timeout: float) -> tuple[socket.socket, str]:
+    """Connect to the first candidate that answers; else say where we looked and why."""
+    failures: list[tuple[str, _Unreachable]] = []
+    for path in socket_candidates():
+        try:
+            return _connect(path, timeout), path
+        except _Unreachable as exc:
+            failures.append((path, exc))
+    looked = "; ".join(f"{path}: {exc.why}" for path, exc in failures)
+    denied = [exc for _, exc in failures if exc.why == "permission denied"]
+    if denied:
+        raise ControlError(f"{denied[0]}\n  looked at: {looked}")
+    raise ControlError(
+        f"ntpy is not running, or not where this user looks (looked at: {looked}); "
+        f"for a daemon started with --control-socket PATH, use --socket PATH or set "
+        f"{SOCKET_ENV}=PATH"
+    )
 
 
 def _parse_reply(data: bytes, path: str) -> dict[str, Any]:

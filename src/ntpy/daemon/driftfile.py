@@ -9,7 +9,9 @@ Reading never raises: a missing file is normal on first start, and a corrupt one
 of some other writer, a full disk, a stray edit) costs only the head start, so it becomes a
 warning and a fresh estimate. Writing is atomic -- temp file in the same directory, fsync,
 rename, fsync the directory -- so a power cut leaves either the old value or the new one,
-never a truncated file that would then be read as corrupt.
+never a truncated file that would then be read as corrupt. A write cut short by a crash or
+kill -9 leaves its temp file behind (160 of them after 300 kills), so start-up removes
+them -- only names of our own temp-file pattern, next to the drift file.
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ WRITE_INTERVAL_NS = 3600 * NS_PER_S
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 """A plain decimal. Stricter than float(): no 'nan', 'inf', '1_0' or hex."""
 _FRESH = "starting with a fresh frequency estimate"
+_TEMP_PREFIX = "."
+_TEMP_SUFFIX = ".tmp"
+_TEMP_RANDOM = re.compile(r"[a-z0-9_]{8}")
+"""What ``tempfile.mkstemp`` puts between prefix and suffix (8 of these characters)."""
 
 
 class DriftFileError(Exception):
@@ -122,9 +128,7 @@ def write_drift(path: str, ppm: float) -> None:
     data = format_drift(ppm).encode("ascii")
     directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
-        )
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_TEMP_SUFFIX, dir=directory)
     except OSError as exc:
         raise DriftFileError(
             f"{path}: cannot write drift file: cannot create a temporary file in "
@@ -154,6 +158,44 @@ def write_drift(path: str, ppm: float) -> None:
             f"{path}: drift file written, but syncing directory {directory} failed: "
             f"{exc.strerror or exc}; the new value may not survive a power failure"
         ) from None
+
+
+def _temp_prefix(path: str) -> str:
+    return f"{_TEMP_PREFIX}{os.path.basename(path)}."
+
+
+def remove_stale_temp_files(path: str) -> list[str]:
+    """Delete temp files that interrupted writes of ``path`` left; returns their names.
+
+    Only at start, before this process writes: a name must be exactly ``write_drift``'s
+    pattern (``.BASENAME.XXXXXXXX.tmp``) in the drift file's directory, and a regular file
+    (not a symlink) owned by us, so nothing else in a shared directory is touched. Never
+    raises: a leftover that cannot be removed only costs a little disk space.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = _temp_prefix(path)
+    removed: list[str] = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        middle = name[len(prefix) : -len(_TEMP_SUFFIX)]
+        if not (
+            name.startswith(prefix)
+            and name.endswith(_TEMP_SUFFIX)
+            and _TEMP_RANDOM.fullmatch(middle)
+        ):
+            continue
+        full = os.path.join(directory, name)
+        try:
+            st = os.lstat(full)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid():
+                os.unlink(full)
+                removed.append(name)
+        except OSError:
+            continue
+    return sorted(removed)
 
 
 def _fsync_directory(directory: str) -> None:
@@ -187,8 +229,16 @@ class DriftWriter:
         self.failures = 0
 
     def loaded(self, ppm: float | None) -> None:
-        """Tell the writer what was read at start, so an unchanged value is not rewritten."""
+        """Tell the writer what was read at start, so an unchanged value is not rewritten;
+        also the moment to remove temp files that interrupted writes left behind."""
         self._last_text = None if ppm is None else format_drift(ppm)
+        removed = remove_stale_temp_files(self.path)
+        if removed:
+            log.info(
+                "drift file %s: removed %d temp file(s) left by interrupted writes",
+                self.path,
+                len(removed),
+            )
 
     def due(self, now_mono_ns: int) -> bool:
         """True once per interval; the first call only starts the clock."""

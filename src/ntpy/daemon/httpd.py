@@ -6,8 +6,14 @@ simulators can drive it), and a monitoring request must never delay an NTP reply
 than one short callback. So the server is non-blocking and bounded everywhere:
 
 * a request head (request line + headers) is at most ``head_limit`` bytes, read in slices;
-* at most ``max_connections`` connections at once (more get a best-effort 503 and are closed);
-* every connection has an idle deadline that only progress moves forward (slowloris);
+* at most ``max_connections`` connections at once, and at most ``max_per_address`` from one
+  client address (IPv6: one /64); when every slot is taken, a new connection evicts the
+  connection that is still sending its request and has been silent longest (after any that
+  are only waiting to close), and gets a 503 only when every slot is busy replying;
+* the request head must be complete within ``request_timeout_ns`` of the accept, however
+  it trickles in (slowloris: an idle timer that every byte restarts let 40 connections
+  sending one byte per 5 s hold all 32 slots for hours); a silent client is dropped sooner,
+  after ``idle_timeout_ns``; a reply must be read within ``reply_timeout_ns``;
 * only GET and HEAD exist -- monitoring is read-only (DESIGN rule 7) -- and a request body
   is refused, so there is no body parsing at all;
 * one request per connection (``Connection: close``): keep-alive would buy nothing for a
@@ -34,7 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ntpy.daemon.loop import Loop
-from ntpy.daemon.streams import StreamConn, StreamServer
+from ntpy.daemon.streams import StreamConn, StreamServer, send_best_effort
 
 log = logging.getLogger("ntpy.httpd")
 
@@ -44,7 +50,13 @@ HEAD_LIMIT = 8192
 REQUEST_LINE_LIMIT = 4096
 MAX_HEADERS = 64
 MAX_CONNECTIONS = 32
+MAX_PER_ADDRESS = 8
+"""A browser opens at most 6 connections to one host; 8 leaves room for a scraper too."""
 IDLE_TIMEOUT_NS = 10 * NS_PER_S
+REQUEST_TIMEOUT_NS = 10 * NS_PER_S
+"""Accept to complete request head, whatever arrives in between (browsers need milliseconds)."""
+REPLY_TIMEOUT_NS = 60 * NS_PER_S
+"""Start of the reply to its last byte sent, however slowly the client reads."""
 LINGER_NS = 2 * NS_PER_S
 """After the reply, how long to wait for the client's FIN before closing (see ``_linger``)."""
 ACCEPT_BATCH = 16
@@ -275,6 +287,27 @@ def status_class(status: int) -> str:
 class _Conn(StreamConn):
     lingering: bool = False
     drained: int = 0
+    peer: str = ""
+    """The address the per-address cap counts it under (``peer_key``)."""
+    cap_ns: int = 0
+    """The absolute deadline of the current phase (request head, then reply)."""
+    last_rx_ns: int = 0
+    """When request bytes last arrived (or the accept): eviction picks the smallest."""
+
+
+def peer_key(addr: object) -> str:
+    """The per-address cap's key for a peer address from ``accept``: the IPv4 address, or
+    the IPv6 /64 (one host usually owns a whole /64, so single IPv6 addresses are free)."""
+    host = addr[0] if isinstance(addr, tuple) and addr else addr
+    try:
+        ip = ipaddress.ip_address(str(host).partition("%")[0])
+    except ValueError:
+        return str(host)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def format_url(host: str, port: int, path: str = "/") -> str:
@@ -284,8 +317,9 @@ def format_url(host: str, port: int, path: str = "/") -> str:
 class HttpServer(StreamServer[_Conn]):
     """Serves ``routes`` (exact paths) on one TCP address from inside ``loop``.
 
-    The deadline of a connection is an idle timer (progress moves it), and the reply is
-    followed by a linger rather than an immediate close (see ``_linger``).
+    A connection's deadline is an idle timer that progress moves, but never past the
+    absolute deadline of its phase (request head, then reply); the reply is followed by a
+    linger rather than an immediate close (see ``_linger``).
     """
 
     def __init__(
@@ -294,13 +328,22 @@ class HttpServer(StreamServer[_Conn]):
         routes: Mapping[str, Route],
         *,
         max_connections: int = MAX_CONNECTIONS,
+        max_per_address: int = MAX_PER_ADDRESS,
         head_limit: int = HEAD_LIMIT,
         idle_timeout_ns: int = IDLE_TIMEOUT_NS,
+        request_timeout_ns: int = REQUEST_TIMEOUT_NS,
+        reply_timeout_ns: int = REPLY_TIMEOUT_NS,
         linger_ns: int = LINGER_NS,
     ) -> None:
-        if max_connections < 1 or head_limit < 64 or idle_timeout_ns <= 0 or linger_ns < 0:
+        if (
+            min(max_connections, max_per_address) < 1
+            or head_limit < 64
+            or min(idle_timeout_ns, request_timeout_ns, reply_timeout_ns) <= 0
+            or linger_ns < 0
+        ):
             raise ValueError(
-                "need max_connections >= 1, head_limit >= 64, idle_timeout_ns > 0, linger_ns >= 0"
+                "need max_connections and max_per_address >= 1, head_limit >= 64, "
+                "timeouts > 0, linger_ns >= 0"
             )
         super().__init__(
             loop,
@@ -313,8 +356,12 @@ class HttpServer(StreamServer[_Conn]):
         )
         self.routes = dict(routes)
         self.head_limit = head_limit
+        self.max_per_address = max_per_address
+        self.request_timeout_ns = request_timeout_ns
+        self.reply_timeout_ns = reply_timeout_ns
         self.linger_ns = linger_ns
         self.bound: tuple[str, int] | None = None
+        self._per_peer: dict[str, int] = {}
 
     @property
     def idle_timeout_ns(self) -> int:
@@ -383,8 +430,59 @@ class HttpServer(StreamServer[_Conn]):
         self.counters[status_class(503)] += 1
         self._send(conn, self._busy_reply())
 
+    def _admit(self, sock: socket.socket, addr: object) -> _Conn | None:
+        """Per-address cap first (that address's finished connections make room), then the
+        global limit (any finished one, else the longest-silent request in progress)."""
+        peer = peer_key(addr)
+        if self._per_peer.get(peer, 0) >= self.max_per_address and not self._evict(peer):
+            self.counters["per_address_limit"] += 1
+            self._refuse(sock)
+            return None
+        if self._full() and not self._evict(None):
+            self._refuse(sock)
+            return None
+        now = time.monotonic_ns()
+        cap = now + self.request_timeout_ns
+        conn = _Conn(sock, min(now + self.timeout_ns, cap), peer=peer, cap_ns=cap, last_rx_ns=now)
+        self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
+        return conn
+
+    def _evict(self, peer: str | None) -> bool:
+        """Close one connection to make room: a lingering one (its reply is out), else --
+        for the global limit only -- the request in progress that has been silent longest.
+        A connection sending its reply is never evicted. False if nothing could go."""
+        mine = [c for c in self._conns if not c.overflow and peer in (None, c.peer)]
+        lingering = [c for c in mine if c.lingering]
+        if lingering:
+            self._drop(min(lingering, key=lambda c: c.deadline_ns))
+            return True
+        waiting = [c for c in mine if c.reading and c.out is None and not c.lingering]
+        if peer is not None or not waiting:
+            return False
+        idle = min(waiting, key=lambda c: c.last_rx_ns)
+        self.counters["evicted"] += 1
+        send_best_effort(idle.sock, render(text_response(503, "busy: evicted for a newer client")))
+        self._drop(idle)
+        return True
+
     def _on_progress(self, conn: _Conn, now_ns: int) -> None:
-        conn.deadline_ns = now_ns + self.timeout_ns
+        conn.deadline_ns = min(now_ns + self.timeout_ns, conn.cap_ns)
+
+    def _send(self, conn: _Conn, data: bytes) -> None:
+        """The reply phase gets its own absolute deadline (a slow reader cannot hold on)."""
+        now = time.monotonic_ns()
+        conn.cap_ns = now + self.reply_timeout_ns
+        conn.deadline_ns = min(now + self.timeout_ns, conn.cap_ns)
+        super()._send(conn, data)
+
+    def _drop(self, conn: _Conn) -> None:
+        if not conn.closed and conn.peer:
+            left = self._per_peer.get(conn.peer, 0) - 1
+            if left > 0:
+                self._per_peer[conn.peer] = left
+            else:
+                self._per_peer.pop(conn.peer, None)
+        super()._drop(conn)
 
     def _sent(self, conn: _Conn) -> None:
         self._linger(conn)
@@ -415,7 +513,8 @@ class HttpServer(StreamServer[_Conn]):
             self._drop(conn)
             return
         conn.buf += data
-        self._on_progress(conn, time.monotonic_ns())
+        conn.last_rx_ns = time.monotonic_ns()
+        self._on_progress(conn, conn.last_rx_ns)
         end = find_head_end(conn.buf)
         if end >= 0:
             self._handle(conn, bytes(conn.buf[:end]))

@@ -19,14 +19,22 @@ the configured path. The new file is opened *before* the old one is closed, so a
 fails (directory gone, privileges dropped) keeps logging to the old file instead of losing lines.
 Call it from the event loop, not from inside a Python signal handler: the handler would run
 between two bytecodes of an ``emit`` in progress on the same thread.
+
+A log file that stops taking lines (disk full, ``logfile /dev/full``, an I/O error) must not
+cost more than the lines themselves: ``logging`` would print a 25-line traceback to stderr
+per line, or nothing at all when stderr goes nowhere. Instead the lost lines are counted and
+one warning on stderr says how many, at most once a minute, plus one when the file takes
+lines again; the daemon keeps serving either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import TextIO
 
 __all__ = [
@@ -50,6 +58,9 @@ LEVELS: Mapping[str, int] = {
     "critical": logging.CRITICAL,
 }
 """Accepted level names (case-insensitive)."""
+
+LOST_WARNING_INTERVAL_NS = 60 * 1_000_000_000
+"""At most one 'log lines lost' warning per this interval."""
 
 
 def parse_level(level: str) -> int:
@@ -104,11 +115,62 @@ def on_journal(stream: TextIO, environ: Mapping[str, str]) -> bool:
 
 
 class ReopenableFileHandler(logging.FileHandler):
-    """A FileHandler in append mode whose file can be swapped for a fresh one at its path."""
+    """A FileHandler in append mode whose file can be swapped for a fresh one at its path.
 
-    def __init__(self, path: str) -> None:
+    A line the file refuses (OSError) is counted in ``lost`` and reported through
+    ``notice`` -- at most once per ``interval_ns``, and once more when writing works again --
+    instead of logging's traceback per line.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        notice: Callable[[str], None] | None = None,
+        interval_ns: int = LOST_WARNING_INTERVAL_NS,
+        monotonic_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
         # delay=False: an unopenable file must fail here, where configure() can report it.
         super().__init__(path, mode="a", encoding="utf-8")
+        self.lost = 0
+        """Lines that could not be written, in all."""
+        self._notice = notice if notice is not None else _write_stderr
+        self._interval_ns = interval_ns
+        self._monotonic_ns = monotonic_ns
+        self._unreported = 0
+        self._warned_ns: int | None = None
+        """When the last warning went out; None while the file works."""
+        self._failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._failed = False
+        super().emit(record)
+        if not self._failed and self._warned_ns is not None:
+            lost, self._unreported, self._warned_ns = self._unreported, 0, None
+            self._notice(
+                f"logfile {self.baseFilename} is writable again; "
+                f"{lost} more log line(s) lost since the last warning, {self.lost} in all"
+            )
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        """The file refused the line: count it, warn if the last warning is old enough."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):  # a bad format string: logging's own report
+            super().handleError(record)
+            return
+        self._failed = True
+        self.lost += 1
+        self._unreported += 1
+        now = self._monotonic_ns()
+        if self._warned_ns is not None and now - self._warned_ns < self._interval_ns:
+            return
+        since = "" if self._warned_ns is None else " since the last warning"
+        lost, self._unreported, self._warned_ns = self._unreported, 0, now
+        self._notice(
+            f"cannot write logfile {self.baseFilename}: {exc.strerror or exc}; "
+            f"{lost} log line(s) lost{since}; still serving "
+            f"(next report in {self._interval_ns // 1_000_000_000} s at the earliest)"
+        )
 
     def reopen(self) -> None:
         """Open the path again and switch to it; OSError (old file still in use) on failure."""
@@ -119,7 +181,19 @@ class ReopenableFileHandler(logging.FileHandler):
         finally:
             self.release()
         if old is not None:
-            old.close()
+            with contextlib.suppress(OSError):  # its buffered tail may not fit (disk full)
+                old.close()
+
+    def close(self) -> None:
+        """Close, even if the last buffered lines cannot be written (the file is full)."""
+        with contextlib.suppress(OSError):
+            super().close()
+
+
+def _write_stderr(message: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"ntpy: {message}\n")
+        sys.stderr.flush()
 
 
 class LogSetup:
@@ -226,7 +300,7 @@ class LogSetup:
         self._stderr = None
 
     def _install_file(self, path: str) -> None:
-        handler = ReopenableFileHandler(path)
+        handler = ReopenableFileHandler(path, notice=self._notice)
         handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
         self._add(handler)
         self._file = handler
@@ -238,6 +312,18 @@ class LogSetup:
         )
         self._add(handler)
         self._stderr = handler
+
+    def _notice(self, message: str) -> None:
+        """A warning about the log file itself, straight to stderr (in the stderr format):
+        through the logger it would go back to the file that is failing."""
+        stream = self._stream if self._stream is not None else sys.stderr
+        record = self._logger.makeRecord(
+            self._logger.name, logging.WARNING, __file__, 0, message, (), None
+        )
+        fmt = JournalFormatter() if self.journal else logging.Formatter(PLAIN_FORMAT)
+        with contextlib.suppress(OSError, ValueError):
+            stream.write(fmt.format(record) + "\n")
+            stream.flush()
 
     def _add(self, handler: logging.Handler) -> None:
         self._logger.addHandler(handler)

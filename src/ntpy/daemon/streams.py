@@ -165,7 +165,7 @@ class StreamServer(ABC, Generic[C]):
             return
         for _ in range(self._accept_batch):  # then yield to NTP traffic
             try:
-                sock, _addr = listener.accept()
+                sock, addr = listener.accept()
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -176,11 +176,25 @@ class StreamServer(ABC, Generic[C]):
                     self.loop.call_later(ACCEPT_PAUSE_NS, self._resume_accepting)
                 return  # ECONNABORTED and friends: that client is gone already
             sock.setblocking(False)
-            if len(self._conns) - self._overflow >= self.max_connections:
-                self._refuse(sock)
+            conn = self._admit(sock, addr)
+            if conn is None:
                 continue
             self.counters["accepted"] += 1
-            self._watch(self._conn_type(sock, time.monotonic_ns() + self.timeout_ns))
+            self._watch(conn)
+
+    def _full(self) -> bool:
+        """Every slot is taken (connections accepted only to be refused do not count)."""
+        return len(self._conns) - self._overflow >= self.max_connections
+
+    def _admit(self, sock: socket.socket, addr: object) -> C | None:
+        """The new connection for ``sock`` from ``addr``, or None after refusing it.
+
+        Here: refuse when every slot is taken. A server facing untrusted networks overrides
+        this to make room (evict) or to cap connections per address."""
+        if self._full():
+            self._refuse(sock)
+            return None
+        return self._conn_type(sock, time.monotonic_ns() + self.timeout_ns)
 
     def _watch(self, conn: C) -> None:
         """Track ``conn``: its reader (unless it starts with a reply) and its deadline."""
