@@ -11,7 +11,6 @@ import time
 import pytest
 
 import ntpy.daemon.sync as sync_module
-
 from ntpy.clock import VirtualClock
 from ntpy.config import parse_text
 from ntpy.core.actions import ReplaceSource
