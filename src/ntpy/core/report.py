@@ -105,8 +105,6 @@ def _unselectable(sources: list[Source], maxdist_ns: int) -> str:
             cause = "noselect"
         elif src.state == "too far":
             cause = f"root distance beyond tos maxdist {maxdist_ns / NS:g} s"
-        elif src.stats.estimate is None:
-            cause = "no usable sample yet"
         else:
             continue
         causes[cause] = causes.get(cause, 0) + 1
@@ -133,7 +131,7 @@ def upstream_reason(eng: SyncEngine) -> tuple[SyncReason, str]:
         return out.failure, out.detail
     if not out.candidates:
         why = _unselectable(reachable, eng.opts.maxdist_ns)
-        if why and all(s.stats.estimate is not None or s.last_sample for s in reachable):
+        if why:
             return SyncReason.NO_CANDIDATE, f"{len(reachable)} reachable: {why}"
         return SyncReason.WAITING, f"{len(reachable)} of {len(active)} source(s) answering"
     if eng.selection is None:
@@ -155,7 +153,7 @@ def diagnose(eng: SyncEngine) -> tuple[SyncReason, str]:
         )
     if eng.synced:
         peer = eng.sources.get(eng.system_peer) if eng.system_peer is not None else None
-        if peer is not None:
+        if peer is not None and eng._has_selection():
             return SyncReason.SYNCHRONIZED, f"following {label(peer)}"
         why, detail = upstream_reason(eng)
         return SyncReason.HOLDOVER, f"no selectable source ({why}: {detail})"
