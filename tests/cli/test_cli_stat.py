@@ -186,3 +186,45 @@ def test_bad_timeout_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as exc:
         build_parser().parse_args(["stat", "--timeout", "-1"])
     assert exc.value.code == 2
+
+
+# -- why not synchronised (issue 11) ---------------------------------------------------------
+
+NO_MAJORITY = "all 2 candidates are falsetickers: no offset lies within a majority of ..."
+
+
+def unsynced(**kw: Any) -> dict[str, Any]:
+    return status(synchronized=False, leap=3, stratum=16, system_peer=None, **kw)
+
+
+def test_unsynchronised_says_why_instead_of_re_starting() -> None:
+    """An hour of "no majority" used to read "time server re-starting"."""
+    text, code = render_stat(unsynced(updates=0, reason="no majority", reason_detail=NO_MAJORITY))
+    assert code == 1
+    assert text.splitlines() == [
+        "unsynchronised",
+        f"  reason: no majority: {NO_MAJORITY}",
+        "   polling server every 64 s",
+    ]
+
+
+def test_re_starting_only_while_waiting_for_samples() -> None:
+    text, code = render_stat(
+        unsynced(updates=0, reason="waiting for samples", reason_detail="no reply yet from 2")
+    )
+    assert code == 1
+    assert text.splitlines()[:3] == [
+        "unsynchronised",
+        "  time server re-starting",
+        "  reason: waiting for samples: no reply yet from 2",
+    ]
+
+
+def test_reason_line_after_having_been_synchronised() -> None:
+    text, _ = render_stat(unsynced(updates=40, reason="no reachable source", reason_detail="x"))
+    assert text.splitlines()[1] == "  reason: no reachable source: x"
+
+
+def test_synchronised_text_is_ntpstats_whatever_the_reason() -> None:
+    for reason in ("synchronized", "holdover", "no majority"):
+        assert render_stat(status(reason=reason, reason_detail="d")) == render_stat(status())

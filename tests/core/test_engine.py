@@ -42,7 +42,7 @@ from ntpy.core.packet import (
     refid_from_text,
 )
 from ntpy.core.server import Responder
-from ntpy.core.status import SyncStatus
+from ntpy.core.status import SyncReason, SyncStatus
 from ntpy.core.system import LocalReference, SystemState
 from ntpy.core.timestamps import unix_ns_to_ntp
 
@@ -868,3 +868,120 @@ def test_next_wakeup_is_never_in_the_past_after_a_timer() -> None:
         net.run(7)
         wake = net.engine.next_wakeup()
         assert wake is not None and wake > net.true - 4 * NS
+
+
+# ----------------------------------------------------------------- why not synchronized (issue 11)
+
+
+def reason_logs(net: Net) -> list[str]:
+    return [m for _t, m in net.logs("not synchronized:")]
+
+
+def test_two_disjoint_sources_say_no_majority_once() -> None:
+    net = Net([Server("10.0.0.1"), Server("10.0.0.2", offset_ns=50 * MS)])
+    net.run(2000)
+    st = net.status()
+    assert not st.synchronized and st.updates == 0
+    assert st.reason is SyncReason.NO_MAJORITY
+    assert "all 2 candidates are falsetickers" in st.reason_detail
+    assert "10.0.0.1" in st.reason_detail and "10.0.0.2" in st.reason_detail
+    # as in ntpd, no majority leaves every candidate a falseticker, not a blank tally
+    assert [s.tally for s in st.sources] == ["x", "x"]
+    logged = reason_logs(net)
+    assert [m.split(":")[1].strip() for m in logged] == ["waiting for samples", "no majority"]
+    assert not net.logs("system peer is now")
+
+
+def test_reason_waits_for_samples_then_no_reachable_source_logged_once_per_source() -> None:
+    servers = three()
+    for srv in servers:
+        srv.answering = False
+    net = Net(servers)
+    net.run(10)
+    st = net.status()
+    assert st.reason is SyncReason.WAITING and "no reply yet from 3" in st.reason_detail
+    assert not net.logs("is unreachable")
+    net.run(3000)
+    st = net.status()
+    assert st.reason is SyncReason.NO_REACHABLE
+    assert all(s.reach == 0 and s.state == "unreachable" for s in st.sources)
+    for srv in servers:
+        assert len(net.logs(f"source {srv.address} is unreachable (it never answered)")) == 1
+    assert len(reason_logs(net)) == 2  # waiting, then no reachable source
+
+
+def test_never_answered_source_is_logged_after_its_first_8_polls() -> None:
+    servers = three()
+    servers[2].answering = False
+    net = Net(servers, iburst=False)
+    sync(net, 100)
+    assert servers[2].requests < 8 and not net.logs("10.0.0.3 is unreachable")
+    net.run(2000)
+    assert servers[2].requests > 8
+    (line,) = net.logs("source 10.0.0.3 is unreachable")
+    assert "never answered" in line[1]
+    assert net.status().reason is SyncReason.SYNCHRONIZED
+    servers[2].answering = True
+    net.run(2000)
+    assert len(net.logs("source 10.0.0.3 is reachable again")) == 1
+
+
+def test_system_peer_and_holdover_are_logged_once_per_change() -> None:
+    servers = [Server("10.0.0.1")]
+    net = Net(servers)
+    sync(net, 60)
+    for _ in range(3):  # outages shorter than the holdover: selection comes and goes
+        servers[0].answering = False
+        net.run(600)
+        assert net.status().reason is SyncReason.HOLDOVER
+        assert net.state().synchronized
+        servers[0].answering = True
+        net.run(600)
+        assert net.status().reason is SyncReason.SYNCHRONIZED
+    assert len(net.logs("system peer is now 10.0.0.1")) == 1
+    assert len(net.logs("holding over: no selectable source (no reachable source")) == 3
+    assert len(net.logs("holdover over: following 10.0.0.1")) == 3
+    assert len(net.logs("source 10.0.0.1 is unreachable")) == 3
+
+
+def test_falseticker_is_logged_when_it_becomes_one_and_when_it_recovers() -> None:
+    liar = Server("10.9.9.9", offset_ns=3 * NS)
+    net = Net([*three(), liar])
+    net.run(1000)
+    assert len(net.logs("source 10.9.9.9 is a falseticker")) == 1
+    assert not net.logs("10.0.0.1 is a falseticker")
+    liar.offset_ns = 0
+    net.run(1000)
+    assert len(net.logs("source 10.9.9.9 is no longer a falseticker")) == 1
+    assert len(net.logs("source 10.9.9.9 is a falseticker")) == 1
+
+
+def test_no_star_tally_before_the_clock_follows_it() -> None:
+    """peers and stat agree: a selected source gets '*' only once the clock follows it."""
+    servers = three()
+    servers[2].answering = False  # holds the first update for 16 s
+    net = Net(servers)
+    net.run(12)
+    st = net.status()
+    assert not st.synchronized and st.reason is SyncReason.WAITING
+    assert "*" not in [s.tally for s in st.sources], st.sources
+    net.run(30)
+    st = net.status()
+    assert st.synchronized and [s.tally for s in st.sources].count("*") == 1
+
+
+def test_panic_is_the_reason_and_no_source_is_starred() -> None:
+    net = Net(three(2000 * NS))
+    net.run(60)
+    st = net.status()
+    assert not st.synchronized and st.reason is SyncReason.PANIC
+    assert "*" not in [s.tally for s in st.sources]
+
+
+def test_no_selectable_source_names_the_cause() -> None:
+    net = Net(three(leap=LEAP_ALARM))
+    net.run(200)
+    st = net.status()
+    assert st.reason is SyncReason.NO_CANDIDATE
+    assert "3 unsynchronized" in st.reason_detail
+    assert len(reason_logs(net)) == 2

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import logging
+import socket
+import time
+
 import pytest
 
+import ntpy.daemon.sync as sync_module
 from ntpy.clock import VirtualClock
 from ntpy.config import parse_text
 from ntpy.core.actions import ReplaceSource
 from ntpy.core.engine import SyncEngine, SyncOptions
+from ntpy.daemon.control import encode_line
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.sync import SyncShell
+
+NS = 1_000_000_000
 
 
 def make_shell(
@@ -67,4 +77,87 @@ def test_unresolvable_server_is_retried_not_fatal(monkeypatch: pytest.MonkeyPatc
     shell._retry_unresolved()
     assert [u.address for u in shell.upstreams.values()] == [("127.0.7.9", 123)]
     assert not shell.unresolved
+    shell.close()
+
+
+# -- unreachable upstreams and log hygiene (issue 11) ----------------------------------------
+
+
+def real_resolver_shell(monkeypatch: pytest.MonkeyPatch, fail: list[str]) -> SyncShell:
+    """A shell whose getaddrinfo fails with ``fail[0]`` while ``fail`` is non-empty."""
+    shell = make_shell(monkeypatch, {})
+    monkeypatch.undo()  # the real _resolve, over a stubbed getaddrinfo
+
+    def getaddrinfo(host: str, port: int, *args: object) -> list[tuple[object, ...]]:
+        if fail:
+            raise socket.gaierror(-2, fail[0])
+        return [(socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("127.0.102.9", port))]
+
+    monkeypatch.setattr(sync_module.socket, "getaddrinfo", getaddrinfo)
+    return shell
+
+
+def test_unresolvable_name_backs_off_and_logs_on_change_only(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    fail = ["Name or service not known"]
+    shell = real_resolver_shell(monkeypatch, fail)
+    caplog.set_level(logging.DEBUG, logger="ntpy.sync")
+    shell.add_configured(parse_text("server ntp.invalid iburst\n").config.servers)
+    delays = [shell.retry_delay_ns // NS]
+    for _ in range(8):
+        shell._on_retry_timer(shell._retry_gen)
+        delays.append(shell.retry_delay_ns // NS)
+    assert delays == [60, 120, 240, 480, 960, 1920, 3600, 3600, 3600]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "cannot resolve ntp.invalid" in warnings[0].getMessage()
+    fail[0] = "Temporary failure in name resolution"  # a different error: said once more
+    shell._on_retry_timer(shell._retry_gen)
+    shell._on_retry_timer(shell._retry_gen)
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+    stale = shell._retry_gen - 1
+    shell._on_retry_timer(stale)  # a superseded timer does nothing
+    assert shell.unresolved and shell._retry_armed
+    fail.clear()
+    shell._on_retry_timer(shell._retry_gen)
+    assert not shell.unresolved
+    assert [u.address for u in shell.upstreams.values()] == [("127.0.102.9", 123)]
+    assert any("ntp.invalid resolves again" in r.getMessage() for r in caplog.records)
+    shell.close()
+
+
+def test_source_without_a_socket_stays_visible_with_reach_0(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    shell = make_shell(monkeypatch, {"ntp.example": addrs(1, 9)})
+    real_open = shell._open
+    broken = [True]
+    tries: list[object] = []
+
+    def open_(addr: tuple[object, ...]) -> socket.socket:
+        tries.append(addr)
+        if broken[0]:
+            raise OSError(errno.ENETUNREACH, "Network is unreachable")
+        return real_open(addr)
+
+    monkeypatch.setattr(shell, "_open", open_)
+    caplog.set_level(logging.INFO, logger="ntpy.sync")
+    shell.add_configured(parse_text("server ntp.example iburst\n").config.servers)
+    (up,) = shell.upstreams.values()
+    assert up.sock is None
+    now = time.monotonic_ns()  # the shell added the source at the real monotonic time
+    for i in range(12):  # polls go nowhere: reach stays 0, the error is said once
+        shell.run_actions(shell.engine.handle_timer(now + i * 70 * NS, 0))
+    st = shell.engine.status(now + 12 * 70 * NS, 0)
+    (line,) = st.sources
+    assert line.address == "127.0.7.9" and line.reach == 0
+    assert line.error == "cannot open a socket: Network is unreachable"
+    assert json.loads(encode_line(st))["sources"][0]["error"] == line.error
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len([m for m in msgs if "cannot open a socket" in m]) == 1
+    assert len(tries) > 8  # retried at every poll
+    broken[0] = False
+    shell.run_actions(shell.engine.handle_timer(now + 10**6 * NS, 0))
+    assert up.sock is not None and shell.engine.sources[up.source_id].error is None
+    assert any("socket opened" in m for m in (r.getMessage() for r in caplog.records))
     shell.close()

@@ -17,13 +17,14 @@ from ntpy.cli.views import (
     format_ms,
     format_refid,
     peer_line,
+    peers_headline,
     pretty_interval,
     render_peers,
     render_status,
     run_peers,
     run_status,
 )
-from ntpy.core.status import SourceStatus
+from ntpy.core.status import SourceStatus, SyncReason
 from ntpy.daemon.control import ControlError
 from status_samples import local_source, source
 from status_samples import status as sync_status
@@ -322,3 +323,73 @@ def test_run_peers_bad_or_empty_reply(
     assert out.out.splitlines() == [PEERS_HEADER, PEERS_RULE] and "no sources" in out.err
     fake_query(monkeypatch, None, "permission denied: cannot connect to /s")
     assert run_peers(parse("peers")) == 2
+
+
+# -- why not synchronised (issue 11) -------------------------------------------------------
+
+
+def test_peers_headline_says_why_not_synchronised() -> None:
+    st = status(
+        source(tally="x"),
+        synchronized=False,
+        leap=3,
+        system_peer=None,
+        reason=SyncReason.NO_MAJORITY,
+        reason_detail="all 2 candidates are falsetickers",
+    )
+    assert st["reason"] == "no majority"  # the JSON carries the enum's words
+    assert peers_headline(st) == "unsynchronised: no majority: all 2 candidates are falsetickers"
+    assert render_status(st)[0].splitlines()[1] == (
+        "  reason: no majority: all 2 candidates are falsetickers"
+    )
+
+
+def test_peers_headline_when_synchronised() -> None:
+    st = status(reason=SyncReason.SYNCHRONIZED, reason_detail="following 192.0.2.1")
+    assert peers_headline(st) == "synchronised to NTP server (192.0.2.1) at stratum 2"
+    hold = status(reason=SyncReason.HOLDOVER, reason_detail="no selectable source")
+    assert peers_headline(hold) == (
+        "synchronised to NTP server (192.0.2.1) at stratum 2 (holdover: no selectable source)"
+    )
+    local = source(id=7, name="LOCAL(0)", address="127.127.1.0", kind="local", type_char="l")
+    fallback = status(
+        local,
+        stratum=11,
+        system_peer=None,
+        system_peer_id=7,
+        reason=SyncReason.NO_REACHABLE,
+        reason_detail="none of 1 source(s) answered",
+    )
+    assert peers_headline(fallback) == (
+        "synchronised to local net at stratum 11 "
+        "(upstream: no reachable source: none of 1 source(s) answered)"
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"synchronized": False, "leap": 3, "reason": SyncReason.WAITING},
+        {"leap": 3},  # leap alarm alone: unsynchronised for both
+        {"synchronized": False, "reason": SyncReason.PANIC},
+    ],
+)
+def test_peers_and_status_agree_on_sync_state(overrides: dict[str, Any]) -> None:
+    st = status(**overrides)
+    headline = peers_headline(st)
+    assert headline is not None
+    _, code = render_status(st)
+    assert headline.startswith("unsynchronised") == (code == 1)
+
+
+def test_run_peers_prints_the_headline_first(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_query(
+        monkeypatch,
+        status(synchronized=False, leap=3, reason=SyncReason.NO_MAJORITY, reason_detail="d"),
+    )
+    assert run_peers(parse("peers")) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:3] == ["unsynchronised: no majority: d", PEERS_HEADER, PEERS_RULE]

@@ -108,7 +108,11 @@ def test_stat_unsynchronised_daemon(unsynced_daemon: tuple[NtpyProcess, str]) ->
     _, sock = unsynced_daemon
     res = ntpy("stat", "--control-socket", sock)
     assert res.returncode == 1, res.stderr
-    assert res.stdout.splitlines()[:2] == ["unsynchronised", "  time server re-starting"]
+    # not "re-starting": with no source at all, the reason says so (issue 11)
+    assert res.stdout.splitlines()[:2] == [
+        "unsynchronised",
+        "  reason: no source: no upstream source in use (none configured or resolved)",
+    ]
 
 
 def test_stat_without_a_daemon(tmp_path: Path) -> None:

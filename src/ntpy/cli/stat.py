@@ -9,7 +9,9 @@ monitoring checks were written against. Its facts, reimplemented:
   for the LOCAL driver, "atomic clock", "UHF radio", ... -- then `` at stratum N``; then
   ``   time correct to within N ms`` (root dispersion + half the root delay);
 * not synchronised (leap indicator 3): ``unsynchronised``, plus
-  ``  time server re-starting`` when the daemon has just started;
+  ``  time server re-starting`` when the daemon has just started; ntpy adds
+  ``  reason: <why>: <detail>`` (no majority, no reachable source, ...), which the C program
+  could not know -- "re-starting" alone once stood for 1.5 h of "no majority";
 * always: ``   polling server every N s``;
 * missing fields: ``, stratum unknown``, ``accuracy unknown``, ``poll interval unknown``
   (each also makes the exit code 1);
@@ -18,7 +20,8 @@ monitoring checks were written against. Its facts, reimplemented:
 
 The C program printed a stray space after the stratum; it is not reproduced. "Re-starting"
 was ntpd's last system event being the start-up one; ntpy's equivalent is "no clock update
-since the daemon started" (``updates == 0`` in the status reply).
+since the daemon started" (``updates == 0`` in the status reply) while the daemon is still
+waiting for samples; once it knows a better reason, the reason line says it instead.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from ntpy.cli.views import (
     NTP_KINDS,
     add_timeout_option,
     int_field,
+    is_synced,
+    sync_reason,
     system_peer,
 )
 from ntpy.daemon.control import ControlError, query_control
@@ -100,12 +105,16 @@ def _poll_s(status: Mapping[str, Any]) -> int | None:
 def render_stat(status: Mapping[str, Any]) -> tuple[str, int]:
     """The original ntpstat's text (no trailing newline) and exit code (0 synchronised, 1 not)."""
     lines: list[str] = []
-    synced = status.get("synchronized") is True and status.get("leap") != 3
+    synced = is_synced(status)
     code = EXIT_SYNCED if synced else EXIT_UNSYNCED
     if not synced:
         lines.append("unsynchronised")
-        if int_field(status.get("updates")) == 0:
+        why = sync_reason(status)
+        waiting = status.get("reason") in (None, "waiting for samples")
+        if int_field(status.get("updates")) == 0 and waiting:
             lines.append("  time server re-starting")
+        if why is not None:
+            lines.append(f"  reason: {why}")
     else:
         source, address = clock_source(status)
         head = f"synchronised to {CLOCK_SOURCE_NAMES[source]}"

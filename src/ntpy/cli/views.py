@@ -88,6 +88,38 @@ def sync_target(status: Mapping[str, Any]) -> str:
     return "unspecified"
 
 
+def sync_reason(status: Mapping[str, Any]) -> str | None:
+    """``reason: detail`` when the daemon is not following an upstream source, else None.
+
+    The daemon sends a ``SyncReason`` value (e.g. "no majority") and a sentence with the
+    numbers; an older daemon sends neither, and then nothing is shown.
+    """
+    reason = status.get("reason")
+    if not isinstance(reason, str) or not reason or reason == "synchronized":
+        return None
+    detail = status.get("reason_detail")
+    return f"{reason}: {detail}" if isinstance(detail, str) and detail else reason
+
+
+def is_synced(status: Mapping[str, Any]) -> bool:
+    """The one test of "synchronised" that status, stat and peers all use."""
+    return status.get("synchronized") is True and status.get("leap") != 3
+
+
+def peers_headline(status: Mapping[str, Any]) -> str | None:
+    """The line above the ``ntpy peers`` table: the sync state as ``ntpy stat`` says it, and
+    why, so the table's tallies never have to be decoded to learn why nothing is '*'."""
+    if not isinstance(status.get("synchronized"), bool):
+        return None
+    why = sync_reason(status)
+    if not is_synced(status):
+        return f"unsynchronised: {why}" if why else "unsynchronised"
+    head = render_status(status)[0].splitlines()[0]
+    if why is None:
+        return head
+    return f"{head} ({why})" if why.startswith("holdover") else f"{head} (upstream: {why})"
+
+
 def render_status(status: Mapping[str, Any], max_error_ms: float | None = None) -> tuple[str, int]:
     """ntpstat's text (no trailing newline) and exit code: 0 synchronised, 1 not.
 
@@ -95,7 +127,7 @@ def render_status(status: Mapping[str, Any], max_error_ms: float | None = None) 
     "poll interval unknown") rather than failing. With ``max_error_ms`` (ntpstat -m) a
     larger error bound makes the clock count as unsynchronised.
     """
-    synced = status.get("synchronized") is True and status.get("leap") != 3
+    synced = is_synced(status)
     lines: list[str] = []
     code = EXIT_SYNCED if synced else EXIT_UNSYNCED
     if synced:
@@ -119,6 +151,9 @@ def render_status(status: Mapping[str, Any], max_error_ms: float | None = None) 
                 code = EXIT_UNSYNCED
     else:
         lines.append("unsynchronised")
+        why = sync_reason(status)
+        if why is not None:
+            lines.append(f"  reason: {why}")
     poll = int_field(status.get("poll_s"))
     if poll is not None and poll > 0:
         lines.append(f"   polling server every {poll} s")
@@ -252,6 +287,9 @@ def run_peers(args: argparse.Namespace) -> int:
     if getattr(args, "json", False):
         _print_json(reply)
         return 0
+    headline = peers_headline(reply)
+    if headline is not None:
+        sys.stdout.write(headline + "\n")
     sys.stdout.write(render_peers(reply, getattr(args, "numeric", False)) + "\n")
     if not reply["sources"]:
         print("ntpy: no sources (no server, pool, peer or refclock is polled)", file=sys.stderr)

@@ -35,11 +35,21 @@ from ntpy.core.actions import (
     SlewClock,
     StepClock,
 )
-from ntpy.core.packet import LEAP_ALARM, LEAP_NONE, refid_to_text
+from ntpy.core.notices import Notices
+from ntpy.core.packet import LEAP_ALARM
+from ntpy.core.report import (
+    Outcome,
+    label,
+    never_reached,
+    select_outcome,
+    source_status,
+    sync_status,
+)
+from ntpy.core.report import host as _host
 from ntpy.core.select import Candidate, Selection, select_sources
 from ntpy.core.source import NS, PHI_PPB, Source, SourceConfig
 from ntpy.core.sourcestats import offset_at
-from ntpy.core.status import SourceStatus, SyncStatus, peer_status_word
+from ntpy.core.status import SyncStatus, peer_status_word
 from ntpy.core.system import STRATUM_UNSYNC, LocalReference, SystemState, unsynchronized
 from ntpy.core.timestamps import precision_to_ns
 
@@ -90,16 +100,6 @@ def address_refid(address: object) -> int:
     return int.from_bytes(hashlib.md5(host.encode()).digest()[:4], "big")
 
 
-def _host(address: object) -> str:
-    return str(address[0]) if isinstance(address, tuple) else str(address)
-
-
-def _port(address: object) -> int:
-    if isinstance(address, tuple) and len(address) > 1 and isinstance(address[1], int):
-        return address[1]
-    return 123
-
-
 CLOCK_AVG = 8
 """Averaging constant for clock jitter (ntpd's CLOCK_AVG): RMS over about 8 updates of the
 change between successive offsets."""
@@ -122,6 +122,8 @@ class SyncEngine:
         )
         self.system_peer: int | None = None
         self.selection: Selection | None = None
+        self.outcome = Outcome(())
+        self.notices = Notices()
         self.updates = 0
         self.synced = False
         self.ever_synced = False
@@ -156,6 +158,7 @@ class SyncEngine:
 
     def remove_source(self, source_id: int) -> None:
         self.sources.pop(source_id, None)
+        self.notices.forget(source_id)
         if self.system_peer == source_id:
             self.system_peer = None
 
@@ -172,6 +175,7 @@ class SyncEngine:
             actions.append(SetFrequency(self.frequency_ppb))
         if not self.sources:
             self._housekeeping(now_mono, now_clock, actions)
+        self.notices.reason_changed(self, actions)
         return actions
 
     def next_wakeup(self) -> int | None:
@@ -191,13 +195,14 @@ class SyncEngine:
         for src in list(self.sources.values()):
             if not src.due(now_mono):
                 continue
-            was_reachable = src.reachable
+            was_reachable, missed_first = src.reachable, never_reached(src)
             rnd = (self.random64() % 2000) / 1000.0 - 1.0
             data = src.poll_request(now_mono, self.random64(), rnd)
             actions.append(SendRequest(src.id, src.config.address, data))
-            if was_reachable and not src.reachable:
+            if not src.reachable and (was_reachable or missed_first):
                 src.state = "unreachable"
-                actions.append(LogEvent("warning", f"source {self._label(src)} is unreachable"))
+                self.notices.source_unreachable(src, actions)
+            if was_reachable and not src.reachable:
                 if src.config.pool is not None:
                     src.replace_requested = True
                     actions.append(ReplaceSource(src.id, src.config.pool, "unreachable"))
@@ -225,6 +230,7 @@ class SyncEngine:
                 self._update(now_mono, now_clock, actions)
         if now_mono >= self.next_housekeeping:
             self._housekeeping(now_mono, now_clock, actions)
+        self.notices.reason_changed(self, actions)
         return actions
 
     def handle_packet(
@@ -236,6 +242,7 @@ class SyncEngine:
         actions: list[Action] = []
         prev = src.stats.estimate
         m, reason = src.receive(data, t4_clock, now_mono)
+        self.notices.source_replied(src, actions)
         if reason.startswith("kod_"):
             actions.append(
                 LogEvent("warning", f"kiss-o'-death {reason[4:]} from {self._label(src)}")
@@ -246,6 +253,7 @@ class SyncEngine:
                 if src.config.pool is not None:
                     actions.append(ReplaceSource(src.id, src.config.pool, reason))
         if m is None:
+            self.notices.reason_changed(self, actions)
             return actions
         est = src.stats.add(m)
         if prev is not None:
@@ -258,13 +266,14 @@ class SyncEngine:
                 time_ns=t4_clock,
                 source_id=src.id,
                 address=_host(src.config.address),
-                status=peer_status_word(self._source_status(src, now_mono, t4_clock)),
+                status=peer_status_word(source_status(self, src, now_mono, t4_clock)),
                 offset_ns=m.offset_ns,
                 delay_ns=m.delay_ns,
                 dispersion_ns=src.dispersion_now(t4_clock),
                 jitter_ns=round(est.jitter_ns),
             )
         )
+        self.notices.reason_changed(self, actions)
         return actions
 
     # ----------------------------------------------------------------- selection + discipline
@@ -314,18 +323,17 @@ class SyncEngine:
             return
         if self.updates == 0 and not self._ready_for_first_update(now_mono):
             return
-        sel = self._select(now_mono, now_clock)
+        sel = self._select(now_mono, now_clock, actions)
         self._replace_bad_pool_members(sel, actions)
         if sel is None or sel.system_peer is None:
             return
-        if sel.system_peer != self.system_peer:
-            peer = self.sources[sel.system_peer]
-            actions.append(LogEvent("info", f"system peer is now {self._label(peer)}"))
-            self.system_peer = sel.system_peer
+        self.notices.system_peer(self.sources[sel.system_peer], actions)
+        self.system_peer = sel.system_peer
         offset = sel.offset_ns
         if not self._discipline(offset, sel, now_mono, now_clock, actions):
             return
         self._set_system_vars(sel, now_clock, actions)
+        self.sources[sel.system_peer].tally = "*"  # only now: peers agrees with stat
 
     def _ready_for_first_update(self, now_mono: int) -> bool:
         """Hold the first clock update until every source has answered (or one iburst,
@@ -355,9 +363,11 @@ class SyncEngine:
 
     def _mark_tallies(self, sel: Selection | None) -> None:
         if sel is None:
-            for src in self.sources.values():
-                if src.stats.estimate is not None and src.reachable and src.active:
-                    src.state = "no majority" if src.state not in ("too far",) else src.state
+            # No majority: as in ntpd, every candidate is a falseticker ('x').
+            tally = "x" if self.outcome.failure is not None else " "
+            for sid in self.outcome.candidates:
+                src = self.sources[sid]
+                src.tally, src.state = tally, str(self.outcome.failure)
             return
         for sid in sel.falsetickers:
             self.sources[sid].tally, self.sources[sid].state = "x", "falseticker"
@@ -368,8 +378,11 @@ class SyncEngine:
         for sid in sel.survivors:  # excess ids are never survivors
             self.sources[sid].tally, self.sources[sid].state = "+", "candidate"
         if sel.system_peer is not None:
-            self.sources[sel.system_peer].tally = "*"
-            self.sources[sel.system_peer].state = "sync"
+            # '*' only while the clock follows it: before the first update, or while an
+            # update is refused, 'ntpy peers' must not claim a sync that 'ntpy stat' denies.
+            following = self.synced and not self.panicked
+            self.sources[sel.system_peer].tally = "*" if following else "+"
+            self.sources[sel.system_peer].state = "sync" if following else "selected"
 
     def _combined_frequency(self, sel: Selection) -> tuple[float, float]:
         """Inverse-variance average of the survivors' residual frequencies, and its variance."""
@@ -536,8 +549,8 @@ class SyncEngine:
             return LocalReference(self.opts.orphan_stratum, REFID_LOOPBACK)
         return None
 
-    def _select(self, now_mono: int, now_clock: int) -> Selection | None:
-        """Run selection over the current candidates and mark the tallies."""
+    def _select(self, now_mono: int, now_clock: int, actions: list[Action]) -> Selection | None:
+        """Run selection over the current candidates, mark the tallies, note what changed."""
         cands = self._candidates(now_clock)
         if cands:
             self.last_selectable_mono = now_mono
@@ -549,16 +562,18 @@ class SyncEngine:
             previous_peer=self.system_peer,
         )
         self.selection = sel
+        names = {c.id: label(self.sources[c.id]) for c in cands}
+        self.outcome = select_outcome(cands, sel, self.opts.minsane, names)
         self._mark_tallies(sel)
+        self.notices.selected(self, sel, actions)
         return sel
 
     def _reselect(self, now_mono: int, now_clock: int, actions: list[Action]) -> None:
         """Re-run selection without touching the clock, so tallies and the system peer
         follow sources that stopped answering (replies are not the only event that counts)."""
-        sel = self._select(now_mono, now_clock)
-        if (sel is None or sel.system_peer is None) and self.system_peer is not None:
-            self.system_peer = None
-            actions.append(LogEvent("warning", "no selectable source: holding over"))
+        sel = self._select(now_mono, now_clock, actions)
+        if sel is None or sel.system_peer is None:
+            self.system_peer = None  # the reason ("holding over: ...") is logged on change
 
     def _housekeeping(self, now_mono: int, now_clock: int, actions: list[Action]) -> None:
         self.next_housekeeping = now_mono + HOUSEKEEPING_NS
@@ -619,107 +634,7 @@ class SyncEngine:
         return unsynchronized(self.opts.precision)
 
     def _label(self, src: Source) -> str:
-        host = _host(src.config.address)
-        return host if src.config.name == host else f"{src.config.name} ({host})"
-
-    def _source_status(self, src: Source, now_mono: int, now_clock: int) -> SourceStatus:
-        est = src.stats.estimate
-        last = src.stats.last()
-        sample = src.last_sample
-        stratum = sample.stratum if sample else 16
-        return SourceStatus(
-            id=src.id,
-            name=src.config.name,
-            address=_host(src.config.address),
-            kind=src.config.kind,
-            tally=src.tally,
-            refid=refid_to_text(sample.refid, stratum) if sample else ".INIT.",
-            stratum=stratum,
-            leap=sample.leap if sample else LEAP_ALARM,
-            type_char="p" if src.config.kind == "pool" else "u",
-            when_s=None
-            if src.last_reply_mono is None
-            else max(0, (now_mono - src.last_reply_mono) // NS),
-            poll_s=1 << src.poll,
-            reach=src.reach,
-            delay_ns=est.min_delay_ns if est else 0,
-            offset_ns=round(offset_at(est, now_clock)) if est else 0,
-            jitter_ns=round(est.jitter_ns) if est else 0,
-            dispersion_ns=src.dispersion_now(now_clock),
-            root_delay_ns=last.root_delay_ns if last else 0,
-            root_dispersion_ns=last.root_dispersion_ns if last else 0,
-            samples=len(src.stats),
-            state=src.state if src.active else "kod",
-            port=_port(src.config.address),
-            hpoll=src.poll,
-            ppoll=sample.poll if sample else src.poll,
-            reference_ns=sample.reference_ns if sample else None,
-            received_ns=sample.t4_ns if sample else None,
-            refid_raw=sample.refid if sample else 0,
-            precision=sample.precision if sample else 0,
-            configured=src.config.pool is None,
-        )
+        return label(src)
 
     def status(self, now_mono: int, now_clock: int) -> SyncStatus:
-        state = self.system_state(now_clock)
-        sources = [self._source_status(s, now_mono, now_clock) for s in self.sources.values()]
-        fallback = self._fallback()
-        if fallback is not None:
-            local_st = fallback.state(now_clock, self.opts.precision)
-            sources.append(
-                SourceStatus(
-                    id=0,
-                    name="LOCAL(0)" if self.opts.local is not None else "ORPHAN",
-                    address="127.127.1.0",
-                    kind="local",
-                    tally="*" if self.fallback_active and not self.synced else " ",
-                    refid=refid_to_text(local_st.refid, 1)
-                    if fallback.served_stratum <= 1
-                    else ".LOCL.",
-                    stratum=max(0, fallback.served_stratum - 1),
-                    leap=LEAP_NONE,
-                    type_char="l",
-                    when_s=None,
-                    poll_s=64,
-                    reach=0o377 if self.fallback_active else 0,
-                    delay_ns=0,
-                    offset_ns=0,
-                    jitter_ns=0,
-                    dispersion_ns=0,
-                    root_delay_ns=0,
-                    root_dispersion_ns=0,
-                    samples=0,
-                    state="sync" if self.fallback_active and not self.synced else "standby",
-                    hpoll=6,
-                    ppoll=6,
-                    refid_raw=local_st.refid,
-                    precision=self.opts.precision,
-                )
-            )
-        peer = self.sources.get(self.system_peer) if self.system_peer is not None else None
-        synced = state.synchronized
-        return SyncStatus(
-            synchronized=synced,
-            leap=state.leap,
-            stratum=state.wire_stratum if synced else 16,
-            refid=refid_to_text(state.refid, state.wire_stratum),
-            system_peer=_host(peer.config.address) if (peer and self.synced) else None,
-            system_peer_id=peer.id if (peer and self.synced) else None,
-            reference_ns=state.reference_ns,
-            root_delay_ns=state.root_delay_ns,
-            root_dispersion_ns=state.root_dispersion_at(now_clock),
-            root_distance_ns=state.root_distance_at(now_clock),
-            offset_ns=self.sys_offset,
-            frequency_ppb=self.frequency_ppb,
-            jitter_ns=self.sys_jitter,
-            poll_s=(1 << peer.poll) if peer else 64,
-            precision=self.opts.precision,
-            clock=self.opts.clock_name,
-            sources=tuple(sources),
-            clock_jitter_ns=round(math.sqrt(self.clock_jitter_sq)),
-            clock_wander_ppb=math.sqrt(self.clock_wander_sq),
-            time_constant=peer.poll if peer else 6,
-            min_time_constant=peer.minpoll if peer else 3,
-            refid_raw=state.refid,
-            updates=self.updates,
-        )
+        return sync_status(self, now_mono, now_clock)

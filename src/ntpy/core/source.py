@@ -86,6 +86,8 @@ class Source:
         self.tally = " "
         self.falseticker_count = 0
         self.replace_requested = False
+        self.error: str | None = None
+        """Set by the shell when requests cannot go out (no socket): shown in status."""
         # First poll soon after start, spread a little so sources do not fire together.
         self.next_poll_mono = now_mono + int(jitter * NS)
 

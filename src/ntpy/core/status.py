@@ -7,6 +7,7 @@ Plain frozen dataclasses of ints, floats and strings, so they serialize to JSON 
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 TALLY_SYSPEER = "*"
@@ -21,6 +22,36 @@ TALLY_EXCESS = "#"
 """A good source beyond the number that are combined (``tos maxclock``)."""
 TALLY_NONE = " "
 """Not selectable (unreachable, unsynchronized, too far, ``noselect``)."""
+
+
+class SyncReason(enum.StrEnum):
+    """Why the clock is, or is not, following an upstream source (one value at a time).
+
+    A ``StrEnum`` so the JSON reply carries the plain words and clients may compare against
+    them; the value is what ``ntpy stat``/``ntpy peers`` and the log print.
+    """
+
+    SYNCHRONIZED = "synchronized"
+    """Following a system peer."""
+    HOLDOVER = "holdover"
+    """Synchronized earlier, no selectable source now: coasting until the root distance
+    passes ``maxdist``."""
+    NO_SOURCE = "no source"
+    """No upstream source in use (none configured, all refused us, or names unresolved)."""
+    WAITING = "waiting for samples"
+    """Sources are being polled but too few replies have come in to decide."""
+    NO_REACHABLE = "no reachable source"
+    """Every source has missed its last 8 polls (or has never answered 8 of them)."""
+    NO_CANDIDATE = "no selectable source"
+    """Sources answer, but none may be selected (unsynchronized, beyond maxdist, noselect)."""
+    NO_MAJORITY = "no majority"
+    """No offset lies within a majority of the candidates' intervals: all are falsetickers."""
+    TOO_FEW = "too few truechimers"
+    """Fewer truechimers than ``tos minsane``."""
+    STEP_PENDING = "step pending"
+    """The offset exceeds the step threshold; stepping only if it persists for stepout."""
+    PANIC = "panic"
+    """An offset beyond the panic threshold was refused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +103,8 @@ class SourceStatus:
     """The source's advertised precision, log2 s."""
     configured: bool = True
     """From a ``server``/``peer`` line (False: mobilized from a ``pool``)."""
+    error: str | None = None
+    """Why requests cannot go out (e.g. the socket could not be opened), or None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +144,11 @@ class SyncStatus:
     """The served refid as the 32-bit wire value."""
     updates: int = 0
     """Clock updates made since start."""
+    reason: SyncReason | None = None
+    """Why the clock does (not) follow an upstream source (the engine always sets it; None
+    only in snapshots built by hand)."""
+    reason_detail: str = ""
+    """The reason in a sentence for a human: counts, addresses, thresholds."""
 
 
 SELECT_CODES = {

@@ -8,7 +8,10 @@ engine, are "cooked": mapped through the Clock plus the slew still to run.
 
 Name resolution (``server name``, ``pool name``) is blocking getaddrinfo, done at start and
 when the engine asks for a replacement pool member; a name that does not resolve is retried
-every minute rather than failing the daemon, because DNS is often not up when ntpd starts.
+rather than failing the daemon, because DNS is often not up when ntpd starts: after a minute,
+then twice as long each time up to an hour, logged on the first failure and when the error
+changes or the name resolves (not on every retry). A source whose socket cannot be opened
+stays a source, unreachable, with the error in its status; the socket is retried at each poll.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ log = logging.getLogger("ntpy.sync")
 
 NS = 1_000_000_000
 RESOLVE_RETRY_NS = 60 * NS
+RESOLVE_RETRY_MAX_NS = 3600 * NS
 SLEW_LOG_THRESHOLD_NS = 10_000_000
 """Slews of 10 ms or more are logged at info: beyond normal network noise, below a step."""
 LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -90,7 +94,9 @@ class Upstream:
     source_id: int
     spec: ServerSpec
     address: tuple[object, ...]
-    sock: socket.socket
+    sock: socket.socket | None
+    """None while the socket cannot be opened (``error`` says why)."""
+    error: str | None = None
 
 
 class SyncShell:
@@ -120,6 +126,11 @@ class SyncShell:
         """Told every LoopStats/PeerStats record (stats files, metrics history)."""
         self._timer_gen = 0
         self._timer_due: int | None = None
+        self.resolve_errors: dict[str, str] = {}
+        """The last resolver error per name: logged again only when it changes."""
+        self.retry_delay_ns = RESOLVE_RETRY_NS
+        self._retry_gen = 0
+        self._retry_armed = False
 
     # ----------------------------------------------------------------- sources
 
@@ -132,7 +143,7 @@ class SyncShell:
             elif not self._add_resolved(spec, now):
                 self.unresolved.append(spec)
         if self.unresolved:
-            self.loop.call_later(RESOLVE_RETRY_NS, self._retry_unresolved)
+            self._schedule_retry(reset=True)
 
     def apply_servers(self, servers: tuple[ServerSpec, ...]) -> tuple[int, int]:
         """Bring the sources in line with a reloaded config: drop the sources whose line is
@@ -162,8 +173,21 @@ class SyncShell:
         try:
             infos = socket.getaddrinfo(spec.address, spec.port, family, socket.SOCK_DGRAM)
         except (OSError, UnicodeError) as exc:
-            log.warning("cannot resolve %s: %s; will retry", spec.address, exc)
+            error = str(exc)
+            if self.resolve_errors.get(spec.address) != error:
+                log.warning(
+                    "cannot resolve %s: %s; retrying with back-off up to %d min "
+                    "(logged again only if this changes)",
+                    spec.address,
+                    error,
+                    RESOLVE_RETRY_MAX_NS // NS // 60,
+                )
+            else:
+                log.debug("still cannot resolve %s: %s", spec.address, error)
+            self.resolve_errors[spec.address] = error
             return []
+        if self.resolve_errors.pop(spec.address, None) is not None:
+            log.info("%s resolves again", spec.address)
         seen: list[tuple[object, ...]] = []
         for info in infos:
             addr = tuple(info[4])
@@ -193,16 +217,40 @@ class SyncShell:
             version=spec.version,
             pool=spec.address if spec.kind == "pool" else None,
         )
-        try:
-            sock = self._open(addr)
-        except OSError as exc:
-            log.warning("cannot open a socket to %s (%s): %s", spec.address, addr[0], exc)
-            return
         sid = self.engine.add_source(cfg, now_mono)
-        self.upstreams[sid] = Upstream(sid, spec, addr, sock)
-        self.loop.add_reader(sock, functools.partial(self._on_readable, sid))
+        up = Upstream(sid, spec, addr, None)
+        self.upstreams[sid] = up
         self._sources_changed()
         log.info("source %s (%s port %s) added", spec.address, addr[0], addr[1])
+        self._connect(up)
+
+    def _connect(self, up: Upstream) -> bool:
+        """Open the source's socket; on failure keep the source (reach 0, error in its
+        status) so that it does not vanish from ``peers``/ntpq. Logged on change only."""
+        try:
+            sock = self._open(up.address)
+        except OSError as exc:
+            error = f"cannot open a socket: {exc.strerror or exc}"
+            if error != up.error:
+                log.warning(
+                    "source %s (%s): %s; retrying at each poll",
+                    up.spec.address,
+                    up.address[0],
+                    error,
+                )
+            up.error = error
+            src = self.engine.sources.get(up.source_id)
+            if src is not None:
+                src.error = error
+            return False
+        if up.error is not None:
+            log.info("source %s (%s): socket opened", up.spec.address, up.address[0])
+        up.sock, up.error = sock, None
+        src = self.engine.sources.get(up.source_id)
+        if src is not None:
+            src.error = None
+        self.loop.add_reader(sock, functools.partial(self._on_readable, up.source_id))
+        return True
 
     def _add_resolved(self, spec: ServerSpec, now_mono: int) -> bool:
         addrs = self._resolve(spec)
@@ -232,6 +280,23 @@ class SyncShell:
             self.unresolved.append(spec)
         return added
 
+    def _schedule_retry(self, *, reset: bool = False) -> None:
+        """One retry timer for every unresolved name: a minute after a new name fails, then
+        doubling up to an hour while they keep failing (DNS down costs a line, not a flood)."""
+        if reset:
+            self.retry_delay_ns = RESOLVE_RETRY_NS
+        elif self._retry_armed:
+            return
+        self._retry_gen += 1
+        self._retry_armed = True
+        gen = self._retry_gen
+        self.loop.call_later(self.retry_delay_ns, lambda: self._on_retry_timer(gen))
+
+    def _on_retry_timer(self, gen: int) -> None:
+        if gen == self._retry_gen:  # else superseded by a newer schedule
+            self._retry_armed = False
+            self._retry_unresolved()
+
     def _retry_unresolved(self) -> None:
         now = time.monotonic_ns()
         pending, self.unresolved = self.unresolved, []
@@ -241,15 +306,17 @@ class SyncShell:
             elif not self._add_resolved(spec, now):
                 self.unresolved.append(spec)
         if self.unresolved:
-            self.loop.call_later(RESOLVE_RETRY_NS, self._retry_unresolved)
+            self.retry_delay_ns = min(2 * self.retry_delay_ns, RESOLVE_RETRY_MAX_NS)
+            self._schedule_retry()
         self.reschedule()
 
     def _remove(self, source_id: int) -> None:
         up = self.upstreams.pop(source_id, None)
         self.engine.remove_source(source_id)
         if up is not None:
-            self.loop.remove_reader(up.sock)
-            up.sock.close()
+            if up.sock is not None:
+                self.loop.remove_reader(up.sock)
+                up.sock.close()
             self._sources_changed()
 
     def _sources_changed(self) -> None:
@@ -264,7 +331,7 @@ class SyncShell:
 
     def _on_readable(self, source_id: int) -> None:
         up = self.upstreams.get(source_id)
-        if up is None:
+        if up is None or up.sock is None:
             return
         for _ in range(8):
             try:
@@ -303,8 +370,9 @@ class SyncShell:
         for action in actions:
             if isinstance(action, SendRequest):
                 up = self.upstreams.get(action.source_id)
-                if up is None:
-                    continue
+                if up is None or (up.sock is None and not self._connect(up)):
+                    continue  # no socket: the poll counts as unanswered (reach 0)
+                assert up.sock is not None
                 t1 = cooked_now(self.clock)
                 try:
                     up.sock.send(action.data)
@@ -361,7 +429,7 @@ class SyncShell:
         if not added and spec not in self.unresolved:
             # DNS rotates pool answers: ask again in a minute for a member we do not have.
             self.unresolved.append(spec)
-            self.loop.call_later(RESOLVE_RETRY_NS, self._retry_unresolved)
+            self._schedule_retry(reset=True)
         log.info(
             "pool %s: dropped a member (%s)%s",
             action.pool,
@@ -372,7 +440,8 @@ class SyncShell:
     def close(self) -> None:
         for sid in list(self.upstreams):
             up = self.upstreams.pop(sid)
-            up.sock.close()
+            if up.sock is not None:
+                up.sock.close()
 
 
 def random64() -> int:
