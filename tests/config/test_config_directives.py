@@ -262,7 +262,7 @@ def test_restrict_forms() -> None:
         "restrict 10.0.0.0/8 limited kod\n"
         "restrict fe80:: mask ffff:ffff:ffff:ffff:: notrust\n"
         "restrict 2001:db8::/32 version ntpport mssntp lowpriotrap flake\n"
-        "restrict time.nist.gov noepeer nomrulist serverresponse fuzz\n"
+        "restrict time.nist.gov noepeer nomrulist\n"
     )
     v4, v6, source, lan, ten, link, doc, host = config.restricts
     assert v4.networks == (ip_network("0.0.0.0/0"),) and v4.flags == {"ignore"}
@@ -273,7 +273,15 @@ def test_restrict_forms() -> None:
     assert link.networks == (ip_network("fe80::/64"),)
     assert doc.flags == {"version", "ntpport", "mssntp", "lowpriotrap", "flake"}
     assert host.target == "host" and host.host == "time.nist.gov" and host.networks == ()
-    assert host.flags == {"noepeer", "nomrulist", "serverresponse_fuzz"}
+    assert host.flags == {"noepeer", "nomrulist"}
+
+
+def test_serverresponse_fuzz_is_accepted_with_a_warning() -> None:
+    """Issue 11: the flag was listed and accepted but silently did nothing."""
+    warning = warns("restrict default serverresponse fuzz limited", 1, "has no effect")
+    assert "serverresponse fuzz" in warning.message
+    rule = parse("restrict default serverresponse fuzz limited").config.restricts[0]
+    assert rule.flags == {"serverresponse_fuzz", "limited"}
 
 
 @pytest.mark.parametrize(

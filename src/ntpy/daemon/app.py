@@ -74,6 +74,8 @@ class ServeOptions:
     extra: dict[str, str] = field(default_factory=dict)
     config_path: str | None = None
     """The file the config came from (re-read on SIGHUP); None = the built-in config."""
+    config_origin: str = ""
+    """Where the config came from, for the start-up log (default: ``config_path``)."""
 
 
 def local_reference(config: Config) -> LocalReference | None:
@@ -86,6 +88,18 @@ def local_reference(config: Config) -> LocalReference | None:
     if config.local is not None:
         return LocalReference.chrony_style(config.local.stratum)
     return None
+
+
+def describe_local(config: Config, served: int) -> str:
+    """The local clock as the admin wrote it: ``fudge 127.127.1.0 stratum 10`` is logged as
+    "stratum 10 (served as 11)", not as a bare 11 that matches nothing in the file."""
+    local_clocks = [r for r in config.refclocks if r.is_local]
+    if local_clocks:
+        ref = min(local_clocks, key=lambda r: r.stratum)
+        return f"local clock {ref.address} at stratum {ref.stratum} (served as {served})"
+    if config.local is not None and config.local.stratum != served:
+        return f"local clock at stratum {config.local.stratum} (served as {served})"
+    return f"local clock at stratum {served}"
 
 
 def listen_addresses(
@@ -126,24 +140,20 @@ def load_mac_keys(config: Config) -> dict[int, MacKey]:
     """Trusted symmetric keys from the ``keys`` file (only ids named by ``trustedkey``)."""
     if not config.keys:
         return {}
-    from ntpy.config.keys import load_keys
+    from ntpy.config import ConfigError
+    from ntpy.config.keys import hashlib_name, load_keys
 
-    keys = load_keys(config.keys)
-    names = {
-        "m": "md5",
-        "md5": "md5",
-        "sha1": "sha1",
-        "sha": "sha1",
-        "sha256": "sha256",
-        "sha384": "sha384",
-        "sha512": "sha512",
-        "aes128cmac": "aes128cmac",
-    }
+    try:
+        keys = load_keys(config.keys)
+    except ConfigError as exc:  # checked before start; this is a file changed since
+        raise StartupError(f"keys file: {exc}") from None
     trusted: dict[int, MacKey] = {}
     for keyid, key in keys.items():
         if keyid not in config.trustedkeys:
             continue
-        alg = names.get(key.algorithm.lower(), key.algorithm.lower())
+        alg = hashlib_name(key.algorithm)
+        if alg is None:
+            raise StartupError(f"{key.location}: key {keyid}: {key.algorithm} is not available")
         trusted[keyid] = MacKey(keyid, alg, key.secret)
     return trusted
 
@@ -406,12 +416,19 @@ class Daemon:
         if path is None:
             log.info("SIGHUP: log file reopened; running the built-in config, nothing to reload")
             return None
-        from ntpy.config import ConfigError, load
+        from ntpy.config import ConfigError, all_errors, load
 
         try:
-            result = load(path)
+            result = load(path, check_paths=True)
         except ConfigError as exc:
-            log.error("config reload failed, the running configuration stays: %s", exc)
+            first, *more = all_errors(exc)
+            log.error(
+                "config reload failed, the running configuration stays: %s%s",
+                first,
+                f" (and {len(more)} more error(s) below)" if more else "",
+            )
+            for error in more:
+                log.error("config reload: %s", error)
             return None
         except OSError as exc:
             log.error("config reload failed: cannot read %s: %s", path, exc.strerror)
@@ -508,6 +525,11 @@ class Daemon:
 
     def _announce(self) -> None:
         log.info("ntpy %s starting (pid %d)", __version__, os.getpid())
+        options = self.options
+        log.info(
+            "configuration: %s",
+            options.config_origin or options.config_path or "built-in default config",
+        )
         log.info("clock: %s; precision 2^%d s", self.clock_reason, self.precision)
         n = len(self.config.servers)
         local = self.engine.opts.local
@@ -515,8 +537,8 @@ class Daemon:
             log.info("%d upstream server/pool line(s) configured", n)
         if local is not None:
             log.info(
-                "local clock configured at stratum %d (%s)",
-                local.served_stratum,
+                "%s (%s)",
+                describe_local(self.config, local.served_stratum),
                 "fallback when the upstreams are lost" if n else "the time source",
             )
         if not n and local is None:
