@@ -16,10 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ntpy.config import ConfigError, parse_keys_text, parse_text
-from ntpy.config.errors import all_errors
 from ntpy.config.directives import DIRECTIVES
 from ntpy.config.directives.access import RESTRICT_FLAGS
 from ntpy.config.directives.system import DISCARD_OPTIONS, TINKER_OPTIONS, TOS_OPTIONS
+from ntpy.config.errors import all_errors
 
 DIRECTIVE_WORDS = [*DIRECTIVES, "includefile", "Server", "RESTRICT", "bogus"]
 OPTION_WORDS = [

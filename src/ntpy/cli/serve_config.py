@@ -42,9 +42,7 @@ def choose_config(explicit: str | None, *, strict: bool) -> ChosenConfig | None:
     if not path:
         candidate = default_config_path()
         if not os.path.lexists(candidate):
-            return ChosenConfig(
-                default_config(), None, f"built-in default config (no {candidate})"
-            )
+            return ChosenConfig(default_config(), None, f"built-in default config (no {candidate})")
         path = candidate
     try:
         result = load(path, strict=strict, check_paths=True)

@@ -102,9 +102,9 @@ def _check_keys(config: Config) -> list[Problem]:
             problems.append(
                 _error(where, f"key {keyid}: algorithm {key.algorithm} is not available here")
             )
-    for name, keyid in (("requestkey", config.requestkey), ("controlkey", config.controlkey)):
-        if keyid is not None and keyid not in keys:
-            problems.append(_warning(_where(config, name), f"{name} {keyid}: no such key"))
+    for name, wanted_id in (("requestkey", config.requestkey), ("controlkey", config.controlkey)):
+        if wanted_id is not None and wanted_id not in keys:
+            problems.append(_warning(_where(config, name), f"{name} {wanted_id}: no such key"))
     return problems
 
 
@@ -121,19 +121,17 @@ def _check_file(config: Config, directive: str, consequence: str) -> list[Proble
         return [_warning(loc, f"{directive} {path}: {exc.strerror or exc}; {consequence}")]
     if info is not None:
         if stat.S_ISDIR(info.st_mode):
+            example = os.path.join(path, "ntp.drift" if directive == "driftfile" else "ntp.log")
             return [
-                _error(
-                    loc,
-                    f"{directive} {path} is a directory; name a file in it, "
-                    f"e.g. {os.path.join(path, 'ntp.drift' if directive == 'driftfile' else 'ntp.log')}",
-                )
+                _error(loc, f"{directive} {path} is a directory; name a file in it, e.g. {example}")
             ]
         if not stat.S_ISREG(info.st_mode) and not (directive == "logfile" and _is_char(info)):
             return [_error(loc, f"{directive} {path} is not a regular file")]
     directory = os.path.dirname(os.path.abspath(path))
     problem = directory_problem(directory)
     if problem is not None:
-        return [_warning(loc, f"{directive} {path}: directory {directory} {problem}; {consequence}")]
+        message = f"{directive} {path}: directory {directory} {problem}; {consequence}"
+        return [_warning(loc, message)]
     if info is not None and not os.access(path, os.W_OK):
         return [_warning(loc, f"{directive} {path} is not writable; {consequence}")]
     return []

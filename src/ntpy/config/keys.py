@@ -85,6 +85,7 @@ def hashlib_name(algorithm: str) -> str | None:
         return None
     return name
 
+
 MAX_ASCII_KEY = 20
 _HEX_RE = re.compile(r"(?:[0-9A-Fa-f]{2})+\Z")
 
