@@ -141,3 +141,14 @@ def test_reload_and_check_share_the_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load(str(path), check_paths=True)
     assert [e.line for e in all_errors(info.value)] == [3, 2]  # keys are checked first
+
+
+def test_serve_time_warnings_show_in_check_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = check(
+        tmp_path, "server a.example\nstatistics loopstats\ninterface listen 10.0.0.0/8\n", capsys
+    )
+    assert code == 0
+    assert "ntp.conf:2: statistics loopstats enabled but no 'statsdir'" in err
+    assert "ntp.conf:3: 'interface listen 10.0.0.0/8' covers a network" in err

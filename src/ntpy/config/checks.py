@@ -53,6 +53,7 @@ def check_paths(config: Config) -> list[Problem]:
     problems += _check_file(config, "driftfile", "the clock frequency will not be saved")
     problems += _check_file(config, "logfile", "log lines go to stderr only")
     problems += _check_statsdir(config)
+    problems += _check_interfaces(config)
     return problems
 
 
@@ -137,13 +138,43 @@ def _check_file(config: Config, directive: str, consequence: str) -> list[Proble
     return []
 
 
+def _check_interfaces(config: Config) -> list[Problem]:
+    """The daemon listens on single addresses or the wildcard; say so where it starts."""
+    problems: list[Problem] = []
+    for rule in config.interfaces:
+        network = rule.network
+        if rule.action == "listen" and network is not None and network.num_addresses != 1:
+            loc = rule.location or SourceLocation("<config>", 0)
+            problems.append(
+                _warning(
+                    loc,
+                    f"'interface listen {network}' covers a network; ntpy listens on single "
+                    "addresses or the wildcard, so it is ignored",
+                )
+            )
+    return problems
+
+
 def _is_char(info: os.stat_result) -> bool:
     """``logfile /dev/stderr`` or ``/dev/null`` are fine for a log."""
     return stat.S_ISCHR(info.st_mode)
 
 
+PRODUCED_STATISTICS = ("loopstats", "peerstats")
+"""The statistics files ntpy writes (``ntpy.metrics.statsfiles`` produces these only)."""
+
+
 def _check_statsdir(config: Config) -> list[Problem]:
     if not config.statsdir:
+        wanted = [n for n in PRODUCED_STATISTICS if n in config.statistics]
+        if wanted:
+            return [
+                _warning(
+                    _where(config, "statistics"),
+                    f"statistics {', '.join(wanted)} enabled but no 'statsdir' is set: "
+                    "no statistics files are written",
+                )
+            ]
         return []
     problem = directory_problem(config.statsdir)
     if problem is None:

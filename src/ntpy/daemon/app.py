@@ -22,17 +22,16 @@ from ntpy import __version__
 from ntpy.clock import ClockError, SystemClock, choose_clock, measure_precision
 from ntpy.clock.base import Clock
 from ntpy.config import Config
-from ntpy.config.model import LOCAL_CLOCK_DEFAULT_REFID, RefclockSpec
 from ntpy.core.access import AccessControl, AccessError, compile_rules
 from ntpy.core.actions import cooked_now
 from ntpy.core.auth import MacKey
 from ntpy.core.engine import SyncEngine
-from ntpy.core.packet import refid_from_text
 from ntpy.core.ratelimit import RateLimitConfig, RateLimiter
 from ntpy.core.server import Responder
-from ntpy.core.system import LocalReference, SystemState, unsynchronized
+from ntpy.core.system import SystemState, unsynchronized
 from ntpy.daemon.control import ControlError, ControlServer, default_socket_path
 from ntpy.daemon.driftfile import WRITE_INTERVAL_NS, DriftWriter, read_drift
+from ntpy.daemon.local_clock import describe_local, local_reference
 from ntpy.daemon.logsetup import LogSetup
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.reload import ReloadPlan, plan_reload
@@ -76,30 +75,6 @@ class ServeOptions:
     """The file the config came from (re-read on SIGHUP); None = the built-in config."""
     config_origin: str = ""
     """Where the config came from, for the start-up log (default: ``config_path``)."""
-
-
-def local_reference(config: Config) -> LocalReference | None:
-    """The configured undisciplined local clock, if any (ntpd 127.127.1.x first, then chrony)."""
-    local_clocks: list[RefclockSpec] = [r for r in config.refclocks if r.is_local]
-    if local_clocks:
-        ref = min(local_clocks, key=lambda r: r.stratum)
-        refid = refid_from_text(ref.refid or LOCAL_CLOCK_DEFAULT_REFID)
-        return LocalReference.ntpd_style(ref.stratum, refid, ref.unit)
-    if config.local is not None:
-        return LocalReference.chrony_style(config.local.stratum)
-    return None
-
-
-def describe_local(config: Config, served: int) -> str:
-    """The local clock as the admin wrote it: ``fudge 127.127.1.0 stratum 10`` is logged as
-    "stratum 10 (served as 11)", not as a bare 11 that matches nothing in the file."""
-    local_clocks = [r for r in config.refclocks if r.is_local]
-    if local_clocks:
-        ref = min(local_clocks, key=lambda r: r.stratum)
-        return f"local clock {ref.address} at stratum {ref.stratum} (served as {served})"
-    if config.local is not None and config.local.stratum != served:
-        return f"local clock at stratum {config.local.stratum} (served as {served})"
-    return f"local clock at stratum {served}"
 
 
 def listen_addresses(

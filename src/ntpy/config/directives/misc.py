@@ -141,6 +141,7 @@ def handle_statistics(state: State, line: Line) -> None:
     while not args.empty():
         word = args.take() or ""
         state.statistics.add(_statistics_name(word))
+    state.file_locations["statistics"] = line.loc  # for the statsdir check (config.checks)
 
 
 def _statistics_name(word: str) -> str:
