@@ -21,6 +21,11 @@ import pytest
 # adjtimex calls while this is set (fakes are unaffected), and child processes inherit it.
 os.environ["NTPY_FORBID_CLOCK_CHANGES"] = "1"
 
+# `ntpy serve` without --config reads /etc/ntp.conf when it exists: point that default at a
+# path that never exists, so a real ntp.conf on this machine cannot leak into a test daemon
+# (children inherit it). Tests of the default itself override it for their own process.
+os.environ["NTPY_DEFAULT_CONFIG"] = "/nonexistent/ntpy-tests/ntp.conf"
+
 _DAEMON_NAMES = frozenset({"chronyd", "ntpd", "ntpsec", "ntpdsim"})
 
 

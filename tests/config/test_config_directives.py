@@ -116,12 +116,21 @@ def test_server_defaults() -> None:
 def test_server_all_options() -> None:
     text = (
         "server -4 192.0.2.1 iburst burst prefer noselect true xleave minpoll 4 maxpoll 8 "
-        "key 7 version 3 port 1123\nkeys /etc/ntp.keys\ntrustedkey 7\n"
+        "version 3 port 1123\n"
     )
     (s,) = conf(text).servers
     assert s.family == 4 and s.ip == ip_address("192.0.2.1")
     assert (s.iburst, s.burst, s.prefer, s.noselect, s.true, s.xleave) == (True,) * 6
-    assert (s.minpoll, s.maxpoll, s.key, s.version, s.port) == (4, 8, 7, 3, 1123)
+    assert (s.minpoll, s.maxpoll, s.key, s.version, s.port) == (4, 8, None, 3, 1123)
+
+
+def test_server_key_is_an_error_until_client_keys_exist() -> None:
+    """Issue 11: 'server X key N' sent unauthenticated requests while check-config said OK."""
+    for text in (
+        "keys /etc/ntp.keys\ntrustedkey 7\nserver 192.0.2.1 key 7",
+        "keys /etc/ntp.keys\ntrustedkey 7\npeer 192.0.2.1 key 7",
+    ):
+        fails(text, 3, "client-side keys are not supported yet", "remove 'key 7'")
 
 
 def test_ipv6_literal_and_pool_and_peer() -> None:
@@ -170,8 +179,6 @@ def test_server_warnings() -> None:
     warns("server a.example mode 3", 1, "'mode'")
     warns("server a.example ttl 3", 1, "'ttl'")
     warns("server a.example\nserver a.example", 2, "duplicate", "t.conf:1")
-    warns("server a.example key 3", 1, "'keys FILE'")
-    warns("keys /k\nserver a.example key 3", 2, "not listed in 'trustedkey'")
 
 
 # --- refclocks and fudge -------------------------------------------------------------------
@@ -255,7 +262,7 @@ def test_restrict_forms() -> None:
         "restrict 10.0.0.0/8 limited kod\n"
         "restrict fe80:: mask ffff:ffff:ffff:ffff:: notrust\n"
         "restrict 2001:db8::/32 version ntpport mssntp lowpriotrap flake\n"
-        "restrict time.nist.gov noepeer nomrulist serverresponse fuzz\n"
+        "restrict time.nist.gov noepeer nomrulist\n"
     )
     v4, v6, source, lan, ten, link, doc, host = config.restricts
     assert v4.networks == (ip_network("0.0.0.0/0"),) and v4.flags == {"ignore"}
@@ -266,7 +273,15 @@ def test_restrict_forms() -> None:
     assert link.networks == (ip_network("fe80::/64"),)
     assert doc.flags == {"version", "ntpport", "mssntp", "lowpriotrap", "flake"}
     assert host.target == "host" and host.host == "time.nist.gov" and host.networks == ()
-    assert host.flags == {"noepeer", "nomrulist", "serverresponse_fuzz"}
+    assert host.flags == {"noepeer", "nomrulist"}
+
+
+def test_serverresponse_fuzz_is_accepted_with_a_warning() -> None:
+    """Issue 11: the flag was listed and accepted but silently did nothing."""
+    warning = warns("restrict default serverresponse fuzz limited", 1, "has no effect")
+    assert "serverresponse fuzz" in warning.message
+    rule = parse("restrict default serverresponse fuzz limited").config.restricts[0]
+    assert rule.flags == {"serverresponse_fuzz", "limited"}
 
 
 @pytest.mark.parametrize(
@@ -534,8 +549,12 @@ def test_every_table_option_with_a_valid_value_parses() -> None:
         for flag in SERVER_FLAGS:
             parse_text(f"{kind} a.example {flag}")
         for option, (lo, hi) in SERVER_INT_OPTIONS.items():
-            if option != "maxsources" or kind == "pool":
-                parse_text(f"{kind} a.example {option} {min(max(lo, 6), hi)}")
+            line = f"{kind} a.example {option} {min(max(lo, 6), hi)}"
+            if option == "key":  # parsed, then refused until client-side keys exist
+                with pytest.raises(ConfigError, match="client-side keys"):
+                    parse_text(line)
+            elif option != "maxsources" or kind == "pool":
+                parse_text(line)
     for directive, table, value in (
         ("tos", TOS_OPTIONS, "1"),
         ("tinker", TINKER_OPTIONS, "1000"),

@@ -123,3 +123,41 @@ def test_load_non_utf8_comment_is_tolerated(tmp_path: Path) -> None:
     path = tmp_path / "latin1.conf"
     path.write_bytes(b"# caf\xe9\nserver a.example\n")
     assert load(str(path)).config.servers[0].address == "a.example"
+
+
+def _fan_out(tmp_path: Path, levels: int, width: int) -> Path:
+    """f0 includes f1 `width` times, f1 includes f2 `width` times, ...: width**levels files."""
+    for level in range(levels):
+        body = f"includefile f{level + 1}.conf\n" * width
+        write(tmp_path / f"f{level}.conf", body)
+    write(tmp_path / f"f{levels}.conf", "server a.example\n")
+    return tmp_path / "f0.conf"
+
+
+def test_include_fan_out_is_capped_with_file_and_line(tmp_path: Path) -> None:
+    """Issue 11: 5 files of 25 includefile lines expanded to 390k lines; SIGHUP then blocked
+    the main loop for 18 s. Now the 101st include file stops the parse at its own line."""
+    from ntpy.config.parser import MAX_INCLUDED_FILES
+
+    with pytest.raises(ConfigError) as info:
+        load(str(_fan_out(tmp_path, levels=3, width=25)))
+    error = info.value
+    assert f"more than {MAX_INCLUDED_FILES} include files" in error.message
+    assert error.filename.endswith(".conf") and error.line >= 1
+    assert "(expected: includefile" in error.message
+
+
+def test_include_line_total_is_capped(tmp_path: Path) -> None:
+    from ntpy.config.parser import MAX_TOTAL_LINES
+
+    write(tmp_path / "big.conf", "# comment\n" * MAX_TOTAL_LINES)
+    main = write(tmp_path / "ntp.conf", "server a.example\nincludefile big.conf\n")
+    with pytest.raises(ConfigError) as info:
+        load(str(main))
+    assert (info.value.filename, info.value.line) == (str(main), 2)
+    assert f"exceeds {MAX_TOTAL_LINES} lines in total" in info.value.message
+
+
+def test_a_reasonable_number_of_includes_still_works(tmp_path: Path) -> None:
+    config = load(str(_fan_out(tmp_path, levels=2, width=9))).config  # 9 + 81 = 90 files
+    assert len(config.includes) == 91

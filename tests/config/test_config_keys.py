@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ntpy.config import ConfigError, load_keys, parse_keys_text
+from ntpy.config import ConfigError, all_errors, load_keys, parse_keys_text
 
 SHA1_HEX = "a" * 40
 
@@ -68,3 +68,47 @@ def test_duplicate_key() -> None:
 def test_missing_keys_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read keys file"):
         load_keys(str(tmp_path / "none"))
+
+
+CHRONY_KEYS = f"""\
+10 tulip
+20 MD5 ASCII:crocus
+25 SHA1 HEX:{SHA1_HEX.upper()}
+30 AES128 HEX:7EA62AE64D190114D46D5A082F948EC1
+40 SHA3-256 HEX:{"b" * 64}
+"""
+
+
+def test_chrony_key_file_is_read() -> None:
+    """Issue 11: a chrony-style line (``1 MD5 HEX:...``) crashed start-up with a traceback."""
+    keys = parse_keys_text(CHRONY_KEYS, "chrony.keys")
+    assert (keys[10].algorithm, keys[10].secret) == ("MD5", b"tulip")  # chrony's default type
+    assert (keys[20].algorithm, keys[20].secret) == ("MD5", b"crocus")
+    assert keys[25].secret == bytes.fromhex(SHA1_HEX) and keys[25].algorithm == "SHA1"
+    assert keys[30].algorithm == "AES128CMAC" and len(keys[30].secret) == 16
+    assert keys[40].algorithm == "SHA3-256" and len(keys[40].secret) == 32
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ("1 MD5 HEX:abc", ["HEX:", "even number of hex digits"]),
+        ("1 MD5 HEX:zz", ["HEX:"]),
+        ("1 AES256 HEX:" + "a" * 64, ["'AES256' is not supported by ntpy"]),
+        ("1 AES128 HEX:abcd", ["AES128 key must be 16 bytes"]),
+        ("1 MD5", ["3 fields"]),
+    ],
+)
+def test_chrony_key_errors_name_the_line_and_the_forms(line: str, words: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_keys_text("# header\n" + line + "\n", "k.keys")
+    assert (info.value.filename, info.value.line) == ("k.keys", 2)
+    assert "HEX:DIGITS|ASCII:TEXT (chrony)" in info.value.message
+    for word in words:
+        assert word in info.value.message
+
+
+def test_every_bad_key_line_is_reported() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_keys_text("1 DES a\n2 M ok\n3 SHA1 HEX:q\n", "k.keys")
+    assert [e.line for e in all_errors(info.value)] == [1, 3]

@@ -19,6 +19,7 @@ from ntpy.config import ConfigError, parse_keys_text, parse_text
 from ntpy.config.directives import DIRECTIVES
 from ntpy.config.directives.access import RESTRICT_FLAGS
 from ntpy.config.directives.system import DISCARD_OPTIONS, TINKER_OPTIONS, TOS_OPTIONS
+from ntpy.config.errors import all_errors
 
 DIRECTIVE_WORDS = [*DIRECTIVES, "includefile", "Server", "RESTRICT", "bogus"]
 OPTION_WORDS = [
@@ -93,10 +94,12 @@ def test_any_text_parses_or_raises_config_error(
     line_count = len(source.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
     try:
         result = parse_text(source, "fuzz.conf", strict=strict, base_dir=str(include_dir))
-    except ConfigError as error:
-        assert str(error) == f"{error.filename}:{error.line}: {error.message}"
-        if error.filename == "fuzz.conf":
-            assert 1 <= error.line <= line_count
+    except ConfigError as raised:
+        errors = all_errors(raised)
+        assert str(raised) == "\n".join(f"{e.filename}:{e.line}: {e.message}" for e in errors)
+        for error in errors:
+            if error.filename == "fuzz.conf":
+                assert 1 <= error.line <= line_count
         return
     for warning in result.warnings:
         assert warning.line >= 1

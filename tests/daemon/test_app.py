@@ -10,7 +10,13 @@ import pytest
 from ntpy.cli.main import main
 from ntpy.config import Config, default_config, parse_text
 from ntpy.core.system import REFID_CHRONY_LOCAL
-from ntpy.daemon.app import StartupError, listen_addresses, load_mac_keys, local_reference
+from ntpy.daemon.app import (
+    StartupError,
+    describe_local,
+    listen_addresses,
+    load_mac_keys,
+    local_reference,
+)
 from ntpy.daemon.udp import ListenAddress, parse_listen
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.conf"))
@@ -91,6 +97,26 @@ def test_trusted_keys_only(tmp_path: Path) -> None:
     loaded = load_mac_keys(c)
     assert list(loaded) == [2] and loaded[2].algorithm == "sha1" and loaded[2].secret == b"secret2"
     assert hashlib.new(loaded[2].algorithm)
+
+
+def test_chrony_keys_file_loads_and_a_bad_one_is_a_startup_error(tmp_path: Path) -> None:
+    """Issue 11: '1 MD5 HEX:...' (chrony) crashed start-up with a Python traceback."""
+    keys = tmp_path / "chrony.keys"
+    keys.write_text("1 MD5 HEX:00112233445566778899\n2 SHA3-256 ASCII:pass\n")
+    loaded = load_mac_keys(cfg(f"keys {keys}\ntrustedkey 1 2\n"))
+    assert loaded[1].algorithm == "md5"
+    assert loaded[1].secret == bytes.fromhex("00112233445566778899")
+    assert loaded[2].algorithm == "sha3_256" and hashlib.new(loaded[2].algorithm)
+    keys.write_text("1 MD5 HEX:xyz\n")
+    with pytest.raises(StartupError, match=r"chrony\.keys:1: .*HEX:"):
+        load_mac_keys(cfg(f"keys {keys}\ntrustedkey 1\n"))
+
+
+def test_local_clock_is_described_as_written() -> None:
+    """Issue 11: 'fudge ... stratum 10' was logged as 'configured at stratum 11'."""
+    config = cfg("server 127.127.1.0\nfudge 127.127.1.0 stratum 10\n")
+    assert describe_local(config, 11) == "local clock 127.127.1.0 at stratum 10 (served as 11)"
+    assert describe_local(cfg("local stratum 8\n"), 8) == "local clock at stratum 8"
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])

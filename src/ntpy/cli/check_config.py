@@ -2,7 +2,11 @@
 
 Exit status 0 when the file is usable (warnings are printed to stderr but do not fail,
 unless ``strict``), 2 when it is not. Output is ``file:line: message`` so editors and CI
-logs can jump to the offending line.
+logs can jump to the offending line; every error is listed, not only the first.
+
+It runs exactly the validation ``ntpy serve`` runs at start and on reload (the parser plus
+``ntpy.config.checks``: keys file, drift file, log and statistics paths), so a config that
+passes here starts, and one that warns here warns there.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from ntpy.config import ConfigError, load
+from ntpy.config import ConfigError, all_errors, load
 from ntpy.config.model import Config
 
 EXIT_OK = 0
@@ -50,9 +54,12 @@ def summary(config: Config, warnings: int) -> str:
 def run(path: str, strict: bool) -> int:
     """Check ``path``; print warnings/errors to stderr and a summary to stdout."""
     try:
-        result = load(path, strict=strict)
+        result = load(path, strict=strict, check_paths=True)
     except ConfigError as exc:
-        _say(sys.stderr, str(exc))
+        errors = all_errors(exc)
+        for error in errors:
+            _say(sys.stderr, str(error))
+        _say(sys.stderr, f"{_plural(len(errors), 'error')}: {path} is not usable")
         return EXIT_INVALID
     for warning in result.warnings:
         _say(sys.stderr, f"{warning} (warning)")

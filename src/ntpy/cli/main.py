@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         "-c",
         metavar="FILE",
-        help="ntp.conf to read (default: the built-in config: local clock at stratum 10)",
+        help="ntp.conf to read (default: /etc/ntp.conf if it exists, else the built-in "
+        "config: local clock at stratum 10)",
     )
     s.add_argument(
         "--listen",
@@ -175,23 +176,13 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ntpy.config import ConfigError, default_config, load
+    from ntpy.cli.serve_config import choose_config
     from ntpy.daemon.app import ServeOptions, serve
 
-    if args.config:
-        try:
-            result = load(args.config, strict=args.strict)
-        except ConfigError as exc:
-            print(f"ntpy: {exc}", file=sys.stderr)
-            return 2
-        except OSError as exc:
-            print(f"ntpy: cannot read config {args.config}: {exc.strerror}", file=sys.stderr)
-            return 2
-        for w in result.warnings:
-            print(f"ntpy: warning: {w}", file=sys.stderr)
-        config = result.config
-    else:
-        config = default_config()
+    chosen = choose_config(args.config, strict=args.strict)
+    if chosen is None:
+        return 2
+    config = chosen.config
     options = ServeOptions(
         listen=args.listen,
         clock_mode=args.clock,
@@ -200,7 +191,8 @@ def _serve(args: argparse.Namespace) -> int:
         allow_panic_step=args.allow_panic_step,
         control_socket=args.control_socket,
         workers=args.workers,
-        config_path=args.config or None,
+        config_path=chosen.path,
+        config_origin=chosen.origin,
     )
     return serve(config, options)
 

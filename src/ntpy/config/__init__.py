@@ -15,7 +15,7 @@ from .defaults import DEFAULT_CONFIG_TEXT, default_config
 from .directives.access import RESTRICT_FLAGS
 from .directives.misc import STATISTICS_NAMES, UNSUPPORTED_NTPD_DIRECTIVES
 from .directives.system import SYSTEM_FLAG_NAMES
-from .errors import ConfigError, ConfigWarning, SourceLocation
+from .errors import ConfigError, ConfigErrors, ConfigWarning, SourceLocation, all_errors
 from .keys import SymmetricKey, load_keys, parse_keys_text
 from .model import (
     LOCAL_CLOCK_DEFAULT_STRATUM,
@@ -48,6 +48,7 @@ __all__ = [
     "AccessRule",
     "Config",
     "ConfigError",
+    "ConfigErrors",
     "ConfigWarning",
     "DiscardSpec",
     "FilegenSpec",
@@ -66,6 +67,7 @@ __all__ = [
     "SystemFlags",
     "TinkerSpec",
     "TosSpec",
+    "all_errors",
     "default_config",
     "load",
     "load_keys",

@@ -46,6 +46,34 @@ class ConfigError(Exception):
         return (type(self), (self.filename, self.line, self.message))
 
 
+class ConfigErrors(ConfigError):
+    """Every error found in one run, so the admin fixes them all at once, not one per run.
+
+    It is a :class:`ConfigError` (``filename``/``line``/``message`` are the first error's), so
+    callers still need one ``except``; ``str()`` gives one ``file:line: message`` per line.
+    """
+
+    errors: tuple[ConfigError, ...]
+
+    def __init__(self, errors: list[ConfigError] | tuple[ConfigError, ...]) -> None:
+        if not errors:
+            raise ValueError("ConfigErrors needs at least one error")
+        first = errors[0]
+        super().__init__(first.filename, first.line, first.message)
+        self.errors = tuple(errors)
+
+    def __str__(self) -> str:
+        return "\n".join(ConfigError.__str__(e) for e in self.errors)
+
+    def __reduce__(self) -> tuple[type[ConfigErrors], tuple[tuple[ConfigError, ...]]]:  # type: ignore[override]
+        return (type(self), (self.errors,))
+
+
+def all_errors(error: ConfigError) -> tuple[ConfigError, ...]:
+    """The individual errors inside ``error`` (itself, unless it is a :class:`ConfigErrors`)."""
+    return error.errors if isinstance(error, ConfigErrors) else (error,)
+
+
 @dataclass(frozen=True, slots=True)
 class ConfigWarning:
     """Something the parser accepted but ignored or adjusted; shown to the admin."""

@@ -382,6 +382,15 @@ class Config:
     """Serving processes (``workers N``); None = one per CPU core."""
     includes: tuple[str, ...] = ()
     """Every file read, top-level first (so a reloader knows what to watch)."""
+    file_locations: tuple[tuple[str, SourceLocation], ...] = field(default=(), compare=False)
+    """Where each path directive (``driftfile``, ``keys``, ...) was set, for the path checks."""
+
+    def location_of(self, directive: str) -> SourceLocation | None:
+        """The ``file:line`` that set a path directive such as ``driftfile``, if any."""
+        for name, loc in self.file_locations:
+            if name == directive:
+                return loc
+        return None
 
     @property
     def pools(self) -> tuple[ServerSpec, ...]:

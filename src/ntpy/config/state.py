@@ -117,11 +117,20 @@ class State:
     workers: int | None = None
     includes: list[str] = field(default_factory=list)
     warnings: list[ConfigWarning] = field(default_factory=list)
+    errors: list[ConfigError] = field(default_factory=list)
+    """Every error so far: the parser reports them all at the end, not just the first."""
+    failed: set[str] = field(default_factory=set)
+    """Directives with a line in error (their cross-checks would only repeat it)."""
+    lines_read: int = 0
+    """Lines of the main file and every include read so far (bounded by the parser)."""
+    source_typos: list[tuple[SourceLocation, str, str]] = field(default_factory=list)
+    """Unknown directives that look like a source directive: (where, as written, guess)."""
 
     def warn(self, loc: SourceLocation, message: str) -> None:
         """Record a warning; in strict mode every warning is an error instead."""
         if self.strict:
-            raise ConfigError(loc.filename, loc.line, f"{message} [strict mode]")
+            self.errors.append(ConfigError(loc.filename, loc.line, f"{message} [strict mode]"))
+            return
         self.warnings.append(ConfigWarning(loc.filename, loc.line, message))
 
     def set_file(self, name: str, path: str, loc: SourceLocation) -> None:

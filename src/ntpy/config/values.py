@@ -16,9 +16,15 @@ from .model import IPAddress, IPNetwork
 
 _INT_RE = re.compile(r"[+-]?[0-9]+\Z")
 _FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
+_NONZERO_DIGIT_RE = re.compile(r"[+-]?0*\.?0*[1-9]")
 _LABEL_RE = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\Z")
 _DOTTED_NUMERIC_RE = re.compile(r"[0-9.]+\Z")
 _IPV4_CHARS_RE = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}\Z")
+
+
+MAX_MAGNITUDE = 1e9
+"""Bound on any decimal config value without its own range: about 31 years in seconds, far
+beyond any meaningful step, threshold or interval, so ``tinker step 1e300`` is an error."""
 
 
 class BadValue(Exception):
@@ -59,11 +65,20 @@ def parse_float(
     lo_exclusive: bool = False,
     unit: str = "",
 ) -> float:
-    """A finite decimal number (``1``, ``0.5``, ``1e-3``) within the given bounds."""
+    """A finite decimal number (``1``, ``0.5``, ``1e-3``) within the given bounds.
+
+    Bounds left open are :data:`MAX_MAGNITUDE`, and a nonzero number too small for a float
+    (``1e-400``, which Python reads as 0) is refused rather than taken as zero.
+    """
+    lo = -MAX_MAGNITUDE if lo is None else lo
+    hi = MAX_MAGNITUDE if hi is None else hi
     want = _describe_range(lo, hi, lo_exclusive, unit)
     if token is None or not _FLOAT_RE.match(token):
         raise BadValue(f"'{what}' needs {want}, got {show(token)}")
     value = float(token)
+    mantissa = token.lower().split("e", 1)[0]
+    if (value == 0.0 and _NONZERO_DIGIT_RE.match(mantissa)) or 0.0 < abs(value) < 1e-15:
+        raise BadValue(f"'{what}' needs {want}; {show(token)} is too small to be meant")
     if (
         not math.isfinite(value)
         or (lo is not None and (value < lo or (lo_exclusive and value == lo)))
@@ -81,6 +96,8 @@ def _describe_range(lo: float | None, hi: float | None, lo_excl: bool, unit: str
         return f"a number {'>' if lo_excl else '>='} {_num(lo)}{suffix}"
     if lo is None:
         return f"a number <= {_num(hi)}{suffix}"
+    if lo_excl:
+        return f"a number > {_num(lo)} and <= {_num(hi)}{suffix}"
     return f"a number {_num(lo)}..{_num(hi)}{suffix}"
 
 

@@ -22,17 +22,16 @@ from ntpy import __version__
 from ntpy.clock import ClockError, SystemClock, choose_clock, measure_precision
 from ntpy.clock.base import Clock
 from ntpy.config import Config
-from ntpy.config.model import LOCAL_CLOCK_DEFAULT_REFID, RefclockSpec
 from ntpy.core.access import AccessControl, AccessError, compile_rules
 from ntpy.core.actions import cooked_now
 from ntpy.core.auth import MacKey
 from ntpy.core.engine import SyncEngine
-from ntpy.core.packet import refid_from_text
 from ntpy.core.ratelimit import RateLimitConfig, RateLimiter
 from ntpy.core.server import Responder
-from ntpy.core.system import LocalReference, SystemState, unsynchronized
+from ntpy.core.system import SystemState, unsynchronized
 from ntpy.daemon.control import ControlError, ControlServer, default_socket_path
 from ntpy.daemon.driftfile import WRITE_INTERVAL_NS, DriftWriter, read_drift
+from ntpy.daemon.local_clock import describe_local, local_reference
 from ntpy.daemon.logsetup import LogSetup
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.reload import ReloadPlan, plan_reload
@@ -74,18 +73,8 @@ class ServeOptions:
     extra: dict[str, str] = field(default_factory=dict)
     config_path: str | None = None
     """The file the config came from (re-read on SIGHUP); None = the built-in config."""
-
-
-def local_reference(config: Config) -> LocalReference | None:
-    """The configured undisciplined local clock, if any (ntpd 127.127.1.x first, then chrony)."""
-    local_clocks: list[RefclockSpec] = [r for r in config.refclocks if r.is_local]
-    if local_clocks:
-        ref = min(local_clocks, key=lambda r: r.stratum)
-        refid = refid_from_text(ref.refid or LOCAL_CLOCK_DEFAULT_REFID)
-        return LocalReference.ntpd_style(ref.stratum, refid, ref.unit)
-    if config.local is not None:
-        return LocalReference.chrony_style(config.local.stratum)
-    return None
+    config_origin: str = ""
+    """Where the config came from, for the start-up log (default: ``config_path``)."""
 
 
 def listen_addresses(
@@ -126,24 +115,20 @@ def load_mac_keys(config: Config) -> dict[int, MacKey]:
     """Trusted symmetric keys from the ``keys`` file (only ids named by ``trustedkey``)."""
     if not config.keys:
         return {}
-    from ntpy.config.keys import load_keys
+    from ntpy.config import ConfigError
+    from ntpy.config.keys import hashlib_name, load_keys
 
-    keys = load_keys(config.keys)
-    names = {
-        "m": "md5",
-        "md5": "md5",
-        "sha1": "sha1",
-        "sha": "sha1",
-        "sha256": "sha256",
-        "sha384": "sha384",
-        "sha512": "sha512",
-        "aes128cmac": "aes128cmac",
-    }
+    try:
+        keys = load_keys(config.keys)
+    except ConfigError as exc:  # checked before start; this is a file changed since
+        raise StartupError(f"keys file: {exc}") from None
     trusted: dict[int, MacKey] = {}
     for keyid, key in keys.items():
         if keyid not in config.trustedkeys:
             continue
-        alg = names.get(key.algorithm.lower(), key.algorithm.lower())
+        alg = hashlib_name(key.algorithm)
+        if alg is None:
+            raise StartupError(f"{key.location}: key {keyid}: {key.algorithm} is not available")
         trusted[keyid] = MacKey(keyid, alg, key.secret)
     return trusted
 
@@ -412,12 +397,19 @@ class Daemon:
         if path is None:
             log.info("SIGHUP: log file reopened; running the built-in config, nothing to reload")
             return None
-        from ntpy.config import ConfigError, load
+        from ntpy.config import ConfigError, all_errors, load
 
         try:
-            result = load(path)
+            result = load(path, check_paths=True)
         except ConfigError as exc:
-            log.error("config reload failed, the running configuration stays: %s", exc)
+            first, *more = all_errors(exc)
+            log.error(
+                "config reload failed, the running configuration stays: %s%s",
+                first,
+                f" (and {len(more)} more error(s) below)" if more else "",
+            )
+            for error in more:
+                log.error("config reload: %s", error)
             return None
         except OSError as exc:
             log.error("config reload failed: cannot read %s: %s", path, exc.strerror)
@@ -514,6 +506,11 @@ class Daemon:
 
     def _announce(self) -> None:
         log.info("ntpy %s starting (pid %d)", __version__, os.getpid())
+        options = self.options
+        log.info(
+            "configuration: %s",
+            options.config_origin or options.config_path or "built-in default config",
+        )
         log.info("clock: %s; precision 2^%d s", self.clock_reason, self.precision)
         n = len(self.config.servers)
         local = self.engine.opts.local
@@ -521,8 +518,8 @@ class Daemon:
             log.info("%d upstream server/pool line(s) configured", n)
         if local is not None:
             log.info(
-                "local clock configured at stratum %d (%s)",
-                local.served_stratum,
+                "%s (%s)",
+                describe_local(self.config, local.served_stratum),
                 "fallback when the upstreams are lost" if n else "the time source",
             )
         if not n and local is None:

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TextIO
 
+from ntpy.config.checks import directory_problem, filegen_file_problem
 from ntpy.config.model import Config, FilegenSpec
 from ntpy.core.actions import LoopStats, PeerStats
 
@@ -166,12 +167,15 @@ def _file_name(name: str, spec: FilegenSpec | None) -> str:
     """The file's name under statsdir. Like ntpd, a ``..`` component is refused (the stats
     name is used instead) and a leading ``/`` stays under statsdir (ntpd concatenates)."""
     wanted = spec.file if spec is not None and spec.file else name
-    if ".." in wanted.split("/"):
-        log.warning(
-            "%s: filegen %s file %r leaves the statistics directory; using %r",
+    problem = filegen_file_problem(wanted)
+    if problem is not None:
+        # The config parser already warned (``ntpy check-config`` shows the same line).
+        log.info(
+            "%s: filegen %s file %r %s; using %r",
             spec.location if spec is not None else "config",
             name,
             wanted,
+            problem,
             name,
         )
         return name
@@ -210,17 +214,6 @@ def plan_files(config: Config) -> list[FilePlan]:
             )
         )
     return plans
-
-
-def directory_problem(path: str) -> str | None:
-    """Why files cannot be created in directory ``path`` (None if they can)."""
-    if not os.path.exists(path):
-        return "does not exist"
-    if not os.path.isdir(path):
-        return "is not a directory"
-    if not os.access(path, os.W_OK | os.X_OK):
-        return "is not writable"
-    return None
 
 
 # ---------------------------------------------------------------------------- writers

@@ -3,6 +3,11 @@
 Restrict flags are those documented for ntpd 4.2.8 (``accopt.html``/``ntp_acc(5)``,
 including the later ``noepeer``, ``nomrulist``, ``serverresponse fuzz`` and ``ippeerlimit``)
 and NTPsec. Host names are kept unresolved: resolving is the daemon's job.
+
+``serverresponse fuzz`` (the one two-word flag: fuzz the low bits of the reference time in
+replies) is accepted so existing configs load, but ntpy does not fuzz anything, so the line
+gets a warning saying so instead of a silent no-op; the valid-flag list in error messages
+shows it as the two words it is.
 """
 
 from __future__ import annotations
@@ -78,6 +83,11 @@ def handle_restrict(state: State, line: Line) -> None:
             if follow is None or follow.lower() != "fuzz":
                 raise BadValue(f"'serverresponse' must be followed by 'fuzz', got {show(follow)}")
             flags.add("serverresponse_fuzz")
+            state.warn(
+                line.loc,
+                "'serverresponse fuzz' has no effect: ntpy does not fuzz the reference time "
+                "in its replies (the rest of the line applies)",
+            )
         elif option in RESTRICT_FLAGS:
             flags.add(option)
         else:

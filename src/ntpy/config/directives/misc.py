@@ -10,6 +10,7 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
 from typing import Literal
 
+from ..checks import filegen_file_problem
 from ..model import FilegenSpec, InterfaceRule, IPAddress, ListenAddress
 from ..state import Args, Directive, Line, State
 from ..values import (
@@ -119,6 +120,7 @@ def handle_trustedkey(state: State, line: Line) -> None:
             state.trustedkeys.update(range(first, last + 1))
         else:
             state.trustedkeys.add(_key_id(token, "trustedkey"))
+    state.file_locations["trustedkey"] = line.loc  # for the keys-file check (config.checks)
 
 
 def handle_single_key(state: State, line: Line) -> None:
@@ -129,6 +131,7 @@ def handle_single_key(state: State, line: Line) -> None:
         state.requestkey = key
     else:
         state.controlkey = key
+    state.file_locations[line.name] = line.loc
 
 
 def handle_statistics(state: State, line: Line) -> None:
@@ -138,6 +141,7 @@ def handle_statistics(state: State, line: Line) -> None:
     while not args.empty():
         word = args.take() or ""
         state.statistics.add(_statistics_name(word))
+    state.file_locations["statistics"] = line.loc  # for the statsdir check (config.checks)
 
 
 def _statistics_name(word: str) -> str:
@@ -163,6 +167,9 @@ def handle_filegen(state: State, line: Line) -> None:
             path = args.take()
             if not path:
                 raise BadValue(f"'file' needs a file name, got {show(path)}")
+            problem = filegen_file_problem(path)
+            if problem is not None:
+                state.warn(line.loc, f"filegen {name} file {show(path)} {problem}; using {name!r}")
             spec = replace(spec, file=path)
         elif option == "type":
             kind = args.take()

@@ -56,7 +56,7 @@ TINKER_OPTIONS: dict[str, ValueParser] = {
     "step": _float(0.0, unit="seconds"),
     "panic": _float(0.0, unit="seconds"),
     "dispersion": _float(0.0, unit="PPM"),
-    "stepout": _float(0.0, unit="seconds"),
+    "stepout": _float(0.0, excl=True, unit="seconds"),
     "allan": _float(0.0, 30.0, unit="(log2 seconds)"),
     "huffpuff": _huffpuff,
     "freq": _float(-500.0, 500.0, unit="PPM"),
