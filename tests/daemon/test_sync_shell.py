@@ -68,3 +68,24 @@ def test_unresolvable_server_is_retried_not_fatal(monkeypatch: pytest.MonkeyPatc
     assert [u.address for u in shell.upstreams.values()] == [("127.0.7.9", 123)]
     assert not shell.unresolved
     shell.close()
+
+
+def test_sync_options_carry_mindist_and_panicexit() -> None:
+    """Regression: ``tos mindist`` was parsed and never reached the engine."""
+    from ntpy.daemon.sync import sync_options
+
+    def opts(text: str) -> SyncOptions:
+        cfg = parse_text(text).config
+        return sync_options(
+            cfg,
+            precision=-20,
+            clock_name="virtual",
+            local=None,
+            initial_frequency_ppb=None,
+            allow_panic_step=False,
+        )
+
+    default = opts("")
+    assert default.mindist_ns == 1_000_000 and default.panic_exit is False
+    tuned = opts("tos mindist 0.005\ntinker panicexit 1\n")
+    assert tuned.mindist_ns == 5_000_000 and tuned.panic_exit is True
