@@ -529,12 +529,13 @@ def test_poller_collects_samples_and_ignores_bogus_replies(
     assert v.dropped is None and v.best is not None and abs(v.best.offset_ns) < 5 * MS
 
 
-def test_poller_stops_at_a_kiss(responder: Callable[[Script], int]) -> None:
+@pytest.mark.parametrize("leap", [LEAP_ALARM, 0])  # real kisses carry LI=3
+def test_poller_stops_at_a_kiss(responder: Callable[[Script], int], leap: int) -> None:
     seen: list[int] = []
 
     def script(req: Packet, n: int) -> list[bytes]:
         seen.append(n)
-        return [reply_to(req, stratum=0, refid=refid_from_text("RATE"))]
+        return [reply_to(req, stratum=0, leap=leap, refid=refid_from_text("RATE"))]
 
     port = responder(script)
     [poll] = poll_servers([localhost(port)], 4, 0.05, 4)

@@ -450,6 +450,15 @@ def test_tinker_discard_and_flags() -> None:
     warns("driftfile /d\ntinker freq 1", 2, "overrides")
 
 
+def test_tinker_panicexit() -> None:
+    """ntpy's switch back to ntpd's exit on a later offset beyond the panic threshold."""
+    assert conf("").tinker.panicexit is False
+    assert conf("tinker panicexit 1").tinker.panicexit is True
+    assert conf("tinker panic 600 panicexit 0").tinker.panicexit is False
+    fails("server a\ntinker panicexit yes", 2, "'panicexit' needs 0 or 1", "'yes'")
+    fails("tinker panicexit", 1, "'panicexit' needs 0 or 1")
+
+
 def test_chrony_extras_and_ntpy_extensions() -> None:
     config = conf("makestep 1.0 3\nmaxdistance 4\nclock virtual\nbroadcastdelay 0.008")
     assert config.makestep is not None and (config.makestep.threshold, config.makestep.limit) == (

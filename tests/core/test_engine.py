@@ -88,10 +88,10 @@ class Server:
     def answer(self, request: bytes, true_rx: int) -> bytes:
         """The reply to ``request`` arriving at true time ``true_rx``."""
         now = true_rx + self.offset_ns
-        if self.kod is not None:
+        if self.kod is not None:  # as ntpd, chrony and ntpy send it: LI=3, stratum 0
             return encode(
                 Packet(
-                    leap=LEAP_NONE,
+                    leap=LEAP_ALARM,
                     version=4,
                     mode=MODE_SERVER,
                     stratum=0,
@@ -432,6 +432,36 @@ def test_step_threshold_zero_slews_even_the_first_update() -> None:
     assert first.offset_ns == pytest.approx(300 * MS, abs=MS)
 
 
+# ----------------------------------------------------------------- mindist
+
+
+def close_but_disjoint() -> list[Server]:
+    """Three honest stratum-1 servers 1 ms apart whose bare root distances (~0.2 ms) do
+    not overlap: the issue's +1/+2/+3 ms upstreams."""
+    return [
+        Server(f"10.0.0.{i}", offset_ns=i * MS, delay_ns=100_000, jitter_ns=2_000)
+        for i in (1, 2, 3)
+    ]
+
+
+def test_mindist_lets_close_disjoint_sources_form_a_majority() -> None:
+    """Regression: without ntpd's mindist floor (1 ms) they never agreed, and the
+    server stayed unsynchronized."""
+    net = Net(close_but_disjoint())
+    sync(net, 120)
+    st = net.status()
+    assert sorted(s.tally for s in st.sources) == ["*", "+", "+"]
+    assert abs(net.error_ns() - 2 * MS) < 200_000  # the middle of the three
+
+
+def test_tiny_mindist_leaves_them_without_majority() -> None:
+    """What ``tos mindist`` buys: with a 1 us floor the intervals stay disjoint."""
+    net = Net(close_but_disjoint(), SyncOptions(mindist_ns=1_000))
+    net.run(300)
+    assert not net.state().synchronized
+    assert {s.state for s in net.status().sources} == {"no majority"}
+
+
 # ----------------------------------------------------------------- panic
 
 
@@ -458,17 +488,74 @@ def test_allow_panic_step_steps_the_first_update_only() -> None:
     for srv in net.servers.values():
         srv.offset_ns += 2000 * NS
     net.run(600)
-    assert len(net.of(Panic)) == 1  # -g covers the first adjustment only
-    assert len(net.of(StepClock)) == 1
+    assert len(net.of(StepClock)) == 1  # -g covers the first adjustment only
+    assert len(net.logs("exceeds the panic threshold")) == 3  # refused, one per source
 
 
-def test_later_jump_beyond_panic_threshold_panics() -> None:
-    net = Net(three())
+def test_later_jump_beyond_panic_threshold_holds_over() -> None:
+    """Regression: one wild upstream used to stop the daemon (a remote off-switch). Now
+    the source is marked and ignored, logged once at error level, and the clock holds
+    over: still served as synchronized (root dispersion growing) until maxdist."""
+    net = Net([Server("10.0.0.1")], SyncOptions(maxdist_ns=100 * MS), minpoll=4, maxpoll=4)
+    sync(net)
+    net.servers[1].offset_ns = 3600 * NS
+    net.run(600)
+    assert not net.of(Panic) and not net.engine.panicked
+    assert len(net.of(StepClock)) == 0
+    errors = [a for _t, a in net.of(LogEvent) if isinstance(a, LogEvent) and a.level == "error"]
+    assert len(errors) == 1 and "10.0.0.1" in errors[0].message
+    assert "exceeds the panic threshold" in errors[0].message
+    line = net.status().sources[0]
+    assert line.state == "panic" and line.tally == " "
+    assert abs(net.error_ns()) < MS  # the clock kept its time
+    held = net.state()
+    assert held.synchronized and held.leap == LEAP_NONE and held.stratum == 2
+    net.run(60)
+    later = net.state()
+    assert later.reference_ns == held.reference_ns  # no update since: holdover
+    assert later.root_dispersion_at(net.now()) > held.root_dispersion_at(net.now() - 60 * NS)
+    # root distance grows at 15 us/s: past maxdist (0.1 s) after less than 2 hours
+    net.run(7200)
+    assert not net.state().synchronized and net.state().leap == LEAP_ALARM
+    assert net.logs("sync lost")
+    assert len(net.logs("exceeds the panic threshold")) == 1  # once, not every poll
+
+
+def test_wild_source_is_dropped_and_the_sane_ones_followed() -> None:
+    servers = [*three(), Server("10.0.0.4"), Server("10.0.0.5")]
+    net = Net(servers)
+    sync(net)
+    for srv in servers[:3]:  # a wild majority wins the vote, is refused, and is dropped
+        srv.offset_ns = 3600 * NS
+    net.run(900)
+    assert not net.of(Panic) and not net.of(StepClock)
+    assert len(net.logs("exceeds the panic threshold")) == 3
+    assert net.status().system_peer in ("10.0.0.4", "10.0.0.5")
+    assert net.state().synchronized and abs(net.error_ns()) < MS
+
+
+def test_wild_source_comes_back_when_sane() -> None:
+    net = Net([Server("10.0.0.1")], minpoll=4, maxpoll=4)
+    sync(net)
+    net.servers[1].offset_ns = 3600 * NS
+    net.run(200)
+    assert net.engine.sources[1].panic_offset_ns is not None
+    net.servers[1].offset_ns = 0
+    net.run(300)
+    assert net.engine.sources[1].panic_offset_ns is None
+    assert net.logs("10.0.0.1 is sane again")
+    assert net.status().sources[0].tally == "*"
+    assert abs(net.error_ns()) < MS
+
+
+def test_panic_exit_keeps_ntpds_exit_after_sync() -> None:
+    net = Net(three(), SyncOptions(panic_exit=True))
     sync(net)
     for srv in net.servers.values():
         srv.offset_ns = -1500 * NS
     net.run(600)
     assert len(net.of(Panic)) == 1
+    assert net.engine.panicked
     assert not net.of(StepClock)
 
 

@@ -59,15 +59,16 @@ def reply_to(
     return reply.finalize(unix_ns_to_ntp(t2 + 1_000)), t1 + 2 * DELAY_NS + 1_000
 
 
-def kiss(request: bytes, code: str) -> bytes:
-    """A kiss-o'-death reply (stratum 0, the code in the refid) to ``request``."""
+def kiss(request: bytes, code: str, *, leap: int = LEAP_ALARM, poll: int = 0) -> bytes:
+    """A kiss-o'-death reply (stratum 0, the code in the refid) to ``request``: LI=3 as
+    ntpd, chrony and ntpy send them, and the poll the server asks for."""
     origin = decode(request).transmit_ts
     pkt = Packet(
-        leap=LEAP_NONE,
+        leap=leap,
         version=4,
         mode=MODE_SERVER,
         stratum=0,
-        poll=0,
+        poll=poll,
         precision=-20,
         root_delay=0,
         root_dispersion=0,
@@ -316,7 +317,7 @@ def test_kod_rate_raises_poll_and_minpoll() -> None:
     assert d.src.minpoll == 7
     assert d.src.poll >= 7
     assert d.src.burst_left == 0  # the burst is abandoned
-    assert d.src.next_poll_mono >= due_before + (1 << d.src.poll) * NS
+    assert d.src.next_poll_mono >= d.mono + (1 << d.src.poll) * NS > due_before
     assert d.src.active  # still used, just less often
     assert d.src.pending is None
 
@@ -362,13 +363,48 @@ def test_spoofed_kod_is_ignored() -> None:
     assert d.src.kod is None
 
 
-def test_unknown_kiss_code_is_counted_and_harmless() -> None:
+@pytest.mark.parametrize("code", ["XYZZ", "INIT", "GPS", ""])
+def test_other_stratum0_refids_are_unsynchronized_replies(code: str) -> None:
+    """Only RATE/DENY/RSTR are orders: an unsynchronized ntpd or ntpy answers stratum 0,
+    refid INIT, and a server that lost sync may keep its old refid."""
     d = Driver(make_source())
     data, _t1 = d.poll()
-    assert d.src.receive(kiss(data, "XYZZ"), T0, d.mono) == (None, "kod_XYZZ")
-    assert d.src.counters["kod_XYZZ"] == 1
+    assert d.src.receive(kiss(data, code), T0, d.mono) == (None, "unsynchronized")
+    assert d.src.counters["unsynchronized"] == 1
     assert d.src.active
     assert d.src.poll == 6
+
+
+@pytest.mark.parametrize("leap", [LEAP_ALARM, LEAP_NONE])
+def test_kiss_is_read_whatever_the_leap_indicator(leap: int) -> None:
+    """Regression: real kisses carry LI=3 and were taken for unsynchronized replies."""
+    d = Driver(make_source())
+    data, _t1 = d.poll()
+    assert d.src.receive(kiss(data, "DENY", leap=leap), T0, d.mono) == (None, "kod_DENY")
+    assert not d.src.active
+
+
+def test_kod_rate_goes_to_the_servers_poll_even_beyond_maxpoll() -> None:
+    """ntpd's rate kiss advertises the poll it accepts (its discard average): honour it."""
+    d = Driver(make_source(minpoll=6, maxpoll=8))
+    data, _t1 = d.poll()
+    assert d.src.receive(kiss(data, "RATE", poll=10), T0, d.mono) == (None, "kod_RATE")
+    assert d.src.poll == d.src.minpoll == d.src.maxpoll == 10
+    assert d.src.next_poll_mono >= d.mono + 1024 * NS
+    data, _t1 = d.poll()
+    d.src.receive(kiss(data, "RATE", poll=30), T0, d.mono)
+    assert d.src.poll == 17  # RFC 5905 MAXPOLL bounds a hostile server's wish
+
+
+def test_kod_rate_halves_the_request_rate_each_time() -> None:
+    """Each RATE kiss doubles the interval between requests, up to maxpoll."""
+    d = Driver(make_source(minpoll=4, maxpoll=10))
+    intervals = []
+    for _ in range(5):
+        data, _t1 = d.poll()
+        d.src.receive(kiss(data, "RATE"), T0, d.mono)
+        intervals.append(d.src.next_poll_mono - d.mono)
+    assert intervals == [(1 << p) * NS for p in (5, 6, 7, 8, 9)]
 
 
 # ----------------------------------------------------------------- dispersion

@@ -161,3 +161,24 @@ def test_source_without_a_socket_stays_visible_with_reach_0(
     assert up.sock is not None and shell.engine.sources[up.source_id].error is None
     assert any("socket opened" in m for m in (r.getMessage() for r in caplog.records))
     shell.close()
+
+
+def test_sync_options_carry_mindist_and_panicexit() -> None:
+    """Regression: ``tos mindist`` was parsed and never reached the engine."""
+    from ntpy.daemon.sync import sync_options
+
+    def opts(text: str) -> SyncOptions:
+        cfg = parse_text(text).config
+        return sync_options(
+            cfg,
+            precision=-20,
+            clock_name="virtual",
+            local=None,
+            initial_frequency_ppb=None,
+            allow_panic_step=False,
+        )
+
+    default = opts("")
+    assert default.mindist_ns == 1_000_000 and default.panic_exit is False
+    tuned = opts("tos mindist 0.005\ntinker panicexit 1\n")
+    assert tuned.mindist_ns == 5_000_000 and tuned.panic_exit is True

@@ -12,12 +12,13 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from .clients import decode_reply, ntp_now, raw_query
-from .ntpy_daemon import running_ntpy
+from .ntpy_daemon import NtpyProcess, running_ntpy
 from .upstream import offset_servers
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -84,7 +85,8 @@ def test_follows_majority_marks_liar(tmp_path: Path) -> None:
         assert abs(float(drift)) < 500
 
 
-def test_panic_refuses_a_huge_offset(tmp_path: Path) -> None:
+def test_panic_refuses_a_huge_offset_on_the_first_update(tmp_path: Path) -> None:
+    """The first-sync rule is ntpd's and unchanged: without -g, exit."""
     with offset_servers([("127.0.5.21", 3000.0)]) as ups:
         conf = f"server {ups[0].address} port {ups[0].port} iburst minpoll 3\n"
         with running_ntpy(tmp_path, conf, listen=["127.0.5.20:0"]) as d:
@@ -93,6 +95,50 @@ def test_panic_refuses_a_huge_offset(tmp_path: Path) -> None:
                 time.sleep(0.2)
             assert d.proc.returncode == 1, d.log
             assert "exceeds the panic threshold" in d.log
+
+
+def _sync_then_jump(tmp_path: Path, address: str, conf_extra: str = "") -> Iterator[NtpyProcess]:
+    """Sync a daemon to one upstream, then move that upstream +3600 s; yields the daemon
+    once its sync was seen (the jump is made before yielding)."""
+    with offset_servers([(address, 0.0)]) as ups:
+        conf = f"server {address} port {ups[0].port} iburst minpoll 3 maxpoll 3\n" + conf_extra
+        sock = tmp_path / "s.sock"
+        listen = address.rsplit(".", 1)[0] + ".40:0"
+        with running_ntpy(
+            tmp_path, conf, listen=[listen], extra=["--control-socket", str(sock)]
+        ) as d:
+            wait_synced(sock)
+            time.sleep(16)  # past the iburst: the source's statistics see a clean jump
+            ups[0].offset_ns = 3600 * 1_000_000_000
+            yield d
+
+
+def test_later_panic_offset_holds_over_instead_of_exiting(tmp_path: Path) -> None:
+    """Regression: after sync, one upstream jumping +3600 s made the daemon exit, taking
+    the service down for every client. Now the source is marked, one error is logged, and
+    the daemon keeps serving its held time."""
+    sock = tmp_path / "s.sock"
+    for d in _sync_then_jump(tmp_path, "127.0.101.31"):
+        d.wait_for_log(r"source 127\.0\.101\.31: offset \+3600\.\d+ s exceeds the panic", 40)
+        time.sleep(12)  # more polls of the wild source: still running, logged once
+        assert d.proc.poll() is None, d.log
+        assert d.log.count("exceeds the panic threshold") == 1, d.log
+        assert "ERROR source 127.0.101.31" in d.log, d.log
+        peers = json.loads(ntpy_cli("peers", "--socket", str(sock), "--json").stdout)
+        assert peers["sources"][0]["state"] == "panic", peers
+        t1 = ntp_now()
+        r = decode_reply(raw_query("127.0.101.40", d.port, 4, transmit=t1) or b"", t1, ntp_now())
+        assert r.leap == 0 and r.stratum == 2, r  # holdover: still within maxdist
+        assert r.offset_s is not None and abs(r.offset_s) < 0.01, r
+
+
+def test_panicexit_keeps_ntpds_exit(tmp_path: Path) -> None:
+    for d in _sync_then_jump(tmp_path, "127.0.101.51", "tinker panicexit 1\n"):
+        deadline = time.monotonic() + 40
+        while d.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert d.proc.returncode == 1, d.log
+        assert "exceeds the panic threshold" in d.log
 
 
 @pytest.mark.parametrize("flag", ["-g"])

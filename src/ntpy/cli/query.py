@@ -2,7 +2,8 @@
 
 Offsets are measured against this host's system clock. T4 is the kernel receive timestamp
 (SO_TIMESTAMPNS), so the result does not include the interpreter's wake-up latency.
-Exit status: 0 if every server answered and is synchronized, 1 otherwise.
+Exit status: 0 if every server answered and is synchronized, 1 otherwise. A kiss-o'-death
+(RATE, DENY, RSTR) is reported as such, never as an offset: it carries no time.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from ntpy.core.client import ReplyRejected, Sample, build_request, parse_reply
+from ntpy.core.client import KissOfDeath, ReplyRejected, Sample, build_request, parse_reply
 from ntpy.daemon.udp import ANC_BUFSIZE, SO_TIMESTAMPNS, parse_ancillary
 
 LEAP_NAMES = {0: "none", 1: "add_second", 2: "del_second", 3: "unsynchronized"}
@@ -28,6 +29,8 @@ class QueryResult:
     ok: bool
     error: str | None = None
     sample: Sample | None = None
+    kiss: str | None = None
+    """The kiss code, if the server sent a kiss-o'-death."""
 
 
 def split_host_port(text: str, default_port: int = 123) -> tuple[str, int]:
@@ -93,6 +96,8 @@ def query_one(server: str, version: int, timeout: float, tries: int, samples: in
             s = exchange(addr, family, version, timeout, tries)
             if best is None or s.delay_ns < best.delay_ns:
                 best = s
+    except KissOfDeath as kiss:
+        return QueryResult(server, str(addr[0]), False, kiss.detail, kiss=kiss.code)
     except ReplyRejected as exc:
         return QueryResult(
             server, str(addr[0]), False, exc.detail if exc.reason == "timeout" else str(exc)
@@ -118,6 +123,7 @@ def as_json(r: QueryResult) -> dict[str, object]:
         "address": r.address,
         "ok": r.ok,
         "error": r.error,
+        "kiss": r.kiss,
     }
     if r.sample is not None:
         s = r.sample
@@ -153,13 +159,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         for r in results:
             s = r.sample
-            if s is not None:
+            if r.kiss is not None:
+                print(f"server {r.address}: {r.error}")
+            elif s is not None:
                 print(
                     f"server {r.address}, stratum {s.stratum}, offset {s.offset_ns / 1e9:+.6f}, "
                     f"delay {s.delay_ns / 1e9:.6f}, leap {LEAP_NAMES[s.leap]}, "
                     f"refid {s.refid_text}"
                 )
     for r in results:
-        if not r.ok:
+        if not r.ok and r.kiss is None:
             print(f"ntpy query: {r.server}: {r.error}", file=sys.stderr)
     return 0 if all(r.ok for r in results) else 1

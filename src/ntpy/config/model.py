@@ -219,6 +219,8 @@ class TinkerSpec:
 
     ``huffpuff`` 0 means the huff-n'-puff filter is off. ``freq`` is an initial frequency
     in PPM (``None``: use the drift file). ``stepback``/``stepfwd`` default to ``step``.
+    ``panicexit`` (ntpy's own) restores ntpd's exit when an offset beyond ``panic`` arrives
+    after the clock was set; by default ntpy ignores the source and holds over instead.
     """
 
     step: float = 0.128
@@ -230,6 +232,7 @@ class TinkerSpec:
     freq: float | None = None
     stepback: float | None = None
     stepfwd: float | None = None
+    panicexit: bool = False
 
     @property
     def effective_stepback(self) -> float:

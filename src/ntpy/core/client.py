@@ -39,6 +39,43 @@ class ReplyRejected(Exception):
         self.detail = detail
 
 
+KISS_MEANINGS = {
+    "RATE": "rate exceeded: the server asks us to poll less often",
+    "DENY": "access denied by the server",
+    "RSTR": "access restricted by the server",
+}
+
+
+class KissOfDeath(ReplyRejected):
+    """A kiss-o'-death (RFC 5905 7.4): stratum 0 with an ASCII kiss code as refid.
+
+    ``reason`` is ``kod_CODE``; ``poll`` is the poll (log2 s) the server advertised, which
+    for RATE is the least interval it will accept.
+    """
+
+    def __init__(self, code: str, poll: int) -> None:
+        meaning = KISS_MEANINGS.get(code)
+        super().__init__(
+            f"kod_{code}", f"kiss-o'-death {code}" + (f" ({meaning})" if meaning else "")
+        )
+        self.code = code
+        self.poll = poll
+
+
+def kiss_code(refid: bytes) -> str | None:
+    """The kiss code in a stratum-0 refid if it is one a client must act on: RATE, DENY,
+    RSTR (``KISS_MEANINGS``).
+
+    Any other stratum-0 refid -- INIT from an unsynchronized ntpd or ntpy, zero from
+    chrony, the refid a server kept when it lost sync, codes such as AUTH -- makes the
+    reply one from an unsynchronized server, not usable and not an order: ntpd also acts
+    only on the codes it knows, and taking every printable refid for a kiss would let an
+    unsynchronized server that kept refid "GPS" look like it refuses us.
+    """
+    code = refid.rstrip(b"\0").decode("ascii", "replace")
+    return code if code in KISS_MEANINGS else None
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     """One offset/delay measurement against a server, plus what the server said of itself."""
@@ -85,7 +122,9 @@ def parse_reply(
     """Validate ``data`` as the reply to our request and compute the sample.
 
     Raises ReplyRejected for a reply that fails the RFC 5905 sanity checks. A kiss-o'-death
-    (stratum 0) is rejected with reason ``kod_XXXX``. An unsynchronized server (LI=3) is
+    (stratum 0 with code RATE, DENY or RSTR, whatever the leap indicator: real ones carry
+    LI=3) raises KissOfDeath, reason ``kod_XXXX``, once its origin proves it answers our
+    request. An unsynchronized server (LI=3, or stratum 0 with any other refid) is
     *returned* (with ``synchronized`` False) so that callers can show what it said; a time
     source must not use such a sample.
     """
@@ -98,11 +137,12 @@ def parse_reply(
         raise ReplyRejected("bad_mode", f"mode {pkt.mode}, expected {expected_mode}")
     if pkt.origin_ts != cookie:
         raise ReplyRejected("bogus", "origin timestamp does not match our request")
+    if pkt.stratum == 0:
+        code = kiss_code(pkt.refid_bytes)
+        if code is not None:
+            raise KissOfDeath(code, pkt.poll)
     if pkt.transmit_ts == 0:
         raise ReplyRejected("bogus", "transmit timestamp is zero")
-    if pkt.stratum == 0 and pkt.leap != LEAP_ALARM:
-        code = pkt.refid_bytes.decode("ascii", "replace").rstrip("\0")
-        raise ReplyRejected(f"kod_{code}", f"kiss-o'-death {code!r}")
     root_delay = short_to_ns(pkt.root_delay)
     root_disp = short_to_ns(pkt.root_dispersion)
     if pkt.leap != LEAP_ALARM and (
@@ -134,4 +174,13 @@ def parse_reply(
     )
 
 
-__all__ = ["HEADER_LEN", "ReplyRejected", "Sample", "build_request", "parse_reply"]
+__all__ = [
+    "HEADER_LEN",
+    "KISS_MEANINGS",
+    "KissOfDeath",
+    "ReplyRejected",
+    "Sample",
+    "build_request",
+    "kiss_code",
+    "parse_reply",
+]

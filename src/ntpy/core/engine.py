@@ -11,14 +11,14 @@ every accepted sample refits that source's regression; selection (RFC 5905 inter
 clustering) picks truechimers and the system peer; the survivors' offsets are combined and
 slewed away at once, and the residual frequency the regressions see is added to the clock's
 frequency. Every correction is folded back into all stored samples, so the regressions keep
-fitting across updates. Offsets beyond the step threshold are stepped on the first update
-(or with ``makestep``), otherwise only if they persist for ``stepout``; offsets beyond the
-panic threshold stop the daemon unless allowed (``-g``, ``tinker panic 0``).
+fitting across updates. The step/slew/panic policy and the frequency step live in
+``discipline``. Beyond the panic threshold, the first update stops the daemon unless allowed
+(``-g``, ``tinker panic 0``); after that, the sources claiming such an offset are ignored
+and the engine holds over (``tinker panicexit 1`` restores ntpd's exit).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +35,17 @@ from ntpy.core.actions import (
     SlewClock,
     StepClock,
 )
+from ntpy.core.discipline import (
+    PANIC,
+    STEP,
+    WAIT,
+    StepRules,
+    decide,
+    exit_message,
+    fold_correction,
+    frequency_step,
+    holdover_message,
+)
 from ntpy.core.notices import Notices
 from ntpy.core.packet import LEAP_ALARM
 from ntpy.core.report import (
@@ -50,7 +61,13 @@ from ntpy.core.select import Candidate, Selection, select_sources
 from ntpy.core.source import NS, PHI_PPB, Source, SourceConfig
 from ntpy.core.sourcestats import offset_at
 from ntpy.core.status import SyncStatus, peer_status_word
-from ntpy.core.system import STRATUM_UNSYNC, LocalReference, SystemState, unsynchronized
+from ntpy.core.system import (
+    STRATUM_UNSYNC,
+    LocalReference,
+    SystemState,
+    address_refid,
+    unsynchronized,
+)
 from ntpy.core.timestamps import precision_to_ns
 
 __all__ = ["SourceConfig", "SyncEngine", "SyncOptions"]
@@ -75,12 +92,18 @@ class SyncOptions:
     stepout_ns: int = 300 * NS
     panic_threshold_ns: int = 1000 * NS
     """``tinker panic``: refuse offsets beyond this; 0 = no limit."""
+    panic_exit: bool = False
+    """``tinker panicexit``: beyond the panic threshold after the first update, stop (as
+    ntpd) rather than ignore the sources claiming it and hold over."""
     allow_panic_step: bool = False
     """ntpd ``-g``: the first update may step any distance."""
     makestep: tuple[int, int] | None = None
     """chrony ``makestep THRESHOLD LIMIT``: step if beyond threshold in the first LIMIT
     updates (LIMIT < 0: always)."""
     maxdist_ns: int = 1_500_000_000
+    mindist_ns: int = 1_000_000
+    """``tos mindist``: the floor of every source's root distance (ntpd's sys_mindisp), so
+    close sources with tiny distances still overlap and form a majority."""
     minsane: int = 1
     minclock: int = 3
     maxclock: int = 10
@@ -91,13 +114,6 @@ class SyncOptions:
     clock_name: str = "virtual"
 
 
-def address_refid(address: object) -> int:
-    """RFC 5905 refid of an upstream: its IPv4 address, or the first 4 bytes of MD5 of IPv6."""
-    host = str(address[0]) if isinstance(address, tuple) else str(address)
-    parts = host.split(".")
-    if len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts):
-        return int.from_bytes(bytes(int(p) for p in parts), "big")
-    return int.from_bytes(hashlib.md5(host.encode()).digest()[:4], "big")
 
 
 CLOCK_AVG = 8
@@ -112,6 +128,13 @@ class SyncEngine:
 
     def __init__(self, options: SyncOptions, random64: Callable[[], int]) -> None:
         self.opts = options
+        self.rules = StepRules(
+            options.step_threshold_ns,
+            options.stepout_ns,
+            options.panic_threshold_ns,
+            options.allow_panic_step,
+            options.makestep,
+        )
         self.random64 = random64
         self.precision_ns = precision_to_ns(options.precision)
         self.sources: dict[int, Source] = {}
@@ -244,9 +267,7 @@ class SyncEngine:
         m, reason = src.receive(data, t4_clock, now_mono)
         self.notices.source_replied(src, actions)
         if reason.startswith("kod_"):
-            actions.append(
-                LogEvent("warning", f"kiss-o'-death {reason[4:]} from {self._label(src)}")
-            )
+            self._log_kiss(src, reason[4:], actions)
             if src.kod is not None:
                 if self.system_peer == src.id:
                     self.system_peer = None
@@ -276,6 +297,12 @@ class SyncEngine:
         self.notices.reason_changed(self, actions)
         return actions
 
+    def _log_kiss(self, src: Source, code: str, actions: list[Action]) -> None:
+        """At warning: each RATE (each one lengthens the poll), and DENY/RSTR (logged once:
+        the source is never polled again)."""
+        what = f"polling every {1 << src.poll} s" if code == "RATE" else "no longer polled"
+        actions.append(LogEvent("warning", f"kiss-o'-death {code} from {self._label(src)}: {what}"))
+
     # ----------------------------------------------------------------- selection + discipline
 
     def _distance(self, src: Source, now_clock: int) -> int:
@@ -291,7 +318,7 @@ class SyncEngine:
             + est.offset_sd_ns
         )
 
-    def _candidates(self, now_clock: int) -> list[Candidate]:
+    def _candidates(self, now_clock: int, actions: list[Action]) -> list[Candidate]:
         out: list[Candidate] = []
         for src in self.sources.values():
             est = src.stats.estimate
@@ -305,11 +332,17 @@ class SyncEngine:
             if dist > self.opts.maxdist_ns:
                 src.state = "too far"
                 continue
+            offset = round(offset_at(est, now_clock))
+            if src.panic_offset_ns is not None:
+                if abs(offset) > self.opts.panic_threshold_ns:
+                    continue
+                src.panic_offset_ns = None
+                actions.append(LogEvent("info", f"source {self._label(src)} is sane again"))
             out.append(
                 Candidate(
                     id=src.id,
-                    offset_ns=round(offset_at(est, now_clock)),
-                    root_distance_ns=dist,
+                    offset_ns=offset,
+                    root_distance_ns=max(dist, self.opts.mindist_ns),
                     jitter_ns=max(1, round(est.jitter_ns)),
                     stratum=last.stratum,
                     leap=last.leap,
@@ -384,89 +417,28 @@ class SyncEngine:
             self.sources[sel.system_peer].tally = "*" if following else "+"
             self.sources[sel.system_peer].state = "sync" if following else "selected"
 
-    def _combined_frequency(self, sel: Selection) -> tuple[float, float]:
-        """Inverse-variance average of the survivors' residual frequencies, and its variance."""
-        num = den = 0.0
-        for sid in sel.survivors:
-            est = self.sources[sid].stats.estimate
-            if est is None or not math.isfinite(est.frequency_sd) or est.samples_used < 3:
-                continue
-            w = 1.0 / max(est.frequency_sd, 1e-12) ** 2
-            num += w * est.frequency
-            den += w
-        if den <= 0:
-            return 0.0, math.inf
-        return num / den, 1.0 / den
-
-    def _frequency_step(self, sel: Selection) -> float:
-        """How much to change our frequency (dimensionless).
-
-        Each regression's residual slope is already the best estimate from all its samples
-        (they were re-expressed after every correction), so it is not averaged with earlier
-        estimates -- that would count the same samples twice. It is only shrunk toward what
-        we knew before any sample: a crystal within ~100 ppm (or the drift file's value), so
-        that a slope from three samples 2 s apart through 10 ms of jitter moves the
-        frequency a little instead of 500 ppm.
-        """
-        slope, var = self._combined_frequency(sel)
-        if not math.isfinite(var):
-            return 0.0
-        return slope * self.freq_prior_var / (self.freq_prior_var + var)
-
     def _discipline(
         self, offset: int, sel: Selection, now_mono: int, now_clock: int, actions: list[Action]
     ) -> bool:
-        """Decide step / slew / refuse for ``offset``. False if the clock was not updated."""
-        o = self.opts
-        first = self.updates == 0
-        mag = abs(offset)
-        if (
-            o.panic_threshold_ns
-            and mag > o.panic_threshold_ns
-            and not (first and o.allow_panic_step)
-        ):
-            self.panicked = True
-            msg = (
-                f"offset {offset / NS:+.3f} s exceeds the panic threshold "
-                f"{o.panic_threshold_ns / NS:g} s: refusing to adjust the clock; set it by hand, "
-                "or allow it with -g (first adjustment) or 'tinker panic 0'"
-            )
-            actions.append(LogEvent("error", msg))
-            actions.append(Panic(offset, msg))
+        """Step / slew / refuse ``offset`` (policy in ``discipline.decide``). False if the
+        clock was not updated."""
+        d = decide(offset, self.rules, self.updates, self.spike_since, now_mono)
+        self.spike_since = d.spike_since
+        if d.warning is not None:
+            actions.append(LogEvent("warning", d.warning))
+        if d.action == PANIC:
+            self._refuse(offset, sel, now_mono, now_clock, actions)
             return False
-        step = False
-        if (
-            o.makestep is not None
-            and mag > o.makestep[0]
-            and (o.makestep[1] < 0 or self.updates < o.makestep[1])
-        ):
-            step = True
-        elif o.step_threshold_ns and mag > o.step_threshold_ns:
-            if first:
-                step = True
-            elif self.spike_since is None:
-                self.spike_since = now_mono
-                actions.append(
-                    LogEvent(
-                        "warning",
-                        f"offset {offset / NS:+.6f} s exceeds the step threshold; stepping if it "
-                        f"persists for {o.stepout_ns // NS} s",
-                    )
-                )
-                return False
-            elif now_mono - self.spike_since >= o.stepout_ns:
-                step = True
-            else:
-                return False
-        if not step:
-            self.spike_since = None
+        if d.action == WAIT:
+            return False
+        step = d.action == STEP
         if step:
-            self.spike_since = None
             actions.append(StepClock(offset))
             actions.append(LogEvent("warning", f"stepped the clock by {offset / NS:+.6f} s"))
-            self._correct(now_clock, offset, 0.0)
+            fold_correction(self.sources.values(), now_clock, offset, 0.0)
         else:
-            dfreq = self._frequency_step(sel)
+            estimates = (self.sources[sid].stats.estimate for sid in sel.survivors)
+            dfreq = frequency_step(estimates, self.freq_prior_var)
             new_ppb = max(-MAX_FREQ_PPB, min(MAX_FREQ_PPB, self.frequency_ppb + dfreq * 1e9))
             applied = (new_ppb - self.frequency_ppb) / 1e9
             if applied:
@@ -474,7 +446,7 @@ class SyncEngine:
                 actions.append(SetFrequency(new_ppb))
             if offset:
                 actions.append(SlewClock(offset))
-            self._correct(now_clock, offset, applied)
+            fold_correction(self.sources.values(), now_clock, offset, applied)
         # ntpd's clock jitter: RMS of the change between successive offsets, floored at
         # the clock's precision (so ntpq's clk_jitter means the same thing for both).
         change = max(abs(offset - self.sys_offset), self.precision_ns)
@@ -496,12 +468,30 @@ class SyncEngine:
         )
         return True
 
-    def _correct(self, at: int, offset: int, dfreq: float) -> None:
-        for src in self.sources.values():
-            src.stats.apply_correction(at, offset, dfreq)
-            if src.pending is not None and src.pending.t1_ns is not None:
-                t1 = src.pending.t1_ns
-                src.pending.t1_ns = t1 + round(offset + dfreq * (t1 - at))
+    def _refuse(
+        self, offset: int, sel: Selection, now_mono: int, now_clock: int, actions: list[Action]
+    ) -> None:
+        """An offset beyond the panic threshold. On the first update, or with
+        ``panic_exit``, stop as ntpd does. Otherwise mark the sources that claim it, log
+        each once, and reselect without them: the clock holds over (and goes unsynchronized
+        when the root distance passes maxdist) unless sane sources are left."""
+        limit = self.opts.panic_threshold_ns
+        if self.updates == 0 or self.opts.panic_exit:
+            self.panicked = True
+            msg = exit_message(offset, limit)
+            actions.append(LogEvent("error", msg))
+            actions.append(Panic(offset, msg))
+            return
+        wild = []
+        for sid in sel.survivors:
+            est = self.sources[sid].stats.estimate
+            own = round(offset_at(est, now_clock)) if est is not None else offset
+            if abs(own) > limit:
+                wild.append((self.sources[sid], own))
+        for src, own in wild or [(self.sources[sel.survivors[0]], offset)]:
+            src.panic_offset_ns, src.state, src.tally = own, "panic", " "
+            actions.append(LogEvent("error", holdover_message(self._label(src), own, limit)))
+        self._reselect(now_mono, now_clock, actions)
 
     def _set_system_vars(self, sel: Selection, now_clock: int, actions: list[Action]) -> None:
         assert sel.system_peer is not None
@@ -551,7 +541,7 @@ class SyncEngine:
 
     def _select(self, now_mono: int, now_clock: int, actions: list[Action]) -> Selection | None:
         """Run selection over the current candidates, mark the tallies, note what changed."""
-        cands = self._candidates(now_clock)
+        cands = self._candidates(now_clock, actions)
         if cands:
             self.last_selectable_mono = now_mono
         sel = select_sources(

@@ -105,6 +105,8 @@ def _unselectable(sources: list[Source], maxdist_ns: int) -> str:
             cause = "noselect"
         elif src.state == "too far":
             cause = f"root distance beyond tos maxdist {maxdist_ns / NS:g} s"
+        elif src.state == "panic":
+            cause = "offset beyond the panic threshold (ignored)"
         else:
             continue
         causes[cause] = causes.get(cause, 0) + 1
@@ -172,7 +174,7 @@ def diagnose(eng: SyncEngine) -> tuple[SyncReason, str]:
 def source_status(eng: SyncEngine, src: Source, now_mono: int, now_clock: int) -> SourceStatus:
     est = src.stats.estimate
     last = src.stats.last()
-    sample = src.last_sample
+    sample = None if src.kod else src.last_sample  # a refusing server shows its kiss
     stratum = sample.stratum if sample else 16
     return SourceStatus(
         id=src.id,
@@ -180,7 +182,7 @@ def source_status(eng: SyncEngine, src: Source, now_mono: int, now_clock: int) -
         address=host(src.config.address),
         kind=src.config.kind,
         tally=src.tally,
-        refid=refid_to_text(sample.refid, stratum) if sample else ".INIT.",
+        refid=refid_to_text(sample.refid, stratum) if sample else f".{src.kod or 'INIT'}.",
         stratum=stratum,
         leap=sample.leap if sample else LEAP_ALARM,
         type_char="p" if src.config.kind == "pool" else "u",

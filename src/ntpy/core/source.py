@@ -13,7 +13,8 @@ Behaviour, following ntpd where it is the reference:
 - Every request carries a fresh random transmit timestamp (the "cookie"); only a reply
   whose origin echoes the outstanding cookie is accepted: duplicates, replays, stale and
   spoofed replies are dropped and counted.
-- Kiss-o'-death: RATE raises our poll interval (and floor); DENY and RSTR stop the source.
+- Kiss-o'-death: RATE doubles our poll interval, to at least the poll the server asks for,
+  and raises the floor there; DENY and RSTR stop the source.
 - Unreachable sources back off: each poll without any reply raises the interval toward
   maxpoll, so a dead server costs little.
 """
@@ -24,7 +25,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-from ntpy.core.client import ReplyRejected, Sample, build_request, parse_reply
+from ntpy.core.client import KissOfDeath, ReplyRejected, Sample, build_request, parse_reply
 from ntpy.core.packet import LEAP_ALARM
 from ntpy.core.sourcestats import Estimate, Measurement, SourceStats
 from ntpy.core.timestamps import precision_to_ns
@@ -34,6 +35,8 @@ BURST_COUNT = 8
 POLL_NOISE_FACTOR = 0.5
 BURST_SPACING_NS = 2 * NS
 PHI_PPB = 15_000
+MAX_POLL = 17
+"""RFC 5905 MAXPOLL (36 h): the longest interval a RATE kiss can push us to."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,9 @@ class Source:
         self.burst_left = 0
         self.kod: str | None = None
         """'DENY'/'RSTR' once the server refused us: the source is no longer used."""
+        self.panic_offset_ns: int | None = None
+        """Set while the source's offset is beyond the panic threshold after we synced: the
+        engine ignores it (holdover) instead of exiting; cleared when it comes back."""
         self.counters: Counter[str] = Counter()
         self.last_reply_mono: int | None = None
         self.last_sample: Sample | None = None
@@ -147,12 +153,11 @@ class Source:
             return None, "unexpected"
         try:
             sample = parse_reply(data, pending.cookie, pending.t1_ns, t4_ns)
+        except KissOfDeath as kiss:
+            return None, self._kiss(kiss.code, kiss.poll, now_mono)
         except ReplyRejected as exc:
-            reason = exc.reason
-            if reason.startswith("kod_"):
-                return None, self._kiss(reason[4:])
-            self.counters[f"drop_{reason}"] += 1
-            return None, reason
+            self.counters[f"drop_{exc.reason}"] += 1
+            return None, exc.reason
         self.pending = None  # one reply per request: a duplicate is now "unexpected"
         self.reach |= 1
         self.polls_unanswered = 0
@@ -182,20 +187,27 @@ class Source:
         self.counters["samples"] += 1
         return m, "ok"
 
-    def _kiss(self, code: str) -> str:
+    def _kiss(self, code: str, server_poll: int, now_mono: int) -> str:
+        """Act on a kiss (its origin already matched our request, so it is no spoof).
+
+        RATE: double the poll (RFC 5905: reduce the rate at each RATE kiss) up to maxpoll,
+        and go at least to the poll the server advertised, even beyond maxpoll (as ntpd,
+        which raises minpoll to it) but not beyond RFC 5905's MAXPOLL. The floor follows, so
+        poll adaptation cannot creep back to the refused rate, and the burst stops.
+        DENY/RSTR: stop polling for good.
+        """
         self.counters[f"kod_{code}"] += 1
         self.pending = None
         if code == "RATE":
-            self.minpoll = min(self.minpoll + 1, self.maxpoll)
-            self.maxpoll = max(self.maxpoll, self.minpoll)
-            self.poll = min(max(self.poll + 1, self.minpoll), self.maxpoll)
+            ceiling = min(max(self.maxpoll, server_poll), MAX_POLL)
+            self.poll = min(max(self.poll + 1, server_poll, self.minpoll), ceiling)
+            self.minpoll = self.poll
+            self.maxpoll = max(self.maxpoll, self.poll)
             self.burst_left = 0
-            self.next_poll_mono += self.poll_interval_ns()
-            return "kod_RATE"
-        if code in ("DENY", "RSTR"):
+            self.next_poll_mono = max(self.next_poll_mono, now_mono + self.poll_interval_ns())
+        else:  # DENY, RSTR
             self.kod = code
             self.state = "kod"
-            return f"kod_{code}"
         return f"kod_{code}"
 
     # ----------------------------------------------------------------- poll adaptation

@@ -8,6 +8,7 @@ as RFC 5905 prescribes, so a server that has stopped updating looks steadily wor
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from ntpy.core.packet import LEAP_ALARM, LEAP_NONE, refid_from_text
@@ -114,3 +115,12 @@ class LocalReference:
             root_dispersion_ns=precision_to_ns(precision),
             precision=precision,
         )
+
+
+def address_refid(address: object) -> int:
+    """RFC 5905 refid of an upstream: its IPv4 address, or the first 4 bytes of MD5 of IPv6."""
+    host = str(address[0]) if isinstance(address, tuple) else str(address)
+    parts = host.split(".")
+    if len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts):
+        return int.from_bytes(bytes(int(p) for p in parts), "big")
+    return int.from_bytes(hashlib.md5(host.encode()).digest()[:4], "big")

@@ -161,6 +161,8 @@ def evaluate(scenario: Scenario, report: Report) -> tuple[str, ...]:
         report.rms_error_ns is None or report.rms_error_ns >= lim.rms_error_ns
     ):
         out.append(f"RMS error {_us(report.rms_error_ns)} us >= {_us(lim.rms_error_ns)} us")
+    if lim.max_peer_changes is not None and report.peer_changes > lim.max_peer_changes:
+        out.append(f"system peer changed {report.peer_changes} times > {lim.max_peer_changes}")
     return tuple(out)
 
 
@@ -185,6 +187,8 @@ def _limit_text(s: Scenario) -> str:
         parts.append(f"max<{_us(lim.max_abs_error_ns)}")
     if lim.rms_error_ns is not None:
         parts.append(f"RMS<{_us(lim.rms_error_ns)}")
+    if lim.max_peer_changes is not None:
+        parts.append(f"peer changes<={lim.max_peer_changes}")
     return ", ".join(parts)
 
 

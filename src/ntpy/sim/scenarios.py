@@ -45,6 +45,9 @@ class Limits:
     """A falseticker server must never become the system peer."""
     must_sync: bool = True
     """The served error must end within the scenario's sync limit."""
+    max_peer_changes: int | None = None
+    """Most changes of the system peer (losing it counts): a selection that keeps losing
+    its majority flaps between a peer and none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +213,29 @@ def _build() -> tuple[Scenario, ...]:
                 ServerSpec("192.168.123.4", offset_ns=HOUR_S * NS_PER_S),
             ),
             limits=Limits(max_sync_s=600, max_abs_error_ns=1 * MS, rms_error_ns=300 * US, steps=0),
+        ),
+        Scenario(
+            name="close-disjoint",
+            description=(
+                "3 honest stratum-1 servers at -1, 0 and +1 ms (root dispersion 150 us, "
+                "jitter 10 us, iburst): their bare distances (~0.2 ms) soon stop overlapping, "
+                "so only ntpd's 'tos mindist' floor (1 ms) keeps a majority; must sync and "
+                "keep its system peer"
+            ),
+            duration_s=10_000,
+            servers=tuple(
+                ServerSpec(
+                    f"192.168.123.{i + 2}",
+                    offset_ns=i * MS,
+                    root_dispersion_ns=150 * US,
+                    link=LinkSpec(jitter_ns=10 * US),
+                )
+                for i in (-1, 0, 1)
+            ),
+            iburst=True,
+            limits=Limits(
+                max_sync_s=60, max_abs_error_ns=500 * US, rms_error_ns=100 * US, max_peer_changes=4
+            ),
         ),
         Scenario(
             name="step-10s",

@@ -62,6 +62,7 @@ TINKER_OPTIONS: dict[str, ValueParser] = {
     "freq": _float(-500.0, 500.0, unit="PPM"),
     "stepback": _float(0.0, unit="seconds"),
     "stepfwd": _float(0.0, unit="seconds"),
+    "panicexit": parse_bool01,
 }
 
 DISCARD_OPTIONS: dict[str, ValueParser] = {
