@@ -128,6 +128,9 @@ def test_a_reader_in_another_process_sees_only_whole_records() -> None:
     """The writer publishes as fast as it can; a forked reader checks each snapshot it gets
     is one the writer made (offset, slew, frequency and anchor are tied to one counter)."""
     shared = SharedState()
+    # The record the reader may see before the writer's loop starts must obey the same
+    # rule (k = 0), or a slow-starting parent shows up as "torn" reads of the initial state.
+    shared.publish_segment(Segment(0, 0, 0, 0), 1)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the reader
