@@ -112,6 +112,9 @@ def test_rate_kiss_from_an_ntpy_server_lengthens_the_poll(tmp_path: Path) -> Non
         "server 127.127.1.0\nfudge 127.127.1.0 stratum 10\n"
         "restrict default kod limited nomodify notrap nopeer\n"
         "discard average 5 minimum 1\n"
+        # A small bucket, so the kiss comes within the iburst, not after ~30 s of polls
+        # (with the default 8 tokens it raced the test's deadline).
+        "ratelimit burst 2\n"
     )
     up_dir = tmp_path / "upstream"
     up_dir.mkdir()
