@@ -81,3 +81,12 @@ def test_system_without_capability_is_a_clear_error() -> None:
 def test_unknown_mode(mode: str) -> None:
     with pytest.raises(ValueError, match="unknown clock mode"):
         choose_clock(mode)
+
+
+def test_capability_check_has_one_home() -> None:
+    # select and system both ask; the check lives in clock.capability so neither imports the other
+    import ntpy.clock.capability as capability
+    import ntpy.clock.select as select
+
+    assert select.has_cap_sys_time is capability.has_cap_sys_time is has_cap_sys_time
+    assert select.CAP_SYS_TIME == capability.CAP_SYS_TIME == 25

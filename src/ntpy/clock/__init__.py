@@ -6,9 +6,10 @@ implement the ``Clock`` protocol from ``ntpy.clock.base``.
 """
 
 from ntpy.clock.base import Clock, StepHandler
+from ntpy.clock.capability import has_cap_sys_time
 from ntpy.clock.errors import ClockError
 from ntpy.clock.precision import measure_precision
-from ntpy.clock.select import choose_clock, has_cap_sys_time
+from ntpy.clock.select import choose_clock
 from ntpy.clock.system import KernelClockStatus, SystemClock
 from ntpy.clock.virtual import VirtualClock
 

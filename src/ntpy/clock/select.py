@@ -3,8 +3,7 @@
 The choice rests on one fact: does this process hold CAP_SYS_TIME? Without it every
 adjtimex that changes something fails with EPERM, so "auto" falls back to the virtual
 clock and still serves disciplined time. The capability is read from
-``/proc/self/status`` (CapEff, bit 25) -- a read-only check, unlike probing with a
-harmless-looking adjtimex, which would itself be a clock change when it succeeds.
+``/proc/self/status`` (CapEff, bit 25) by ``ntpy.clock.capability``, re-exported here.
 """
 
 from __future__ import annotations
@@ -12,33 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ntpy.clock.base import Clock
+from ntpy.clock.capability import CAP_SYS_TIME as CAP_SYS_TIME
+from ntpy.clock.capability import has_cap_sys_time as has_cap_sys_time
 from ntpy.clock.errors import ClockError
 from ntpy.clock.system import LibcLike, SystemClock
 from ntpy.clock.virtual import VirtualClock
-
-CAP_SYS_TIME = 25
-"""Capability number from <linux/capability.h>."""
 
 CLOCK_MODES = ("auto", "system", "virtual")
 
 _VIRTUAL_WHY = "served time is system time plus ntpy's correction; the system clock is left alone"
 _SYSTEM_WHY = "ntpy steps, slews and sets the frequency of the kernel clock with adjtimex"
-
-
-def has_cap_sys_time(status_path: str = "/proc/self/status") -> bool:
-    """True if the effective capability set holds CAP_SYS_TIME.
-
-    Anything unreadable (no /proc, not Linux, malformed line) counts as "no": the safe
-    answer, since it leads to the virtual clock.
-    """
-    try:
-        with open(status_path, encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool((int(line.split(":", 1)[1].strip(), 16) >> CAP_SYS_TIME) & 1)
-    except (OSError, ValueError):
-        return False
-    return False
 
 
 def choose_clock(

@@ -35,6 +35,7 @@ from typing import Any, Protocol, cast
 
 from ntpy.clock._common import notify_step_handlers, require_int_ns
 from ntpy.clock.base import StepHandler
+from ntpy.clock.capability import has_cap_sys_time
 from ntpy.clock.errors import ClockError
 from ntpy.clock.precision import measure_precision
 from ntpy.clock.timex import (
@@ -139,8 +140,6 @@ class SystemClock:
             cfn.restype = ctypes.c_int
         self._adjtimex = fn
         if adjustable is None:
-            from ntpy.clock.select import has_cap_sys_time
-
             adjustable = has_cap_sys_time()
         self._adjustable = adjustable
         self._handlers: list[StepHandler] = []
