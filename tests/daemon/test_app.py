@@ -181,3 +181,31 @@ def test_ratelimit_bad_value_is_a_file_line_error() -> None:
 
     with pytest.raises(ConfigError, match=r"test.conf:2: .*ipv6prefix"):
         parse_text("server 127.127.1.0\nratelimit ipv6prefix 200\n", "test.conf")
+
+
+def test_stats_files_open_and_close_with_their_recorder(tmp_path: Path) -> None:
+    """Start-up and reload open the statistics files through the same builder."""
+    from ntpy.daemon.assemble import close_stats, open_stats
+
+    class Clock:
+        def now_ns(self) -> int:
+            return 1_700_000_000 * 10**9
+
+    recorders: list[object] = []
+    c = cfg(f"statsdir {tmp_path}/\nstatistics loopstats\nfilegen loopstats file loop\n")
+    stats = open_stats(c, Clock(), recorders)  # type: ignore[arg-type]
+    assert stats is not None and recorders == [stats.record]
+    close_stats(stats, recorders)  # type: ignore[arg-type]
+    assert recorders == []
+    assert open_stats(cfg(""), Clock(), recorders) is None and recorders == []  # type: ignore[arg-type]
+
+
+def test_no_control_socket_when_asked_for_none() -> None:
+    from ntpy.daemon.assemble import open_control
+    from ntpy.daemon.loop import Loop
+
+    loop = Loop()
+    try:
+        assert open_control("none", loop, {}) is None
+    finally:
+        loop.close()

@@ -30,10 +30,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ntpy.core.access import AccessError
 from ntpy.core.ratelimit import RateLimiter
 from ntpy.core.server import Reason, Responder
 from ntpy.daemon import ipc
 from ntpy.daemon.loop import Loop
+from ntpy.daemon.policy import build_access, build_limiter
 from ntpy.daemon.server import NtpServer
 from ntpy.daemon.shared import SharedClock, SharedState
 from ntpy.daemon.udp import Endpoint
@@ -213,8 +215,6 @@ class Worker:
         """The main reloaded the config and its access or rate-limit lines changed: rebuild
         this worker's from the same file (the main has checked that it parses)."""
         from ntpy.config import ConfigError, load
-        from ntpy.core.access import AccessError
-        from ntpy.daemon.policy import build_access, build_limiter
 
         try:
             config = load(path).config
