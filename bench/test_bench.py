@@ -343,7 +343,7 @@ def test_ntpy_bench_config_keeps_rate_limiting_on() -> None:
     """The bench's ntpy config parses, limits everyone but localhost with KoD, and its
     limiter lets the generator's per-source rate through (the limiter costs, never refuses)."""
     from ntpy.config.parser import parse_text
-    from ntpy.daemon.app import build_limiter
+    from ntpy.daemon.policy import build_limiter
 
     spec = ntpy_spec("127.2.0.9", 12399, workers="1", name="ntpy-w1")
     try:

@@ -10,13 +10,8 @@ import pytest
 from ntpy.cli.main import main
 from ntpy.config import Config, default_config, parse_text
 from ntpy.core.system import REFID_CHRONY_LOCAL
-from ntpy.daemon.app import (
-    StartupError,
-    describe_local,
-    listen_addresses,
-    load_mac_keys,
-    local_reference,
-)
+from ntpy.daemon.assemble import StartupError, listen_addresses, load_mac_keys
+from ntpy.daemon.local_clock import describe_local, local_reference
 from ntpy.daemon.udp import ListenAddress, parse_listen
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.conf"))
@@ -150,11 +145,11 @@ def test_kernel_pll_taken_over_only_when_disciplining(
     monkeypatch: pytest.MonkeyPatch, servers: bool, expect_reset: bool
 ) -> None:
     from ntpy.clock import SystemClock
-    from ntpy.daemon import app
+    from ntpy.daemon import app, assemble
 
     libc = _RecordingLibc()
     monkeypatch.setattr(
-        app, "choose_clock", lambda mode: (SystemClock(libc, adjustable=True), "fake system")
+        assemble, "choose_clock", lambda mode: (SystemClock(libc, adjustable=True), "fake system")
     )
     text = "server 192.0.2.1 iburst\n" if servers else "server 127.127.1.0\n"
     d = app.Daemon(cfg(text), app.ServeOptions(listen=["127.0.0.1:0"], control_socket="none"))
@@ -165,7 +160,7 @@ def test_kernel_pll_taken_over_only_when_disciplining(
 
 
 def test_ratelimit_and_mru_size_the_client_table() -> None:
-    from ntpy.daemon.app import build_limiter
+    from ntpy.daemon.policy import build_limiter
 
     lim = build_limiter(
         cfg(
@@ -186,3 +181,31 @@ def test_ratelimit_bad_value_is_a_file_line_error() -> None:
 
     with pytest.raises(ConfigError, match=r"test.conf:2: .*ipv6prefix"):
         parse_text("server 127.127.1.0\nratelimit ipv6prefix 200\n", "test.conf")
+
+
+def test_stats_files_open_and_close_with_their_recorder(tmp_path: Path) -> None:
+    """Start-up and reload open the statistics files through the same builder."""
+    from ntpy.daemon.assemble import close_stats, open_stats
+
+    class Clock:
+        def now_ns(self) -> int:
+            return 1_700_000_000 * 10**9
+
+    recorders: list[object] = []
+    c = cfg(f"statsdir {tmp_path}/\nstatistics loopstats\nfilegen loopstats file loop\n")
+    stats = open_stats(c, Clock(), recorders)  # type: ignore[arg-type]
+    assert stats is not None and recorders == [stats.record]
+    close_stats(stats, recorders)  # type: ignore[arg-type]
+    assert recorders == []
+    assert open_stats(cfg(""), Clock(), recorders) is None and recorders == []  # type: ignore[arg-type]
+
+
+def test_no_control_socket_when_asked_for_none() -> None:
+    from ntpy.daemon.assemble import open_control
+    from ntpy.daemon.loop import Loop
+
+    loop = Loop()
+    try:
+        assert open_control("none", loop, {}) is None
+    finally:
+        loop.close()

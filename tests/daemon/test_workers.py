@@ -26,26 +26,18 @@ from ntpy.config import parse_text
 from ntpy.core.packet import LEAP_NONE
 from ntpy.core.system import SystemState, unsynchronized
 from ntpy.daemon import shared as shared_module
-from ntpy.daemon.app import build_limiter
+from ntpy.daemon.ipc import MessageError, pack_frame, unpack_frame
+from ntpy.daemon.policy import build_limiter
+from ntpy.daemon.reuseport import SKF_NET_OFF, ReuseportGroup, bpf_program, worker_index
 from ntpy.daemon.shared import (
     CLOCK_REALTIME,
     CLOCK_SEGMENT,
-    MessageError,
     SharedClock,
     SharedState,
     SharedStateError,
-    decode_message,
-    encode_message,
 )
 from ntpy.daemon.udp import ListenAddress, ListenError
-from ntpy.daemon.workers import (
-    SKF_NET_OFF,
-    ReuseportGroup,
-    bpf_program,
-    describe_status,
-    resolve_workers,
-    worker_index,
-)
+from ntpy.daemon.workerpool import describe_status, resolve_workers
 
 S = 1_000_000_000
 FINE = 10**12
@@ -359,14 +351,14 @@ def test_an_address_already_served_is_refused_not_joined() -> None:
 
 
 def test_messages_round_trip_and_garbage_is_one_error() -> None:
-    msg = encode_message("mode6", {"id": 3, "peer": ["127.0.0.1", 5]}, b"\x16\x01")
-    head, tail = decode_message(msg)
+    msg = pack_frame("mode6", {"id": 3, "peer": ["127.0.0.1", 5]}, b"\x16\x01")
+    head, tail = unpack_frame(msg)
     assert head == {"kind": "mode6", "id": 3, "peer": ["127.0.0.1", 5]} and tail == b"\x16\x01"
     for bad in (b"", b"\x05\x00\x00\x00{}", b"\x02\x00\x00\x00{}", b"\x02\x00\x00\x00\xff\xfe"):
         with pytest.raises(MessageError):
-            decode_message(bad)
+            unpack_frame(bad)
     with pytest.raises(MessageError):
-        encode_message("x", None, bytes(2 << 20))
+        pack_frame("x", None, bytes(2 << 20))
 
 
 def test_worker_count_precedence_and_limits() -> None:

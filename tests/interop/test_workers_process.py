@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ntpy.daemon.workers import worker_index
+from ntpy.daemon.reuseport import worker_index
 
 from .clients import decode_reply, ntp_now
 from .ntpy_daemon import NtpyProcess, running_ntpy

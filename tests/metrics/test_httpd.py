@@ -17,10 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ntpy.daemon.httpd import (
+from ntpy.daemon.httpd import HttpServer, HttpServerError, peer_key
+from ntpy.daemon.loop import Loop
+from ntpy.metrics.http import (
     HttpError,
-    HttpServer,
-    HttpServerError,
     Request,
     Response,
     Route,
@@ -28,10 +28,8 @@ from ntpy.daemon.httpd import (
     find_head_end,
     json_response,
     parse_request,
-    peer_key,
     render,
 )
-from ntpy.daemon.loop import Loop
 
 # ---------------------------------------------------------------------------------------
 # parse_request / dispatch (no sockets)

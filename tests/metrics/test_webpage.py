@@ -22,11 +22,14 @@ import pytest
 
 from ntpy.config.model import HttpEndpointSpec
 from ntpy.core.actions import LoopStats, PeerStats
-from ntpy.daemon.httpd import HttpError, HttpServerError, Response, Route
+from ntpy.daemon.httpd import HttpServerError
 from ntpy.daemon.loop import Loop
+from ntpy.daemon.webservice import WebService
 from ntpy.metrics import web
 from ntpy.metrics.history import History
-from ntpy.metrics.web import WebService, WebSources, parse_since, web_routes
+from ntpy.metrics.http import HttpError, Response, Route
+from ntpy.metrics.snapshot import WebSources
+from ntpy.metrics.web import parse_since, web_routes
 from status_samples import local_source, status
 
 STATIC = Path(web.__file__).parent / "static"

@@ -17,14 +17,11 @@ sequence once per receive batch -- one 8-byte read -- and rebuild their view onl
 moved, so the per-request cost is nil and a change is seen by the next batch.
 
 Control traffic (counters, client lists, mode 6 requests and replies, ``restrict source``
-updates) goes over a SOCK_SEQPACKET socketpair per worker as small framed messages:
-a JSON head plus an optional binary tail. JSON, not pickle, so a worker that parsed
-something hostile cannot make the main run code by sending it bytes.
+updates) goes over a socketpair per worker as typed messages: ``daemon/ipc.py``.
 """
 
 from __future__ import annotations
 
-import json
 import mmap
 import struct
 import threading
@@ -279,40 +276,3 @@ class SharedClock:
 
     def add_step_handler(self, handler: Any) -> None:
         """Steps happen in the main process; a worker holds no timestamps to adjust."""
-
-
-# --- messages between the main and a worker -------------------------------------------
-
-_HEAD_LEN = struct.Struct("<I")
-MAX_MESSAGE = 1 << 20
-"""Largest message either side sends (a client list is ~10 KB, a mode 6 reply ~ 4 KB)."""
-
-
-class MessageError(Exception):
-    """A message on a worker channel does not decode (a bug, never network input)."""
-
-
-def encode_message(kind: str, head: dict[str, Any] | None = None, tail: bytes = b"") -> bytes:
-    """``kind`` plus a JSON-able head and raw bytes (a datagram) as one SEQPACKET message."""
-    body = json.dumps({"kind": kind, **(head or {})}, separators=(",", ":")).encode()
-    msg = _HEAD_LEN.pack(len(body)) + body + tail
-    if len(msg) > MAX_MESSAGE:
-        raise MessageError(f"{kind} message of {len(msg)} bytes is too large")
-    return msg
-
-
-def decode_message(msg: bytes) -> tuple[dict[str, Any], bytes]:
-    """(head, tail) of a message; MessageError if it is malformed."""
-    if len(msg) < _HEAD_LEN.size:
-        raise MessageError(f"message of {len(msg)} bytes has no head")
-    (n,) = _HEAD_LEN.unpack_from(msg, 0)
-    end = _HEAD_LEN.size + n
-    if end > len(msg):
-        raise MessageError("message head overruns the message")
-    try:
-        head = json.loads(msg[_HEAD_LEN.size : end])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MessageError(f"message head is not JSON: {exc}") from None
-    if not isinstance(head, dict) or not isinstance(head.get("kind"), str):
-        raise MessageError("message head has no kind")
-    return head, msg[end:]

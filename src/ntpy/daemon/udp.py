@@ -99,7 +99,7 @@ class Endpoint:
             sock.setblocking(False)
             if reuseport:
                 # Worker processes each bind their own socket to the same address; the
-                # kernel spreads datagrams over the group (see daemon/workers.py).
+                # kernel spreads datagrams over the group (see daemon/reuseport.py).
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             if rcvbuf is not None:

@@ -1,4 +1,4 @@
-"""The web status page and its JSON API, and the wiring of the HTTP servers into the daemon.
+"""The web status page, its JSON API and ``/metrics``, as routes over a ``StatusView``.
 
 Routes (all GET/HEAD, read-only):
 
@@ -11,7 +11,8 @@ Routes (all GET/HEAD, read-only):
   use so that the page keeps working if that module (or prometheus-client) is missing.
 
 The page lives on the ``webstatus`` address; ``metrics`` alone serves ``/metrics`` only;
-when both name the same address and port, one server carries every route.
+when both name the same address and port, one server carries every route (the servers
+are the daemon's: ``daemon/webservice.py``).
 """
 
 from __future__ import annotations
@@ -22,21 +23,11 @@ import importlib.resources
 import logging
 import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import cast
 
-from ntpy.config.model import HttpEndpointSpec
-from ntpy.core.status import SyncStatus
-from ntpy.daemon.httpd import (
-    HttpError,
-    HttpServer,
-    Response,
-    Route,
-    json_response,
-    text_response,
-)
-from ntpy.daemon.loop import Loop
 from ntpy.metrics.history import NS_PER_MS, History
+from ntpy.metrics.http import HttpError, Response, Route, json_response, text_response
+from ntpy.metrics.snapshot import StatusView, current_status
 
 log = logging.getLogger("ntpy.web")
 
@@ -53,26 +44,6 @@ ASSET_CACHE = "public, max-age=3600"
 """...and it names its assets with ``?v=VERSION``, so they may be cached for long."""
 VERSION_MARK = b"__NTPY_VERSION__"
 Renderer = Callable[[object, Mapping[str, int], Mapping[str, str]], tuple[bytes, str]]
-
-
-@dataclass(frozen=True)
-class WebSources:
-    """What the routes read from the daemon; functions, so every request is current."""
-
-    status: Callable[[], object]
-    """Returns a ``SyncStatus`` (``Daemon.status``)."""
-    counters: Callable[[], Mapping[str, int]]
-    now_ns: Callable[[], int]
-    """Served time, integer ns (``clock.now_ns``)."""
-    info: Mapping[str, str]
-    """Static facts for the page header and the metrics' info metric (version, clock)."""
-
-
-def current_status(sources: WebSources) -> SyncStatus:
-    st = sources.status()
-    if not isinstance(st, SyncStatus):
-        raise TypeError(f"status() returned {type(st).__name__}, not SyncStatus")
-    return st
 
 
 def load_static(name: str) -> bytes:
@@ -99,7 +70,7 @@ def _constant(resp: Response) -> Route:
     return route
 
 
-def status_json(sources: WebSources) -> dict[str, object]:
+def status_json(sources: StatusView) -> dict[str, object]:
     return {
         "now_ms": sources.now_ns() // NS_PER_MS,
         "status": dataclasses.asdict(current_status(sources)),
@@ -123,7 +94,7 @@ def parse_since(query: str) -> int | None:
     return (int(value) + 1) * NS_PER_MS - 1
 
 
-def metrics_route(sources: WebSources) -> Route:
+def metrics_route(sources: StatusView) -> Route:
     def route(_query: str) -> Response:
         try:
             module = importlib.import_module("ntpy.metrics.prometheus")
@@ -136,7 +107,7 @@ def metrics_route(sources: WebSources) -> Route:
     return route
 
 
-def web_routes(sources: WebSources, history: History) -> dict[str, Route]:
+def web_routes(sources: StatusView, history: History) -> dict[str, Route]:
     """The page, its API and /metrics."""
     routes = static_routes(sources.info.get("version", "0"))
     routes["/api/status"] = lambda _q: json_response(status_json(sources))
@@ -147,78 +118,5 @@ def web_routes(sources: WebSources, history: History) -> dict[str, Route]:
     return routes
 
 
-def metrics_routes(sources: WebSources) -> dict[str, Route]:
+def metrics_routes(sources: StatusView) -> dict[str, Route]:
     return {"/metrics": metrics_route(sources)}
-
-
-def _same_endpoint(a: HttpEndpointSpec, b: HttpEndpointSpec) -> bool:
-    return str(a.address) == str(b.address) and a.port == b.port
-
-
-class WebService:
-    """The daemon's HTTP side: servers for ``webstatus`` and ``metrics``, and the history.
-
-    Daemon wiring: ``start()`` (raises ``HttpServerError``, an OSError, with a message for
-    the admin), append ``history.record`` to ``sync.recorders`` when ``history`` is not
-    None, call ``sample()`` every ``history.interval_ns``, ``close()`` at exit.
-    """
-
-    def __init__(
-        self,
-        loop: Loop,
-        sources: WebSources,
-        *,
-        webstatus: HttpEndpointSpec | None,
-        metrics: HttpEndpointSpec | None,
-        history: History | None = None,
-    ) -> None:
-        self.loop = loop
-        self.sources = sources
-        self.webstatus = webstatus
-        self.metrics = metrics
-        self.history: History | None = None
-        if webstatus is not None:
-            self.history = history if history is not None else History()
-        self.servers: list[HttpServer] = []
-
-    def start(self) -> None:
-        plans: list[tuple[HttpEndpointSpec, dict[str, Route], list[str]]] = []
-        if self.webstatus is not None:
-            assert self.history is not None
-            labels = ["web status"]
-            if self.metrics is not None and _same_endpoint(self.webstatus, self.metrics):
-                labels.append("metrics")
-            plans.append((self.webstatus, web_routes(self.sources, self.history), labels))
-        if self.metrics is not None and not (
-            self.webstatus is not None and _same_endpoint(self.webstatus, self.metrics)
-        ):
-            plans.append((self.metrics, metrics_routes(self.sources), ["metrics"]))
-        try:
-            for spec, routes, labels in plans:
-                server = HttpServer(self.loop, routes)
-                server.open(spec.address, spec.port)
-                self.servers.append(server)
-                for label in labels:
-                    path = "/metrics" if label == "metrics" else "/"
-                    log.info("%s on %s", label, server.url(path))
-        except BaseException:
-            self.close()
-            raise
-        self.sample()
-
-    def sample(self) -> None:
-        """Add the current status to the history (the page's plots).
-
-        Runs from a loop timer: a failure is logged, never allowed to stop the daemon.
-        """
-        if self.history is None:
-            return
-        try:
-            self.history.sample(current_status(self.sources), self.sources.now_ns())
-        except Exception:
-            log.exception("web status: history sample failed")
-
-    def close(self) -> None:
-        for server in self.servers:
-            server.close()
-        self.servers.clear()
