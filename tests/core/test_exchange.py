@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from ntpy.core.client import KissOfDeath, ReplyRejected, build_request, parse_reply
+from ntpy.core.exchange import KissOfDeath, ReplyRejected, build_request, parse_reply
 from ntpy.core.packet import LEAP_ALARM, MODE_SERVER, Packet, decode, encode, refid_from_text
 from ntpy.core.server import Responder
 from ntpy.core.system import unsynchronized
