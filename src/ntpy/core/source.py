@@ -152,9 +152,7 @@ class Source:
 
     # ----------------------------------------------------------------- replies
 
-    def receive(
-        self, data: bytes, t4_ns: int, now_mono: int
-    ) -> tuple[Measurement | None, Reason]:
+    def receive(self, data: bytes, t4_ns: int, now_mono: int) -> tuple[Measurement | None, Reason]:
         """Validate a reply. Returns (measurement to use or None, reason); a kiss's reason
         names its code (``reason.kiss``)."""
         pending = self.pending
