@@ -61,7 +61,7 @@ class KissCode(StrEnum):
     @property
     def reason(self) -> Reason:
         """The reason (and counter name) a reply with this kiss gets: ``kod_RATE``..."""
-        return Reason(f"kod_{self.value}")
+        return _KISS_REASONS[self]
 
     @property
     def refuses_service(self) -> bool:
@@ -113,7 +113,15 @@ class Reason(StrEnum):
     @property
     def kiss(self) -> KissCode | None:
         """The kiss code, for the ``kod_*`` reasons."""
-        return KissCode(self.value[4:]) if self.value.startswith("kod_") else None
+        return _REASON_KISSES.get(self)
+
+
+_KISS_REASONS = {
+    KissCode.RATE: Reason.KOD_RATE,
+    KissCode.DENY: Reason.KOD_DENY,
+    KissCode.RSTR: Reason.KOD_RSTR,
+}
+_REASON_KISSES = {reason: code for code, reason in _KISS_REASONS.items()}
 
 
 class ReplyRejected(Exception):
