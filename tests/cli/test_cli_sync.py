@@ -16,26 +16,28 @@ import pytest
 
 from ntpy.cli.main import build_parser
 from ntpy.cli.sync import (
-    MAX_DISPERSION_NS,
     AdjustError,
+    apply_adjustment,
+    log_prefix,
+    poll_servers,
+    run,
+)
+from ntpy.clock.errors import ClockError
+from ntpy.core.exchange import Sample
+from ntpy.core.ntpdate import (
+    MAX_DISPERSION_NS,
     ServerPoll,
     Target,
     Verdict,
     adjust_message,
-    apply_adjustment,
     decide,
     drop_reason,
     filter_samples,
     format_seconds,
     judge,
-    log_prefix,
-    poll_servers,
-    run,
     select_server,
     server_line,
 )
-from ntpy.clock.errors import ClockError
-from ntpy.core.client import Sample
 from ntpy.core.packet import LEAP_ALARM, Packet, decode, encode, refid_from_text
 from ntpy.core.timestamps import unix_ns_to_ntp
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ntpy.core.auth import MacKey
-from ntpy.core.client import build_request, parse_reply
+from ntpy.core.exchange import build_request, parse_reply
 from ntpy.core.packet import LEAP_ALARM, decode, refid_from_text
 from ntpy.core.server import Reason, Responder
 from ntpy.core.system import REFID_LOCL, LocalReference, unsynchronized

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ntpy.core.client import build_request
+from ntpy.core.exchange import build_request
 from ntpy.core.packet import (
     LEAP_ALARM,
     LEAP_NONE,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ntpy.core.actions import Action, SendRequest, SetFrequency, SlewClock, StepClock
-from ntpy.core.client import Sample, build_request, parse_reply
+from ntpy.core.exchange import Sample, build_request, parse_reply
 from ntpy.core.packet import LEAP_ALARM, LEAP_NONE
 from ntpy.core.status import SyncStatus
 from ntpy.core.system import SystemState, unsynchronized

@@ -14,7 +14,7 @@ from dataclasses import replace
 import pytest
 from stand_in import StandInEngine, stand_in_factory
 
-from ntpy.core.client import build_request, parse_reply
+from ntpy.core.exchange import build_request, parse_reply
 from ntpy.core.timestamps import NS_PER_S
 from ntpy.sim import (
     SCENARIOS,

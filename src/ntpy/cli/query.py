@@ -16,8 +16,8 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from ntpy.core.client import KissOfDeath, ReplyRejected, Sample, build_request, parse_reply
-from ntpy.daemon.udp import ANC_BUFSIZE, SO_TIMESTAMPNS, parse_ancillary
+from ntpy.core.exchange import ClientExchange, KissCode, KissOfDeath, Reason, ReplyRejected, Sample
+from ntpy.daemon.client_socket import open_client_socket, recv_reply
 
 LEAP_NAMES = {0: "none", 1: "add_second", 2: "del_second", 3: "unsynchronized"}
 
@@ -29,7 +29,7 @@ class QueryResult:
     ok: bool
     error: str | None = None
     sample: Sample | None = None
-    kiss: str | None = None
+    kiss: KissCode | None = None
     """The kiss code, if the server sent a kiss-o'-death."""
 
 
@@ -47,20 +47,23 @@ def split_host_port(text: str, default_port: int = 123) -> tuple[str, int]:
     return host, int(port) if port else default_port
 
 
+class NoAnswer(Exception):
+    """No usable reply came (timeout, refused port); the message is for the terminal."""
+
+
 def exchange(
     addr: tuple[object, ...], family: int, version: int, timeout: float, tries: int
 ) -> Sample:
-    """One validated request/reply; retries on timeout or a rejected (e.g. stale) reply."""
+    """One validated request/reply; retries on timeout or a rejected (e.g. stale) reply.
+
+    Raises KissOfDeath, ReplyRejected (a reply in the wrong mode) or NoAnswer."""
     last_error = "no reply"
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        sock.connect(addr)
+    with open_client_socket(addr, family) as sock:
         for _ in range(tries):
-            cookie = secrets.randbits(64)
-            req = build_request(cookie, version=version)
+            ex = ClientExchange.start(secrets.randbits(64), version=version)
             deadline = time.monotonic() + timeout
-            t1 = time.time_ns()
-            sock.send(req)
+            ex.sent(time.time_ns())
+            sock.send(ex.request)
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -68,19 +71,18 @@ def exchange(
                     break
                 sock.settimeout(left)
                 try:
-                    data, anc, _flags, _peer = sock.recvmsg(2048, ANC_BUFSIZE)
+                    data, rx = recv_reply(sock)
                 except TimeoutError:
                     continue
                 except ConnectionRefusedError:
-                    raise ReplyRejected("refused", "port unreachable (no server there)") from None
-                t4 = parse_ancillary(anc)[0] or time.time_ns()
+                    raise NoAnswer("refused: port unreachable (no server there)") from None
                 try:
-                    return parse_reply(data, cookie, t1, t4)
+                    return ex.receive(data, rx or time.time_ns())
                 except ReplyRejected as exc:
-                    if exc.reason.startswith("kod_") or exc.reason == "bad_mode":
+                    if exc.reason.kiss is not None or exc.reason is Reason.BAD_MODE:
                         raise
                     last_error = str(exc)  # stale or bogus: keep waiting for the real one
-    raise ReplyRejected("timeout", last_error)
+    raise NoAnswer(last_error)
 
 
 def query_one(server: str, version: int, timeout: float, tries: int, samples: int) -> QueryResult:
@@ -98,10 +100,8 @@ def query_one(server: str, version: int, timeout: float, tries: int, samples: in
                 best = s
     except KissOfDeath as kiss:
         return QueryResult(server, str(addr[0]), False, kiss.detail, kiss=kiss.code)
-    except ReplyRejected as exc:
-        return QueryResult(
-            server, str(addr[0]), False, exc.detail if exc.reason == "timeout" else str(exc)
-        )
+    except (ReplyRejected, NoAnswer) as exc:
+        return QueryResult(server, str(addr[0]), False, str(exc))
     except OSError as exc:
         return QueryResult(server, str(addr[0]), False, exc.strerror or str(exc))
     assert best is not None

@@ -46,6 +46,7 @@ from ntpy.core.discipline import (
     frequency_step,
     holdover_message,
 )
+from ntpy.core.exchange import KissCode
 from ntpy.core.notices import Notices
 from ntpy.core.packet import LEAP_ALARM
 from ntpy.core.report import (
@@ -266,13 +267,13 @@ class SyncEngine:
         prev = src.stats.estimate
         m, reason = src.receive(data, t4_clock, now_mono)
         self.notices.source_replied(src, actions)
-        if reason.startswith("kod_"):
-            self._log_kiss(src, reason[4:], actions)
+        if reason.kiss is not None:
+            self._log_kiss(src, reason.kiss, actions)
             if src.kod is not None:
                 if self.system_peer == src.id:
                     self.system_peer = None
                 if src.config.pool is not None:
-                    actions.append(ReplaceSource(src.id, src.config.pool, reason))
+                    actions.append(ReplaceSource(src.id, src.config.pool, reason.value))
         if m is None:
             self.notices.reason_changed(self, actions)
             return actions
@@ -297,10 +298,10 @@ class SyncEngine:
         self.notices.reason_changed(self, actions)
         return actions
 
-    def _log_kiss(self, src: Source, code: str, actions: list[Action]) -> None:
+    def _log_kiss(self, src: Source, code: KissCode, actions: list[Action]) -> None:
         """At warning: each RATE (each one lengthens the poll), and DENY/RSTR (logged once:
         the source is never polled again)."""
-        what = f"polling every {1 << src.poll} s" if code == "RATE" else "no longer polled"
+        what = "no longer polled" if code.refuses_service else f"polling every {1 << src.poll} s"
         actions.append(LogEvent("warning", f"kiss-o'-death {code} from {self._label(src)}: {what}"))
 
     # ----------------------------------------------------------------- selection + discipline

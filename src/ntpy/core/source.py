@@ -25,7 +25,16 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
-from ntpy.core.client import KissOfDeath, ReplyRejected, Sample, build_request, parse_reply
+from ntpy.core.exchange import (
+    ClientAuth,
+    ClientExchange,
+    KissCode,
+    KissOfDeath,
+    NoAuth,
+    Reason,
+    ReplyRejected,
+    Sample,
+)
 from ntpy.core.packet import LEAP_ALARM
 from ntpy.core.sourcestats import Estimate, Measurement, SourceStats
 from ntpy.core.timestamps import precision_to_ns
@@ -56,13 +65,6 @@ class SourceConfig:
     pool: str | None = None
 
 
-@dataclass(slots=True)
-class Pending:
-    cookie: int
-    t1_ns: int | None
-    sent_mono: int
-
-
 class Source:
     """State of one upstream server."""
 
@@ -78,10 +80,13 @@ class Source:
         self.poll = self.minpoll
         self.reach = 0
         self.polls_unanswered = 0
-        self.pending: Pending | None = None
+        self.pending: ClientExchange | None = None
+        """The request in flight, if any: a reply must answer it."""
+        self.auth: ClientAuth = NoAuth()
+        """How this source's requests are protected and replies verified (none today)."""
         self.burst_left = 0
-        self.kod: str | None = None
-        """'DENY'/'RSTR' once the server refused us: the source is no longer used."""
+        self.kod: KissCode | None = None
+        """DENY/RSTR once the server refused us: the source is no longer used."""
         self.panic_offset_ns: int | None = None
         """Set while the source's offset is beyond the panic threshold after we synced: the
         engine ignores it (holdover) instead of exiting; cleared when it comes back."""
@@ -130,34 +135,38 @@ class Source:
                 self.poll += 1  # back off while nobody answers
             if self.config.burst or (self.config.iburst and self.reach == 0):
                 self.burst_left = BURST_COUNT - 1
-        self.pending = Pending(cookie, None, now_mono)
+        self.pending = ClientExchange.start(
+            cookie, version=self.config.version, poll=self.poll, auth=self.auth
+        )
         if self.burst_left > 0:
             self.next_poll_mono = now_mono + BURST_SPACING_NS
         else:
             interval = self.poll_interval_ns()
             self.next_poll_mono = now_mono + int(interval * (1.0 + 0.05 * randomize))
         self.counters["requests"] += 1
-        return build_request(cookie, version=self.config.version, poll=self.poll)
+        return self.pending.request
 
     def mark_sent(self, t1_ns: int) -> None:
         if self.pending is not None:
-            self.pending.t1_ns = t1_ns
+            self.pending.sent(t1_ns)
 
     # ----------------------------------------------------------------- replies
 
-    def receive(self, data: bytes, t4_ns: int, now_mono: int) -> tuple[Measurement | None, str]:
-        """Validate a reply. Returns (measurement to use or None, reason)."""
+    def receive(self, data: bytes, t4_ns: int, now_mono: int) -> tuple[Measurement | None, Reason]:
+        """Validate a reply. Returns (measurement to use or None, reason); a kiss's reason
+        names its code (``reason.kiss``)."""
         pending = self.pending
         if pending is None or pending.t1_ns is None:
             self.counters["drop_unexpected"] += 1
-            return None, "unexpected"
+            return None, Reason.UNEXPECTED
         try:
-            sample = parse_reply(data, pending.cookie, pending.t1_ns, t4_ns)
+            sample = pending.receive(data, t4_ns)
         except KissOfDeath as kiss:
             return None, self._kiss(kiss.code, kiss.poll, now_mono)
         except ReplyRejected as exc:
             self.counters[f"drop_{exc.reason}"] += 1
             return None, exc.reason
+        t1_ns = sample.t1_ns
         self.pending = None  # one reply per request: a duplicate is now "unexpected"
         self.reach |= 1
         self.polls_unanswered = 0
@@ -167,7 +176,7 @@ class Source:
         if sample.leap == LEAP_ALARM or not 1 <= sample.stratum <= 15:
             self.counters["unsynchronized"] += 1
             self.state = "unsynchronized"
-            return None, "unsynchronized"
+            return None, Reason.UNSYNCHRONIZED
         # RFC 5905: both clocks' precision plus PHI times the round trip.
         dispersion = (
             precision_to_ns(sample.precision)
@@ -175,7 +184,7 @@ class Source:
             + (sample.delay_ns * PHI_PPB) // NS
         )
         m = Measurement(
-            time_ns=(pending.t1_ns + t4_ns) // 2,
+            time_ns=(t1_ns + t4_ns) // 2,
             offset_ns=sample.offset_ns,
             delay_ns=max(sample.delay_ns, self.precision_ns),
             dispersion_ns=dispersion,
@@ -185,9 +194,9 @@ class Source:
             leap=sample.leap,
         )
         self.counters["samples"] += 1
-        return m, "ok"
+        return m, Reason.OK
 
-    def _kiss(self, code: str, server_poll: int, now_mono: int) -> str:
+    def _kiss(self, code: KissCode, server_poll: int, now_mono: int) -> Reason:
         """Act on a kiss (its origin already matched our request, so it is no spoof).
 
         RATE: double the poll (RFC 5905: reduce the rate at each RATE kiss) up to maxpoll,
@@ -196,9 +205,9 @@ class Source:
         poll adaptation cannot creep back to the refused rate, and the burst stops.
         DENY/RSTR: stop polling for good.
         """
-        self.counters[f"kod_{code}"] += 1
+        self.counters[code.reason.value] += 1
         self.pending = None
-        if code == "RATE":
+        if not code.refuses_service:  # RATE
             ceiling = min(max(self.maxpoll, server_poll), MAX_POLL)
             self.poll = min(max(self.poll + 1, server_poll, self.minpoll), ceiling)
             self.minpoll = self.poll
@@ -208,7 +217,7 @@ class Source:
         else:  # DENY, RSTR
             self.kod = code
             self.state = "kod"
-        return f"kod_{code}"
+        return code.reason
 
     # ----------------------------------------------------------------- poll adaptation
 

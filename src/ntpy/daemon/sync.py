@@ -29,20 +29,18 @@ from ntpy.config import Config, ServerSpec
 from ntpy.core.actions import (
     Action,
     LogEvent,
-    LoopStats,
     Panic,
-    PeerStats,
     Record,
     ReplaceSource,
     SendRequest,
     SlewClock,
-    apply_to_clock,
     cooked_now,
 )
 from ntpy.core.engine import SourceConfig, SyncEngine, SyncOptions
+from ntpy.core.runner import ClockAction, carry_out
 from ntpy.core.system import LocalReference, SystemState
+from ntpy.daemon.client_socket import open_client_socket, recv_reply
 from ntpy.daemon.loop import Loop
-from ntpy.daemon.udp import ANC_BUFSIZE, SO_TIMESTAMPNS, parse_ancillary
 
 log = logging.getLogger("ntpy.sync")
 
@@ -199,11 +197,7 @@ class SyncShell:
 
     def _open(self, addr: tuple[object, ...]) -> socket.socket:
         fam = socket.AF_INET6 if ":" in str(addr[0]) else socket.AF_INET
-        sock = socket.socket(fam, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        sock.connect(addr)
-        return sock
+        return open_client_socket(addr, fam, blocking=False)
 
     def _add(self, spec: ServerSpec, addr: tuple[object, ...], now_mono: int) -> None:
         cfg = SourceConfig(
@@ -337,13 +331,12 @@ class SyncShell:
             return
         for _ in range(8):
             try:
-                data, anc, _flags, _addr = up.sock.recvmsg(2048, ANC_BUFSIZE)
+                data, rx = recv_reply(up.sock)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # ICMP port unreachable and friends: just no sample
                 log.debug("source %s: %s", up.spec.address, exc)
                 break
-            rx, _ = parse_ancillary(anc)
             t4 = (
                 self.clock.from_realtime_ns(rx) + self.clock.remaining_slew_ns()
                 if rx is not None
@@ -369,37 +362,45 @@ class SyncShell:
         self.loop.call_at(due, lambda: self._on_timer(gen))
 
     def run_actions(self, actions: list[Action]) -> None:
-        for action in actions:
-            if isinstance(action, SendRequest):
-                up = self.upstreams.get(action.source_id)
-                if up is None or (up.sock is None and not self._connect(up)):
-                    continue  # no socket: the poll counts as unanswered (reach 0)
-                assert up.sock is not None
-                t1 = cooked_now(self.clock)
-                try:
-                    up.sock.send(action.data)
-                except OSError as exc:
-                    log.debug("send to %s failed: %s", up.spec.address, exc)
-                    continue
-                self.engine.mark_sent(action.source_id, t1)
-            elif apply_to_clock(action, self.clock):
-                if isinstance(action, SlewClock):
-                    self._log_slew(action.offset_ns)
-            elif isinstance(action, LogEvent):
-                level = LOG_LEVELS.get(action.level, logging.ERROR)
-                log.log(level, "%s", action.message)
-            elif isinstance(action, ReplaceSource):
-                self._replace(action)
-            elif isinstance(action, Panic):
-                self.on_panic(action.message)
-                return
-            elif isinstance(action, LoopStats | PeerStats):
-                for record in self.recorders:
-                    try:
-                        record(action)
-                    except Exception:  # a broken recorder must not stop time keeping
-                        log.exception("statistics recorder failed on %s", type(action).__name__)
-        self.on_state(self.engine.system_state(cooked_now(self.clock)))
+        """Carry the engine's actions out (``core.runner``), then publish the new state
+        unless a panic stopped them."""
+        if carry_out(actions, self, self.engine):
+            self.on_state(self.engine.system_state(cooked_now(self.clock)))
+
+    # ----------------------------------------------------------------- effects (core.runner)
+
+    def send_request(self, action: SendRequest) -> int | None:
+        up = self.upstreams.get(action.source_id)
+        if up is None or (up.sock is None and not self._connect(up)):
+            return None  # no socket: the poll counts as unanswered (reach 0)
+        assert up.sock is not None
+        t1 = cooked_now(self.clock)
+        try:
+            up.sock.send(action.data)
+        except OSError as exc:
+            log.debug("send to %s failed: %s", up.spec.address, exc)
+            return None
+        return t1
+
+    def clock_adjusted(self, action: ClockAction) -> None:
+        if isinstance(action, SlewClock):
+            self._log_slew(action.offset_ns)
+
+    def log_event(self, event: LogEvent) -> None:
+        log.log(LOG_LEVELS.get(event.level, logging.ERROR), "%s", event.message)
+
+    def replace_source(self, action: ReplaceSource) -> None:
+        self._replace(action)
+
+    def panic(self, action: Panic) -> None:
+        self.on_panic(action.message)
+
+    def record(self, record: Record) -> None:
+        for recorder in self.recorders:
+            try:
+                recorder(record)
+            except Exception:  # a broken recorder must not stop time keeping
+                log.exception("statistics recorder failed on %s", type(record).__name__)
 
     def _log_slew(self, offset_ns: int) -> None:
         """Announce a slew large enough for an admin to care (every poll slews a little:

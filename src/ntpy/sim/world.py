@@ -34,16 +34,15 @@ from ntpy.clock.virtual import VirtualClock
 from ntpy.core.actions import (
     Action,
     LogEvent,
-    LoopStats,
     Panic,
-    PeerStats,
+    Record,
     ReplaceSource,
     SendRequest,
     StepClock,
-    apply_to_clock,
     cooked_now,
 )
 from ntpy.core.engine import SourceConfig, SyncEngine, SyncOptions
+from ntpy.core.runner import ClockAction, carry_out
 from ntpy.core.status import TALLY_SYSPEER, SyncStatus
 from ntpy.core.system import SystemState
 from ntpy.core.timestamps import NS_PER_S
@@ -279,38 +278,42 @@ class Simulation:
         self._check_peer()
 
     def _apply(self, actions: Sequence[Action]) -> None:
-        """Carry out the engine's actions in order, as the daemon would."""
-        for action in actions:
-            if isinstance(action, SendRequest):
-                self._send(action)
-            elif apply_to_clock(action, self.clock):
-                # the shell's own helper: a slew adds to the one still running
-                self.steps += isinstance(action, StepClock)
-            elif isinstance(action, Panic):
-                self.refused = True
-                self.panic_message = action.message
-                return
-            elif isinstance(action, LogEvent):
-                self.log_count += 1
-                if len(self.log) < MAX_LOGGED_EVENTS:
-                    t = (self.now - START_NS) // NS_PER_S
-                    self.log.append(f"t={t} {action.level}: {action.message}")
-            elif isinstance(action, ReplaceSource | LoopStats | PeerStats):
-                continue  # no pools, no statistics files in the simulation
-            else:
-                raise SimulationError(f"unknown action {action!r}")
+        """Carry out the engine's actions in order, with the daemon's runner."""
+        carry_out(actions, self, self.engine)
 
-    def _send(self, action: SendRequest) -> None:
+    # --- effects (core.runner) ------------------------------------------------------------
+
+    def send_request(self, action: SendRequest) -> int | None:
         i = self._server_of.get(action.source_id)
         if i is None:
             raise SimulationError(f"SendRequest for unknown source {action.source_id}")
-        self.engine.mark_sent(action.source_id, self.cooked_now())
+        t1 = self.cooked_now()
         self.sent += 1
         delay = self.links[i].uplink_delay(self.now)
         if delay is None:
             self.lost += 1
-            return
-        self._push(self.now + delay, _TO_SERVER, action.source_id, action.data)
+        else:
+            self._push(self.now + delay, _TO_SERVER, action.source_id, action.data)
+        return t1
+
+    def clock_adjusted(self, action: ClockAction) -> None:
+        self.steps += isinstance(action, StepClock)
+
+    def log_event(self, event: LogEvent) -> None:
+        self.log_count += 1
+        if len(self.log) < MAX_LOGGED_EVENTS:
+            t = (self.now - START_NS) // NS_PER_S
+            self.log.append(f"t={t} {event.level}: {event.message}")
+
+    def replace_source(self, action: ReplaceSource) -> None:
+        """No pools in the simulation."""
+
+    def panic(self, action: Panic) -> None:
+        self.refused = True
+        self.panic_message = action.message
+
+    def record(self, record: Record) -> None:
+        """No statistics files in the simulation."""
 
     def _check_peer(self) -> None:
         """Track the system peer, and catch a falseticker chosen as peer even for a moment.
