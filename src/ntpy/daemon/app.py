@@ -29,6 +29,7 @@ from ntpy.core.engine import SyncEngine
 from ntpy.core.ratelimit import RateLimitConfig, RateLimiter
 from ntpy.core.server import Responder
 from ntpy.core.system import SystemState, unsynchronized
+from ntpy.core.timestamps import NS_PER_S as NS
 from ntpy.daemon.control import ControlError, ControlServer, default_socket_path
 from ntpy.daemon.driftfile import WRITE_INTERVAL_NS, DriftWriter, read_drift
 from ntpy.daemon.local_clock import describe_local, local_reference
@@ -44,7 +45,6 @@ from ntpy.metrics.web import WebService, WebSources
 
 log = logging.getLogger("ntpy")
 
-NS = 1_000_000_000
 DEFAULT_CLIENT_TABLE = 65536
 CLIENT_ENTRY_BYTES = 256
 """Budget per client-table entry used to turn ``mru maxmem`` into entries (the table itself

@@ -39,12 +39,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from ntpy.core.timestamps import NS_PER_S
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.streams import StreamConn, StreamServer, send_best_effort
 
 log = logging.getLogger("ntpy.httpd")
 
-NS_PER_S = 1_000_000_000
 HEAD_LIMIT = 8192
 """Bytes of request line plus headers (browsers send well under 2 KiB to a local page)."""
 REQUEST_LINE_LIMIT = 4096

@@ -41,12 +41,12 @@ from ntpy.core.actions import (
 )
 from ntpy.core.engine import SourceConfig, SyncEngine, SyncOptions
 from ntpy.core.system import LocalReference, SystemState
+from ntpy.core.timestamps import NS_PER_S as NS
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.udp import ANC_BUFSIZE, SO_TIMESTAMPNS, parse_ancillary
 
 log = logging.getLogger("ntpy.sync")
 
-NS = 1_000_000_000
 RESOLVE_RETRY_NS = 60 * NS
 RESOLVE_RETRY_MAX_NS = 3600 * NS
 SLEW_LOG_THRESHOLD_NS = 10_000_000

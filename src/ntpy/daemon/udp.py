@@ -19,6 +19,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from ntpy.core.timestamps import NS_PER_S
+
 SO_TIMESTAMPNS = 35
 SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 IP_PKTINFO = 8
@@ -32,7 +34,6 @@ ANC_BUFSIZE = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(48) + socket.CMSG_SPACE(
 one when TX timestamps are on, see ``daemon/txstamp.py``) and PKTINFO, with slack."""
 
 _TIMESPEC = struct.Struct("@qq")
-NS = 1_000_000_000
 
 
 class ListenError(Exception):
@@ -145,7 +146,7 @@ def parse_ancillary(
     for level, ctype, cdata in ancdata:
         if level == socket.SOL_SOCKET and ctype == SCM_TIMESTAMPNS and len(cdata) >= 16:
             sec, nsec = _TIMESPEC.unpack_from(cdata)
-            rx_ns = sec * NS + nsec
+            rx_ns = sec * NS_PER_S + nsec
         elif level == socket.IPPROTO_IP and ctype == IP_PKTINFO and len(cdata) >= 12:
             # struct in_pktinfo { int ifindex; in_addr spec_dst; in_addr addr; }
             # Reply from the address the request was sent to (addr), on the same interface.

@@ -62,6 +62,7 @@ from ntpy.clock.virtual import VirtualClock
 from ntpy.config.directives.service import MAX_WORKERS, auto_workers
 from ntpy.core.ratelimit import RateLimiter
 from ntpy.core.server import Reason, Responder
+from ntpy.core.timestamps import NS_PER_S as NS
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.server import ControlHandler, NtpServer
 from ntpy.daemon.shared import (
@@ -74,8 +75,6 @@ from ntpy.daemon.shared import (
 from ntpy.daemon.udp import Endpoint, ListenAddress, ListenError
 
 log = logging.getLogger("ntpy.workers")
-
-NS = 1_000_000_000
 
 
 def resolve_workers(configured: int | None, override: int | None, clock: Clock) -> int:

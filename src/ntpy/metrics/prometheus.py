@@ -54,6 +54,7 @@ from ntpy.core.status import (
     SourceStatus,
     SyncStatus,
 )
+from ntpy.core.timestamps import NS_PER_S
 
 __all__ = ["CONTENT_TYPE", "SELECTION_STATES", "render"]
 
@@ -62,7 +63,8 @@ log = logging.getLogger("ntpy.metrics")
 CONTENT_TYPE: str = CONTENT_TYPE_LATEST
 """The Content-Type header to send with ``render``'s body."""
 
-_NS_PER_S = 1e9
+_NS_PER_S = float(NS_PER_S)
+"""A float divisor: int / float here rounds exactly as the exposition always has."""
 
 SELECTION_STATES: dict[str, str] = {
     TALLY_SYSPEER: "sys_peer",
