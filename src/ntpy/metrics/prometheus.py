@@ -16,8 +16,8 @@ name, ``_total`` on counters, and enumerations as labels. Two deliberate excepti
   names lets PromQL aggregate over the state (``sum by (selection)``), the set of series stays
   fixed so a state change never makes a series go stale, and a query for "the system peer" is
   ``ntpy_source_selection{selection="sys_peer"} == 1``. The closed set is the ntpq tally
-  (``*+-x#`` and blank); the free-form state word ("too far", "kod", ...) is an open set, so it
-  goes into ``ntpy_source_info`` as a label instead.
+  (``*+-x#`` and blank); the state word (a ``SourceState``: "too far", "kod", ...) is a longer set
+  that grows with the engine, so it goes into ``ntpy_source_info`` as a label instead.
 
 Counters: the keys are the daemon's counter names (``ntpy.core.server.Reason`` values, the
 shell's own names, ``ratelimit_<name>``). Every key lands somewhere: a ``drop_*`` key nobody
