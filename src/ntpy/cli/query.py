@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+from ntpy.core.address import host_and_port
 from ntpy.core.exchange import ClientExchange, KissCode, KissOfDeath, Reason, ReplyRejected, Sample
 from ntpy.daemon.client_socket import open_client_socket, recv_reply
 
@@ -31,20 +32,6 @@ class QueryResult:
     sample: Sample | None = None
     kiss: KissCode | None = None
     """The kiss code, if the server sent a kiss-o'-death."""
-
-
-def split_host_port(text: str, default_port: int = 123) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address."""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    else:
-        host, port = text, ""
-    if port and not (port.isdigit() and 0 < int(port) < 65536):
-        raise ValueError(f"bad port in {text!r}: expected 1..65535")
-    return host, int(port) if port else default_port
 
 
 class NoAnswer(Exception):
@@ -87,7 +74,7 @@ def exchange(
 
 def query_one(server: str, version: int, timeout: float, tries: int, samples: int) -> QueryResult:
     try:
-        host, port = split_host_port(server)
+        host, port = host_and_port(server)
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except (ValueError, OSError) as exc:
         return QueryResult(server, None, False, f"cannot resolve: {exc}")

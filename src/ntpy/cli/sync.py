@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
 from ntpy.clock.errors import ClockError
+from ntpy.core.address import host_and_port
 from ntpy.core.ntpdate import (
     Pacer,
     ServerPoll,
@@ -132,14 +133,12 @@ def resolve(
 ) -> tuple[list[Target], list[tuple[str, str]]]:
     """Every address of every name (ntpdate polls them all), duplicates once; and the names
     that failed with the resolver's reason."""
-    from ntpy.cli.query import split_host_port
-
     targets: list[Target] = []
     failures: list[tuple[str, str]] = []
     seen: set[tuple[str, int]] = set()
     for text in hosts:
         try:
-            host, host_port = split_host_port(text, port)
+            host, host_port = host_and_port(text, port)
             infos = socket.getaddrinfo(host, host_port, family, socket.SOCK_DGRAM)
         except ValueError as exc:
             failures.append((text, str(exc)))

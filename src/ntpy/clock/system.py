@@ -62,8 +62,9 @@ from ntpy.clock.timex import (
     ppb_to_timex_freq,
     timex_freq_to_ppb,
 )
+from ntpy.core.timestamps import NS_PER_S
 
-MAX_SLEW_NS = 2145 * 1_000_000_000
+MAX_SLEW_NS = 2145 * NS_PER_S
 """Largest singleshot slew accepted; glibc's adjtime() uses the same bound (fits in int32 us)."""
 
 _NS_PER_US = 1000

@@ -17,6 +17,8 @@ from __future__ import annotations
 import ctypes
 import math
 
+from ntpy.core.timestamps import NS_PER_S
+
 # --- modes (what to set) ---------------------------------------------------------------
 ADJ_OFFSET = 0x0001
 """Feed ``offset`` to the kernel PLL/FLL (not used by ntpy; see SystemClock.slew)."""
@@ -136,4 +138,4 @@ def ns_to_setoffset_time(offset_ns: int) -> tuple[int, int]:
 
     -1 ns therefore becomes (-1, 999_999_999).
     """
-    return divmod(offset_ns, 1_000_000_000)
+    return divmod(offset_ns, NS_PER_S)

@@ -1,9 +1,12 @@
-"""Clock discipline policy: whether an offset is slewed, stepped, waited on or refused, and
-how much the frequency changes.
+"""The discipline stage: whether the combined offset is slewed, stepped, waited on or
+refused, how much the frequency changes, and the loop statistics that follow.
 
-Pure functions of the offset, the thresholds and a little state, kept apart from the engine
-so the policy -- ntpd's step/stepout/panic thresholds, chrony's makestep, the shrunk
-frequency step -- reads in one place and is tested without sources or packets.
+The policy -- ntpd's step/stepout/panic thresholds, chrony's makestep, the shrunk
+frequency step -- is pure functions of the offset, the thresholds and a little state, so it
+reads in one place and is tested without sources or packets. ``Discipline`` holds the state
+between updates (frequency, update count, pending spike, clock jitter and wander) and turns
+a decision into clock actions, as chrony's ``reference.c`` does; every correction is folded
+back into the sources' stored samples so their regressions keep fitting.
 
 The panic threshold has two answers. On the first update (or with ``panic_exit``) the
 offset is refused and the shell stops, as ntpd does: a clock that far off at start needs a
@@ -15,11 +18,16 @@ so the engine ignores that source and holds over instead (see ``SyncEngine``).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ntpy.core.source import NS, Source
-from ntpy.core.sourcestats import Estimate
+from ntpy.core.actions import Action, LogEvent, LoopStats, Panic, SetFrequency, SlewClock, StepClock
+from ntpy.core.options import SyncOptions
+from ntpy.core.select import Selection
+from ntpy.core.source import Source, label
+from ntpy.core.sourcestats import Estimate, offset_at
+from ntpy.core.status import SourceState
+from ntpy.core.timestamps import NS_PER_S, precision_to_ns
 
 SLEW = "slew"
 STEP = "step"
@@ -27,6 +35,16 @@ WAIT = "wait"
 """Beyond the step threshold, but not yet for ``stepout``: leave the clock alone."""
 PANIC = "panic"
 """Beyond the panic threshold: refuse."""
+
+MAX_FREQ_PPB = 500_000.0
+FREQ_VAR_UNKNOWN = (100e-6) ** 2
+"""Prior variance of our frequency with no drift file: about 100 ppm, a typical crystal."""
+FREQ_VAR_DRIFTFILE = (1e-6) ** 2
+CLOCK_AVG = 8
+"""Averaging constant for clock jitter (ntpd's CLOCK_AVG): RMS over about 8 updates of the
+change between successive offsets."""
+WANDER_AVG = 4
+"""Averaging constant for frequency wander (ntpd uses the same 4 for clk_wander)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +95,8 @@ def decide(
             return Decision(
                 WAIT,
                 now_mono,
-                f"offset {offset / NS:+.6f} s exceeds the step threshold; stepping if it "
-                f"persists for {rules.stepout_ns // NS} s",
+                f"offset {offset / NS_PER_S:+.6f} s exceeds the step threshold; stepping if it "
+                f"persists for {rules.stepout_ns // NS_PER_S} s",
             )
         if now_mono - spike_since >= rules.stepout_ns:
             return Decision(STEP, None)
@@ -88,16 +106,16 @@ def decide(
 
 def exit_message(offset: int, threshold_ns: int) -> str:
     return (
-        f"offset {offset / NS:+.3f} s exceeds the panic threshold {threshold_ns / NS:g} s: "
-        "refusing to adjust the clock; set it by hand, or allow it with -g (first "
-        "adjustment) or 'tinker panic 0'"
+        f"offset {offset / NS_PER_S:+.3f} s exceeds the panic threshold "
+        f"{threshold_ns / NS_PER_S:g} s: refusing to adjust the clock; set it by hand, or "
+        "allow it with -g (first adjustment) or 'tinker panic 0'"
     )
 
 
 def holdover_message(label: str, offset: int, threshold_ns: int) -> str:
     return (
-        f"source {label}: offset {offset / NS:+.3f} s exceeds the panic threshold "
-        f"{threshold_ns / NS:g} s: ignoring it and holding over (if it is our clock that is "
+        f"source {label}: offset {offset / NS_PER_S:+.3f} s exceeds the panic threshold "
+        f"{threshold_ns / NS_PER_S:g} s: ignoring it and holding over (if it is our clock that is "
         "wrong, set it by hand; 'tinker panicexit 1' exits instead, as ntpd does)"
     )
 
@@ -140,3 +158,133 @@ def fold_correction(sources: Iterable[Source], at: int, offset: int, dfreq: floa
         if src.pending is not None and src.pending.t1_ns is not None:
             t1 = src.pending.t1_ns
             src.pending.t1_ns = t1 + round(offset + dfreq * (t1 - at))
+
+
+def _clamp_ppb(ppb: float) -> float:
+    return max(-MAX_FREQ_PPB, min(MAX_FREQ_PPB, ppb))
+
+
+class Discipline:
+    """The clock loop's state between updates, and the actions of each update."""
+
+    def __init__(self, options: SyncOptions) -> None:
+        self.opts = options
+        self.rules = StepRules(
+            options.step_threshold_ns,
+            options.stepout_ns,
+            options.panic_threshold_ns,
+            options.allow_panic_step,
+            options.makestep,
+        )
+        self.precision_ns = precision_to_ns(options.precision)
+        self.frequency_ppb = options.initial_frequency_ppb or 0.0
+        self.freq_prior_var = (
+            FREQ_VAR_UNKNOWN if options.initial_frequency_ppb is None else FREQ_VAR_DRIFTFILE
+        )
+        self.updates = 0
+        """Clock updates made (steps and slews)."""
+        self.panicked = False
+        """An offset beyond the panic threshold was refused for good: the shell stops."""
+        self.spike_since: int | None = None
+        self.offset_ns = 0
+        """The last offset corrected (ntpd's sys_offset)."""
+        self.clock_jitter_sq = 0.0
+        self.clock_wander_sq = 0.0
+
+    def start(self, actions: list[Action]) -> None:
+        """Set the frequency from the drift file, if there was one."""
+        if self.opts.initial_frequency_ppb is not None:
+            self.frequency_ppb = _clamp_ppb(self.opts.initial_frequency_ppb)
+            actions.append(SetFrequency(self.frequency_ppb))
+
+    def update(
+        self,
+        sel: Selection,
+        sources: Mapping[int, Source],
+        poll: int,
+        now_mono: int,
+        now_clock: int,
+        actions: list[Action],
+    ) -> str:
+        """Step / slew / refuse the combined offset of ``sel`` (policy in ``decide``).
+
+        Returns STEP or SLEW when the clock was updated, WAIT when it was left alone, PANIC
+        when the offset was refused: then either ``panicked`` is set, or the sources that
+        claim it are marked and the caller must reselect without them (``refuse``).
+        """
+        offset = sel.offset_ns
+        d = decide(offset, self.rules, self.updates, self.spike_since, now_mono)
+        self.spike_since = d.spike_since
+        if d.warning is not None:
+            actions.append(LogEvent("warning", d.warning))
+        if d.action == PANIC:
+            self.refuse(offset, sel, sources, now_clock, actions)
+            return PANIC
+        if d.action == WAIT:
+            return WAIT
+        step = d.action == STEP
+        applied = 0.0
+        if step:
+            actions.append(StepClock(offset))
+            actions.append(LogEvent("warning", f"stepped the clock by {offset / NS_PER_S:+.6f} s"))
+            fold_correction(sources.values(), now_clock, offset, 0.0)
+        else:
+            estimates = (sources[sid].stats.estimate for sid in sel.survivors)
+            dfreq = frequency_step(estimates, self.freq_prior_var)
+            new_ppb = _clamp_ppb(self.frequency_ppb + dfreq * 1e9)
+            applied = (new_ppb - self.frequency_ppb) / 1e9
+            if applied:
+                self.frequency_ppb = new_ppb
+                actions.append(SetFrequency(new_ppb))
+            if offset:
+                actions.append(SlewClock(offset))
+            fold_correction(sources.values(), now_clock, offset, applied)
+        # ntpd's clock jitter: RMS of the change between successive offsets, floored at
+        # the clock's precision (so ntpq's clk_jitter means the same thing for both).
+        change = max(abs(offset - self.offset_ns), self.precision_ns)
+        self.offset_ns = offset
+        self.updates += 1
+        self.clock_jitter_sq += (float(change) ** 2 - self.clock_jitter_sq) / CLOCK_AVG
+        dppb = 0.0 if step else applied * 1e9
+        self.clock_wander_sq += (dppb**2 - self.clock_wander_sq) / WANDER_AVG
+        actions.append(
+            LoopStats(
+                time_ns=now_clock,
+                offset_ns=offset,
+                frequency_ppb=self.frequency_ppb,
+                jitter_ns=round(math.sqrt(self.clock_jitter_sq)),
+                wander_ppb=math.sqrt(self.clock_wander_sq),
+                poll=poll,
+            )
+        )
+        return d.action
+
+    def refuse(
+        self,
+        offset: int,
+        sel: Selection,
+        sources: Mapping[int, Source],
+        now_clock: int,
+        actions: list[Action],
+    ) -> None:
+        """An offset beyond the panic threshold. On the first update, or with
+        ``panic_exit``, stop as ntpd does (``panicked``). Otherwise mark the sources that
+        claim it and log each once: the caller reselects without them, and the clock holds
+        over (going unsynchronized when the root distance passes maxdist) unless sane
+        sources are left."""
+        limit = self.opts.panic_threshold_ns
+        if self.updates == 0 or self.opts.panic_exit:
+            self.panicked = True
+            msg = exit_message(offset, limit)
+            actions.append(LogEvent("error", msg))
+            actions.append(Panic(offset, msg))
+            return
+        wild = []
+        for sid in sel.survivors:
+            est = sources[sid].stats.estimate
+            own = round(offset_at(est, now_clock)) if est is not None else offset
+            if abs(own) > limit:
+                wild.append((sources[sid], own))
+        for src, own in wild or [(sources[sel.survivors[0]], offset)]:
+            src.panic_offset_ns, src.state, src.tally = own, SourceState.PANIC, " "
+            actions.append(LogEvent("error", holdover_message(label(src), own, limit)))

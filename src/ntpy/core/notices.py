@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ntpy.core.actions import Action, LogEvent
-from ntpy.core.report import diagnose, label
+from ntpy.core.report import diagnose
 from ntpy.core.select import Selection
-from ntpy.core.source import Source
+from ntpy.core.source import Source, label
 from ntpy.core.status import SyncReason
 
 if TYPE_CHECKING:

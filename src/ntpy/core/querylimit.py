@@ -55,6 +55,7 @@ from ntpy.core.control import (
     encode_header,
 )
 from ntpy.core.packet import LEAP_ALARM
+from ntpy.core.timestamps import NS_PER_S
 
 __all__ = [
     "QUERY_COUNTERS",
@@ -65,7 +66,6 @@ __all__ = [
     "kiss",
 ]
 
-_NS = 1_000_000_000
 _I64_LIMIT = 1 << 63
 _NEVER = -(1 << 63)
 
@@ -163,9 +163,9 @@ class QueryBudget:
 
     def __init__(self, config: QueryBudgetConfig | None = None) -> None:
         self.config = config = config or QueryBudgetConfig()
-        self._client_cap = config.client_burst * _NS
-        self._total_cap = config.total_burst * _NS
-        self._kod_ns = config.kod_interval_s * _NS
+        self._client_cap = config.client_burst * NS_PER_S
+        self._total_cap = config.total_burst * NS_PER_S
+        self._kod_ns = config.kod_interval_s * NS_PER_S
         self._clients: dict[str, _Bucket] = {}
         self._total: _Bucket | None = None
         self.counters = dict.fromkeys(QUERY_COUNTERS, 0)
@@ -213,9 +213,9 @@ class QueryBudget:
             return
         client = self._clients.get(address)
         if client is not None:
-            client.credit -= nbytes * _NS
+            client.credit -= nbytes * NS_PER_S
         if self._total is not None:
-            self._total.credit -= nbytes * _NS
+            self._total.credit -= nbytes * NS_PER_S
 
     def count_kiss(self, nbytes: int) -> None:
         """Account the bytes of a kiss sent for a KOD admission."""

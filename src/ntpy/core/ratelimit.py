@@ -58,9 +58,10 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
 
+from ntpy.core.timestamps import NS_PER_S
+
 __all__ = ["CheckFunction", "ClientStats", "RateLimitConfig", "RateLimiter", "Verdict"]
 
-_NS_PER_S = 1_000_000_000
 _I64_LIMIT = 1 << 63
 _NEVER = -(1 << 63)
 """Timestamp sentinel for 'no request yet' / 'no KoD yet'; older than any valid time."""
@@ -167,7 +168,7 @@ def _check_range(name: str, value: int, low: int, high: int) -> None:
 
 
 def _shift_seconds(log2: int) -> int:
-    return _NS_PER_S << log2 if log2 >= 0 else _NS_PER_S >> -log2
+    return NS_PER_S << log2 if log2 >= 0 else NS_PER_S >> -log2
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +220,7 @@ class RateLimiter:
         self._random32 = random32
         self._token_ns = config.token_ns
         self._cap_ns = config.burst * self._token_ns
-        self._min_ns = config.minimum_s * _NS_PER_S
+        self._min_ns = config.minimum_s * NS_PER_S
         self._kod_ns = config.kod_interval_ns
         self._leak_mask = (1 << config.leak_log2) - 1
         prefix = config.ipv6_prefix
@@ -492,7 +493,7 @@ class RateLimiter:
         last = self._last[slot]
         avg: float | None = None
         if requests >= 2:
-            avg = max(last - self._first[slot], 0) / (requests - 1) / _NS_PER_S
+            avg = max(last - self._first[slot], 0) / (requests - 1) / NS_PER_S
         return ClientStats(
             address=self._format(slot),
             requests=requests,

@@ -9,39 +9,33 @@ snapshot now carries a typed ``SyncReason`` and a sentence with the numbers behi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ntpy.core.address import host, port
 from ntpy.core.packet import LEAP_ALARM, LEAP_NONE, refid_to_text
-from ntpy.core.select import Candidate, Selection, select_sources
-from ntpy.core.source import NS, Source
+from ntpy.core.source import Source, label
 from ntpy.core.sourcestats import offset_at
-from ntpy.core.status import SourceStatus, SyncReason, SyncStatus
+from ntpy.core.status import SourceState, SourceStatus, SyncReason, SyncStatus
+from ntpy.core.timestamps import NS_PER_S
 
 if TYPE_CHECKING:
     from ntpy.core.engine import SyncEngine
 
+__all__ = [
+    "diagnose",
+    "host",
+    "label",
+    "never_reached",
+    "port",
+    "source_status",
+    "sync_status",
+    "unreachable",
+    "upstream_reason",
+]
+
 UNREACH_POLLS = 8
 """A source that never answered counts as unreachable once this many requests went
 unanswered: the reach register is 8 bits, so that is when ``reach`` would read 0 anyway."""
-MAX_LISTED = 4
-"""Candidates named in a "no majority" sentence (more would not fit a log line)."""
-
-
-def host(address: object) -> str:
-    return str(address[0]) if isinstance(address, tuple) else str(address)
-
-
-def port(address: object) -> int:
-    if isinstance(address, tuple) and len(address) > 1 and isinstance(address[1], int):
-        return address[1]
-    return 123
-
-
-def label(src: Source) -> str:
-    """``name (address)``, or the address alone when that is the name."""
-    addr = host(src.config.address)
-    return addr if src.config.name == addr else f"{src.config.name} ({addr})"
 
 
 def never_reached(src: Source) -> bool:
@@ -57,43 +51,6 @@ def unreachable(src: Source) -> bool:
 # ----------------------------------------------------------------- the reason
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What the last selection run concluded, beyond the ``Selection`` itself."""
-
-    candidates: tuple[int, ...]
-    """Ids that entered selection."""
-    failure: SyncReason | None = None
-    """NO_MAJORITY or TOO_FEW when selection returned nothing, else None."""
-    detail: str = ""
-
-
-def select_outcome(
-    cands: list[Candidate], sel: Selection | None, minsane: int, names: dict[int, str]
-) -> Outcome:
-    """Why ``select_sources`` returned None for ``cands`` (if it did)."""
-    ids = tuple(sorted(c.id for c in cands))
-    if sel is not None or not cands:
-        return Outcome(ids)
-    # select_sources returns None for two causes; with minsane 0 only the first remains.
-    if minsane > 0 and select_sources(cands, minsane=0) is not None:
-        return Outcome(
-            ids,
-            SyncReason.TOO_FEW,
-            f"fewer truechimers than tos minsane {minsane} among {len(cands)} candidates",
-        )
-    listed = ", ".join(
-        f"{names.get(c.id, str(c.id))} {c.offset_ns / 1e6:+.3f}±{c.root_distance_ns / 1e6:.3f} ms"
-        for c in sorted(cands, key=lambda c: c.offset_ns)[:MAX_LISTED]
-    )
-    return Outcome(
-        ids,
-        SyncReason.NO_MAJORITY,
-        f"all {len(cands)} candidates are falsetickers: no offset lies within a majority of "
-        f"their intervals ({listed})",
-    )
-
-
 def _unselectable(sources: list[Source], maxdist_ns: int) -> str:
     """Why reachable sources are not candidates, counted by cause."""
     causes: dict[str, int] = {}
@@ -103,9 +60,9 @@ def _unselectable(sources: list[Source], maxdist_ns: int) -> str:
             cause = "unsynchronized (leap 3 or stratum 0/16)"
         elif src.config.noselect:
             cause = "noselect"
-        elif src.state == "too far":
-            cause = f"root distance beyond tos maxdist {maxdist_ns / NS:g} s"
-        elif src.state == "panic":
+        elif src.state == SourceState.TOO_FAR:
+            cause = f"root distance beyond tos maxdist {maxdist_ns / NS_PER_S:g} s"
+        elif src.state == SourceState.PANIC:
             cause = "offset beyond the panic threshold (ignored)"
         else:
             continue
@@ -128,7 +85,7 @@ def upstream_reason(eng: SyncEngine) -> tuple[SyncReason, str]:
                 f"none of {len(active)} source(s) answered its last {UNREACH_POLLS} polls",
             )
         return SyncReason.WAITING, f"no reply yet from {len(active)} source(s)"
-    out = eng.outcome
+    out = eng.selector.outcome
     if out.failure is not None:
         return out.failure, out.detail
     if not out.candidates:
@@ -136,7 +93,7 @@ def upstream_reason(eng: SyncEngine) -> tuple[SyncReason, str]:
         if why:
             return SyncReason.NO_CANDIDATE, f"{len(reachable)} reachable: {why}"
         return SyncReason.WAITING, f"{len(reachable)} of {len(active)} source(s) answering"
-    if eng.selection is None:
+    if eng.selector.selection is None:
         return SyncReason.WAITING, "selection has not run yet"
     return (
         SyncReason.WAITING,
@@ -150,20 +107,20 @@ def diagnose(eng: SyncEngine) -> tuple[SyncReason, str]:
     if eng.panicked:
         return (
             SyncReason.PANIC,
-            f"an offset beyond the panic threshold ({eng.opts.panic_threshold_ns / NS:g} s) "
+            f"an offset beyond the panic threshold ({eng.opts.panic_threshold_ns / NS_PER_S:g} s) "
             "was refused",
         )
     if eng.synced:
         peer = eng.sources.get(eng.system_peer) if eng.system_peer is not None else None
-        if peer is not None and eng._has_selection():
+        if peer is not None and eng.selector.has_selection():
             return SyncReason.SYNCHRONIZED, f"following {label(peer)}"
         why, detail = upstream_reason(eng)
         return SyncReason.HOLDOVER, f"no selectable source ({why}: {detail})"
-    if eng.spike_since is not None:
+    if eng.discipline.spike_since is not None:
         return (
             SyncReason.STEP_PENDING,
             f"offset beyond the step threshold; stepping if it persists for "
-            f"{eng.opts.stepout_ns // NS} s",
+            f"{eng.opts.stepout_ns // NS_PER_S} s",
         )
     return upstream_reason(eng)
 
@@ -188,7 +145,7 @@ def source_status(eng: SyncEngine, src: Source, now_mono: int, now_clock: int) -
         type_char="p" if src.config.kind == "pool" else "u",
         when_s=None
         if src.last_reply_mono is None
-        else max(0, (now_mono - src.last_reply_mono) // NS),
+        else max(0, (now_mono - src.last_reply_mono) // NS_PER_S),
         poll_s=1 << src.poll,
         reach=src.reach,
         delay_ns=est.min_delay_ns if est else 0,
@@ -198,7 +155,7 @@ def source_status(eng: SyncEngine, src: Source, now_mono: int, now_clock: int) -
         root_delay_ns=last.root_delay_ns if last else 0,
         root_dispersion_ns=last.root_dispersion_ns if last else 0,
         samples=len(src.stats),
-        state=src.state if src.active else "kod",
+        state=src.state if src.active else SourceState.KOD,
         port=port(src.config.address),
         hpoll=src.poll,
         ppoll=sample.poll if sample else src.poll,
@@ -213,7 +170,7 @@ def source_status(eng: SyncEngine, src: Source, now_mono: int, now_clock: int) -
 
 def _local_status(eng: SyncEngine, now_clock: int) -> SourceStatus | None:
     """The LOCAL(0)/ORPHAN line, when a fallback is configured."""
-    fallback = eng._fallback()
+    fallback = eng.sysvars.fallback()
     if fallback is None:
         return None
     local_st = fallback.state(now_clock, eng.opts.precision)
@@ -238,7 +195,7 @@ def _local_status(eng: SyncEngine, now_clock: int) -> SourceStatus | None:
         root_delay_ns=0,
         root_dispersion_ns=0,
         samples=0,
-        state="sync" if serving else "standby",
+        state=SourceState.SYNC if serving else SourceState.STANDBY,
         hpoll=6,
         ppoll=6,
         refid_raw=local_st.refid,
@@ -267,15 +224,15 @@ def sync_status(eng: SyncEngine, now_mono: int, now_clock: int) -> SyncStatus:
         root_delay_ns=state.root_delay_ns,
         root_dispersion_ns=state.root_dispersion_at(now_clock),
         root_distance_ns=state.root_distance_at(now_clock),
-        offset_ns=eng.sys_offset,
+        offset_ns=eng.discipline.offset_ns,
         frequency_ppb=eng.frequency_ppb,
-        jitter_ns=eng.sys_jitter,
+        jitter_ns=eng.sysvars.jitter_ns,
         poll_s=(1 << peer.poll) if peer else 64,
         precision=eng.opts.precision,
         clock=eng.opts.clock_name,
         sources=tuple(sources),
-        clock_jitter_ns=round(math.sqrt(eng.clock_jitter_sq)),
-        clock_wander_ppb=math.sqrt(eng.clock_wander_sq),
+        clock_jitter_ns=round(math.sqrt(eng.discipline.clock_jitter_sq)),
+        clock_wander_ppb=math.sqrt(eng.discipline.clock_wander_sq),
         time_constant=peer.poll if peer else 6,
         min_time_constant=peer.minpoll if peer else 3,
         refid_raw=state.refid,

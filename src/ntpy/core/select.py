@@ -27,9 +27,9 @@ sync engine after every new sample. Four steps:
    source with the median offset covers the hull, so the system peer (and the stratum,
    refid and root distance we serve) would follow measurement noise from source to source.
    The clock itself is safe either way: the combined offset is clamped into ``[low, high]``.
-4. **Combine** (RFC 5905 11.2.3): offset weighted by ``1/distance`` over the survivors,
-   jitter ``sqrt(selection_jitter**2 + peer_jitter**2)`` about the system peer; the leap
-   indicator is what a strict majority of the survivors announces, else 0.
+4. **Combine** (RFC 5905 11.2.3, in ``combine.py``): offset weighted by ``1/distance`` over
+   the survivors, jitter ``sqrt(selection_jitter**2 + peer_jitter**2)`` about the system
+   peer; the leap indicator is what a strict majority of the survivors announces, else 0.
 
 Arithmetic is exact (integers and ``Fraction``) and candidates are processed in id order,
 so the result does not depend on input order or float rounding.
@@ -38,12 +38,13 @@ so the result does not depend on input order or float rounding.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 
-MAXDIST_NS = 1_000_000_000
+from ntpy.core.combine import combine, leap_vote
+from ntpy.core.timestamps import NS_PER_S
+
+MAXDIST_NS = NS_PER_S
 """RFC 5905 MAXDIST (1 s): the merit stratum weight, so a lower stratum always ranks first
 among sources the caller considers close enough to use."""
 
@@ -153,7 +154,7 @@ def select_sources(
     peer = _system_peer(kept, previous_peer, eligible)
     ranked = [peer, *(c for c in kept if c is not peer)]
     survivors, excess = ranked[:maxclock], ranked[maxclock:]
-    offset, jitter = _combine(survivors, peer)
+    offset, jitter = combine(survivors, peer)
     true_ids = {c.id for c in truechimers}
     return Selection(
         truechimers=tuple(sorted(true_ids)),
@@ -164,7 +165,7 @@ def select_sources(
         system_peer=peer.id,
         offset_ns=min(max(offset, low), high),
         jitter_ns=jitter,
-        leap=_leap_vote(survivors),
+        leap=leap_vote(survivors),
         root_distance_ns=peer.root_distance_ns,
     )
 
@@ -288,30 +289,3 @@ def _system_peer(
         if c.id == previous:
             return c
     return allowed[0]
-
-
-def _combine(survivors: Sequence[Candidate], peer: Candidate) -> tuple[int, int]:
-    """RFC 5905 combine: offsets weighted by 1/distance; jitter about the system peer.
-
-    Distance is floored at 1 ns so a zero distance weighs heavily instead of dividing by 0.
-    """
-    weight_sum = Fraction(0)
-    offset_sum = Fraction(0)
-    spread_sum = Fraction(0)
-    for c in survivors:
-        w = Fraction(1, max(c.root_distance_ns, 1))
-        weight_sum += w
-        offset_sum += w * c.offset_ns
-        spread_sum += w * (c.offset_ns - peer.offset_ns) ** 2
-    offset = round(offset_sum / weight_sum)
-    selection_sq = math.floor(spread_sum / weight_sum)
-    jitter = math.isqrt(selection_sq + peer.jitter_ns * peer.jitter_ns)
-    return offset, jitter
-
-
-def _leap_vote(survivors: Sequence[Candidate]) -> int:
-    """The leap indicator a strict majority announces; otherwise (ties included) 0."""
-    for leap in (1, 2):
-        if 2 * sum(1 for c in survivors if c.leap == leap) > len(survivors):
-            return leap
-    return 0

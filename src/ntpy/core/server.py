@@ -54,6 +54,8 @@ from ntpy.core.packet import (
     decode_trailer,
 )
 from ntpy.core.system import SystemState
+from ntpy.core.timestamps import NS_PER_S as _NS
+from ntpy.core.timestamps import NTP_UNIX_OFFSET_NS as _NTP_EPOCH_NS
 from ntpy.core.timestamps import ns_to_short, unix_ns_to_ntp
 
 _U32 = struct.Struct("!I")
@@ -62,9 +64,7 @@ _TAIL = struct.Struct("!bIIIQ")
 """Bytes 3..24 of a reply: precision, root delay, root dispersion, refid, reference time."""
 _PLAIN = struct.Struct("!BBB21s8sQ")
 """Bytes 0..40 of a reply: LI/VN/mode, stratum, poll, the tail above, origin, receive."""
-_NTP_EPOCH_NS = 2_208_988_800 * 1_000_000_000
 _HALF_S = 500_000_000
-_NS = 1_000_000_000
 _MASK64 = (1 << 64) - 1
 DISPERSION_WINDOW_LOG2 = 30
 """Root dispersion is served as of the end of the aligned 2**30 ns window ``now`` is in."""

@@ -25,6 +25,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 
+from ntpy.core.address import host
 from ntpy.core.exchange import (
     ClientAuth,
     ClientExchange,
@@ -37,13 +38,13 @@ from ntpy.core.exchange import (
 )
 from ntpy.core.packet import LEAP_ALARM
 from ntpy.core.sourcestats import Estimate, Measurement, SourceStats
-from ntpy.core.timestamps import precision_to_ns
+from ntpy.core.status import SourceState
+from ntpy.core.system import PHI_PPB
+from ntpy.core.timestamps import NS_PER_S, precision_to_ns
 
-NS = 1_000_000_000
 BURST_COUNT = 8
 POLL_NOISE_FACTOR = 0.5
-BURST_SPACING_NS = 2 * NS
-PHI_PPB = 15_000
+BURST_SPACING_NS = 2 * NS_PER_S
 MAX_POLL = 17
 """RFC 5905 MAXPOLL (36 h): the longest interval a RATE kiss can push us to."""
 
@@ -93,14 +94,14 @@ class Source:
         self.counters: Counter[str] = Counter()
         self.last_reply_mono: int | None = None
         self.last_sample: Sample | None = None
-        self.state = "init"
+        self.state = SourceState.INIT
         self.tally = " "
         self.falseticker_count = 0
         self.replace_requested = False
         self.error: str | None = None
         """Set by the shell when requests cannot go out (no socket): shown in status."""
         # First poll soon after start, spread a little so sources do not fire together.
-        self.next_poll_mono = now_mono + int(jitter * NS)
+        self.next_poll_mono = now_mono + int(jitter * NS_PER_S)
 
     # ----------------------------------------------------------------- polling
 
@@ -113,7 +114,7 @@ class Source:
         return self.kod is None
 
     def poll_interval_ns(self) -> int:
-        return (1 << self.poll) * NS
+        return (1 << self.poll) * NS_PER_S
 
     def due(self, now_mono: int) -> bool:
         return self.active and now_mono >= self.next_poll_mono
@@ -175,13 +176,13 @@ class Source:
         self.counters["replies"] += 1
         if sample.leap == LEAP_ALARM or not 1 <= sample.stratum <= 15:
             self.counters["unsynchronized"] += 1
-            self.state = "unsynchronized"
+            self.state = SourceState.UNSYNCHRONIZED
             return None, Reason.UNSYNCHRONIZED
         # RFC 5905: both clocks' precision plus PHI times the round trip.
         dispersion = (
             precision_to_ns(sample.precision)
             + self.precision_ns
-            + (sample.delay_ns * PHI_PPB) // NS
+            + (sample.delay_ns * PHI_PPB) // NS_PER_S
         )
         m = Measurement(
             time_ns=(t1_ns + t4_ns) // 2,
@@ -216,7 +217,7 @@ class Source:
             self.next_poll_mono = max(self.next_poll_mono, now_mono + self.poll_interval_ns())
         else:  # DENY, RSTR
             self.kod = code
-            self.state = "kod"
+            self.state = SourceState.KOD
         return code.reason
 
     # ----------------------------------------------------------------- poll adaptation
@@ -249,6 +250,13 @@ class Source:
     def dispersion_now(self, now_clock: int) -> int:
         last = self.stats.last()
         if last is None:
-            return 16 * NS
+            return 16 * NS_PER_S
         age = max(0, now_clock - last.time_ns)
-        return last.dispersion_ns + age * PHI_PPB // NS
+        return last.dispersion_ns + age * PHI_PPB // NS_PER_S
+
+
+def label(src: Source) -> str:
+    """``name (address)``, or the address alone when that is the name: how log lines and
+    status sentences name a source."""
+    addr = host(src.config.address)
+    return addr if src.config.name == addr else f"{src.config.name} ({addr})"

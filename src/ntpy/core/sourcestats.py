@@ -16,7 +16,9 @@ Three ideas make it work:
 - Every correction of our clock (step, slew, frequency change) re-expresses the stored
   samples as if the new correction had always been in force (``apply_correction``), so the
   regression keeps fitting across clock updates instead of starting over.
-All times are integer ns on the engine's "cooked" clock; regression arithmetic is float on
+Samples reach the fit through the filter stage (``filter.py``), which holds back a lone wild
+sample and restarts the fit when two agree on a jump. All times are integer ns on the
+engine's "cooked" clock; regression arithmetic is float on
 times relative to the newest sample, which is ample precision for differences.
 """
 
@@ -26,35 +28,29 @@ import itertools
 import math
 from dataclasses import dataclass
 
+from ntpy.core.filter import JumpFilter, Measurement, Verdict
+from ntpy.core.timestamps import NS_PER_S
+
+__all__ = [
+    "MAX_SAMPLES",
+    "Q_MAX",
+    "Q_MIN",
+    "WANDER_Q",
+    "Estimate",
+    "Measurement",
+    "SourceStats",
+    "offset_at",
+]
+
 MAX_SAMPLES = 64
 MIN_REGRESSION = 3
 FLOOR_FRACTION = 0.1
 ADAPT_WANDER = True
-JUMP_Z2 = 36.0
-"""A sample more than 6 predicted standard deviations off is a jump, not noise ..."""
-JUMP_MIN_NS = 1_000_000
-"""... provided it is also more than 1 ms off (tiny predicted spreads are not trusted)."""
 Q_MIN = (0.1e-9) ** 2
 Q_MAX = (100e-9) ** 2
 WANDER_Q = (2e-9) ** 2
 """Assumed frequency random walk of our oscillator, (fraction/s)^2 per s: about 2 ppb per
 sqrt(s), between a temperature-stable room (~1 ppb) and a busy machine (~10 ppb)."""
-NS = 1_000_000_000.0
-
-
-@dataclass(slots=True)
-class Measurement:
-    """One accepted sample: when (cooked clock, midpoint of T1..T4) and what it measured."""
-
-    time_ns: int
-    offset_ns: int
-    """Source time minus ours."""
-    delay_ns: int
-    dispersion_ns: int
-    root_delay_ns: int
-    root_dispersion_ns: int
-    stratum: int
-    leap: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +94,8 @@ class SourceStats:
         self.q = WANDER_Q
         """Frequency random-walk rate assumed for our oscillator, (fraction/s)^2 per s."""
         self.surprise = 1.0
-        self.jumps = 0
-        """Times the fit was restarted because the source's time jumped."""
-        self.outliers = 0
-        self.held: Measurement | None = None
-        """A wild sample kept out of the fit until the next one confirms or refutes it."""
+        self.filter = JumpFilter()
+        """The filter stage in front of the fit: holds a wild sample, spots jumps."""
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -110,26 +103,24 @@ class SourceStats:
     def clear(self) -> None:
         self.samples.clear()
         self.estimate = None
-        self.held = None
+        self.filter.held = None
 
     def add(self, m: Measurement) -> Estimate:
-        """Store a sample, learn from how well it was predicted, and refit."""
-        held, self.held = self.held, None
-        if self.estimate is not None and len(self.samples) >= MIN_REGRESSION:
-            innovation, predicted, wander = self._prediction(m, self.estimate)
-            if abs(innovation) > JUMP_MIN_NS and innovation * innovation > JUMP_Z2 * predicted:
-                if held is None or abs(m.offset_ns - held.offset_ns) > abs(innovation) / 2:
-                    # One wild sample is an outlier until a second one agrees with it.
-                    self.held = m
-                    self.outliers += 1
-                    return self.estimate
-                # Two in a row agree: the source's time jumped (it was stepped, a route
-                # changed). A line through samples on both sides would turn the jump into
-                # a huge frequency, so the fit starts again on the new timescale.
-                self.samples = [held]
-                self.jumps += 1
-            elif ADAPT_WANDER:
-                self._learn_wander(innovation, predicted, wander)
+        """Pass a sample through the filter, learn from how well it was predicted, and refit."""
+        est = self.estimate
+        innovation: float | None = None
+        predicted = wander = 0.0
+        if est is not None and len(self.samples) >= MIN_REGRESSION:
+            innovation, predicted, wander = self._prediction(m, est)
+        verdict, held = self.filter.screen(m, innovation, predicted)
+        if verdict is Verdict.HOLD:
+            assert est is not None
+            return est
+        if verdict is Verdict.JUMP:
+            assert held is not None
+            self.samples = [held]  # the fit starts again on the new timescale
+        elif innovation is not None and ADAPT_WANDER:
+            self._learn_wander(innovation, predicted, wander)
         self.samples.append(m)
         if len(self.samples) > MAX_SAMPLES:
             del self.samples[0]
@@ -139,12 +130,12 @@ class SourceStats:
     def _prediction(self, m: Measurement, est: Estimate) -> tuple[float, float, float]:
         """(innovation, its predicted variance, the wander part of it) for a new sample:
         offset and frequency uncertainty, wander over the gap, the sample's own noise."""
-        dt = max(0.0, (m.time_ns - est.time_ns) / NS)
+        dt = max(0.0, (m.time_ns - est.time_ns) / NS_PER_S)
         excess = m.delay_ns - min(est.min_delay_ns, m.delay_ns)
         floor = max(self.floor_sd_ns, FLOOR_FRACTION * excess)
         predicted = est.offset_sd_ns**2 + floor**2 + excess**2 / 12.0
         if math.isfinite(est.frequency_sd):
-            predicted += (est.frequency_sd * dt * NS) ** 2
+            predicted += (est.frequency_sd * dt * NS_PER_S) ** 2
         wander = self.q * 1e18 * dt**3 / 3.0
         return m.offset_ns - offset_at(est, m.time_ns), predicted + wander, wander
 
@@ -168,7 +159,7 @@ class SourceStats:
 
     def wander_sd_ns(self, interval_s: float) -> float:
         """Offset uncertainty that frequency wander alone adds over ``interval_s``."""
-        return math.sqrt(self.q * interval_s**3 / 3.0) * NS
+        return math.sqrt(self.q * interval_s**3 / 3.0) * NS_PER_S
 
     def last(self) -> Measurement | None:
         return self.samples[-1] if self.samples else None
@@ -205,7 +196,7 @@ class SourceStats:
             / (
                 floor2
                 + (s.delay_ns - dmin) ** 2 / 12.0
-                + q * ((newest - s.time_ns) / NS) ** 3 / 3.0
+                + q * ((newest - s.time_ns) / NS_PER_S) ** 3 / 3.0
             )
             for s in samples
         ]
@@ -238,7 +229,7 @@ class SourceStats:
 
     def _regress(self, samples: list[Measurement], t_ref: int) -> tuple[Estimate, int]:
         w = self._weights(samples)
-        xs = [(s.time_ns - t_ref) / NS for s in samples]
+        xs = [(s.time_ns - t_ref) / NS_PER_S for s in samples]
         ys = [float(s.offset_ns) for s in samples]
         sw = sum(w)
         xm = sum(wi * xi for wi, xi in zip(w, xs, strict=True)) / sw
@@ -260,8 +251,8 @@ class SourceStats:
             time_ns=t_ref,
             offset_ns=a,
             offset_sd_ns=max(math.sqrt(max(var_a, 0.0)), self.floor_sd_ns),
-            frequency=b / NS,
-            frequency_sd=math.sqrt(max(var_b, 0.0)) / NS,
+            frequency=b / NS_PER_S,
+            frequency_sd=math.sqrt(max(var_b, 0.0)) / NS_PER_S,
             samples_used=n,
             min_delay_ns=min(s.delay_ns for s in samples),
             jitter_ns=jitter,

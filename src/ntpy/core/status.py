@@ -54,6 +54,44 @@ class SyncReason(enum.StrEnum):
     """An offset beyond the panic threshold was refused."""
 
 
+class SourceState(enum.StrEnum):
+    """What the engine last concluded about one source: the word ``ntpy peers``, the JSON
+    status, ntpq's ``state`` and the metrics label show.
+
+    A ``StrEnum`` so those outputs carry the plain words unchanged. Set by the pipeline
+    stage that decides it: the poll (INIT, UNREACHABLE, UNSYNCHRONIZED, KOD), selection
+    (TOO_FAR, FALSETICKER, OUTLIER, EXCESS, CANDIDATE, SELECTED, SYNC and, when selection
+    fails for all, NO_MAJORITY/TOO_FEW), the discipline (PANIC) and the local fallback
+    (STANDBY).
+    """
+
+    INIT = "init"
+    """Not yet heard from."""
+    UNREACHABLE = "unreachable"
+    UNSYNCHRONIZED = "unsynchronized"
+    """Its last reply carried leap 3 or stratum 0/16."""
+    KOD = "kod"
+    """It refused service (DENY/RSTR): no longer polled."""
+    TOO_FAR = "too far"
+    """Its root distance exceeds ``tos maxdist``."""
+    FALSETICKER = "falseticker"
+    OUTLIER = "outlier"
+    EXCESS = "excess"
+    CANDIDATE = "candidate"
+    SELECTED = "selected"
+    """Chosen as system peer, but the clock does not follow it (yet)."""
+    SYNC = "sync"
+    """The system peer the clock follows (or the local clock serving)."""
+    NO_MAJORITY = "no majority"
+    """Selection failed for every candidate: each is marked with the ``SyncReason`` word
+    (NO_MAJORITY or TOO_FEW, the same words)."""
+    TOO_FEW = "too few truechimers"
+    PANIC = "panic"
+    """Its offset is beyond the panic threshold: ignored while the clock holds over."""
+    STANDBY = "standby"
+    """The local/orphan fallback while an upstream is followed."""
+
+
 @dataclass(frozen=True, slots=True)
 class SourceStatus:
     """One upstream source, as ``ntpq -p`` shows it (plus what it does not)."""
@@ -85,8 +123,8 @@ class SourceStatus:
     root_delay_ns: int
     root_dispersion_ns: int
     samples: int
-    state: str
-    """A short word: 'sync', 'candidate', 'outlier', 'falseticker', 'unreachable', 'kod', ..."""
+    state: SourceState
+    """A short word (a ``SourceState``): 'sync', 'candidate', 'falseticker', 'kod', ..."""
     port: int = 123
     """The source's UDP port (ntpq's ``srcport``)."""
     hpoll: int = 6
@@ -181,7 +219,7 @@ def peer_status_word(src: SourceStatus) -> int:
     select = SELECT_CODES.get(src.tally, 0)
     if src.tally == TALLY_SYSPEER:
         event = PEER_EVENT_NEWPEER
-    elif src.state == "kod":
+    elif src.state == SourceState.KOD:
         event = PEER_EVENT_RATE
     elif src.reach:
         event = PEER_EVENT_REACH

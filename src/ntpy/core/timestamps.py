@@ -1,4 +1,4 @@
-"""NTP time formats as plain integers.
+"""NTP time formats as plain integers, and the time unit every module uses.
 
 An NTP timestamp is a 64-bit unsigned fixed-point number: 32 bits of seconds since
 1900-01-01 (era 0) and 32 bits of fraction. Era 0 ends on 2036-02-07; after that the
@@ -15,8 +15,9 @@ from __future__ import annotations
 NTP_UNIX_OFFSET_S = 2_208_988_800
 """Seconds from the NTP epoch (1900-01-01) to the Unix epoch (1970-01-01)."""
 
-NTP_UNIX_OFFSET_NS = NTP_UNIX_OFFSET_S * 1_000_000_000
 NS_PER_S = 1_000_000_000
+"""Nanoseconds per second: the one definition in ntpy; every module imports it from here."""
+NTP_UNIX_OFFSET_NS = NTP_UNIX_OFFSET_S * NS_PER_S
 ERA_NS = (1 << 32) * NS_PER_S
 """Length of one NTP era (2**32 s) in nanoseconds."""
 

@@ -26,6 +26,7 @@ from ntpy.core.access import AccessError
 from ntpy.core.actions import cooked_now
 from ntpy.core.status import SyncStatus
 from ntpy.core.system import SystemState
+from ntpy.core.timestamps import NS_PER_S as NS
 from ntpy.daemon import ipc
 from ntpy.daemon.assemble import (
     StartupError,
@@ -60,7 +61,6 @@ from ntpy.metrics.statsfiles import StatsFiles
 
 log = logging.getLogger("ntpy")
 
-NS = 1_000_000_000
 
 
 @dataclass

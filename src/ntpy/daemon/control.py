@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ntpy.core.timestamps import NS_PER_S
 from ntpy.daemon.control_paths import (
     CONTROL_GROUP,
     SOCKET_ENV,
@@ -50,7 +51,6 @@ __all__ = [
 
 log = logging.getLogger("ntpy.control")
 
-NS_PER_S = 1_000_000_000
 REQUEST_LIMIT = 4096
 """Bytes of request, newline included; the commands are a dozen bytes."""
 MAX_CONNECTIONS = 16

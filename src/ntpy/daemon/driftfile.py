@@ -25,9 +25,10 @@ import re
 import stat
 import tempfile
 
+from ntpy.core.timestamps import NS_PER_S
+
 log = logging.getLogger("ntpy.drift")
 
-NS_PER_S = 1_000_000_000
 MAX_PPM = 500.0
 """ntpd's frequency tolerance: the kernel rejects more, so a larger value is corruption."""
 MAX_FILE_BYTES = 4096

@@ -37,6 +37,7 @@ import socket
 import time
 from collections.abc import Mapping
 
+from ntpy.core.timestamps import NS_PER_S
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.streams import StreamConn, StreamServer, send_best_effort
 from ntpy.metrics.http import (
@@ -52,7 +53,6 @@ from ntpy.metrics.http import (
 
 log = logging.getLogger("ntpy.httpd")
 
-NS_PER_S = 1_000_000_000
 HEAD_LIMIT = 8192
 """Bytes of request line plus headers (browsers send well under 2 KiB to a local page)."""
 MAX_CONNECTIONS = 32

@@ -37,6 +37,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TextIO
 
+from ntpy.core.timestamps import NS_PER_S
+
 __all__ = [
     "LEVELS",
     "JournalFormatter",
@@ -59,7 +61,7 @@ LEVELS: Mapping[str, int] = {
 }
 """Accepted level names (case-insensitive)."""
 
-LOST_WARNING_INTERVAL_NS = 60 * 1_000_000_000
+LOST_WARNING_INTERVAL_NS = 60 * NS_PER_S
 """At most one 'log lines lost' warning per this interval."""
 
 
@@ -169,7 +171,7 @@ class ReopenableFileHandler(logging.FileHandler):
         self._notice(
             f"cannot write logfile {self.baseFilename}: {exc.strerror or exc}; "
             f"{lost} log line(s) lost{since}; still serving "
-            f"(next report in {self._interval_ns // 1_000_000_000} s at the earliest)"
+            f"(next report in {self._interval_ns // NS_PER_S} s at the earliest)"
         )
 
     def reopen(self) -> None:

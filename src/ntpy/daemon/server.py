@@ -49,6 +49,7 @@ from ntpy.core.server import (
     Reply,
     Responder,
 )
+from ntpy.core.timestamps import NS_PER_S as _NS
 from ntpy.core.timestamps import unix_ns_to_ntp
 from ntpy.daemon import mmsg, txstamp
 from ntpy.daemon.loop import Loop
@@ -95,7 +96,6 @@ Called only for requests the access rules allow to query (not ``noquery``/``igno
 
 MSG_TRUNC = int(socket.MSG_TRUNC)
 """A plain int: ``int & IntFlag`` builds an enum object on every packet."""
-_NS = 1_000_000_000
 _NTP_PORT_BE = socket.htons(123)
 _U64 = struct.Struct("!Q")
 _MASK64 = (1 << 64) - 1

@@ -39,12 +39,12 @@ from ntpy.core.actions import (
 from ntpy.core.engine import SourceConfig, SyncEngine, SyncOptions
 from ntpy.core.runner import ClockAction, carry_out
 from ntpy.core.system import LocalReference, SystemState
+from ntpy.core.timestamps import NS_PER_S as NS
 from ntpy.daemon.client_socket import open_client_socket, recv_reply
 from ntpy.daemon.loop import Loop
 
 log = logging.getLogger("ntpy.sync")
 
-NS = 1_000_000_000
 RESOLVE_RETRY_NS = 60 * NS
 RESOLVE_RETRY_MAX_NS = 3600 * NS
 SLEW_LOG_THRESHOLD_NS = 10_000_000

@@ -26,6 +26,8 @@ import socket
 import struct
 from collections.abc import Sequence
 
+from ntpy.core.timestamps import NS_PER_S
+
 SO_TIMESTAMPING = 37
 """SO_TIMESTAMPING_OLD: with a 64-bit time_t its cmsg carries three 64-bit timespecs."""
 SCM_TIMESTAMPING = SO_TIMESTAMPING
@@ -65,12 +67,11 @@ MIN_SAMPLES = 3
 SAMPLE_INTERVAL_NS = 2_000_000
 """At most one sample per this interval per server (~500/s): every reply when idle, a
 negligible share under load."""
-LOST_AFTER_NS = 1_000_000_000
+LOST_AFTER_NS = 1 * NS_PER_S
 """A sample whose stamp has not come back after this long is given up (counted lost)."""
 
 _TIMESPEC = struct.Struct("=qq")
 _EXT_ERR = struct.Struct("=IBBBBII")
-_NS = 1_000_000_000
 _KEY_MASK = 0xFFFF_FFFF
 """OPT_ID keys (``ee_data``) are a u32 that wraps."""
 
@@ -104,7 +105,7 @@ def parse_error(ancdata: Sequence[tuple[int, int, bytes]]) -> tuple[int, int] | 
         if level == socket.SOL_SOCKET and ctype == SCM_TIMESTAMPING and len(data) >= 16:
             sec, nsec = _TIMESPEC.unpack_from(data)  # ts[0]: the software stamp
             if sec or nsec:
-                stamp = sec * _NS + nsec
+                stamp = sec * NS_PER_S + nsec
         elif (
             (level == socket.IPPROTO_IP and ctype == IP_RECVERR)
             or (level == socket.IPPROTO_IPV6 and ctype == IPV6_RECVERR)

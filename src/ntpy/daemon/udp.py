@@ -19,6 +19,9 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from ntpy.core.address import MISSING_BRACKET, AddressError, split_host_port
+from ntpy.core.timestamps import NS_PER_S
+
 SO_TIMESTAMPNS = 35
 SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 IP_PKTINFO = 8
@@ -32,7 +35,6 @@ ANC_BUFSIZE = socket.CMSG_SPACE(16) + socket.CMSG_SPACE(48) + socket.CMSG_SPACE(
 one when TX timestamps are on, see ``daemon/txstamp.py``) and PKTINFO, with slack."""
 
 _TIMESPEC = struct.Struct("@qq")
-NS = 1_000_000_000
 
 
 class ListenError(Exception):
@@ -59,24 +61,21 @@ class ListenAddress:
 def parse_listen(text: str, default_port: int = 123) -> ListenAddress:
     """Parse ``HOST``, ``HOST:PORT``, ``[V6]:PORT``, ``V6`` or ``:PORT`` (all IPv4)."""
     text = text.strip()
-    host, port_s = text, ""
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError(f"bad listen address {text!r}: missing ']' (expected [ADDR]:PORT)")
-        host, rest = text[1:end], text[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"bad listen address {text!r} (expected [ADDR]:PORT)")
-            port_s = rest[1:]
-    elif text.count(":") == 1:
-        host, port_s = text.split(":")
+    try:
+        hp = split_host_port(text)
+    except AddressError as exc:
+        if exc.kind == MISSING_BRACKET:
+            raise ValueError(
+                f"bad listen address {text!r}: missing ']' (expected [ADDR]:PORT)"
+            ) from None
+        raise ValueError(f"bad listen address {text!r} (expected [ADDR]:PORT)") from None
+    host = hp.host
+    if hp.port_text is not None and not hp.bracketed:
         host = host or "0.0.0.0"
-    port = default_port
-    if port_s:
-        if not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
-            raise ValueError(f"bad port in listen address {text!r}: expected 0..65535")
-        port = int(port_s)
+    try:
+        port = hp.port(default_port, 0)
+    except AddressError:
+        raise ValueError(f"bad port in listen address {text!r}: expected 0..65535") from None
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -145,7 +144,7 @@ def parse_ancillary(
     for level, ctype, cdata in ancdata:
         if level == socket.SOL_SOCKET and ctype == SCM_TIMESTAMPNS and len(cdata) >= 16:
             sec, nsec = _TIMESPEC.unpack_from(cdata)
-            rx_ns = sec * NS + nsec
+            rx_ns = sec * NS_PER_S + nsec
         elif level == socket.IPPROTO_IP and ctype == IP_PKTINFO and len(cdata) >= 12:
             # struct in_pktinfo { int ifindex; in_addr spec_dst; in_addr addr; }
             # Reply from the address the request was sent to (addr), on the same interface.

@@ -33,6 +33,7 @@ from typing import Any
 from ntpy.core.access import AccessError
 from ntpy.core.ratelimit import RateLimiter
 from ntpy.core.server import Reason, Responder
+from ntpy.core.timestamps import NS_PER_S as NS
 from ntpy.daemon import ipc
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.policy import build_access, build_limiter
@@ -42,7 +43,6 @@ from ntpy.daemon.udp import Endpoint
 
 log = logging.getLogger("ntpy.workers")
 
-NS = 1_000_000_000
 PR_SET_PDEATHSIG = 1
 BLOCKED_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2}
 """Blocked around the fork, so no handler of the main runs in a new worker."""

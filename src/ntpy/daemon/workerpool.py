@@ -33,6 +33,7 @@ from ntpy.config.directives.service import MAX_WORKERS, auto_workers
 from ntpy.core.ratelimit import RateLimiter
 from ntpy.core.server import Responder
 from ntpy.core.system import SystemState
+from ntpy.core.timestamps import NS_PER_S as NS
 from ntpy.daemon import ipc
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.reuseport import ReuseportGroup
@@ -43,7 +44,6 @@ from ntpy.daemon.worker import BLOCKED_SIGNALS, WorkerSetup, worker_process
 
 log = logging.getLogger("ntpy.workers")
 
-NS = 1_000_000_000
 
 
 def resolve_workers(configured: int | None, override: int | None, clock: Clock) -> int:

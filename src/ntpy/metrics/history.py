@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 from ntpy.core.actions import LoopStats, PeerStats, Record
 from ntpy.core.status import SyncStatus
+from ntpy.core.timestamps import NS_PER_S
 
 NS_PER_MS = 1_000_000
-NS_PER_S = 1_000_000_000
 DEFAULT_WINDOW_NS = 24 * 3600 * NS_PER_S
 DEFAULT_INTERVAL_NS = 16 * NS_PER_S
 MAX_SOURCES = 32

@@ -16,8 +16,8 @@ name, ``_total`` on counters, and enumerations as labels. Two deliberate excepti
   names lets PromQL aggregate over the state (``sum by (selection)``), the set of series stays
   fixed so a state change never makes a series go stale, and a query for "the system peer" is
   ``ntpy_source_selection{selection="sys_peer"} == 1``. The closed set is the ntpq tally
-  (``*+-x#`` and blank); the free-form state word ("too far", "kod", ...) is an open set, so it
-  goes into ``ntpy_source_info`` as a label instead.
+  (``*+-x#`` and blank); the state word (a ``SourceState``: "too far", "kod", ...) is a longer set
+  that grows with the engine, so it goes into ``ntpy_source_info`` as a label instead.
 
 Counters: the keys are the daemon's counter names (``ntpy.core.server.Reason`` values, the
 shell's own names, ``ratelimit_<name>``). Every key lands somewhere: a ``drop_*`` key nobody
@@ -54,6 +54,7 @@ from ntpy.core.status import (
     SourceStatus,
     SyncStatus,
 )
+from ntpy.core.timestamps import NS_PER_S
 
 __all__ = ["CONTENT_TYPE", "SELECTION_STATES", "render"]
 
@@ -62,7 +63,8 @@ log = logging.getLogger("ntpy.metrics")
 CONTENT_TYPE: str = CONTENT_TYPE_LATEST
 """The Content-Type header to send with ``render``'s body."""
 
-_NS_PER_S = 1e9
+_NS_PER_S = float(NS_PER_S)
+"""A float divisor: int / float here rounds exactly as the exposition always has."""
 
 SELECTION_STATES: dict[str, str] = {
     TALLY_SYSPEER: "sys_peer",

@@ -43,10 +43,10 @@ from typing import TextIO
 from ntpy.config.checks import directory_problem, filegen_file_problem
 from ntpy.config.model import Config, FilegenSpec
 from ntpy.core.actions import LoopStats, PeerStats
+from ntpy.core.timestamps import NS_PER_S
 
 log = logging.getLogger("ntpy.stats")
 
-NS_PER_S = 1_000_000_000
 SECONDS_PER_DAY = 86_400
 NS_PER_DAY = SECONDS_PER_DAY * NS_PER_S
 MJD_UNIX_EPOCH = 40_587

@@ -10,6 +10,8 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
 from typing import Literal
 
+from ntpy.core.address import AddressError, split_host_port
+
 from ..checks import filegen_file_problem
 from ..model import FilegenSpec, InterfaceRule, IPAddress, ListenAddress
 from ..state import Args, Directive, Line, State
@@ -76,7 +78,6 @@ UNSUPPORTED_NTPD_DIRECTIVES = frozenset(
 
 _INTERFACE_NAME_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,64}\Z")
 _LOGCONFIG_RE = re.compile(r"[=+-]?[A-Za-z]{1,32}\Z")
-_BRACKETED_RE = re.compile(r"\[([^\]]+)\](?::([^:]*))?\Z")
 
 
 def handle_file(state: State, line: Line) -> None:
@@ -237,24 +238,35 @@ def handle_listen(state: State, line: Line) -> None:
 
 
 def _listen_address(token: str) -> tuple[IPAddress, int]:
-    bracketed = _BRACKETED_RE.match(token)
-    if bracketed:
-        ip = parse_ip(bracketed.group(1))
+    address, port = listen_endpoint(token)
+    return address, 123 if port is None else port
+
+
+def listen_endpoint(token: str) -> tuple[IPAddress, int | None]:
+    """An IP address with the port written after it (None if none), read by the one
+    address parser (``ntpy.core.address``); host names are refused."""
+    not_ip = BadValue(f"{show(token)} is not an IP address (host names are not accepted here)")
+    try:
+        hp = split_host_port(token)
+    except AddressError:
+        raise not_ip from None
+    if hp.bracketed:
+        if not hp.host or (hp.port_text is not None and ":" in hp.port_text):
+            raise not_ip
+        ip = parse_ip(hp.host)
         if not isinstance(ip, IPv6Address):
-            raise BadValue(f"{show(bracketed.group(1))} in brackets must be an IPv6 address")
-        port_text = bracketed.group(2)
-        return ip, 123 if port_text is None else _port(port_text)
+            raise BadValue(f"{show(hp.host)} in brackets must be an IPv6 address")
+        return ip, None if hp.port_text is None else _port(hp.port_text)
     ip = parse_ip(token)
     if ip is not None:
-        return ip, 123
-    host, sep, port_text = token.rpartition(":")
-    if sep:
-        ip = parse_ip(host)
+        return ip, None
+    if hp.port_text is not None:
+        ip = parse_ip(hp.host)
         if isinstance(ip, IPv4Address):
-            return ip, _port(port_text)
-        if isinstance(ip, IPv6Address):
-            raise BadValue("write an IPv6 address with a port as [ADDRESS]:PORT")
-    raise BadValue(f"{show(token)} is not an IP address (host names are not accepted here)")
+            return ip, _port(hp.port_text)
+    elif isinstance(parse_ip(token.rpartition(":")[0]), IPv6Address):
+        raise BadValue("write an IPv6 address with a port as [ADDRESS]:PORT")
+    raise not_ip
 
 
 def _port(text: str) -> int:

@@ -11,7 +11,7 @@ import os
 from ..model import HttpEndpointSpec
 from ..state import Args, Directive, Line, State
 from ..values import BadValue, parse_int, show
-from .misc import _listen_address
+from .misc import listen_endpoint
 
 DEFAULT_METRICS_PORT = 9123
 DEFAULT_WEBSTATUS_PORT = 8123
@@ -24,10 +24,8 @@ def _endpoint(line: Line, default_port: int) -> HttpEndpointSpec:
     if token is None:
         raise BadValue(f"'{line.name}' needs an address, e.g. 127.0.0.1:{default_port}")
     args.expect_end()
-    has_port = (token.startswith("[") and "]:" in token) or (":" in token and token.count(":") == 1)
-    address, port = _listen_address(token)
-    if not has_port:
-        port = default_port
+    address, written = listen_endpoint(token)
+    port = default_port if written is None else written
     if port == 0:
         raise BadValue(f"'{line.name}' needs a fixed port, not 0")
     return HttpEndpointSpec(address=address, port=port, location=line.loc)
