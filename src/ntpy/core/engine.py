@@ -114,8 +114,6 @@ class SyncOptions:
     clock_name: str = "virtual"
 
 
-
-
 CLOCK_AVG = 8
 """Averaging constant for clock jitter (ntpd's CLOCK_AVG): RMS over about 8 updates of the
 change between successive offsets."""

@@ -30,6 +30,7 @@ _TAIL = struct.Struct("!bIIIQ")
 """Bytes 3..24 of a reply: precision, root delay, root dispersion, refid, reference time."""
 _PLAIN = struct.Struct("!BBB21s8sQ")
 """Bytes 0..40 of a reply: LI/VN/mode, stratum, poll, the tail above, origin, receive."""
+pack_plain_into = _PLAIN.pack_into
 NTP_EPOCH_NS = 2_208_988_800 * 1_000_000_000
 HALF_S = 500_000_000
 NS = 1_000_000_000
@@ -94,6 +95,7 @@ class ReplyBuilder:
         self._tail = bytes(_TAIL.size)
         self._win_lo = self._win_hi = 0
         self.plain_b0: dict[int, int] = {}
+        self.plain_table: list[int] = []
         """Request byte 0 of a plain client request (any LI, version 1..4, mode 3) ->
         reply byte 0 (our LI, the same version, mode 4). A miss means "not plain"."""
         self.state = state
@@ -109,6 +111,9 @@ class ReplyBuilder:
             for li in range(4)
             for v in range(1, 5)
         }
+        self.plain_table = [self.plain_b0.get(b0, 0) for b0 in range(256)]
+        """``plain_b0`` as a list indexed by request byte 0, 0 for "not plain" (a reply's
+        byte 0 never is: its mode is 4 or 2); indexing it is the cheapest test there is."""
         self._win_lo = self._win_hi = 0  # an empty window: the next request rebuilds _tail
 
     def _build_tail(self, now: int) -> bytes:

@@ -82,7 +82,6 @@ from ntpy.core.packet import (
     decode_trailer,
 )
 from ntpy.core.reply import (
-    _PLAIN,
     HALF_S,
     MASK64,
     NS,
@@ -91,6 +90,7 @@ from ntpy.core.reply import (
     KissReply,
     Reply,
     ReplyBuilder,
+    pack_plain_into,
 )
 from ntpy.core.system import SystemState
 
@@ -283,38 +283,39 @@ class Responder(ReplyBuilder):
         receive timestamp and the "now" of root dispersion and rate limits. A plain
         request may be answered in place (``IN_PLACE``): ``request`` must be writable.
         """
-        hit = self._clients.get(client)
-        if hit is None:
+        try:
+            hit = self._clients[client]
+        except KeyError:
             if peer is None:
                 return UNKNOWN_CLIENT
             hit = self._learn(client, peer)
         if size == 48 and port:
-            reply_b0 = self.plain_b0.get(request[at])
-            if reply_b0 is not None:
+            reply_b0 = self.plain_table[request[at]]
+            if reply_b0:
                 cls = hit[0]
                 if cls:
-                    if cls == PLAIN_IGNORE:
-                        return _RESTRICTED
-                    if cls == PLAIN_GENERAL:
+                    if cls > PLAIN_LIMIT_KOD:
+                        if cls == PLAIN_IGNORE:
+                            return _RESTRICTED
                         return self._general(request, at, size, hit, port, rx_ns)
-                    limiter = self.limiter
-                    assert limiter is not None  # no PLAIN_LIMIT* class without one
-                    verdict = limiter.check(hit[1], rx_ns, kod=cls == PLAIN_LIMIT_KOD)
+                    # (no PLAIN_LIMIT* class without a limiter)
+                    verdict = self.limiter.check(  # type: ignore[union-attr]
+                        hit[1], rx_ns, kod=cls == PLAIN_LIMIT_KOD
+                    )
                     if verdict:
                         if verdict == VERDICT_KOD:
                             data = bytes(request[at : at + 48])
                             return Kiss(KissCode.RATE, self.kiss_rate(data, (data[0] >> 3) & 7))
                         return _RATE_LIMITED
-                tail = self._tail
                 if not self._win_lo <= rx_ns < self._win_hi:
-                    tail = self._build_tail(rx_ns)
-                _PLAIN.pack_into(
+                    self._build_tail(rx_ns)
+                pack_plain_into(  # = answer_plain_into, inlined: this is the hot path
                     request,
                     at,
                     reply_b0,
                     self._stratum,
                     request[at + 2],
-                    tail,
+                    self._tail,
                     request[at + 40 : at + 48],
                     (((rx_ns + NTP_EPOCH_NS) << 32) + HALF_S) // NS & MASK64,
                 )

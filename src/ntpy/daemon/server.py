@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ntpy.clock.base import Clock
-from ntpy.core.decision import IN_PLACE, UNKNOWN_CLIENT, Answer, Control, Kiss, Reason
+from ntpy.core.decision import IN_PLACE, UNKNOWN_CLIENT, Answer, Control, Drop, Kiss, Reason
 from ntpy.core.reply import Reply
 from ntpy.core.server import Responder
 from ntpy.core.timestamps import unix_ns_to_ntp
@@ -310,7 +310,8 @@ class NtpServer:
         fast: list[int] = []
         tx_offsets: list[int] = []
         slow: list[tuple[int, Reply]] = []
-        hint = 0
+        in_place, unknown = IN_PLACE, UNKNOWN_CLIENT
+        rx = 0
         for i, off, mi, ci, ai, pi in b.slot_index[:n]:
             size = mm32[mi + len_index]
             if size != 48 and mm32[mi + flags_index] & MSG_TRUNC:
@@ -325,22 +326,29 @@ class NtpServer:
             if port == _NTP_PORT_BE and port_matters:
                 key = (key, 123)
             d = decide(data, off, size, key, port, rx)
-            if d is UNKNOWN_CLIENT:
-                d = decide(data, off, size, key, port, rx, b.peer(i))
-            if d is IN_PLACE:
+            if d is in_place:
                 fast.append(i)
                 tx_offsets.append(off + 40)
-                hint = rx
-            elif isinstance(d, Answer | Kiss):
-                counters[d.reason] += 1
-                slow.append((i, d.reply))
-            elif isinstance(d, Control) and self.control is not None:
+                continue
+            if d is unknown:
+                d = decide(data, off, size, key, port, rx, b.peer(i))
+                if d is in_place:
+                    fast.append(i)
+                    tx_offsets.append(off + 40)
+                    continue
+            kind = type(d)
+            if kind is Drop:
+                counters[d.reason] += 1  # type: ignore[union-attr]
+            elif kind is Answer or kind is Kiss:
+                counters[d.reason] += 1  # type: ignore[union-attr]
+                slow.append((i, d.reply))  # type: ignore[union-attr]
+            elif kind is Control and self.control is not None:
                 self._control(ep, b.payload(i), b.peer(i), b.ancillary(i)[1])
             else:
                 counters[d.reason] += 1  # type: ignore[union-attr]
         if fast:
             counters[_SERVED] += len(fast)
-            self._send_fast(b, fast, tx_offsets, tr, hint)
+            self._send_fast(b, fast, tx_offsets, tr, rx)
         if slow:
             self._send_slow(ep, b, slow)
         return n
