@@ -1,17 +1,19 @@
-"""The serving half of the daemon: read requests, ask the core, send replies.
+"""The serving half of the daemon: it only moves bytes and timestamps; the core decides.
 
 Per datagram: read it with its kernel receive timestamp (CLOCK_REALTIME), map that through
-the Clock to served time, let the sans-IO ``Responder`` decide, then read the clock once
-more -- as late as possible -- for the transmit timestamp and send from the address the
-request came to. Every outcome, answered or dropped, increments a named counter.
+the Clock to served time, ask ``Responder.decide`` (``ntpy.core.server``: the one place
+that decides what a request gets), then carry the decision out: read the clock once more
+-- as late as possible -- for the transmit timestamp and send from the address the request
+came to, or count the drop under the reason the decision names, or hand a mode 6 datagram
+to ``control``. The shell knows no NTP rule.
 
 Two I/O paths do this. The batched one (Linux, ``ntpy.daemon.mmsg``) reads up to
-``BATCH`` datagrams with one ``recvmmsg``, answers plain requests in place through the
-responder's fast path (per-address access decisions cached by raw address), and sends
-the replies with ``sendmmsg`` in groups of at most ``SEND_GROUP``: the transmit timestamp
-is read once per group right before its ``sendmmsg``. The other path (``recvmsg``/
-``sendmsg`` per datagram) serves everywhere else and when ``batch_io=False`` or
-``NTPY_MMSG=0``. Both produce the same replies and the same counters.
+``BATCH`` datagrams with one ``recvmmsg`` and names each client by its raw source address
+(the core caches access classes under it); the fast case is answered in place in its slot,
+and the replies go out with ``sendmmsg`` in groups of at most ``SEND_GROUP``: the transmit
+timestamp is read once per group right before its ``sendmmsg``. The other path
+(``recvmsg_into``/``sendmsg`` per datagram) serves everywhere else and when
+``batch_io=False`` or ``NTPY_MMSG=0``. Both produce the same replies and the same counters.
 
 Transmit timestamp compensation. Even read last, T3 is early: from the clock read to the
 kernel's software TX timestamp of the reply takes 10-30 us in Python (longest right after
