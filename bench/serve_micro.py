@@ -5,9 +5,10 @@ bytes are ready to send", with no system call: ``NtpServer._drain_batch`` over a
 ``MmsgBatch`` whose slots are filled by hand (``recv`` restores them and returns 64,
 ``send`` does nothing), and, for the per-datagram path, the decision plus the reply bytes
 of one request. The tree in ``src/`` ("now") and the one of a git revision ("base",
-default HEAD~1) run alternately in child processes, so both see the same machine load;
-printed is the best of ``--repeat`` runs per side, in ns per request, with the cost of
-restoring the slots (measured alone) taken off.
+default HEAD, i.e. "before" while a change is uncommitted) run alternately in child
+processes, so both see the same machine load; printed is the best of ``--repeat`` runs
+per side, in ns per request, with the cost of restoring the slots (measured alone) taken
+off.
 
 Scenarios (all from 64 client addresses, every one cached after the first batch):
 
@@ -20,7 +21,7 @@ Scenarios (all from 64 client addresses, every one cached after the first batch)
   ``Responder.handle`` + ``finalize`` the recvmsg path used; now, ``Responder.decide`` in
   place + the T3 pack.
 
-Usage: ``python bench/serve_micro.py [--baseline REV] [--n 2000] [--repeat 5]``
+Usage: ``python bench/serve_micro.py [--baseline REV] [--n 64000] [--repeat 5] [--only a,b]``
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def _run_side(src: Path, n: int, only: str) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--baseline", default="HEAD~1", help="git revision to compare with")
+    ap.add_argument("--baseline", default="HEAD", help="git revision to compare with")
     ap.add_argument("--n", type=int, default=64_000, help="requests per scenario and run")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
