@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ntpy.core.reply import DISPERSION_WINDOW_LOG2
 from ntpy.core.server import (
-    DISPERSION_WINDOW_LOG2,
     PLAIN_GENERAL,
     PLAIN_IGNORE,
     PLAIN_LIMIT,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from ntpy.core.kiss import KISS_MEANINGS, KissCode
 from ntpy.core.packet import (
     HEADER_LEN,
     LEAP_ALARM,
@@ -40,53 +41,6 @@ from ntpy.core.timestamps import ntp_to_unix_ns, short_to_ns
 
 MAX_DISPERSION_NS = 16_000_000_000
 """RFC 5905 MAXDISP: a server claiming more root delay/dispersion than 16 s is not usable."""
-
-
-class KissCode(StrEnum):
-    """The kiss codes a client must act on (RFC 5905 7.4). Any other stratum-0 refid (INIT,
-    STEP, AUTH, zero...) marks an unsynchronized server, not an order."""
-
-    RATE = "RATE"
-    """Poll less often: at least at the poll the kiss advertises."""
-    DENY = "DENY"
-    """Access denied: stop asking this server."""
-    RSTR = "RSTR"
-    """Access restricted: stop asking this server."""
-
-    @property
-    def meaning(self) -> str:
-        """What the code says, for messages."""
-        return KISS_MEANINGS[self]
-
-    @property
-    def reason(self) -> Reason:
-        """The reason (and counter name) a reply with this kiss gets: ``kod_RATE``..."""
-        return _KISS_REASONS[self]
-
-    @property
-    def refuses_service(self) -> bool:
-        """DENY and RSTR: the server will not serve us; a source stops for good."""
-        return self is not KissCode.RATE
-
-    @classmethod
-    def from_refid(cls, refid: bytes) -> KissCode | None:
-        """The kiss code in a stratum-0 refid if it is one a client must act on.
-
-        Any other stratum-0 refid -- INIT from an unsynchronized ntpd or ntpy, zero from
-        chrony, the refid a server kept when it lost sync, codes such as AUTH -- makes the
-        reply one from an unsynchronized server, not usable and not an order: ntpd also acts
-        only on the codes it knows, and taking every printable refid for a kiss would let an
-        unsynchronized server that kept refid "GPS" look like it refuses us.
-        """
-        code = refid.rstrip(b"\0").decode("ascii", "replace")
-        return cls(code) if code in cls.__members__ else None
-
-
-KISS_MEANINGS = {
-    KissCode.RATE: "rate exceeded: the server asks us to poll less often",
-    KissCode.DENY: "access denied by the server",
-    KissCode.RSTR: "access restricted by the server",
-}
 
 
 class Reason(StrEnum):
@@ -124,6 +78,11 @@ _KISS_REASONS = {
 _REASON_KISSES = {reason: code for code, reason in _KISS_REASONS.items()}
 
 
+def kiss_reason(code: KissCode) -> Reason:
+    """The reason (and counter name) a reply with this kiss gets: ``kod_RATE``..."""
+    return _KISS_REASONS[code]
+
+
 class ReplyRejected(Exception):
     """A reply that must not be used; ``reason`` says why, ``detail`` for people."""
 
@@ -141,7 +100,7 @@ class KissOfDeath(ReplyRejected):
     """
 
     def __init__(self, code: KissCode, poll: int) -> None:
-        super().__init__(code.reason, f"kiss-o'-death {code} ({code.meaning})")
+        super().__init__(kiss_reason(code), f"kiss-o'-death {code} ({code.meaning})")
         self.code = code
         self.poll = poll
 
@@ -336,5 +295,6 @@ __all__ = [
     "ReplyRejected",
     "Sample",
     "build_request",
+    "kiss_reason",
     "parse_reply",
 ]

@@ -1,9 +1,16 @@
-"""The responder: turns one request into one reply (or a named reason to drop it).
+"""The serve decision: one request in, one typed ``Decision`` out. The only place that does.
 
-``Responder.handle(request, client, rx_time, now)`` is the whole server side of RFC 5905
-for unicast: it needs no socket and no clock. The I/O shell passes the kernel receive
-timestamp (already mapped through the Clock) as ``rx_time`` and stamps the transmit
-timestamp into the returned ``Reply`` as late as it can, right before the send.
+``Responder.decide(request, at, size, client, port, rx_ns, peer)`` -- or, for one whole
+datagram, :func:`decide` ``(request, client, rx_ns, state)`` -- is the whole server side
+of RFC 5905 for unicast. It needs no socket and no clock: the I/O shell passes the
+request bytes, who sent them and the kernel receive time (mapped through the Clock), and
+gets back an ``Answer``, ``AnsweredInPlace``, ``Kiss``, ``Drop`` or ``Control`` (see
+``ntpy.core.decision``), each naming its stats counter. The shell then only moves bytes:
+it stamps the transmit timestamp as late as it can and sends, or counts the drop, or hands
+a mode 6 datagram to the control responder. Every path asks here: the batched
+(``recvmmsg``) and per-datagram paths of ``ntpy.daemon.server``, so every worker process,
+and the simulator's servers (``ntpy.sim.server``). ``Responder.handle`` is the same
+decision in the older ``(reply, reason)`` form, for tests and tools.
 
 What we answer, as ntpd does:
 - mode 3 (client), any version 1..4, echoing the version and poll -> mode 4;
@@ -12,34 +19,55 @@ What we answer, as ntpd does:
   association (ntpd's answer to unauthenticated peers it will not keep state for).
 What we never answer: mode 2/4/5 (replies and broadcasts: answering them makes loops),
 mode 7 (ntpdc's private mode, the monlist amplifier), versions 0 and > 4, and anything that
-does not parse. A request with a MAC under a trusted key gets a MAC'd reply; a MAC that does
-not verify gets a crypto-NAK, as RFC 5905 asks. No reply to an unauthenticated request is
-larger than the request.
+does not parse. Mode 6 goes to the control responder unless the client is ``noquery``. A
+request with a MAC under a trusted key gets a MAC'd reply; a MAC that does not verify gets
+a crypto-NAK, as RFC 5905 asks. No reply to an unauthenticated request is larger than the
+request.
 
-The fast path. Almost every request a public server sees is a plain 48-byte mode 3
-packet from a client the access rules let through. For those the shell asks
-:meth:`Responder.plain_class` once per client address (it caches the answer per raw
-address until :meth:`Responder.plain_generation` changes) and then has
-:meth:`Responder.answer_plain_into` write the reply over the request in place: one
-``struct.pack_into`` of a header prebuilt in ``set_state``. ``handle`` builds its replies
-with the same pack and the same header, so both paths produce identical bytes.
+The fast case. Almost every request a public server sees is a plain 48-byte mode 3 packet
+from a client the access rules let through. The access class of a client is computed once
+(:meth:`Responder.plain_class` of its address) and cached under the key the shell names
+the client by -- for the batched path its raw source address, so the shell never formats
+an address string -- until :meth:`Responder.plain_generation` changes
+(:meth:`Responder.refresh`, once per drain). A plain request from a client of class
+``PLAIN_SERVE`` is then answered by one ``struct.pack_into`` of the prebuilt header over
+the request itself (``ntpy.core.reply``) and the decision is the shared ``IN_PLACE``: no
+allocation. Everything else takes the general branch, which builds the same bytes.
 
-Root dispersion grows with time (PHI = 15 ppm). Instead of recomputing it per request it
-is computed for the *end* of the aligned window of 2**30 ns (~1.07 s) that ``now`` falls
-in, so the value served is never smaller than the exact one and at most
-15 ppm x 1.07 s = 16 us larger -- about one unit of the 16-bit fraction (15.3 us) the
-field has anyway. ntpd and chrony likewise serve a dispersion updated per second or per
-clock update, not per packet.
+Where later work plugs in -- here, and nowhere in the shell:
+- NTS (RFC 8915): a request carrying NTS extension fields leaves the fast case by its size
+  (> 48 bytes) and reaches the trailer parse in ``_general``; the NTS check goes beside
+  the MAC check there (cookie -> keys, AEAD verify), its reply is built by
+  ``ntpy.core.reply`` with the extension fields appended (the reply may then match the
+  request's size, never exceed it), and an NTS NAK is a ``Kiss`` with its own code.
+- The kernel (XDP) fast path: it answers the ``PLAIN_SERVE`` case before Python sees it,
+  from the same prebuilt header. Its loader publishes ``ReplyBuilder``'s header bytes
+  (on ``set_state`` / window change) and the per-client classes of this module's cache
+  (``plain_class``) into its maps; everything it passes up is decided here as today.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
-from enum import StrEnum
+from collections.abc import Hashable, Mapping
 from typing import Any, Protocol
 
 from ntpy.core import auth
+from ntpy.core.decision import (
+    CONTROL,
+    DROPS,
+    IN_PLACE,
+    UNKNOWN_CLIENT,
+    Answer,
+    AnsweredInPlace,
+    Control,
+    Decision,
+    Drop,
+    Kiss,
+    Reason,
+    UnknownClient,
+)
+from ntpy.core.kiss import KissCode
 from ntpy.core.packet import (
     HEADER_LEN,
     MODE_ACTIVE,
@@ -53,48 +81,47 @@ from ntpy.core.packet import (
     PacketError,
     decode_trailer,
 )
+from ntpy.core.reply import (
+    HALF_S,
+    MASK64,
+    NS,
+    NTP_EPOCH_NS,
+    REFID_RATE,
+    KissReply,
+    Reply,
+    ReplyBuilder,
+    pack_plain_into,
+)
 from ntpy.core.system import SystemState
-from ntpy.core.timestamps import NS_PER_S as _NS
-from ntpy.core.timestamps import NTP_UNIX_OFFSET_NS as _NTP_EPOCH_NS
-from ntpy.core.timestamps import ns_to_short, unix_ns_to_ntp
 
-_U32 = struct.Struct("!I")
+__all__ = [
+    "CLIENT_CACHE",
+    "PLAIN_GENERAL",
+    "PLAIN_IGNORE",
+    "PLAIN_LIMIT",
+    "PLAIN_LIMIT_KOD",
+    "PLAIN_SERVE",
+    "REFID_RATE",
+    "VERDICT_ALLOW",
+    "VERDICT_DROP",
+    "VERDICT_KOD",
+    "AccessPolicy",
+    "Answer",
+    "AnsweredInPlace",
+    "Control",
+    "Decision",
+    "Drop",
+    "Kiss",
+    "KissReply",
+    "Limiter",
+    "Reason",
+    "Reply",
+    "Responder",
+    "UnknownClient",
+    "decide",
+]
+
 _U64 = struct.Struct("!Q")
-_TAIL = struct.Struct("!bIIIQ")
-"""Bytes 3..24 of a reply: precision, root delay, root dispersion, refid, reference time."""
-_PLAIN = struct.Struct("!BBB21s8sQ")
-"""Bytes 0..40 of a reply: LI/VN/mode, stratum, poll, the tail above, origin, receive."""
-_HALF_S = 500_000_000
-_MASK64 = (1 << 64) - 1
-DISPERSION_WINDOW_LOG2 = 30
-"""Root dispersion is served as of the end of the aligned 2**30 ns window ``now`` is in."""
-
-
-class Reason(StrEnum):
-    """Why a request was answered or dropped: each one is a stats counter."""
-
-    SERVED = "served"
-    SERVED_AUTH = "served_auth"
-    CRYPTO_NAK = "crypto_nak"
-    TOO_SHORT = "drop_too_short"
-    BAD_VERSION = "drop_bad_version"
-    BAD_MODE = "drop_bad_mode"
-    NOT_REQUEST = "drop_not_request"
-    CONTROL = "drop_mode6"
-    PRIVATE = "drop_mode7"
-    MALFORMED = "drop_malformed"
-    BAD_PORT = "drop_bad_port"
-    RESTRICTED = "drop_restricted"
-    """``restrict ... ignore|noserve`` (or a chrony ``deny``) matched the client."""
-    CONTROL_DENIED = "drop_mode6_noquery"
-    VERSION_DENIED = "drop_restrict_version"
-    UNAUTHENTICATED = "drop_notrust"
-    RATE_LIMITED = "drop_rate_limited"
-    KOD_RATE = "kod_rate_sent"
-
-    @property
-    def answered(self) -> bool:
-        return self in (Reason.SERVED, Reason.SERVED_AUTH, Reason.CRYPTO_NAK, Reason.KOD_RATE)
 
 
 class AccessPolicy(Protocol):
@@ -112,7 +139,6 @@ class Limiter(Protocol):
 VERDICT_ALLOW = 0
 VERDICT_DROP = 1
 VERDICT_KOD = 2
-REFID_RATE = int.from_bytes(b"RATE", "big")
 
 PLAIN_SERVE = 0
 """plain_class: no restriction applies -- answer."""
@@ -123,59 +149,27 @@ PLAIN_LIMIT_KOD = 2
 PLAIN_IGNORE = 3
 """``ignore``: every non-empty datagram from it is dropped as ``drop_restricted``."""
 PLAIN_GENERAL = 4
-"""Anything else (``noserve``, ``version``, ``notrust``, ...): use :meth:`Responder.handle`."""
+"""Anything else (``noserve``, ``version``, ``notrust``, ...): the general branch decides."""
 _GENERAL_FLAGS = frozenset({"noserve", "version", "notrust"})
-
-
-class Reply:
-    """A reply waiting for its transmit timestamp.
-
-    The transmit timestamp (bytes 40..48) must be read from the clock as late as possible,
-    so the shell calls ``finalize(tx_ntp)`` immediately before sending. A MAC, when the
-    request was authenticated, covers the transmit timestamp and is computed there too.
-    """
-
-    __slots__ = ("buf", "key", "nak")
-
-    def __init__(self, buf: bytearray, key: auth.MacKey | None = None, nak: bool = False) -> None:
-        self.buf = buf
-        self.key = key
-        self.nak = nak
-
-    def finalize(self, tx_ntp: int) -> bytes:
-        """The bytes to send, with ``tx_ntp`` as the transmit timestamp."""
-        buf = self.buf
-        _U64.pack_into(buf, 40, tx_ntp)
-        if self.key is not None:
-            return auth.sign(self.key, bytes(buf))
-        if self.nak:
-            return bytes(buf) + b"\0\0\0\0"
-        return bytes(buf)
-
+CLIENT_CACHE = 4096
+"""Per-client access classes kept; cleared when full (a flood of new sources then costs one
+access lookup per datagram, as without the cache)."""
 
 _NO_FLAGS: frozenset[str] = frozenset()
+ClientClass = tuple[int, str, frozenset[str]]
+"""A client's cached access: (PLAIN_* class, address string, restrict flags)."""
+_OPEN: ClientClass = (PLAIN_SERVE, "", _NO_FLAGS)
+"""An unknown sender (``handle(..., client=None)``): no access rules apply."""
+
+_RESTRICTED = DROPS[Reason.RESTRICTED]
+_RATE_LIMITED = DROPS[Reason.RATE_LIMITED]
 
 
-class _KissReply(Reply):
-    """A kiss carries the client's transmit timestamp in every field, ours in none."""
-
-    __slots__ = ("xmt",)
-
-    def __init__(self, buf: bytearray, xmt: bytes) -> None:
-        super().__init__(buf)
-        self.xmt = xmt
-
-    def finalize(self, tx_ntp: int) -> bytes:
-        self.buf[40:48] = self.xmt
-        return bytes(self.buf)
-
-
-class Responder:
-    """Answers NTP requests from the current ``SystemState``.
-
-    The fixed part of every reply (stratum, precision, root delay, refid, reference time) is
-    packed once per state change, so the per-request work is a copy and three small packs.
-    """
+class Responder(ReplyBuilder):
+    """The serving state ``decide`` reads: system variables (as prebuilt reply bytes, see
+    ``ReplyBuilder``), MAC keys, access policy, rate limiter, and the per-client cache of
+    access classes. ``access``, ``limiter`` and ``kod_min_poll`` may be replaced at any
+    time; the cache notices at the next :meth:`refresh`."""
 
     def __init__(
         self,
@@ -186,73 +180,23 @@ class Responder:
         limiter: Limiter | None = None,
         kod_min_poll: int = 4,
     ) -> None:
+        super().__init__(state, kod_min_poll=kod_min_poll)
         self._keys: Mapping[int, auth.MacKey] = keys or {}
         self.access = access
         self.limiter = limiter
-        self.kod_min_poll = kod_min_poll
-        """The poll (log2 s) a RATE kiss asks for at least: the limiter's average interval."""
-        self._leap_bits = 0
-        self._stratum = 0
-        self._tail = bytes(_TAIL.size)
-        self._win_lo = self._win_hi = 0
-        self.plain_b0: dict[int, int] = {}
-        """Request byte 0 of a plain client request (any LI, version 1..4, mode 3) ->
-        reply byte 0 (our LI, the same version, mode 4). A miss means "not plain"."""
         self._gen = 0
         self._gen_key: tuple[object, object, object] | None = None
         self.plain_port_matters = False
-        """Whether :meth:`plain_class` can differ between source port 123 and others."""
-        self.state = state
-        self.set_state(state)
+        """Whether a client's class can differ between source port 123 and others (then
+        the port class is part of its cache key: :meth:`client_key`)."""
+        self._clients: dict[Hashable, ClientClass] = {}
+        self._clients_gen: int | None = None
+        self._cacheable = False
 
-    def set_state(self, state: SystemState) -> None:
-        """Adopt new system variables (called when synchronization changes)."""
-        self.state = state
-        self._leap_bits = leap_bits = (state.leap & 3) << 6
-        self._stratum = state.wire_stratum
-        self.plain_b0 = {
-            (li << 6) | (v << 3) | MODE_CLIENT: leap_bits | (v << 3) | MODE_SERVER
-            for li in range(4)
-            for v in range(1, 5)
-        }
-        self._win_lo = self._win_hi = 0  # an empty window: the next request rebuilds _tail
+    def set_keys(self, keys: Mapping[int, auth.MacKey]) -> None:
+        self._keys = keys
 
-    def _build_tail(self, now: int) -> bytes:
-        """Rebuild the header bytes 3..24 for the dispersion window ``now`` is in."""
-        state = self.state
-        lo = (now >> DISPERSION_WINDOW_LOG2) << DISPERSION_WINDOW_LOG2
-        hi = lo + (1 << DISPERSION_WINDOW_LOG2)
-        ref = 0 if state.reference_ns is None else unix_ns_to_ntp(state.reference_ns)
-        self._tail = _TAIL.pack(
-            state.precision,
-            ns_to_short(state.root_delay_ns),
-            ns_to_short(state.root_dispersion_at(hi)),
-            state.refid,
-            ref,
-        )
-        self._win_lo, self._win_hi = lo, hi
-        return self._tail
-
-    def answer_plain_into(self, buf: bytearray, off: int, reply_b0: int, rx_ns: int) -> None:
-        """Turn the plain request at ``buf[off:off+48]`` into its reply, in place.
-
-        ``reply_b0`` is ``plain_b0[buf[off]]``; ``rx_ns`` the served receive time (also the
-        "now" of root dispersion). The caller has checked access and rate limits (see
-        :meth:`plain_class`) and writes the transmit timestamp (bytes 40..48) last.
-        """
-        tail = self._tail
-        if not self._win_lo <= rx_ns < self._win_hi:
-            tail = self._build_tail(rx_ns)
-        _PLAIN.pack_into(
-            buf,
-            off,
-            reply_b0,
-            self._stratum,
-            buf[off + 2],
-            tail,
-            buf[off + 40 : off + 48],
-            (((rx_ns + _NTP_EPOCH_NS) << 32) + _HALF_S) // _NS & _MASK64,
-        )
+    # --- the per-client cache --------------------------------------------------------
 
     def plain_class(self, host: str, port: int | None = None) -> int:
         """What to do with a plain request from ``host``/``port``: a PLAIN_* constant.
@@ -262,7 +206,9 @@ class Responder:
         """
         if self.access is None:
             return PLAIN_SERVE
-        flags = self.access.flags(host, port)
+        return self._class_of(self.access.flags(host, port))
+
+    def _class_of(self, flags: frozenset[str]) -> int:
         if not flags:
             return PLAIN_SERVE
         if "ignore" in flags:
@@ -291,86 +237,145 @@ class Responder:
             self.plain_port_matters = bool(getattr(rules, "has_ntpport", rules is not None))
         return self._gen
 
-    def kiss_rate(self, request: bytes, version: int, reply_mode: int = MODE_SERVER) -> Reply:
-        """The RATE kiss for ``request`` (see ``_kiss_rate``); for the shell's fast path."""
-        return self._kiss_rate(request, version, reply_mode)
+    def refresh(self) -> None:
+        """Forget cached client classes if the policy or limiter changed; the shell calls
+        this once per drain (and :func:`decide` once per datagram)."""
+        gen = self.plain_generation()
+        if gen is None or gen != self._clients_gen:
+            self._clients.clear()
+            self._clients_gen = gen
+        self._cacheable = gen is not None
 
-    def set_keys(self, keys: Mapping[int, auth.MacKey]) -> None:
-        self._keys = keys
+    def client_key(self, host: str, port: int | None) -> Hashable:
+        """The cache key of a client known by its address string (the per-datagram path)."""
+        return (host, 123) if port == 123 and self.plain_port_matters else host
 
-    def _kiss_rate(self, request: bytes, version: int, reply_mode: int) -> Reply:
-        """A RATE kiss-o'-death (RFC 5905 7.4): leap alarm, stratum 0, refid 'RATE', and a
-        poll the client should back off to. Every timestamp is the client's own transmit
-        timestamp, so the packet carries no time anyone could use; 48 bytes, never larger
-        than the request."""
-        xmt = request[40:48]
-        buf = bytearray(HEADER_LEN)
-        buf[0] = (3 << 6) | (version << 3) | reply_mode
-        buf[1] = 0
-        buf[2] = max(request[2] if request[2] < 128 else 0, self.kod_min_poll)
-        buf[3] = self.state.precision & 0xFF
-        _U32.pack_into(buf, 12, REFID_RATE)
-        buf[16:24] = xmt
-        buf[24:32] = xmt
-        buf[32:40] = xmt
-        return _KissReply(buf, bytes(xmt))
+    def _learn(self, client: Hashable, peer: Any) -> ClientClass:
+        host = str(peer[0])
+        port = peer[1] if len(peer) > 1 else None
+        flags = self.access.flags(host, port) if self.access is not None else _NO_FLAGS
+        hit = (self._class_of(flags), host, flags)
+        if self._cacheable:
+            if len(self._clients) >= CLIENT_CACHE:
+                self._clients.clear()
+            self._clients[client] = hit
+        return hit
 
-    def handle(
-        self, request: bytes, client: Any, rx_time: int, now: int
-    ) -> tuple[Reply | None, Reason]:
-        """Answer one request.
+    # --- the decision ---------------------------------------------------------------
 
-        ``client`` is the peer's socket address (port checked; access control uses it),
-        ``rx_time`` the receive timestamp as a 64-bit NTP value, ``now`` served time in ns
-        (root dispersion grows with it).
+    def decide(
+        self,
+        request: bytearray,
+        at: int,
+        size: int,
+        client: Hashable,
+        port: int | None,
+        rx_ns: int,
+        peer: Any = None,
+    ) -> Decision:
+        """Decide the ``size``-byte request at ``request[at:]``, received at ``rx_ns``.
+
+        ``client`` is the sender's cache key (the batched shell: its raw source address;
+        see :meth:`client_key` otherwise), ``port`` its source port as the shell read it
+        (only compared with 0 here: any byte order), ``peer`` its socket address
+        ``(host, port, ...)`` or None. Without ``peer`` an uncached client gets
+        ``UNKNOWN_CLIENT``: call again with it. ``rx_ns`` is served time in Unix ns: the
+        receive timestamp and the "now" of root dispersion and rate limits. A plain
+        request may be answered in place (``IN_PLACE``): ``request`` must be writable.
         """
-        n = len(request)
+        try:
+            hit = self._clients[client]
+        except KeyError:
+            if peer is None:
+                return UNKNOWN_CLIENT
+            hit = self._learn(client, peer)
+        if size == 48 and port:
+            reply_b0 = self.plain_table[request[at]]
+            if reply_b0:
+                cls = hit[0]
+                if cls:
+                    if cls > PLAIN_LIMIT_KOD:
+                        if cls == PLAIN_IGNORE:
+                            return _RESTRICTED
+                        return self._general(request, at, size, hit, port, rx_ns)
+                    # (no PLAIN_LIMIT* class without a limiter)
+                    verdict = self.limiter.check(  # type: ignore[union-attr]
+                        hit[1], rx_ns, kod=cls == PLAIN_LIMIT_KOD
+                    )
+                    if verdict:
+                        if verdict == VERDICT_KOD:
+                            data = bytes(request[at : at + 48])
+                            return Kiss(KissCode.RATE, self.kiss_rate(data, (data[0] >> 3) & 7))
+                        return _RATE_LIMITED
+                if not self._win_lo <= rx_ns < self._win_hi:
+                    self._build_tail(rx_ns)
+                pack_plain_into(  # = answer_plain_into, inlined: this is the hot path
+                    request,
+                    at,
+                    reply_b0,
+                    self._stratum,
+                    request[at + 2],
+                    self._tail,
+                    request[at + 40 : at + 48],
+                    (((rx_ns + NTP_EPOCH_NS) << 32) + HALF_S) // NS & MASK64,
+                )
+                return IN_PLACE
+        return self._general(request, at, size, hit, port, rx_ns)
+
+    def _general(
+        self,
+        request: bytes | bytearray,
+        at: int,
+        n: int,
+        hit: ClientClass,
+        port: int | None,
+        now: int,
+    ) -> Decision:
+        """Every request that is not the fast case, in ntpd's order of checks."""
         if n == 0:
-            return None, Reason.TOO_SHORT
-        b0 = request[0]
+            return DROPS[Reason.TOO_SHORT]
+        b0 = request[at]
         version = (b0 >> 3) & 7
         mode = b0 & 7
-        flags: frozenset[str] = _NO_FLAGS
-        if self.access is not None and client is not None:
-            flags = self.access.flags(client[0], client[1])
-            if "ignore" in flags:
-                return None, Reason.RESTRICTED
+        flags = hit[2]
+        if flags and "ignore" in flags:
+            return _RESTRICTED
         if mode == MODE_CONTROL:
-            # Mode 6 (ntpq) is not served yet; noquery clients are counted apart so the
-            # counters show who was refused rather than unserved.
-            return None, Reason.CONTROL_DENIED if "noquery" in flags else Reason.CONTROL
+            # noquery clients are counted apart so the counters show who was refused.
+            return DROPS[Reason.CONTROL_DENIED] if "noquery" in flags else CONTROL
         if mode == MODE_PRIVATE:
-            return None, Reason.PRIVATE
+            return DROPS[Reason.PRIVATE]
         if version == 0 or version > 4:
-            return None, Reason.BAD_VERSION
+            return DROPS[Reason.BAD_VERSION]
         if mode == MODE_CLIENT or (mode == MODE_RESERVED and version == 1):
             reply_mode = MODE_SERVER
         elif mode == MODE_ACTIVE:
             reply_mode = MODE_PASSIVE
         elif mode in (MODE_PASSIVE, MODE_SERVER, MODE_BROADCAST):
-            return None, Reason.NOT_REQUEST
+            return DROPS[Reason.NOT_REQUEST]
         else:
-            return None, Reason.BAD_MODE
+            return DROPS[Reason.BAD_MODE]
         if n < HEADER_LEN:
-            return None, Reason.TOO_SHORT
-        if client is not None and len(client) >= 2 and client[1] == 0:
-            return None, Reason.BAD_PORT
+            return DROPS[Reason.TOO_SHORT]
+        if port == 0:
+            return DROPS[Reason.BAD_PORT]
         if flags:
             if "noserve" in flags:
-                return None, Reason.RESTRICTED
+                return _RESTRICTED
             if "version" in flags and version != 4:
-                return None, Reason.VERSION_DENIED
+                return DROPS[Reason.VERSION_DENIED]
 
+        data = bytes(request[at : at + n])
         key: auth.MacKey | None = None
         nak = False
         reason = Reason.SERVED
         if n > HEADER_LEN:
             try:
-                _fields, mac, mac_offset = decode_trailer(request, version)
+                _fields, mac, mac_offset = decode_trailer(data, version)
             except PacketError:
-                return None, Reason.MALFORMED
+                return DROPS[Reason.MALFORMED]
             if mac is not None:
-                key = auth.verify(self._keys, mac.keyid, request[:mac_offset], mac.digest)
+                key = auth.verify(self._keys, mac.keyid, data[:mac_offset], mac.digest)
                 if key is None:
                     nak = True
                     reason = Reason.CRYPTO_NAK
@@ -379,26 +384,46 @@ class Responder:
 
         if flags:
             if "notrust" in flags and key is None:
-                return None, Reason.UNAUTHENTICATED
+                return DROPS[Reason.UNAUTHENTICATED]
             if "limited" in flags and self.limiter is not None:
-                verdict = self.limiter.check(client[0], now, kod="kod" in flags)
+                verdict = self.limiter.check(hit[1], now, kod="kod" in flags)
                 if verdict == VERDICT_DROP:
-                    return None, Reason.RATE_LIMITED
+                    return _RATE_LIMITED
                 if verdict == VERDICT_KOD:
-                    return self._kiss_rate(request, version, reply_mode), Reason.KOD_RATE
+                    return Kiss(KissCode.RATE, self.kiss_rate(data, version, reply_mode))
+        return Answer(self.build(data, version, reply_mode, now, key, nak), reason)
 
-        tail = self._tail
-        if not self._win_lo <= now < self._win_hi:
-            tail = self._build_tail(now)
-        buf = bytearray(HEADER_LEN)
-        _PLAIN.pack_into(
-            buf,
-            0,
-            self._leap_bits | (version << 3) | reply_mode,
-            self._stratum,
-            request[2],
-            tail,
-            request[40:48],
-            rx_time,
-        )
-        return Reply(buf, key, nak), reason
+    def handle(
+        self, request: bytes, client: Any, rx_time: int, now: int
+    ) -> tuple[Reply | None, Reason]:
+        """:func:`decide` for one datagram, as ``(reply or None, reason)``.
+
+        ``client`` is the peer's socket address or None (no access rules apply), ``rx_time``
+        the receive timestamp as a 64-bit NTP value, ``now`` served time in ns.
+        """
+        d = decide(request, client, now, self)
+        if isinstance(d, Answer):
+            _U64.pack_into(d.reply.buf, 32, rx_time)
+            return d.reply, d.reason
+        if isinstance(d, Kiss):
+            return d.reply, d.reason
+        assert isinstance(d, Drop | Control)
+        return None, d.reason
+
+
+def decide(request: bytes, client: Any, rx_ns: int, state: Responder) -> Decision:
+    """The decision for one whole datagram from socket address ``client`` (None: unknown
+    sender, no access rules apply) received at ``rx_ns`` (served time, Unix ns).
+
+    Never ``AnsweredInPlace`` or ``UnknownClient``: a fast-case answer comes back as an
+    ``Answer`` around a copy of the request. ``request`` itself is not modified.
+    """
+    state.refresh()
+    buf = bytearray(request)
+    if client is None:
+        return state._general(buf, 0, len(buf), _OPEN, None, rx_ns)
+    port = client[1] if len(client) > 1 else None
+    d = state.decide(buf, 0, len(buf), state.client_key(str(client[0]), port), port, rx_ns, client)
+    if d is IN_PLACE:
+        return Answer(Reply(buf), Reason.SERVED)
+    return d

@@ -35,6 +35,7 @@ from ntpy.core.exchange import (
     Reason,
     ReplyRejected,
     Sample,
+    kiss_reason,
 )
 from ntpy.core.packet import LEAP_ALARM
 from ntpy.core.sourcestats import Estimate, Measurement, SourceStats
@@ -206,7 +207,7 @@ class Source:
         poll adaptation cannot creep back to the refused rate, and the burst stops.
         DENY/RSTR: stop polling for good.
         """
-        self.counters[code.reason.value] += 1
+        self.counters[kiss_reason(code).value] += 1
         self.pending = None
         if not code.refuses_service:  # RATE
             ceiling = min(max(self.maxpoll, server_poll), MAX_POLL)
@@ -218,7 +219,7 @@ class Source:
         else:  # DENY, RSTR
             self.kod = code
             self.state = SourceState.KOD
-        return code.reason
+        return kiss_reason(code)
 
     # ----------------------------------------------------------------- poll adaptation
 

@@ -5,6 +5,9 @@ core may not fetch itself -- the platform strings (``processor``/``system``/``re
 the daemon's status snapshot and the clock's "now" -- and fetches the snapshot only for
 requests that get past the header checks.
 
+The serve decision (``ntpy.core.server``) sends a mode 6 datagram here when it says
+``Control`` (the client is not ``noquery``/``ignore``); this handler answers it.
+
 It depends on nothing but callables of the main process's daemon (``status``, the clock's
 ``now_ns`` and the access rules' ``flags``), so mode 6 requests forwarded from worker
 processes are answered by the same object: ``NtpqHandler(request, client_addr) -> reply

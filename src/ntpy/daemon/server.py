@@ -1,17 +1,19 @@
-"""The serving half of the daemon: read requests, ask the core, send replies.
+"""The serving half of the daemon: it only moves bytes and timestamps; the core decides.
 
 Per datagram: read it with its kernel receive timestamp (CLOCK_REALTIME), map that through
-the Clock to served time, let the sans-IO ``Responder`` decide, then read the clock once
-more -- as late as possible -- for the transmit timestamp and send from the address the
-request came to. Every outcome, answered or dropped, increments a named counter.
+the Clock to served time, ask ``Responder.decide`` (``ntpy.core.server``: the one place
+that decides what a request gets), then carry the decision out: read the clock once more
+-- as late as possible -- for the transmit timestamp and send from the address the request
+came to, or count the drop under the reason the decision names, or hand a mode 6 datagram
+to ``control``. The shell knows no NTP rule.
 
 Two I/O paths do this. The batched one (Linux, ``ntpy.daemon.mmsg``) reads up to
-``BATCH`` datagrams with one ``recvmmsg``, answers plain requests in place through the
-responder's fast path (per-address access decisions cached by raw address), and sends
-the replies with ``sendmmsg`` in groups of at most ``SEND_GROUP``: the transmit timestamp
-is read once per group right before its ``sendmmsg``. The other path (``recvmsg``/
-``sendmsg`` per datagram) serves everywhere else and when ``batch_io=False`` or
-``NTPY_MMSG=0``. Both produce the same replies and the same counters.
+``BATCH`` datagrams with one ``recvmmsg`` and names each client by its raw source address
+(the core caches access classes under it); the fast case is answered in place in its slot,
+and the replies go out with ``sendmmsg`` in groups of at most ``SEND_GROUP``: the transmit
+timestamp is read once per group right before its ``sendmmsg``. The other path
+(``recvmsg_into``/``sendmsg`` per datagram) serves everywhere else and when
+``batch_io=False`` or ``NTPY_MMSG=0``. Both produce the same replies and the same counters.
 
 Transmit timestamp compensation. Even read last, T3 is early: from the clock read to the
 kernel's software TX timestamp of the reply takes 10-30 us in Python (longest right after
@@ -40,15 +42,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ntpy.clock.base import Clock
-from ntpy.core.server import (
-    PLAIN_GENERAL,
-    PLAIN_IGNORE,
-    PLAIN_LIMIT_KOD,
-    VERDICT_KOD,
-    Reason,
-    Reply,
-    Responder,
-)
+from ntpy.core.decision import IN_PLACE, UNKNOWN_CLIENT, Answer, Control, Drop, Kiss, Reason
+from ntpy.core.reply import Reply
+from ntpy.core.server import Responder
 from ntpy.core.timestamps import NS_PER_S as _NS
 from ntpy.core.timestamps import unix_ns_to_ntp
 from ntpy.daemon import mmsg, txstamp
@@ -72,9 +68,6 @@ SEND_GROUP = 8
 """Replies per ``sendmmsg`` (each group gets its own, freshly read transmit timestamp)."""
 SEND_COST_WINDOW = 32
 """Group sends whose per-reply time the T3 spacing is the minimum of."""
-CLIENT_CACHE = 4096
-"""Per-address fast-path decisions kept; cleared when full (a flood of new sources then
-costs one access lookup per datagram, as without the cache)."""
 
 SINGLE_CONTEXT = SEND_GROUP
 """Delay estimator context of the per-datagram path (0..SEND_GROUP-1: sendmmsg positions)."""
@@ -100,9 +93,6 @@ _NTP_PORT_BE = socket.htons(123)
 _U64 = struct.Struct("!Q")
 _MASK64 = (1 << 64) - 1
 _SERVED = Reason.SERVED.value
-_RESTRICTED = Reason.RESTRICTED.value
-_RATE_LIMITED = Reason.RATE_LIMITED.value
-_KOD_RATE = Reason.KOD_RATE.value
 _ANSWERED = frozenset(r.value for r in Reason if r.answered)
 
 
@@ -146,8 +136,9 @@ class NtpServer:
         self.control: ControlHandler | None = None
         """Answers mode 6 requests; None drops them (counted as ``drop_mode6``)."""
         self._batches: dict[Endpoint, mmsg.MmsgBatch | None] = {}
-        self._clients: dict[Any, tuple[int, str]] = {}
-        self._clients_gen: int | None = None
+        self._rx_buf = bytearray(RECV_BUFSIZE)
+        """The per-datagram path's receive buffer (a fast-case reply is written over it)."""
+        self._rx_view = memoryview(self._rx_buf)
         self.send_cost_ns = 0
         """Recent minimum of the kernel's time per reply inside one ``sendmmsg``."""
         self._send_costs = [0] * SEND_COST_WINDOW
@@ -294,7 +285,12 @@ class NtpServer:
     # --- batched path -------------------------------------------------------------------
 
     def _drain_batch(self, ep: Endpoint, b: mmsg.MmsgBatch, tr: txstamp.TxTracker | None) -> int:
-        """One recvmmsg's worth; returns how many datagrams it read."""
+        """One recvmmsg's worth; returns how many datagrams it read.
+
+        Per datagram: the kernel RX time, the source's raw address as the client's cache
+        key, the decision. Fast-case replies are then already in their slots and go out
+        together, stamped per send group (:meth:`_send_fast`); other replies follow.
+        """
         counters = self.counters
         try:
             n = b.recv()
@@ -305,60 +301,53 @@ class NtpServer:
         if not n:
             return 0
         resp = self.responder
-        gen = resp.plain_generation()
-        clients = self._clients
-        if gen is None or gen != self._clients_gen:
-            clients.clear()
-            self._clients_gen = gen
+        resp.refresh()
+        decide = resp.decide
         port_matters = resp.plain_port_matters
-        plain_b0 = resp.plain_b0
-        answer = resp.answer_plain_into
-        limiter = resp.limiter
-        check = limiter.check if limiter is not None else _no_limiter
         from_rt = self.clock.from_realtime_ns
         data, mm32, ctl64, name32, name16 = b.data, b.mm32, b.ctl64, b.name32, b.name16
         v6 = b.v6
-        len_index = b.LEN_INDEX
+        len_index, flags_index = b.LEN_INDEX, b.FLAGS_INDEX
         ts_key = mmsg.TS_KEY
         fast: list[int] = []
         tx_offsets: list[int] = []
         slow: list[tuple[int, Reply]] = []
+        in_place, unknown = IN_PLACE, UNKNOWN_CLIENT
         rx = 0
         for i, off, mi, ci, ai, pi in b.slot_index[:n]:
-            # A plain request: 48 bytes, mode 3, v1..4, a kernel timestamp, port != 0.
-            if mm32[mi + len_index] == 48 and ctl64[ci + 1] == ts_key:
-                reply_b0 = plain_b0.get(data[off])
-                port = name16[pi]
-                if reply_b0 is not None and port:
-                    key: Any = b.address_key(i) if v6 else name32[ai]
-                    if port == _NTP_PORT_BE and port_matters:
-                        key = (key, 123)
-                    hit = clients.get(key)
-                    if hit is None:
-                        hit = self._classify(b, i, key, gen)
-                    cls, host = hit
-                    if cls == PLAIN_IGNORE:  # before the clock mapping: floods pay least
-                        counters[_RESTRICTED] += 1
-                        continue
-                    rx = from_rt(ctl64[ci + 2] * _NS + ctl64[ci + 3])
-                    if cls:
-                        if cls == PLAIN_GENERAL:
-                            self._general(ep, b, i, slow)
-                            continue
-                        verdict = check(host, rx, kod=cls == PLAIN_LIMIT_KOD)
-                        if verdict:
-                            if verdict == VERDICT_KOD:
-                                request = b.payload(i)
-                                slow.append((i, resp.kiss_rate(request, (request[0] >> 3) & 7)))
-                                counters[_KOD_RATE] += 1
-                            else:
-                                counters[_RATE_LIMITED] += 1
-                            continue
-                    answer(data, off, reply_b0, rx)
+            size = mm32[mi + len_index]
+            if size != 48 and mm32[mi + flags_index] & MSG_TRUNC:
+                counters[DROP_OVERSIZE] += 1
+                continue
+            if ctl64[ci + 1] == ts_key:  # the RX timestamp where the kernel puts it first
+                rx = from_rt(ctl64[ci + 2] * _NS + ctl64[ci + 3])
+            else:
+                rx = self._rx_time(b.ancillary(i)[0])
+            port = name16[pi]
+            key: Any = b.address_key(i) if v6 else name32[ai]
+            if port == _NTP_PORT_BE and port_matters:
+                key = (key, 123)
+            d = decide(data, off, size, key, port, rx)
+            if d is in_place:
+                fast.append(i)
+                tx_offsets.append(off + 40)
+                continue
+            if d is unknown:
+                d = decide(data, off, size, key, port, rx, b.peer(i))
+                if d is in_place:
                     fast.append(i)
                     tx_offsets.append(off + 40)
                     continue
-            self._general(ep, b, i, slow)
+            kind = type(d)
+            if kind is Drop:
+                counters[d.reason] += 1  # type: ignore[union-attr]
+            elif kind is Answer or kind is Kiss:
+                counters[d.reason] += 1  # type: ignore[union-attr]
+                slow.append((i, d.reply))  # type: ignore[union-attr]
+            elif kind is Control and self.control is not None:
+                self._control(ep, b.payload(i), b.peer(i), b.ancillary(i)[1])
+            else:
+                counters[d.reason] += 1  # type: ignore[union-attr]
         if fast:
             counters[_SERVED] += len(fast)
             self._send_fast(b, fast, tx_offsets, tr, rx)
@@ -366,41 +355,12 @@ class NtpServer:
             self._send_slow(ep, b, slow)
         return n
 
-    def _classify(self, b: mmsg.MmsgBatch, i: int, key: Any, gen: int | None) -> tuple[int, str]:
-        """The responder's fast-path class for slot ``i``'s source, cached by raw address."""
-        host = b.host(i)
-        port = socket.ntohs(b.name16[b.slot_index[i][5]])
-        hit = (self.responder.plain_class(host, port), host)
-        if gen is not None:
-            if len(self._clients) >= CLIENT_CACHE:
-                self._clients.clear()
-            self._clients[key] = hit
-        return hit
-
-    def _general(
-        self, ep: Endpoint, b: mmsg.MmsgBatch, i: int, slow: list[tuple[int, Reply]]
-    ) -> None:
-        """Everything that is not a plain request, exactly as the per-datagram path does it."""
-        counters = self.counters
-        if b.truncated(i):
-            counters[DROP_OVERSIZE] += 1
-            return
-        rx_rt, pktinfo = b.ancillary(i)
+    def _rx_time(self, rx_rt: int | None) -> int:
+        """Served time of a kernel RX timestamp; the time now when the kernel gave none."""
         if rx_rt is None:
-            counters[RX_TIMESTAMP_FALLBACK] += 1
+            self.counters[RX_TIMESTAMP_FALLBACK] += 1
             rx_rt = time.time_ns()
-        rx_served = self.clock.from_realtime_ns(rx_rt)
-        data = b.payload(i)
-        peer = b.peer(i)
-        reply, reason = self.responder.handle(data, peer, unix_ns_to_ntp(rx_served), rx_served)
-        if reply is None:
-            if reason is Reason.CONTROL and self.control is not None:
-                self._control(ep, data, peer, pktinfo)
-            else:
-                counters[reason] += 1
-            return
-        counters[reason] += 1
-        slow.append((i, reply))
+        return self.clock.from_realtime_ns(rx_rt)
 
     def _send_fast(
         self,
@@ -501,16 +461,18 @@ class NtpServer:
     def _drain_single(self, ep: Endpoint, tr: txstamp.TxTracker | None = None) -> int:
         """Answer up to BATCH queued datagrams with one recvmsg/sendmsg each; returns how
         many datagrams (or receive errors) it read."""
-        sock = ep.sock
-        recvmsg = sock.recvmsg
-        handle = self.responder.handle
-        from_rt = self.clock.from_realtime_ns
+        recvmsg_into = ep.sock.recvmsg_into
+        buf, view = self._rx_buf, self._rx_view
+        resp = self.responder
+        resp.refresh()
+        decide = resp.decide
+        port_matters = resp.plain_port_matters
         now_ns = self.clock.now_ns
         counters = self.counters
         got = 0
         for _ in range(BATCH):
             try:
-                data, anc, flags, peer = recvmsg(RECV_BUFSIZE, ANC_BUFSIZE)
+                size, anc, flags, peer = recvmsg_into([buf], ANC_BUFSIZE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # e.g. ICMP errors queued on the socket
@@ -523,35 +485,48 @@ class NtpServer:
                 counters[DROP_OVERSIZE] += 1
                 continue
             rx_rt, pktinfo = parse_ancillary(anc)
-            if rx_rt is None:
-                counters[RX_TIMESTAMP_FALLBACK] += 1
-                rx_rt = time.time_ns()
-            rx_served = from_rt(rx_rt)
-            reply, reason = handle(data, peer, unix_ns_to_ntp(rx_served), rx_served)
-            if reply is None:
-                if reason is Reason.CONTROL and self.control is not None:
-                    self._control(ep, data, peer, pktinfo)
+            rx_served = self._rx_time(rx_rt)
+            host, port = peer[0], peer[1]
+            key = (host, 123) if port == 123 and port_matters else host
+            d = decide(buf, 0, size, key, port, rx_served, peer)
+            if d is IN_PLACE:
+                counters[_SERVED] += 1
+                reply: Reply | None = None
+            elif isinstance(d, Answer | Kiss):
+                counters[d.reason] += 1
+                reply = d.reply
+            else:
+                if isinstance(d, Control) and self.control is not None:
+                    self._control(ep, bytes(view[:size]), peer, pktinfo)
                 else:
-                    counters[reason] += 1
+                    counters[d.reason] += 1  # type: ignore[union-attr]
                 continue
-            counters[reason] += 1
-            if (
+            sample = (
                 tr is not None
                 and not self._sample_at - txstamp.SAMPLE_INTERVAL_NS <= rx_served < self._sample_at
                 and self._start_sample(tr, rx_served)
-            ):
-                t3 = now_ns()
-                realtime = time.time_ns()
-                out = reply.finalize(unix_ns_to_ntp(t3 + self._tx_single_ns))
-                if self._send(ep, out, peer, pktinfo, tx_stamp=True):
-                    tr.sent(realtime, SINGLE_CONTEXT, t3)
-                continue
-            out = reply.finalize(unix_ns_to_ntp(now_ns() + self._tx_single_ns))
-            self._send(ep, out, peer, pktinfo)
+            )
+            t3 = now_ns()  # T3: from here on, only stamping and the send
+            realtime = time.time_ns() if sample else 0
+            tx = unix_ns_to_ntp(t3 + self._tx_single_ns)
+            if reply is None:
+                _U64.pack_into(buf, 40, tx)
+                out: bytes | memoryview = view[:48]
+            else:
+                out = reply.finalize(tx)
+            if self._send(ep, out, peer, pktinfo, tx_stamp=sample) and sample:
+                assert tr is not None
+                tr.sent(realtime, SINGLE_CONTEXT, t3)
         return got
 
     def _send(
-        self, ep: Endpoint, out: bytes, peer: Any, pktinfo: bytes | None, *, tx_stamp: bool = False
+        self,
+        ep: Endpoint,
+        out: bytes | memoryview,
+        peer: Any,
+        pktinfo: bytes | None,
+        *,
+        tx_stamp: bool = False,
     ) -> bool:
         """Send one datagram (from the request's destination address on a wildcard socket;
         asking for a kernel TX timestamp if ``tx_stamp``); False if the send failed."""
@@ -594,8 +569,3 @@ class NtpServer:
             f"{k}={v}" for k, v in sorted(self.counters.items()) if v
         ]
         return " ".join(parts)
-
-
-def _no_limiter(address: str, now_ns: int, *, kod: bool) -> int:
-    """Stands in for a missing limiter; never called (no PLAIN_LIMIT* class without one)."""
-    raise AssertionError("rate limit class without a limiter")

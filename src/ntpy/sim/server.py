@@ -1,8 +1,9 @@
 """A simulated upstream server: its own oscillator in front of the production ``Responder``.
 
-The servers answer with the same code the daemon serves with (``ntpy.core.server``), so
-the simulated client exchanges real NTP packets -- built, parsed and validated by the
-production codec -- and the only thing simulated is where the timestamps come from.
+The servers answer through the same decision the daemon serves with
+(``ntpy.core.server.decide``), so the simulated client exchanges real NTP packets -- built,
+parsed and validated by the production codec -- and the only thing simulated is where the
+timestamps come from.
 
 A server's time is true time plus a fixed offset (a falseticker has a large one) plus its
 own optional drift and wander. It claims stratum 1 and refid GPS, and refreshes its
@@ -16,7 +17,7 @@ import random
 from dataclasses import dataclass, field
 
 from ntpy.core.packet import LEAP_NONE, refid_from_text
-from ntpy.core.server import Responder
+from ntpy.core.server import Answer, Kiss, Responder, decide
 from ntpy.core.system import SystemState
 from ntpy.core.timestamps import NS_PER_S, unix_ns_to_ntp
 from ntpy.sim.network import LinkSpec
@@ -105,8 +106,8 @@ class SimServer:
         rx = self.time_at(true_ns)
         if self._ref_ns is None or rx - self._ref_ns >= REFERENCE_INTERVAL_NS:
             self.responder.set_state(self._state(rx))
-        reply, reason = self.responder.handle(request, client, unix_ns_to_ntp(rx), rx)
-        if reply is None or not reason.answered:
+        decision = decide(request, client, rx, self.responder)
+        if not isinstance(decision, Answer | Kiss):
             return None
         self.served += 1
-        return reply.finalize(unix_ns_to_ntp(rx + self.spec.processing_ns))
+        return decision.reply.finalize(unix_ns_to_ntp(rx + self.spec.processing_ns))
