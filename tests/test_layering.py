@@ -90,21 +90,6 @@ def may_import(a: str, b: str) -> bool:
     return a == b or b == TOP or b in ALLOWED.get(a, frozenset())
 
 
-# Findings that remain only in files other helpers of issue 12 are reworking in their own
-# branches. The four whole-tree checks below are xfail(strict=False) until those are merged;
-# ``test_outside_pending`` runs the same checks strictly now, excusing only findings that touch
-# these files. After the merge: delete the xfail marks and empty this set.
-PENDING_FILES = frozenset(
-    {
-        "src/ntpy/cli/sync.py",  # 704 lines
-        "src/ntpy/core/engine.py",  # 630 lines
-        "src/ntpy/daemon/app.py",  # cycle with daemon/workers; daemon <-> metrics
-        "src/ntpy/daemon/server.py",  # 601 lines
-        "src/ntpy/daemon/workers.py",  # 981 lines; cycle with daemon/app
-        "src/ntpy/metrics/web.py",  # imports daemon.httpd and daemon.loop
-    }
-)
-PENDING = "issue 12, other branch: remove after merge: "
 
 
 # --- the import graph -------------------------------------------------------------------------
@@ -130,14 +115,11 @@ class Import:
 
 @dataclass(frozen=True)
 class Finding:
-    """One violation: a message, and the source files it involves (for PENDING_FILES)."""
+    """One violation: a message, and the source files it involves."""
 
     check: str
     message: str
     files: frozenset[str]
-
-    def pending(self) -> bool:
-        return bool(self.files & PENDING_FILES)
 
 
 def module_name(path: Path, src: Path) -> str:
@@ -498,32 +480,20 @@ def test_core_is_sans_io(graph: Graph) -> None:
     _fail_on(check_core(graph))
 
 
-@pytest.mark.xfail(strict=False, reason=PENDING + "daemon/app <-> daemon/workers")
 def test_no_module_cycles(graph: Graph) -> None:
     _fail_on(check_module_cycles(graph))
 
 
-@pytest.mark.xfail(strict=False, reason=PENDING + "daemon <-> metrics (metrics/web.py)")
 def test_no_package_cycles(graph: Graph) -> None:
     _fail_on(check_package_cycles(graph))
 
 
-@pytest.mark.xfail(strict=False, reason=PENDING + "metrics/web.py imports daemon")
 def test_packages_follow_layers(graph: Graph) -> None:
     _fail_on(check_package_layers(graph))
 
 
-@pytest.mark.xfail(
-    strict=False, reason=PENDING + "daemon/workers, daemon/server, cli/sync, core/engine"
-)
 def test_no_file_over_limit(graph: Graph) -> None:
     _fail_on(check_file_sizes(graph))
-
-
-@pytest.mark.parametrize("check", sorted(CHECKS))
-def test_outside_pending(graph: Graph, check: str) -> None:
-    """Strict now: a finding is excused only if it touches a file in PENDING_FILES."""
-    _fail_on([f for f in CHECKS[check](graph) if not f.pending()])
 
 
 # --- self-tests of the checker on a small synthetic tree ----------------------------------------
@@ -616,8 +586,7 @@ def report(g: Graph) -> str:
         total += len(findings)
         out.append(f"\n== {name}: {len(findings)} finding(s)")
         for f in findings:
-            tag = "[pending: touches a file another branch is reworking] " if f.pending() else ""
-            out.append("-- " + tag + f.message.replace("\n", "\n   "))
+            out.append("-- " + f.message.replace("\n", "\n   "))
     out.append(f"\n{total} finding(s) in {len(g.modules)} modules")
     return "\n".join(out)
 
