@@ -130,7 +130,7 @@ class SystemVariables:
                 LogEvent(
                     "warning" if upstream else "info",
                     f"serving from the {what} at stratum {fallback.served_stratum}"
-                    + (" (no upstream source)" if upstream else ""),
+                    + (" (no usable upstream source)" if upstream else ""),
                 )
             )
         elif not lost and self.fallback_active and self.synced:
