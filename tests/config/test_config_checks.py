@@ -70,14 +70,17 @@ def test_keys_file_is_validated_and_trustedkeys_must_exist(
     assert code == 0, err
 
 
-def test_server_key_is_a_check_config_error(
+def test_server_key_must_be_in_the_keys_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     keys = tmp_path / "ntp.keys"
     keys.write_text("7 SHA1 HEX:" + "ab" * 20 + "\n")
     code, err = check(tmp_path, f"keys {keys}\ntrustedkey 7\nserver 192.0.2.1 key 7\n", capsys)
+    assert code == 0, err
+    code, err = check(tmp_path, f"keys {keys}\ntrustedkey 7 9\nserver 192.0.2.1 key 9\n", capsys)
     assert code == 2
-    assert "ntp.conf:3: " in err and "client-side keys are not supported yet" in err
+    assert f"ntp.conf:3: 'server 192.0.2.1 key 9': no key 9 in the keys file {keys}" in err
+    assert "add it there" in err
 
 
 def test_every_error_is_reported_in_one_run(

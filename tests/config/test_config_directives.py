@@ -124,13 +124,21 @@ def test_server_all_options() -> None:
     assert (s.minpoll, s.maxpoll, s.key, s.version, s.port) == (4, 8, None, 3, 1123)
 
 
-def test_server_key_is_an_error_until_client_keys_exist() -> None:
-    """Issue 11: 'server X key N' sent unauthenticated requests while check-config said OK."""
-    for text in (
-        "keys /etc/ntp.keys\ntrustedkey 7\nserver 192.0.2.1 key 7",
-        "keys /etc/ntp.keys\ntrustedkey 7\npeer 192.0.2.1 key 7",
-    ):
-        fails(text, 3, "client-side keys are not supported yet", "remove 'key 7'")
+def test_server_key_needs_a_keys_file_and_a_trusted_key() -> None:
+    """ntpd signs with a key only if ``trustedkey`` lists it; a key that cannot sign is an
+    error naming the fix, never a source that silently goes out unauthenticated."""
+    for kind in ("server", "pool", "peer"):
+        config = conf(f"keys /etc/ntp.keys\ntrustedkey 7\n{kind} 192.0.2.1 key 7")
+        assert config.servers[0].key == 7
+        fails(
+            f"keys /etc/ntp.keys\ntrustedkey 8\n{kind} 192.0.2.1 key 7",
+            3,
+            f"'{kind} 192.0.2.1 key 7': key 7 is not trusted",
+            "add 'trustedkey 7'",
+        )
+        fails(f"{kind} 192.0.2.1 key 7\ntrustedkey 7", 1, "no keys file", "add 'keys FILE'")
+    # trustedkey and keys may come after the server line, as in ntpd.
+    assert conf("server 192.0.2.1 key 7\ntrustedkey 7\nkeys /k").servers[0].key == 7
 
 
 def test_ipv6_literal_and_pool_and_peer() -> None:
@@ -559,9 +567,10 @@ def test_every_table_option_with_a_valid_value_parses() -> None:
             parse_text(f"{kind} a.example {flag}")
         for option, (lo, hi) in SERVER_INT_OPTIONS.items():
             line = f"{kind} a.example {option} {min(max(lo, 6), hi)}"
-            if option == "key":  # parsed, then refused until client-side keys exist
-                with pytest.raises(ConfigError, match="client-side keys"):
+            if option == "key":  # needs a trusted key from a keys file
+                with pytest.raises(ConfigError, match="no keys file"):
                     parse_text(line)
+                parse_text(f"{line}\nkeys /k\ntrustedkey {min(max(lo, 6), hi)}")
             elif option != "maxsources" or kind == "pool":
                 parse_text(line)
     for directive, table, value in (

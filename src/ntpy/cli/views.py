@@ -236,12 +236,35 @@ def peer_line(src: Mapping[str, Any], numeric: bool) -> str:
     )
 
 
+def auth_line(src: Mapping[str, Any], numeric: bool) -> str | None:
+    """The line below the table for a source with a key: ``auth REMOTE: key N, authentic``
+    (or why not). None for an unauthenticated source."""
+    mode = src.get("auth")
+    if not isinstance(mode, str) or mode == "none":
+        return None
+    refused = int_field(src.get("auth_failures")) or 0
+    if src.get("authentic") is True:
+        verdict = "authentic"
+    elif refused:
+        verdict = "NOT authentic"
+    else:
+        verdict = "no reply yet"
+    if refused:
+        verdict += f", {refused} repl{'y' if refused == 1 else 'ies'} refused"
+    return f"auth {_remote(src, numeric)}: {mode}, {verdict}"
+
+
 def render_peers(status: Mapping[str, Any], numeric: bool = False) -> str:
-    """The ``ntpq -p`` table (no trailing newline): header, rule, one row per source."""
+    """The ``ntpq -p`` table (no trailing newline): header, rule, one row per source.
+
+    The columns stay ntpq's. Sources with a key get one ``auth ...`` line each below the
+    table (none when no source uses a key, so the output is ntpq's as before)."""
     lines = [PEERS_HEADER, PEERS_RULE]
     sources = status.get("sources")
     if isinstance(sources, list | tuple):
-        lines.extend(peer_line(src, numeric) for src in sources if isinstance(src, Mapping))
+        rows = [src for src in sources if isinstance(src, Mapping)]
+        lines.extend(peer_line(src, numeric) for src in rows)
+        lines.extend(line for src in rows if (line := auth_line(src, numeric)) is not None)
     return "\n".join(lines)
 
 

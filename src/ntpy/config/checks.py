@@ -90,6 +90,16 @@ def _check_keys(config: Config) -> list[Problem]:
                 out.append(error)
         return out
     problems: list[Problem] = []
+    for server in config.servers:
+        if server.key is not None and server.key not in keys and server.location is not None:
+            problems.append(
+                _error(
+                    server.location,
+                    f"'{server.kind} {server.address} key {server.key}': no key {server.key} "
+                    f"in the keys file {config.keys}; add it there (e.g. '{server.key} SHA1 "
+                    "<40 hex digits>') or name a key it has",
+                )
+            )
     missing = [k for k in wanted if k not in keys]
     if missing:
         shown = ", ".join(str(k) for k in missing[:10]) + (" ..." if len(missing) > 10 else "")

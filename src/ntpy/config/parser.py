@@ -246,6 +246,22 @@ def _include(state: State, line: Line, base_dir: str, stack: tuple[str, ...]) ->
     _parse_into(state, text, full, os.path.dirname(full), (*stack, identity))
 
 
+def _client_key_problem(state: State, key: int | None) -> str | None:
+    """Why a source's ``key N`` cannot sign its requests (None if it can, as far as the
+    config text tells: that the keys file holds key N is checked with the files, in
+    ``checks``). ntpd uses a key only if ``trustedkey`` lists it; so does ntpy."""
+    if key is None:
+        return None
+    if "keys" not in state.files:
+        return (
+            f"no keys file: add 'keys FILE' with key {key} in it (e.g. '{key} SHA1 "
+            f"<40 hex digits>') and 'trustedkey {key}'"
+        )
+    if key not in state.trustedkeys:
+        return f"key {key} is not trusted: add 'trustedkey {key}'"
+    return None
+
+
 def _finish(state: State) -> Config:
     refclocks = finish_refclocks(state)
     try:
@@ -254,19 +270,11 @@ def _finish(state: State) -> Config:
     except ConfigError as exc:
         _record(state, exc)
     for server in state.servers:
-        if server.key is not None and server.location is not None:
+        problem = _client_key_problem(state, server.key)
+        if problem is not None and server.location is not None:
             loc = server.location
-            _record(
-                state,
-                ConfigError(
-                    loc.filename,
-                    loc.line,
-                    f"'{server.kind} {server.address} key {server.key}': client-side keys are "
-                    "not supported yet, so requests to this source would go out without a MAC; "
-                    f"remove 'key {server.key}' (ntpy does sign its replies to clients that "
-                    "use a trusted key)",
-                ),
-            )
+            what = f"'{server.kind} {server.address} key {server.key}'"
+            _record(state, ConfigError(loc.filename, loc.line, f"{what}: {problem}"))
     has_source = bool(state.servers or refclocks or state.local or "orphan" in state.tos_set)
     if not has_source:
         for loc, written, guess in state.source_typos:

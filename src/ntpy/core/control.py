@@ -442,7 +442,7 @@ def peer_variables(src: SourceStatus) -> dict[str, str]:
         "offset": _ms(src.offset_ns, 6),
         "jitter": _ms(src.jitter_ns, 6),
         "dispersion": _ms(src.dispersion_ns, 6),
-        "keyid": "0",
+        "keyid": src.auth.removeprefix("key ") if src.auth.startswith("key ") else "0",
         "pmode": str(PMODE_SERVER if src.reach and not local else 0),
         "flash": "0x0",
         "headway": "0",

@@ -37,7 +37,7 @@ from ntpy.core import pool
 from ntpy.core.actions import Action, LogEvent, PeerStats, SendRequest
 from ntpy.core.address import host
 from ntpy.core.discipline import MAX_FREQ_PPB, PANIC, WAIT, Discipline
-from ntpy.core.exchange import KissCode
+from ntpy.core.exchange import NO_AUTH, ClientAuth, KissCode
 from ntpy.core.notices import Notices
 from ntpy.core.options import SyncOptions
 from ntpy.core.report import never_reached, source_status, sync_status
@@ -102,11 +102,12 @@ class SyncEngine:
 
     # ----------------------------------------------------------------- sources
 
-    def add_source(self, config: SourceConfig, now_mono: int) -> int:
+    def add_source(self, config: SourceConfig, now_mono: int, auth: ClientAuth = NO_AUTH) -> int:
+        """A new source; ``auth`` signs its requests and verifies its replies."""
         sid = self._next_id
         self._next_id += 1
         spread = (self.random64() % 1000) / 1000.0  # first poll within 1 s
-        self.sources[sid] = Source(sid, config, self.precision_ns, now_mono, spread)
+        self.sources[sid] = Source(sid, config, self.precision_ns, now_mono, spread, auth)
         return sid
 
     def remove_source(self, source_id: int) -> None:
@@ -170,6 +171,7 @@ class SyncEngine:
         prev = src.stats.estimate
         m, reason = src.receive(data, t4_clock, now_mono)
         self.notices.source_replied(src, actions)
+        self.notices.authentication(src, actions)
         if reason.kiss is not None:
             self._log_kiss(src, reason.kiss, actions)
             if src.kod is not None and self.system_peer == src.id:

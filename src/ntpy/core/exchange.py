@@ -14,7 +14,8 @@ and the root distance and stratum are sane. Then the sample is computed.
 
 Authentication plugs in here and nowhere else: ``ClientAuth.protect`` adds what proves the
 request (a MAC, NTS extension fields) and ``ClientAuth.verify`` checks the reply once its
-origin matched. Today every client exchange is unauthenticated (``NO_AUTH``).
+origin matched. A source without a key uses ``NO_AUTH``; ``server HOST key N`` uses
+``ntpy.core.symkey.SymmetricKeyAuth``.
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ class Reason(StrEnum):
     INSANE = "insane"
     """Root distance or stratum out of range."""
     AUTH = "auth"
-    """The authenticator refused the reply."""
+    """The authenticator refused the reply (no MAC, wrong key id, a MAC that does not
+    verify)."""
+    CRYPTO_NAK = "crypto_nak"
+    """The server answered with a crypto-NAK: it did not accept our request's MAC."""
     KOD_RATE = "kod_RATE"
     KOD_DENY = "kod_DENY"
     KOD_RSTR = "kod_RSTR"
@@ -114,8 +118,9 @@ class ClientAuth(Protocol):
         ...
 
     def verify(self, data: bytes, packet: Packet) -> None:
-        """Raise ``ReplyRejected(Reason.AUTH, ...)`` unless the reply (raw bytes and
-        decoded, its origin already matched) is authentic. Called before a kiss is read."""
+        """Raise ``ReplyRejected`` (``Reason.AUTH`` or ``CRYPTO_NAK``) unless the reply (raw
+        bytes and decoded, its origin already matched) is authentic. Called before a kiss is
+        read."""
         ...
 
 

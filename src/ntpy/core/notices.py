@@ -29,11 +29,13 @@ class Notices:
         self.peer: int | None = None
         self.falsetickers: set[int] = set()
         self.unreachable: set[int] = set()
+        self.auth_errors: dict[int, str] = {}
 
     def forget(self, source_id: int) -> None:
         """A removed source: a new one with its address starts with a clean slate."""
         self.falsetickers.discard(source_id)
         self.unreachable.discard(source_id)
+        self.auth_errors.pop(source_id, None)
         if self.peer == source_id:
             self.peer = None
 
@@ -53,6 +55,24 @@ class Notices:
         if src.reachable and src.id in self.unreachable:
             self.unreachable.discard(src.id)
             actions.append(LogEvent("info", f"source {label(src)} is reachable again"))
+
+    def authentication(self, src: Source, actions: list[Action]) -> None:
+        """A reply refused by the source's authenticator, said once per kind of failure
+        (a server with the wrong key fails the same way at every poll), and the return of
+        authentic replies after failures."""
+        error = src.auth_error
+        if error is not None:
+            if self.auth_errors.get(src.id) != error:
+                self.auth_errors[src.id] = error
+                actions.append(
+                    LogEvent(
+                        "warning",
+                        f"source {label(src)}: reply not used: {error} "
+                        f"({src.auth_failures} refused so far)",
+                    )
+                )
+        elif src.authentic and self.auth_errors.pop(src.id, None) is not None:
+            actions.append(LogEvent("info", f"source {label(src)}: authentic replies again"))
 
     def selected(self, eng: SyncEngine, sel: Selection | None, actions: list[Action]) -> None:
         """Name sources that became (or stopped being) falsetickers. Only a real selection

@@ -165,6 +165,9 @@ def source_status(eng: SyncEngine, src: Source, now_mono: int, now_clock: int) -
         precision=sample.precision if sample else 0,
         configured=src.config.pool is None,
         error=src.error,
+        auth=src.config.auth_label,
+        authentic=src.authentic,
+        auth_failures=src.auth_failures,
     )
 
 

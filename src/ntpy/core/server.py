@@ -193,6 +193,11 @@ class Responder(ReplyBuilder):
         self._clients_gen: int | None = None
         self._cacheable = False
 
+    @property
+    def keys(self) -> Mapping[int, auth.MacKey]:
+        """The trusted keys (the sync shell signs ``server HOST key N`` requests with them)."""
+        return self._keys
+
     def set_keys(self, keys: Mapping[int, auth.MacKey]) -> None:
         self._keys = keys
 

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 
 from ntpy.core.address import host
 from ntpy.core.exchange import (
+    NO_AUTH,
     ClientAuth,
     ClientExchange,
     KissCode,
     KissOfDeath,
-    NoAuth,
     Reason,
     ReplyRejected,
     Sample,
@@ -48,6 +48,8 @@ POLL_NOISE_FACTOR = 0.5
 BURST_SPACING_NS = 2 * NS_PER_S
 MAX_POLL = 17
 """RFC 5905 MAXPOLL (36 h): the longest interval a RATE kiss can push us to."""
+AUTH_REASONS = frozenset({Reason.AUTH, Reason.CRYPTO_NAK})
+"""Rejections by the authenticator: counted as ``drop_auth`` / ``drop_crypto_nak``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,13 +67,27 @@ class SourceConfig:
     maxpoll: int = 10
     version: int = 4
     pool: str | None = None
+    key: int | None = None
+    """The symmetric key id its exchanges are signed with (``server HOST key N``)."""
+
+    @property
+    def auth_label(self) -> str:
+        """How the source is authenticated, as ``ntpy peers`` shows it: ``key N`` or
+        ``none``."""
+        return "none" if self.key is None else f"key {self.key}"
 
 
 class Source:
     """State of one upstream server."""
 
     def __init__(
-        self, source_id: int, config: SourceConfig, precision_ns: int, now_mono: int, jitter: float
+        self,
+        source_id: int,
+        config: SourceConfig,
+        precision_ns: int,
+        now_mono: int,
+        jitter: float,
+        auth: ClientAuth = NO_AUTH,
     ) -> None:
         self.id = source_id
         self.config = config
@@ -84,8 +100,12 @@ class Source:
         self.polls_unanswered = 0
         self.pending: ClientExchange | None = None
         """The request in flight, if any: a reply must answer it."""
-        self.auth: ClientAuth = NoAuth()
-        """How this source's requests are protected and replies verified (none today)."""
+        self.auth = auth
+        """How this source's requests are protected and replies verified."""
+        self.authentic = False
+        """The last reply passed an authenticator (not ``NO_AUTH``): ntpq's ``authentic``."""
+        self.auth_error: str | None = None
+        """Why the last reply failed authentication; cleared by an authentic reply."""
         self.burst_left = 0
         self.kod: KissCode | None = None
         """DENY/RSTR once the server refused us: the source is no longer used."""
@@ -154,6 +174,11 @@ class Source:
 
     # ----------------------------------------------------------------- replies
 
+    @property
+    def auth_failures(self) -> int:
+        """Replies refused by the authenticator (bad or missing MAC, crypto-NAK)."""
+        return sum(self.counters[f"drop_{reason}"] for reason in AUTH_REASONS)
+
     def receive(self, data: bytes, t4_ns: int, now_mono: int) -> tuple[Measurement | None, Reason]:
         """Validate a reply. Returns (measurement to use or None, reason); a kiss's reason
         names its code (``reason.kiss``)."""
@@ -167,6 +192,9 @@ class Source:
             return None, self._kiss(kiss.code, kiss.poll, now_mono)
         except ReplyRejected as exc:
             self.counters[f"drop_{exc.reason}"] += 1
+            if exc.reason in AUTH_REASONS:
+                self.authentic = False
+                self.auth_error = exc.detail
             return None, exc.reason
         t1_ns = sample.t1_ns
         self.pending = None  # one reply per request: a duplicate is now "unexpected"
@@ -175,6 +203,8 @@ class Source:
         self.last_reply_mono = now_mono
         self.last_sample = sample
         self.counters["replies"] += 1
+        self.authentic = self.auth is not NO_AUTH
+        self.auth_error = None
         if sample.leap == LEAP_ALARM or not 1 <= sample.stratum <= 15:
             self.counters["unsynchronized"] += 1
             self.state = SourceState.UNSYNCHRONIZED

@@ -143,6 +143,12 @@ class SourceStatus:
     """From a ``server``/``peer`` line (False: mobilized from a ``pool``)."""
     error: str | None = None
     """Why requests cannot go out (e.g. the socket could not be opened), or None."""
+    auth: str = "none"
+    """How its exchanges are authenticated: ``key N`` or ``none``."""
+    authentic: bool = False
+    """Its last reply passed authentication (ntpq's ``authentic`` status bit)."""
+    auth_failures: int = 0
+    """Replies refused by authentication (bad or missing MAC, crypto-NAK): never used."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,12 +214,18 @@ PEER_EVENT_NEWPEER = 10
 def peer_status_word(src: SourceStatus) -> int:
     """The 16-bit peer status word ntpd reports for a source (``ntpq -c as``, peerstats).
 
-    High byte: status bits (configured 0x80, reachable 0x10) and the selection code;
+    High byte: status bits (configured 0x80, authentication enabled 0x40 for a source with
+    a key, authentic 0x20 when its last reply was authenticated, reachable 0x10) and the
+    selection code;
     low byte: event count and last event. ntpy keeps no per-peer event log, so the event is
     the one that explains the present state: new system peer, reachable, rate/KoD or
     unreachable, counted once.
     """
     bits = 0x80 if src.configured or src.kind == "local" else 0
+    if src.auth != "none":
+        bits |= 0x40
+    if src.authentic:
+        bits |= 0x20
     if src.reach:
         bits |= 0x10
     select = SELECT_CODES.get(src.tally, 0)

@@ -62,7 +62,6 @@ from ntpy.metrics.statsfiles import StatsFiles
 log = logging.getLogger("ntpy")
 
 
-
 @dataclass
 class ServeOptions:
     listen: Sequence[str] = ()
@@ -114,7 +113,14 @@ class Daemon:
         """Answers mode 6; worker processes forward their mode 6 requests to it too."""
         self.server.control = self.control_handler
         self.loop = Loop(options.selector)
-        self.sync = SyncShell(self.engine, self.clock, self.loop, self._set_state, self._panic)
+        self.sync = SyncShell(
+            self.engine,
+            self.clock,
+            self.loop,
+            self._set_state,
+            self._panic,
+            keys=self.responder.keys,
+        )
         self.sync.on_sources = self._sources_changed  # `restrict source` follows them
         self.control: ControlServer | None = None
         self.stats: StatsFiles | None = None

@@ -21,7 +21,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from ntpy.clock.base import Clock
@@ -36,8 +36,11 @@ from ntpy.core.actions import (
     SlewClock,
     cooked_now,
 )
+from ntpy.core.auth import MacKey
 from ntpy.core.engine import SourceConfig, SyncEngine, SyncOptions
+from ntpy.core.exchange import NO_AUTH, ClientAuth
 from ntpy.core.runner import ClockAction, carry_out
+from ntpy.core.symkey import SymmetricKeyAuth
 from ntpy.core.system import LocalReference, SystemState
 from ntpy.core.timestamps import NS_PER_S as NS
 from ntpy.daemon.client_socket import open_client_socket, recv_reply
@@ -109,8 +112,11 @@ class SyncShell:
         loop: Loop,
         on_state: Callable[[SystemState], None],
         on_panic: Callable[[str], None],
+        keys: Mapping[int, MacKey] | None = None,
     ) -> None:
         self.engine = engine
+        self.keys: Mapping[int, MacKey] = keys or {}
+        """The trusted keys (``keys`` + ``trustedkey``) that ``server HOST key N`` signs with."""
         self.clock = clock
         self.loop = loop
         self.on_state = on_state
@@ -199,7 +205,27 @@ class SyncShell:
         fam = socket.AF_INET6 if ":" in str(addr[0]) else socket.AF_INET
         return open_client_socket(addr, fam, blocking=False)
 
+    def _auth(self, spec: ServerSpec) -> ClientAuth | None:
+        """The source's authenticator, or None if its key is not loaded. The config checks
+        make that impossible at start; a reload that adds a key needs a restart to load it,
+        and a source must never fall back to unauthenticated requests."""
+        if spec.key is None:
+            return NO_AUTH
+        key = self.keys.get(spec.key)
+        if key is None:
+            log.error(
+                "source %s: key %d is not loaded (keys and trustedkey changes need a "
+                "restart of ntpy); the source is not used until then",
+                spec.address,
+                spec.key,
+            )
+            return None
+        return SymmetricKeyAuth(key)
+
     def _add(self, spec: ServerSpec, addr: tuple[object, ...], now_mono: int) -> None:
+        auth = self._auth(spec)
+        if auth is None:
+            return
         cfg = SourceConfig(
             name=spec.address,
             address=addr,
@@ -212,8 +238,9 @@ class SyncShell:
             maxpoll=spec.maxpoll,
             version=spec.version,
             pool=spec.address if spec.kind == "pool" else None,
+            key=spec.key,
         )
-        sid = self.engine.add_source(cfg, now_mono)
+        sid = self.engine.add_source(cfg, now_mono, auth)
         up = Upstream(sid, spec, addr, None)
         self.upstreams[sid] = up
         self._sources_changed()
