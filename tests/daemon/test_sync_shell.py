@@ -182,3 +182,32 @@ def test_sync_options_carry_mindist_and_panicexit() -> None:
     assert default.mindist_ns == 1_000_000 and default.panic_exit is False
     tuned = opts("tos mindist 0.005\ntinker panicexit 1\n")
     assert tuned.mindist_ns == 5_000_000 and tuned.panic_exit is True
+
+
+def test_a_keyed_source_signs_with_its_trusted_key(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ntpy.core.auth import MacKey
+    from ntpy.core.packet import decode
+    from ntpy.core.symkey import SymmetricKeyAuth
+
+    shell = make_shell(monkeypatch, {"a.example": addrs(1), "b.example": addrs(1, 5)})
+    shell.keys = {1: MacKey(1, "sha1", b"k" * 20)}
+    text = "keys /k\ntrustedkey 1 2\nserver a.example key 1\npool b.example key 2\n"
+    with caplog.at_level(logging.ERROR, logger="ntpy.sync"):
+        shell.add_configured(parse_text(text).config.servers)
+    (src,) = shell.engine.sources.values()
+    assert isinstance(src.auth, SymmetricKeyAuth) and src.auth.keyid == 1
+    assert src.config.key == 1 and src.config.auth_label == "key 1"
+    request = src.poll_request(0, 42, 0.0)
+    mac = decode(request).mac
+    assert mac is not None and mac.keyid == 1
+    # Key 2 was not loaded (a reload added it; keys need a restart): never polled without
+    # it, one error line, not retried as an unresolved name.
+    assert [u.spec.address for u in shell.upstreams.values()] == ["a.example"]
+    assert not shell.unresolved
+    assert [r.getMessage() for r in caplog.records] == [
+        "source b.example: key 2 is not loaded (keys and trustedkey changes need a restart "
+        "of ntpy); the source is not used until then"
+    ]
+    shell.close()

@@ -178,6 +178,37 @@ def test_peers_remote_names_and_numeric() -> None:
     assert peer_line(local, numeric=True)[1:9] == "LOCAL(1)"  # ntpq -n keeps it too
 
 
+def test_peers_auth_lines_follow_the_table_and_leave_its_columns_alone() -> None:
+    """A keyed source gets one line below the ntpq table; without keys nothing changes."""
+    plain = render_peers(status(source(), source(id=2, name="198.51.100.7"))).splitlines()
+    assert len(plain) == 4
+    st = status(
+        source(auth="key 1", authentic=True),
+        source(id=2, name="ntp.example.net", address="198.51.100.7", auth="key 7", auth_failures=5),
+        source(id=3, name="203.0.113.1", address="203.0.113.1", auth="key 2", tally=" "),
+        source(
+            id=4,
+            name="203.0.113.2",
+            address="203.0.113.2",
+            auth="key 3",
+            authentic=True,
+            auth_failures=1,
+        ),
+        source(id=5, name="203.0.113.3", address="203.0.113.3"),
+    )
+    lines = render_peers(st, numeric=True).splitlines()
+    assert all(len(row) == 79 for row in lines[:7])
+    assert lines[7:] == [
+        "auth 192.0.2.1: key 1, authentic",
+        "auth 198.51.100.7: key 7, NOT authentic, 5 replies refused",
+        "auth 203.0.113.1: key 2, no reply yet",
+        "auth 203.0.113.2: key 3, authentic, 1 reply refused",
+    ]
+    assert render_peers(st).splitlines()[8] == (
+        "auth ntp.example.net: key 7, NOT authentic, 5 replies refused"
+    )
+
+
 def test_peers_empty() -> None:
     assert render_peers(status() | {"sources": []}) == PEERS_HEADER + "\n" + PEERS_RULE
 

@@ -254,13 +254,21 @@ class ChronydClient:
 
 @contextlib.contextmanager
 def chronyd_client(
-    host: str, port: int, tmpdir: str | Path, poll: int = 0
+    host: str,
+    port: int,
+    tmpdir: str | Path,
+    poll: int = 0,
+    *,
+    server_options: str = "",
+    extra_conf: Sequence[str] = (),
 ) -> Iterator[ChronydClient]:
     """Run a real chronyd in -x mode (virtual clock) as a client of host:port.
 
     `poll` is the log2 poll interval used for minpoll and maxpoll (0 = every second) so a
-    test gets several samples quickly. Its command socket lives in tmpdir, which chronyd
-    insists be private (mode 0700), and `port 0` keeps it from serving NTP itself.
+    test gets several samples quickly. `server_options` go on the server line (e.g.
+    "key 1"), `extra_conf` lines after it (e.g. "keyfile /path"). Its command socket lives
+    in tmpdir, which chronyd insists be private (mode 0700), and `port 0` keeps it from
+    serving NTP itself.
     """
     d = Path(tmpdir)
     d.chmod(0o700)
@@ -270,8 +278,9 @@ def chronyd_client(
     conf = d / "chronyd-client.conf"
     conf.write_text(
         f"server {_conf_host(host)} port {_check_port(port)} iburst"
-        f" minpoll {poll} maxpoll {poll}\n"
-        f"pidfile {d / 'chronyd-client.pid'}\n"
+        f" minpoll {poll} maxpoll {poll} {server_options}\n"
+        + "".join(f"{line}\n" for line in extra_conf if "\n" not in line)
+        + f"pidfile {d / 'chronyd-client.pid'}\n"
         f"bindcmdaddress {sock}\n"
         "cmdport 0\n"
         "port 0\n"

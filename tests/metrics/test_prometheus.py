@@ -311,3 +311,14 @@ def test_names_follow_conventions() -> None:
             assert all(s.name.endswith("_total") for s in family.samples)
         else:
             assert not family.name.endswith("_total")
+
+
+def test_source_authentication_and_its_failures() -> None:
+    keyed = source(auth="key 7", authentic=False, auth_failures=3)
+    m = scrape(status(keyed))
+    labels = {"address": keyed.address, "name": keyed.name, "kind": keyed.kind}
+    assert one(m, "ntpy_source_auth_failures_total", **labels) == 3
+    assert one(m, "ntpy_source_info", auth="key 7", **labels) == 1
+    m = scrape(status(source()))
+    assert one(m, "ntpy_source_auth_failures_total", **labels) == 0
+    assert one(m, "ntpy_source_info", auth="none", **labels) == 1

@@ -117,6 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="exchanges per server; the one with the lowest delay is reported",
     )
+    q.add_argument(
+        "--key-file",
+        metavar="FILE",
+        dest="key_file",
+        help="an ntpd or chrony keys file, for --key",
+    )
+    q.add_argument(
+        "--key",
+        type=int,
+        metavar="N",
+        help="sign the requests with key N of --key-file; only replies signed with it count",
+    )
     add_view_parsers(sub)
     add_clients_parser(sub)
     add_sync_parser(sub)

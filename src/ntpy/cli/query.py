@@ -17,7 +17,18 @@ import time
 from dataclasses import asdict, dataclass
 
 from ntpy.core.address import host_and_port
-from ntpy.core.exchange import ClientExchange, KissCode, KissOfDeath, Reason, ReplyRejected, Sample
+from ntpy.core.auth import MacKey
+from ntpy.core.exchange import (
+    NO_AUTH,
+    ClientAuth,
+    ClientExchange,
+    KissCode,
+    KissOfDeath,
+    Reason,
+    ReplyRejected,
+    Sample,
+)
+from ntpy.core.symkey import SymmetricKeyAuth
 from ntpy.daemon.client_socket import open_client_socket, recv_reply
 
 LEAP_NAMES = {0: "none", 1: "add_second", 2: "del_second", 3: "unsynchronized"}
@@ -34,20 +45,56 @@ class QueryResult:
     """The kiss code, if the server sent a kiss-o'-death."""
 
 
+FINAL_REASONS = frozenset({Reason.BAD_MODE, Reason.AUTH, Reason.CRYPTO_NAK})
+"""Rejections that end the query at once (the others may be a stale reply: wait on)."""
+
+
+class KeyProblem(Exception):
+    """--key/--key-file cannot give a key; the message says why."""
+
+
+def load_key(path: str | None, keyid: int | None) -> ClientAuth:
+    """The authenticator for ``--key-file FILE --key N`` (NO_AUTH without them)."""
+    if path is None and keyid is None:
+        return NO_AUTH
+    if path is None or keyid is None:
+        raise KeyProblem("--key and --key-file go together")
+    from ntpy.config import ConfigError
+    from ntpy.config.keys import hashlib_name, load_keys
+
+    try:
+        keys = load_keys(path)
+    except ConfigError as exc:
+        raise KeyProblem(str(exc)) from None
+    key = keys.get(keyid)
+    if key is None:
+        raise KeyProblem(f"{path}: no key {keyid}")
+    algorithm = hashlib_name(key.algorithm)
+    if algorithm is None:
+        raise KeyProblem(f"{path}: key {keyid}: {key.algorithm} is not available here")
+    return SymmetricKeyAuth(MacKey(keyid, algorithm, key.secret))
+
+
 class NoAnswer(Exception):
     """No usable reply came (timeout, refused port); the message is for the terminal."""
 
 
 def exchange(
-    addr: tuple[object, ...], family: int, version: int, timeout: float, tries: int
+    addr: tuple[object, ...],
+    family: int,
+    version: int,
+    timeout: float,
+    tries: int,
+    auth: ClientAuth = NO_AUTH,
 ) -> Sample:
     """One validated request/reply; retries on timeout or a rejected (e.g. stale) reply.
 
-    Raises KissOfDeath, ReplyRejected (a reply in the wrong mode) or NoAnswer."""
+    Raises KissOfDeath, ReplyRejected (a reply in the wrong mode, or one that fails
+    authentication: a wrong key does not get better by asking again) or NoAnswer."""
     last_error = "no reply"
     with open_client_socket(addr, family) as sock:
         for _ in range(tries):
-            ex = ClientExchange.start(secrets.randbits(64), version=version)
+            ex = ClientExchange.start(secrets.randbits(64), version=version, auth=auth)
             deadline = time.monotonic() + timeout
             ex.sent(time.time_ns())
             sock.send(ex.request)
@@ -66,13 +113,20 @@ def exchange(
                 try:
                     return ex.receive(data, rx or time.time_ns())
                 except ReplyRejected as exc:
-                    if exc.reason.kiss is not None or exc.reason is Reason.BAD_MODE:
+                    if exc.reason.kiss is not None or exc.reason in FINAL_REASONS:
                         raise
                     last_error = str(exc)  # stale or bogus: keep waiting for the real one
     raise NoAnswer(last_error)
 
 
-def query_one(server: str, version: int, timeout: float, tries: int, samples: int) -> QueryResult:
+def query_one(
+    server: str,
+    version: int,
+    timeout: float,
+    tries: int,
+    samples: int,
+    auth: ClientAuth = NO_AUTH,
+) -> QueryResult:
     try:
         host, port = host_and_port(server)
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
@@ -82,7 +136,7 @@ def query_one(server: str, version: int, timeout: float, tries: int, samples: in
     best: Sample | None = None
     try:
         for _ in range(max(1, samples)):
-            s = exchange(addr, family, version, timeout, tries)
+            s = exchange(addr, family, version, timeout, tries, auth)
             if best is None or s.delay_ns < best.delay_ns:
                 best = s
     except KissOfDeath as kiss:
@@ -134,8 +188,14 @@ def as_json(r: QueryResult) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        auth = load_key(getattr(args, "key_file", None), getattr(args, "key", None))
+    except KeyProblem as exc:
+        print(f"ntpy query: {exc}", file=sys.stderr)
+        return 2
     results = [
-        query_one(s, args.ntp_version, args.timeout, args.tries, args.samples) for s in args.server
+        query_one(s, args.ntp_version, args.timeout, args.tries, args.samples, auth)
+        for s in args.server
     ]
     if args.json:
         print(

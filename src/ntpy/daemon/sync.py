@@ -143,6 +143,8 @@ class SyncShell:
     def add_configured(self, servers: tuple[ServerSpec, ...]) -> None:
         now = time.monotonic_ns()
         for spec in servers:
+            if self._auth(spec) is None:
+                continue  # its key is not loaded: logged, never polled unauthenticated
             if spec.kind == "pool":
                 self.pools[spec.address] = spec
                 self._fill_pool(spec, now)
@@ -224,7 +226,7 @@ class SyncShell:
 
     def _add(self, spec: ServerSpec, addr: tuple[object, ...], now_mono: int) -> None:
         auth = self._auth(spec)
-        if auth is None:
+        if auth is None:  # add_configured let no such spec in
             return
         cfg = SourceConfig(
             name=spec.address,

@@ -321,7 +321,13 @@ def _source_families(sources: Iterable[SourceStatus]) -> Iterator[Metric]:
     )
     info = InfoMetricFamily(
         "ntpy_source",
-        "A source's refid and state word ('sync', 'too far', 'kod', 'unreachable', ...).",
+        "A source's refid, state word ('sync', 'too far', 'kod', 'unreachable', ...) and "
+        "authentication ('key N' or 'none').",
+        labels=SOURCE_LABELS,
+    )
+    auth_failures = CounterMetricFamily(
+        "ntpy_source_auth_failures",
+        "Replies refused by authentication (bad or missing MAC, crypto-NAK): never used.",
         labels=SOURCE_LABELS,
     )
     for labels, src in unique:
@@ -330,10 +336,12 @@ def _source_families(sources: Iterable[SourceStatus]) -> Iterator[Metric]:
         current = SELECTION_STATES.get(src.tally, SELECTION_STATES[TALLY_NONE])
         for state in SELECTION_STATES.values():
             selection.add_metric([*labels, state], 1.0 if state == current else 0.0)
-        info.add_metric(labels, {"refid": src.refid, "state": src.state})
+        info.add_metric(labels, {"refid": src.refid, "state": src.state, "auth": src.auth})
+        auth_failures.add_metric(labels, src.auth_failures)
     yield age
     yield selection
     yield info
+    yield auth_failures
 
 
 # --- counters -------------------------------------------------------------------------------
