@@ -35,7 +35,8 @@ pytestmark = pytest.mark.interop
 
 SERVER = "127.0.121.1"
 SECRET = "5ac1" * 10  # 20 bytes as hex: a SHA1 key as ntp-keygen writes them
-KEYS = f"1 SHA1 {SECRET}\n2 SHA256 HEX:{'42' * 32}\n"
+AES = "00112233445566778899aabbccddeeff"
+KEYS = f"1 SHA1 {SECRET}\n2 SHA256 HEX:{'42' * 32}\n3 AES128CMAC {AES}\n"
 WRONG_KEYS = f"1 SHA1 {'0f' * 20}\n"
 
 
@@ -49,16 +50,16 @@ def keys_file(directory: Path, text: str = KEYS, name: str = "ntp.keys") -> Path
 def client_conf(tmp: Path, port: int, keys: Path, key: int = 1, host: str = SERVER) -> str:
     return (
         f"server {host} port {port} key {key} iburst minpoll 3 maxpoll 4\n"
-        f"keys {keys}\ntrustedkey 1 2\n"
+        f"keys {keys}\ntrustedkey 1 2 3\n"
     )
 
 
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NtpyProcess]:
-    """An ntpy server on its local clock (stratum 10) that trusts keys 1 and 2."""
+    """An ntpy server on its local clock that trusts keys 1 (SHA1), 2 (SHA256), 3 (AES-CMAC)."""
     tmp = tmp_path_factory.mktemp("keyed-server")
     conf = f"server 127.127.1.0\nfudge 127.127.1.0 stratum 10\nkeys {keys_file(tmp)}\n"
-    with running_ntpy(tmp, conf + "trustedkey 1 2\n", listen=[f"{SERVER}:0"]) as d:
+    with running_ntpy(tmp, conf + "trustedkey 1 2 3\n", listen=[f"{SERVER}:0"]) as d:
         yield d
 
 
@@ -85,7 +86,7 @@ def test_the_server_signs_its_replies(keyed_server: NtpyProcess) -> None:
     assert data == sign(key, data[:HEADER_LEN])
 
 
-@pytest.mark.parametrize("key", [1, 2])
+@pytest.mark.parametrize("key", [1, 2, 3])
 def test_ntpy_syncs_to_ntpy_with_the_same_key(
     keyed_server: NtpyProcess, tmp_path: Path, key: int
 ) -> None:
@@ -107,7 +108,7 @@ def test_ntpy_refuses_a_server_with_another_key_value(
 ) -> None:
     sock = tmp_path / "ntpy.sock"
     conf = client_conf(tmp_path, keyed_server.port, keys_file(tmp_path, WRONG_KEYS))
-    conf = conf.replace("trustedkey 1 2", "trustedkey 1")
+    conf = conf.replace("trustedkey 1 2 3", "trustedkey 1")
     extra = ["--control-socket", str(sock)]
     with running_ntpy(tmp_path, conf, listen=["127.0.121.3:0"], extra=extra) as d:
         d.wait_for_log(r"reply not used: crypto-NAK")
@@ -133,11 +134,13 @@ def test_ntpy_refuses_a_server_with_another_key_value(
 def test_ntpy_syncs_to_chronyd_with_a_chrony_key_file(tmp_path: Path) -> None:
     if missing_binaries("chronyd"):
         pytest.skip("chronyd not installed")
-    chrony_keys = keys_file(tmp_path, f"1 SHA1 HEX:{SECRET}\n2 SHA256 HEX:{'42' * 32}\n", "c.keys")
+    chrony_keys = keys_file(
+        tmp_path, f"1 SHA1 HEX:{SECRET}\n2 SHA256 HEX:{'42' * 32}\n3 AES128 HEX:{AES}\n", "c.keys"
+    )
     with chrony_server(
         "127.0.121.4", 12123, stratum=5, extra_conf=[f"keyfile {chrony_keys}"]
     ) as chrony:
-        for key in (1, 2):
+        for key in (1, 2, 3):
             run = tmp_path / f"k{key}"
             run.mkdir()
             sock = run / "ntpy.sock"
