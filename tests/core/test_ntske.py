@@ -288,3 +288,12 @@ def test_round_trip_client_server_agree_on_keys() -> None:
     c2s = tls.export(exporter_context(result.exporter_aead, Direction.C2S), result.key_length)
     opened = keys.open(result.cookies[0])
     assert opened is not None and opened.c2s == c2s and opened.aead == SIV
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"aeads": ()}, {"aeads": (99,)}, {"ntp_port": 0}, {"cookies": 9}, {"ntp_server": "ü"}],
+)
+def test_server_config_refuses(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        KeServerConfig(**kwargs)  # type: ignore[arg-type]

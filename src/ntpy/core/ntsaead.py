@@ -15,7 +15,8 @@ passes the nonce (the sans-IO rule; the shell draws it from ``os.urandom``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import aead as _aead
@@ -36,18 +37,23 @@ _HAS_GCM_SIV = hasattr(_aead, "AESGCMSIV")
 
 def supported() -> tuple[int, ...]:
     """The algorithms this installation can compute, in our order of preference."""
-    if _HAS_GCM_SIV and _gcm_siv_works():
-        return (AEAD_AES_SIV_CMAC_256, AEAD_AES_128_GCM_SIV)
-    return (AEAD_AES_SIV_CMAC_256,)
+    return _SUPPORTED
 
 
 def _gcm_siv_works() -> bool:
     """``AESGCMSIV`` exists but raises at construction when OpenSSL lacks the cipher."""
+    if not _HAS_GCM_SIV:
+        return False
     try:
         _aead.AESGCMSIV(bytes(16))
     except Exception:  # UnsupportedAlgorithm, depending on the OpenSSL build
         return False
     return True
+
+
+_SUPPORTED = (
+    (AEAD_AES_SIV_CMAC_256, AEAD_AES_128_GCM_SIV) if _gcm_siv_works() else (AEAD_AES_SIV_CMAC_256,)
+)
 
 
 def by_name(name: str) -> int:
@@ -66,7 +72,8 @@ class Aead:
     up to the authenticator, or a cookie's key id) and the nonce."""
 
     algorithm: int
-    key: bytes
+    key: bytes = field(repr=False)
+    _cipher: Any = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.algorithm not in KEY_LENGTHS:
@@ -76,6 +83,10 @@ class Aead:
                 f"{NAMES[self.algorithm]} needs a {KEY_LENGTHS[self.algorithm]}-byte key, "
                 f"got {len(self.key)}"
             )
+        # The key schedule is made once per key: the server reuses its cookie keys' objects.
+        gcm = self.algorithm == AEAD_AES_128_GCM_SIV
+        cipher = _aead.AESGCMSIV(self.key) if gcm else _aead.AESSIV(self.key)
+        object.__setattr__(self, "_cipher", cipher)
 
     @property
     def nonce_length(self) -> int:
@@ -84,8 +95,8 @@ class Aead:
     def seal(self, nonce: bytes, plaintext: bytes, associated: bytes) -> bytes:
         """The ciphertext (tag included) of ``plaintext``."""
         if self.algorithm == AEAD_AES_SIV_CMAC_256:
-            return _aead.AESSIV(self.key).encrypt(plaintext, [associated, nonce])
-        return _aead.AESGCMSIV(self.key).encrypt(nonce, plaintext, associated)
+            return bytes(self._cipher.encrypt(plaintext, [associated, nonce]))
+        return bytes(self._cipher.encrypt(nonce, plaintext, associated))
 
     def open(self, nonce: bytes, ciphertext: bytes, associated: bytes) -> bytes | None:
         """The plaintext, or None if the ciphertext is not authentic (or the nonce or
@@ -94,9 +105,9 @@ class Aead:
             return None
         try:
             if self.algorithm == AEAD_AES_SIV_CMAC_256:
-                return _aead.AESSIV(self.key).decrypt(ciphertext, [associated, nonce])
+                return bytes(self._cipher.decrypt(ciphertext, [associated, nonce]))
             if len(nonce) != NONCE_LENGTHS[AEAD_AES_128_GCM_SIV]:
                 return None
-            return _aead.AESGCMSIV(self.key).decrypt(nonce, ciphertext, associated)
+            return bytes(self._cipher.decrypt(nonce, ciphertext, associated))
         except (InvalidTag, ValueError):
             return None

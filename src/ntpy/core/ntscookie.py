@@ -107,7 +107,11 @@ class CookieKeys:
         self.rotate_ns = rotate_ns
         self.keep = keep
         self._keys = sorted(keys, key=lambda k: k.created_ns, reverse=True)[: keep + 1]
-        self._by_id = {k.key_id: k for k in self._keys}
+        self._index()
+
+    def _index(self) -> None:
+        """Key id -> (key, its cipher), so a request costs no key schedule."""
+        self._by_id = {k.key_id: (k, Aead(AEAD_AES_SIV_CMAC_256, k.secret)) for k in self._keys}
 
     @property
     def keys(self) -> tuple[CookieKey, ...]:
@@ -135,7 +139,7 @@ class CookieKeys:
             raise ValueError("the random source returned too few bytes")
         key = CookieKey(key_id, max(now_ns, 0), secret)
         self._keys = [key, *self._keys][: self.keep + 1]
-        self._by_id = {k.key_id: k for k in self._keys}
+        self._index()
         return key
 
     def rotate_if_due(self, now_ns: int, random_bytes: RandomBytes) -> bool:
@@ -154,18 +158,18 @@ class CookieKeys:
             raise ValueError(f"a cookie nonce is {NONCE_LEN} bytes")
         kid = key.key_id.to_bytes(4, "big")
         plain = contents.aead.to_bytes(4, "big") + contents.c2s + contents.s2c
-        return kid + nonce + Aead(AEAD_AES_SIV_CMAC_256, key.secret).seal(nonce, plain, kid)
+        return kid + nonce + self._by_id[key.key_id][1].seal(nonce, plain, kid)
 
     def open(self, cookie: bytes) -> CookieContents | None:
         """The contents of a cookie we sealed with a key still held, else None."""
         if len(cookie) < _COOKIE_HEAD + 16:
             return None
         kid = cookie[:4]
-        key = self._by_id.get(int.from_bytes(kid, "big"))
-        if key is None:
+        held = self._by_id.get(int.from_bytes(kid, "big"))
+        if held is None:
             return None
         nonce = cookie[4:_COOKIE_HEAD]
-        plain = Aead(AEAD_AES_SIV_CMAC_256, key.secret).open(nonce, cookie[_COOKIE_HEAD:], kid)
+        plain = held[1].open(nonce, cookie[_COOKIE_HEAD:], kid)
         if plain is None or len(plain) < 4:
             return None
         aead = int.from_bytes(plain[:4], "big")

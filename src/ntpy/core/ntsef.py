@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ntpy.core.ntsaead import TAG_LENGTH, Aead
+from ntpy.core.ntsaead import TAG_LENGTH, Aead, supported
 from ntpy.core.ntscookie import NONCE_LEN, CookieContents, CookieKeys, RandomBytes, cookie_length
 from ntpy.core.ntske import MAX_COOKIES
 from ntpy.core.packet import HEADER_LEN, ExtensionField
@@ -195,7 +195,8 @@ def check_request(
         raise NtsError(Failure.MALFORMED, "NTS request needs a cookie and an authenticator", uid)
     nonce, ciphertext = parse_authenticator(auth_body)
     contents = keys.open(cookie)
-    if contents is None:
+    if contents is None or contents.aead not in supported():
+        # (an AEAD this host cannot compute: a fleet host older than the key-exchange host)
         raise NtsError(Failure.BAD_COOKIE, "cookie does not open", uid)
     c2s = Aead(contents.aead, contents.c2s)
     plain = c2s.open(nonce, ciphertext, data[:auth_at])

@@ -62,6 +62,18 @@ class KeServerConfig:
     ntp_port: int = NTP_PORT
     cookies: int = MAX_COOKIES
 
+    def __post_init__(self) -> None:
+        if not self.aeads or any(a not in ntsaead.KEY_LENGTHS for a in self.aeads):
+            raise ValueError(f"AEADs {self.aeads}: each must be one of {sorted(ntsaead.NAMES)}")
+        if not 0 < self.ntp_port < 65536:
+            raise ValueError(f"NTP port {self.ntp_port} out of range")
+        if not 1 <= self.cookies <= MAX_COOKIES:
+            raise ValueError(f"{self.cookies} cookies per exchange (1..{MAX_COOKIES})")
+        if self.ntp_server is not None and not (
+            self.ntp_server.isascii() and 0 < len(self.ntp_server) <= 255
+        ):
+            raise ValueError(f"NTP server {self.ntp_server!r}: an ASCII name or address")
+
 
 @dataclass(frozen=True, slots=True)
 class KeReply:
