@@ -28,6 +28,7 @@ from ntpy.core.ntsef import (
     NtsRequest,
     authenticator_body,
     check_request,
+    decode_fields,
     encode_fields,
     nak_fields,
     parse_authenticator,
@@ -289,3 +290,19 @@ def test_uid_is_caller_random() -> None:
     session.random_bytes = counting
     session.protect(header())
     assert MIN_UNIQUE_ID in calls and session.pending == bytes(MIN_UNIQUE_ID)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=200))
+def test_field_parsers_any_bytes(data: bytes) -> None:
+    """The authenticator body and the encrypted-field parsers: a value or NtsError."""
+    try:
+        nonce, ciphertext = parse_authenticator(data)
+        assert nonce and len(ciphertext) >= 16
+    except NtsError as exc:
+        assert exc.failure is Failure.MALFORMED
+    try:
+        fields = decode_fields(data)
+        assert sum(4 + len(ef.body) for ef in fields) == len(data)
+    except NtsError as exc:
+        assert exc.failure is Failure.MALFORMED
