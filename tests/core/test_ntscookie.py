@@ -150,3 +150,10 @@ def test_any_bytes_ring_file_or_error(data: bytes) -> None:
 @given(st.binary(max_size=200))
 def test_any_bytes_never_open_as_cookie(data: bytes) -> None:
     assert ring().open(data) is None
+
+
+def test_rotation_refuses_a_stuck_random_source() -> None:
+    keys = CookieKeys()
+    keys.rotate(T0, lambda n: bytes(n))
+    with pytest.raises(ValueError, match="repeating"):
+        keys.rotate(T0 + 1, lambda n: bytes(n))

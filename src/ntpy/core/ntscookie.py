@@ -130,10 +130,12 @@ class CookieKeys:
 
     def rotate(self, now_ns: int, random_bytes: RandomBytes) -> CookieKey:
         """Make a new current key; the oldest beyond ``keep`` previous ones is dropped."""
-        while True:
+        for _ in range(8):
             key_id = int.from_bytes(random_bytes(4), "big")
             if key_id not in self._by_id:
                 break
+        else:
+            raise ValueError("the random source keeps repeating key ids")
         secret = random_bytes(SECRET_LEN)
         if len(secret) != SECRET_LEN:
             raise ValueError("the random source returned too few bytes")

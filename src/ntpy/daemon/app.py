@@ -62,7 +62,6 @@ from ntpy.metrics.statsfiles import StatsFiles
 log = logging.getLogger("ntpy")
 
 
-
 @dataclass
 class ServeOptions:
     listen: Sequence[str] = ()
