@@ -45,7 +45,6 @@ from ntpy.daemon.worker import BLOCKED_SIGNALS, WorkerSetup, worker_process
 log = logging.getLogger("ntpy.workers")
 
 
-
 def resolve_workers(configured: int | None, override: int | None, clock: Clock) -> int:
     """Serving processes: ``--workers``, else the config's ``workers``, else one per core.
 
