@@ -167,3 +167,33 @@ def test_ke_addresses_and_config() -> None:
     cfg = ke_config(NtsServerSpec(ntpserver="ntp.example:1123"), 123)
     assert (cfg.ntp_server, cfg.ntp_port) == ("ntp.example", 1123)
     assert ke_config(NtsServerSpec(), 12323).ntp_port == 12323
+
+
+def test_reload_keeps_old_cert_when_new_is_bad(
+    tmp_path: Path, pair: tuple[Path, Path, ec.EllipticCurvePrivateKey]
+) -> None:
+    from ntpy.core.server import Responder
+    from ntpy.core.system import SystemState
+    from ntpy.daemon.loop import Loop
+    from ntpy.daemon.nts_service import NtsService
+
+    text = f"nts enable\nnts cert {pair[0]}\nnts key {pair[1]}\nnts cookie {tmp_path}/\n"
+    config = parse_text(text + "nts listen 127.0.123.1:0\n", "t.conf").config
+    service = NtsService(config)
+    loop = Loop("poll")
+    responder = Responder(SystemState(0, 2, 0, 0, 0, 0, -20))
+    try:
+        service.start(loop, responder, [ListenAddress("127.0.123.1", 12399)])
+        assert responder.nts is not None and service.listener is not None
+        good = service.listener.context
+        other = write_key(tmp_path, "other.pem", ec.generate_private_key(ec.SECP256R1()))
+        bad = parse_text(
+            f"nts enable\nnts cert {pair[0]}\nnts key {other}\nnts cookie {tmp_path}/\n", "t.conf"
+        ).config
+        service.reload(bad)
+        assert service.listener.context is good
+        service.reload(config)
+        assert service.listener.context is not good
+    finally:
+        service.close()
+        loop.close()
