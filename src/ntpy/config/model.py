@@ -334,6 +334,28 @@ class MakestepSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class NtsServerSpec:
+    """The ``nts ...`` lines of the NTS server (RFC 8915), as NTPsec writes them, plus
+    ntpy's ``listen``, ``ntpserver`` and ``rotate``. Paths are kept as written: the daemon
+    reads the certificate, key and cookie key ring (so a reload can re-read them).
+
+    ``aeads`` empty means every AEAD this host computes (AES-SIV-CMAC-256 first);
+    ``listen`` empty means port 4460 on every NTP listen address; ``rotate_s`` 0 means the
+    cookie keys are only read from ``cookie`` (fleet mode), never made here."""
+
+    enabled: bool = False
+    cert: str | None = None
+    key: str | None = None
+    cookie: str | None = None
+    aeads: tuple[int, ...] = ()
+    listen: tuple[tuple[IPAddress, int], ...] = ()
+    ntpserver: str | None = None
+    rotate_s: int = 7 * 86400
+    location: SourceLocation | None = field(default=None, compare=False, repr=False)
+    """The first ``nts`` line (errors about the whole NTS setup point at it)."""
+
+
+@dataclass(frozen=True, slots=True)
 class HttpEndpointSpec:
     """``metrics ADDRESS[:PORT]`` / ``webstatus ADDRESS[:PORT]``: where an HTTP listener binds.
 
@@ -383,6 +405,10 @@ class Config:
     """Web status page endpoint (``webstatus`` directive)."""
     workers: int | None = None
     """Serving processes (``workers N``); None = one per CPU core."""
+    nts: NtsServerSpec = NtsServerSpec()
+    """The NTS server (``nts enable``, ``nts cert``, ...)."""
+    nts_ca: str | None = None
+    """``nts ca FILE|DIR``: the site's CA bundle for NTS clients (None: the system's)."""
     includes: tuple[str, ...] = ()
     """Every file read, top-level first (so a reloader knows what to watch)."""
     file_locations: tuple[tuple[str, SourceLocation], ...] = field(default=(), compare=False)

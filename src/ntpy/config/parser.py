@@ -319,6 +319,8 @@ def _finish(state: State) -> Config:
         metrics=state.metrics,
         webstatus=state.webstatus,
         workers=state.workers,
+        nts=state.nts,
+        nts_ca=state.nts_ca,
         includes=tuple(state.includes),
         file_locations=tuple(state.file_locations.items()),
     )

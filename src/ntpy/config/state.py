@@ -23,6 +23,7 @@ from .model import (
     LocalSpec,
     MakestepSpec,
     MruSpec,
+    NtsServerSpec,
     RateLimitSpec,
     RefclockSpec,
     RestrictRule,
@@ -115,6 +116,8 @@ class State:
     metrics: HttpEndpointSpec | None = None
     webstatus: HttpEndpointSpec | None = None
     workers: int | None = None
+    nts: NtsServerSpec = field(default_factory=NtsServerSpec)
+    nts_ca: str | None = None
     includes: list[str] = field(default_factory=list)
     warnings: list[ConfigWarning] = field(default_factory=list)
     errors: list[ConfigError] = field(default_factory=list)

@@ -48,10 +48,30 @@ class Reason(StrEnum):
     UNAUTHENTICATED = "drop_notrust"
     RATE_LIMITED = "drop_rate_limited"
     KOD_RATE = "kod_rate_sent"
+    SERVED_NTS = "served_nts"
+    """An NTS request (RFC 8915) verified and answered with an authenticated reply."""
+    NTS_NAK = "nts_nak_sent"
+    """An NTS request whose cookie does not open or whose authenticator does not verify:
+    answered with an NTS NAK (kiss NTSN echoing the Unique Identifier)."""
+    NTS_MALFORMED = "drop_nts_malformed"
+    """NTS fields missing, repeated, misplaced or mis-sized, or too small a request for an
+    authenticated reply: dropped."""
 
     @property
     def answered(self) -> bool:
-        return self in (Reason.SERVED, Reason.SERVED_AUTH, Reason.CRYPTO_NAK, Reason.KOD_RATE)
+        return self in _ANSWERED
+
+
+_ANSWERED = frozenset(
+    {
+        Reason.SERVED,
+        Reason.SERVED_AUTH,
+        Reason.CRYPTO_NAK,
+        Reason.KOD_RATE,
+        Reason.SERVED_NTS,
+        Reason.NTS_NAK,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +80,8 @@ class Answer:
 
     reply: Reply
     reason: Reason
-    """SERVED, SERVED_AUTH or CRYPTO_NAK."""
+    """SERVED, SERVED_AUTH, CRYPTO_NAK, SERVED_NTS or NTS_NAK (an NTS NAK is a kiss, but
+    ``KissCode`` names only the codes clients act on; its reply is built like one)."""
 
 
 @dataclass(frozen=True, slots=True)

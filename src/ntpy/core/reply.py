@@ -20,6 +20,8 @@ from __future__ import annotations
 import struct
 
 from ntpy.core import auth
+from ntpy.core.ntscookie import CookieKeys, RandomBytes
+from ntpy.core.ntsef import NtsRequest, seal_reply
 from ntpy.core.packet import HEADER_LEN, MODE_CLIENT, MODE_SERVER
 from ntpy.core.system import SystemState
 from ntpy.core.timestamps import NS_PER_S, NTP_UNIX_OFFSET_NS, ns_to_short, unix_ns_to_ntp
@@ -38,6 +40,7 @@ MASK64 = (1 << 64) - 1
 DISPERSION_WINDOW_LOG2 = 30
 """Root dispersion is served as of the end of the aligned 2**30 ns window ``now`` is in."""
 REFID_RATE = int.from_bytes(b"RATE", "big")
+REFID_NTSN = int.from_bytes(b"NTSN", "big")
 
 
 class Reply:
@@ -78,6 +81,40 @@ class KissReply(Reply):
     def finalize(self, tx_ntp: int) -> bytes:
         self.buf[40:48] = self.xmt
         return bytes(self.buf)
+
+
+class NtsReply(Reply):
+    """An authenticated NTS reply (RFC 8915 5.7): the AEAD covers the whole header, the
+    transmit timestamp included, so it is sealed in ``finalize`` after T3 is stamped --
+    the shell stays byte-moving only. Fresh cookies are sealed here too."""
+
+    __slots__ = ("random_bytes", "request", "ring")
+
+    def __init__(
+        self, buf: bytearray, request: NtsRequest, ring: CookieKeys, random_bytes: RandomBytes
+    ) -> None:
+        super().__init__(buf)
+        self.request = request
+        self.ring = ring
+        self.random_bytes = random_bytes
+
+    def finalize(self, tx_ntp: int) -> bytes:
+        _U64.pack_into(self.buf, 40, tx_ntp)
+        return seal_reply(bytes(self.buf), self.request, self.ring, self.random_bytes)
+
+
+class FieldsKissReply(KissReply):
+    """A kiss followed by extension fields: the NTS NAK (refid NTSN, the Unique Identifier
+    echoed; RFC 8915 5.7). Like every kiss it carries no time of ours."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, buf: bytearray, xmt: bytes, fields: bytes) -> None:
+        super().__init__(buf, xmt)
+        self.fields = fields
+
+    def finalize(self, tx_ntp: int) -> bytes:
+        return super().finalize(tx_ntp) + self.fields
 
 
 class ReplyBuilder:
@@ -184,14 +221,27 @@ class ReplyBuilder:
         poll the client should back off to. Every timestamp is the client's own transmit
         timestamp, so the packet carries no time anyone could use; 48 bytes, never larger
         than the request."""
+        poll = max(request[2] if request[2] < 128 else 0, self.kod_min_poll)
+        buf, xmt = self._kiss(request, version, reply_mode, REFID_RATE, poll)
+        return KissReply(buf, xmt)
+
+    def nts_nak(self, request: bytes, version: int, reply_mode: int, fields: bytes) -> Reply:
+        """An NTS NAK: a kiss with refid NTSN followed by ``fields`` (the echoed Unique
+        Identifier), never larger than the NTS request it answers."""
+        buf, xmt = self._kiss(request, version, reply_mode, REFID_NTSN, request[2])
+        return FieldsKissReply(buf, xmt, fields)
+
+    def _kiss(
+        self, request: bytes, version: int, reply_mode: int, refid: int, poll: int
+    ) -> tuple[bytearray, bytes]:
         xmt = request[40:48]
         buf = bytearray(HEADER_LEN)
         buf[0] = (3 << 6) | (version << 3) | reply_mode
         buf[1] = 0
-        buf[2] = max(request[2] if request[2] < 128 else 0, self.kod_min_poll)
+        buf[2] = poll
         buf[3] = self.state.precision & 0xFF
-        _U32.pack_into(buf, 12, REFID_RATE)
+        _U32.pack_into(buf, 12, refid)
         buf[16:24] = xmt
         buf[24:32] = xmt
         buf[32:40] = xmt
-        return KissReply(buf, bytes(xmt))
+        return buf, bytes(xmt)

@@ -68,6 +68,7 @@ from ntpy.core.decision import (
     UnknownClient,
 )
 from ntpy.core.kiss import KissCode
+from ntpy.core.ntsserve import NtsServing, nts_decision
 from ntpy.core.packet import (
     HEADER_LEN,
     MODE_ACTIVE,
@@ -192,6 +193,10 @@ class Responder(ReplyBuilder):
         self._clients: dict[Hashable, ClientClass] = {}
         self._clients_gen: int | None = None
         self._cacheable = False
+        self.nts: NtsServing | None = None
+        """Set by the daemon with ``nts enable``: NTS requests are then checked and sealed
+        (``ntpy.core.ntsserve``); without it their NTS fields are ignored (a plain reply,
+        which an NTS client rejects, as from any server without NTS)."""
 
     @property
     def keys(self) -> Mapping[int, auth.MacKey]:
@@ -374,12 +379,20 @@ class Responder(ReplyBuilder):
         key: auth.MacKey | None = None
         nak = False
         reason = Reason.SERVED
+        nts: Decision | None = None
         if n > HEADER_LEN:
             try:
-                _fields, mac, mac_offset = decode_trailer(data, version)
+                fields, mac, mac_offset = decode_trailer(data, version)
             except PacketError:
                 return DROPS[Reason.MALFORMED]
-            if mac is not None:
+            serving = self.nts
+            if serving is not None and fields:
+                nts = nts_decision(
+                    self, serving, data, fields, mac_offset, version, reply_mode, now
+                )
+                if nts is not None and not isinstance(nts, Answer):
+                    return nts
+            if nts is None and mac is not None:
                 key = auth.verify(self._keys, mac.keyid, data[:mac_offset], mac.digest)
                 if key is None:
                     nak = True
@@ -388,7 +401,7 @@ class Responder(ReplyBuilder):
                     reason = Reason.SERVED_AUTH
 
         if flags:
-            if "notrust" in flags and key is None:
+            if "notrust" in flags and key is None and nts is None:
                 return DROPS[Reason.UNAUTHENTICATED]
             if "limited" in flags and self.limiter is not None:
                 verdict = self.limiter.check(hit[1], now, kod="kod" in flags)
@@ -396,6 +409,8 @@ class Responder(ReplyBuilder):
                     return _RATE_LIMITED
                 if verdict == VERDICT_KOD:
                     return Kiss(KissCode.RATE, self.kiss_rate(data, version, reply_mode))
+        if nts is not None:
+            return nts
         return Answer(self.build(data, version, reply_mode, now, key, nak), reason)
 
     def handle(

@@ -50,6 +50,7 @@ from ntpy.daemon.driftfile import WRITE_INTERVAL_NS
 from ntpy.daemon.local_clock import describe_local
 from ntpy.daemon.logsetup import LogSetup
 from ntpy.daemon.loop import Loop
+from ntpy.daemon.nts_service import NtsService, NtsStartError
 from ntpy.daemon.policy import build_access, build_limiter, limits_changed
 from ntpy.daemon.reload import ReloadPlan, plan_reload
 from ntpy.daemon.server import ControlHandler, NtpServer
@@ -102,6 +103,18 @@ class Daemon:
         )
         self.access = start_access(config)
         self.workers = resolve_workers(config.workers, options.workers, self.clock)
+        self.nts: NtsService | None = None
+        """With ``nts enable``: the NTS server (one serving process: see nts_service)."""
+        if config.nts.enabled:
+            try:
+                self.nts = NtsService(config)
+            except NtsStartError as exc:
+                raise StartupError(str(exc)) from None
+            if self.workers > 1:
+                log.info(
+                    "nts enable: serving from the main process (workers %d -> 1)", self.workers
+                )
+                self.workers = 1
         self.pool: WorkerPool | None = None
         """With workers > 1: the serving processes (the main then answers no NTP itself)."""
         self.limiter = build_limiter(config, self.workers)
@@ -164,6 +177,8 @@ class Daemon:
             return self._with_mode6(out)
         out = {str(k): v for k, v in self.server.counters.items()}
         out.update({f"ratelimit_{k}": v for k, v in self.limiter.counters.items()})
+        if self.nts is not None:
+            out.update(self.nts.counters())
         return self._with_mode6(out)
 
     def _with_mode6(self, out: dict[str, int]) -> dict[str, int]:
@@ -178,7 +193,10 @@ class Daemon:
         """The one-line counter summary (over all workers)."""
         if self.pool is not None:
             self.counters()
-        return self.server.summary()
+        line = self.server.summary()
+        if self.nts is not None:
+            line += "".join(f" {k}={v}" for k, v in sorted(self.nts.counters().items()) if v)
+        return line
 
     def clients(self) -> dict[str, object]:
         if self.pool is not None:
@@ -224,6 +242,13 @@ class Daemon:
             )
         else:
             open_server(self.server, self.loop, required, optional)
+            if self.nts is not None:
+                try:
+                    self.nts.start(
+                        self.loop, self.responder, [ep.bound for ep in self.server.endpoints]
+                    )
+                except NtsStartError as exc:
+                    raise StartupError(str(exc)) from None
         self._announce()
         if self.pool is not None:
             self.pool.start()  # after the log lines above; before any other socket opens
@@ -304,6 +329,8 @@ class Daemon:
             self.sync.apply_servers(new.servers)
         if plan.stats_changed:
             self._reload_stats(new)
+        if self.nts is not None:
+            self.nts.reload(new)  # certificate renewals; rotate 0 re-reads the cookie keys
         # What needs a restart keeps running as before, so the next reload compares with it.
         self.config = dataclasses.replace(
             new, **{name: getattr(self.config, name) for name in plan.restart_needed}
@@ -397,6 +424,8 @@ class Daemon:
                 self.stats.close()
             if self.web is not None:
                 self.web.close()
+            if self.nts is not None:
+                self.nts.close()
             self.server.close()
             self.loop.close()
         return self.exit_code

@@ -37,6 +37,8 @@ RESTART_FIELDS = (
     "webstatus",
     "pidfile",
     "leapfile",
+    "nts",
+    "nts_ca",
 )
 """Settings the engine, sockets or listeners were built from: a restart applies them."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..state import Directive
-from . import access, misc, service, sources, system
+from . import access, misc, nts, service, sources, system
 
 DIRECTIVES: dict[str, Directive] = {
     **sources.DIRECTIVES,
@@ -11,6 +11,7 @@ DIRECTIVES: dict[str, Directive] = {
     **system.DIRECTIVES,
     **misc.DIRECTIVES,
     **service.DIRECTIVES,
+    **nts.DIRECTIVES,
 }
 
 __all__ = ["DIRECTIVES"]

@@ -1,0 +1,135 @@
+"""The NTS server in the daemon: the cookie key store, the responder's ``NtsServing`` and
+the NTS-KE listener, built from ``nts`` lines at start and updated on SIGHUP.
+
+Processes: NTS requests are served by the main process. With ``nts enable`` the daemon
+runs one serving process (``workers`` is overridden, with a log line): the cookie key
+ring then lives in exactly one place, rotation and ``rotate 0`` re-reads need no IPC,
+and the KE listener and NTP share one loop. (One Python process serves tens of
+thousands of NTS requests per second; workers with a shared ring are future work.)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+from ntpy.config import Config
+from ntpy.config.model import NtsServerSpec
+from ntpy.core import ntsaead
+from ntpy.core.address import split_host_port
+from ntpy.core.ntske import DEFAULT_PORT
+from ntpy.core.ntskeserver import KeServerConfig
+from ntpy.core.ntsserve import NtsServing
+from ntpy.core.server import Responder
+from ntpy.daemon.loop import Loop
+from ntpy.daemon.ntske_server import KeListener, NtsSetupError, load_tls
+from ntpy.daemon.ntskeys import KeyStore, KeyStoreError, ring_path
+from ntpy.daemon.udp import ListenAddress
+
+log = logging.getLogger("ntpy.nts")
+
+TICK_NS = 60_000_000_000
+"""How often the key store checks for rotation (or a changed file, with ``rotate 0``)."""
+
+
+class NtsStartError(Exception):
+    """NTS cannot start as configured: a message for the admin."""
+
+
+def ke_addresses(spec: NtsServerSpec, ntp: Sequence[ListenAddress]) -> list[ListenAddress]:
+    """``nts listen`` addresses, else port 4460 on every NTP address (deduplicated)."""
+    if spec.listen:
+        return [ListenAddress(str(a), p) for a, p in spec.listen]
+    return list(dict.fromkeys(ListenAddress(a.host, DEFAULT_PORT) for a in ntp))
+
+
+def ke_config(spec: NtsServerSpec, ntp_port: int) -> KeServerConfig:
+    """What the key exchange offers: the AEADs, and the NTP server and port it names
+    (``nts ntpserver HOST[:PORT]``, else this host and the port NTP is bound to)."""
+    server, port = spec.ntpserver, ntp_port
+    if server is not None:
+        hp = split_host_port(server)  # checked by the config parser already
+        server = hp.host
+        if hp.port_text:
+            port = int(hp.port_text)
+    return KeServerConfig(aeads=spec.aeads or ntsaead.supported(), ntp_server=server, ntp_port=port)
+
+
+class NtsService:
+    """The NTS server parts of one daemon (only built with ``nts enable``)."""
+
+    def __init__(self, config: Config) -> None:
+        spec = config.nts
+        where = f"{spec.location}: " if spec.location is not None else ""
+        if not spec.cert or not spec.key:
+            raise NtsStartError(f"{where}'nts enable' needs 'nts cert FILE' and 'nts key FILE'")
+        self.spec = spec
+        try:
+            self.context = load_tls(spec.cert, spec.key)
+        except NtsSetupError as exc:
+            raise NtsStartError(str(exc)) from None
+        self.store = KeyStore(ring_path(spec, config.driftfile), spec.rotate_s)
+        try:
+            self.store.load()
+        except KeyStoreError as exc:
+            raise NtsStartError(str(exc)) from None
+        self.serving: NtsServing | None = None
+        self.listener: KeListener | None = None
+
+    def start(self, loop: Loop, responder: Responder, ntp: Sequence[ListenAddress]) -> None:
+        """Serve NTS on ``responder`` and open the KE listener (NTP already bound)."""
+        self.serving = NtsServing(self.store.ring, os.urandom)
+        responder.nts = self.serving
+        port = ntp[0].port if ntp else 123
+        self.listener = KeListener(
+            loop, self.context, ke_config(self.spec, port), lambda: self.store.ring
+        )
+        try:
+            self.listener.open(ke_addresses(self.spec, ntp))
+        except NtsSetupError as exc:
+            raise NtsStartError(str(exc)) from None
+        loop.call_every(TICK_NS, self.tick)
+        for bound in self.listener.bound:
+            log.info("NTS-KE accepting at %s (TLS 1.3, ntske/1)", bound)
+        log.info(
+            "NTS cookie keys: %s (%s)",
+            self.store.path,
+            f"rotated every {self.spec.rotate_s} s"
+            if self.spec.rotate_s
+            else "read only: rotate 0",
+        )
+
+    def tick(self) -> None:
+        if self.store.tick() and self.serving is not None:
+            self.serving.ring = self.store.ring
+            log.info("NTS cookie key ring updated (%d keys)", len(self.store.ring.keys))
+
+    def reload(self, config: Config) -> None:
+        """SIGHUP: re-read the certificate and key (a renewal) and, with ``rotate 0``, the
+        cookie keys. A certificate that does not load is logged; the old one stays."""
+        spec = config.nts
+        if spec.cert and spec.key and self.listener is not None:
+            try:
+                self.listener.context = load_tls(spec.cert, spec.key)
+                self.context = self.listener.context
+                log.info("NTS certificate reloaded from %s", spec.cert)
+            except NtsSetupError as exc:
+                log.error("NTS certificate reload failed, the old one stays: %s", exc)
+        reread = self.store.rotate_ns <= 0 and self.store.reread(force=True)
+        if reread and self.serving is not None:
+            self.serving.ring = self.store.ring
+
+    def counters(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        if self.serving is not None:
+            out.update(self.serving.counters())
+        if self.listener is not None:
+            out.update(self.listener.counters)
+            out["nts_ke_connections"] = len(self.listener.conns)
+        out["nts_cookie_key_rotations"] = self.store.rotations
+        return out
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.close()

@@ -1,0 +1,268 @@
+"""The NTS-KE listener: TLS 1.3 over TCP on the daemon's own loop (RFC 8915 section 4).
+
+Everything NTS-KE means is ``ntpy.core.ntskeserver``; this module only moves bytes
+through pyOpenSSL (stdlib ``ssl`` has no TLS exporter). It runs on the same ``Loop`` as
+NTP serving and must never stall it, so:
+
+- sockets are non-blocking, and pyOpenSSL's WantRead / WantWrite just mean "later": a
+  readable socket resumes the handshake or the read; a pending write is retried by a
+  short timer (the loop watches readers only; a response of ~1.2 KB nearly always fits
+  the socket buffer at once);
+- at most ``max_connections`` connections live at a time. One more is accepted and
+  closed at once, before any TLS work (counted ``nts_ke_refused``): an attacker holding
+  idle connections costs us file descriptors up to the limit, never CPU or NTP service
+  (CVE-2024-38528 was the unbounded version of this);
+- every connection has one deadline for handshake, request and response together
+  (``timeout_ns``); a sweep each second closes the late ones (``nts_ke_timeout``);
+- a request is read only until ``ntske.message_length`` says it is whole, and that
+  function refuses more than ``MAX_MESSAGE_LEN`` bytes.
+
+The TLS context is TLS 1.3 only with ALPN ``ntske/1``; :func:`load_tls` refuses an
+expired, not yet valid or key-mismatched certificate with ``NtsSetupError``, which is a
+``StartupError`` at start and an error log (the old context kept) on SIGHUP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+from OpenSSL import SSL
+
+from ntpy.core import ntske
+from ntpy.core.ntscookie import CookieKeys
+from ntpy.core.ntskeserver import KeServerConfig, serve_message
+from ntpy.daemon.loop import Loop
+from ntpy.daemon.udp import ListenAddress
+
+log = logging.getLogger("ntpy.nts")
+
+MAX_CONNECTIONS = 64
+TIMEOUT_NS = 5_000_000_000
+RETRY_NS = 10_000_000
+_NS = 1_000_000_000
+
+
+class NtsSetupError(Exception):
+    """The certificate, key or listener cannot be used: a message for the admin."""
+
+
+def load_tls(cert: str, key: str, now: datetime | None = None) -> SSL.Context:
+    """A server context for ``cert`` (the full chain, leaf first) and ``key``."""
+    try:
+        with open(cert, "rb") as f:
+            leaf = x509.load_pem_x509_certificate(f.read())
+    except (OSError, ValueError) as exc:
+        raise NtsSetupError(f"nts cert {cert}: {exc}") from None
+    now = now or datetime.now(UTC)
+    if leaf.not_valid_after_utc < now:
+        raise NtsSetupError(
+            f"nts cert {cert}: expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
+            "renew it (clients refuse an expired certificate)"
+        )
+    if leaf.not_valid_before_utc > now:
+        raise NtsSetupError(
+            f"nts cert {cert}: not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+        )
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
+    ctx.set_max_proto_version(SSL.TLS1_3_VERSION)
+    try:
+        ctx.use_certificate_chain_file(cert)
+        ctx.use_privatekey_file(key)
+        ctx.check_privatekey()
+    except SSL.Error as exc:
+        raise NtsSetupError(
+            f"nts cert {cert} / nts key {key}: unusable or not a matching pair ({exc})"
+        ) from None
+    ctx.set_alpn_select_callback(_select_alpn)
+    return ctx
+
+
+def _select_alpn(_conn: SSL.Connection, protos: list[bytes]) -> Any:
+    """``ntske/1`` or no overlap (the handshake then fails: RFC 8915 section 4)."""
+    return ntske.ALPN if ntske.ALPN in protos else SSL.NO_OVERLAPPING_PROTOCOLS
+
+
+class _Conn:
+    __slots__ = ("buf", "deadline", "out", "sock", "tls")
+
+    def __init__(self, sock: socket.socket, tls: SSL.Connection, deadline: int) -> None:
+        self.sock = sock
+        self.tls = tls
+        self.deadline = deadline
+        self.buf = b""
+        self.out: bytes | None = None
+
+
+class KeListener:
+    """Accepts NTS-KE connections on ``loop`` and answers each with one response."""
+
+    def __init__(
+        self,
+        loop: Loop,
+        context: SSL.Context,
+        config: KeServerConfig,
+        ring: Callable[[], CookieKeys],
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        timeout_ns: int = TIMEOUT_NS,
+    ) -> None:
+        self.loop = loop
+        self.context = context
+        self.config = config
+        self.ring = ring
+        self.max_connections = max_connections
+        self.timeout_ns = timeout_ns
+        self.listeners: list[socket.socket] = []
+        self.bound: list[ListenAddress] = []
+        self.conns: dict[int, _Conn] = {}
+        self.counters: Counter[str] = Counter()
+
+    def open(self, addresses: Sequence[ListenAddress]) -> None:
+        for address in addresses:
+            sock = socket.socket(address.family, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if address.family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((address.host, address.port))
+                sock.listen(128)
+                sock.setblocking(False)
+            except OSError as exc:
+                sock.close()
+                self.close()
+                raise NtsSetupError(f"NTS-KE listener {address}: {exc.strerror}") from None
+            self.listeners.append(sock)
+            host, port = sock.getsockname()[:2]
+            self.bound.append(ListenAddress(host, port))
+            self.loop.add_reader(sock, self._acceptor(sock))
+        self.loop.call_every(_NS, self._sweep)
+
+    def close(self) -> None:
+        for fd in list(self.conns):
+            self._drop(fd)
+        for sock in self.listeners:
+            with contextlib.suppress(KeyError, ValueError):
+                self.loop.remove_reader(sock)
+            sock.close()
+        self.listeners.clear()
+
+    def _acceptor(self, listener: socket.socket) -> Callable[[], None]:
+        return lambda: self._accept(listener)
+
+    def _stepper(self, conn: _Conn) -> Callable[[], None]:
+        return lambda: self._step(conn)
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(16):  # a few per wake-up: NTP gets the loop back soon
+            try:
+                sock, _peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: count, try again next wake-up
+                self.counters[f"nts_ke_accept_{exc.errno}"] += 1
+                return
+            if len(self.conns) >= self.max_connections:
+                self.counters["nts_ke_refused"] += 1
+                sock.close()
+                continue
+            sock.setblocking(False)
+            tls = SSL.Connection(self.context, sock)
+            tls.set_accept_state()
+            conn = _Conn(sock, tls, time.monotonic_ns() + self.timeout_ns)
+            self.conns[sock.fileno()] = conn
+            self.loop.add_reader(sock, self._stepper(conn))
+
+    def _sweep(self) -> None:
+        now = time.monotonic_ns()
+        for fd, conn in list(self.conns.items()):
+            if conn.deadline <= now:
+                self.counters["nts_ke_timeout"] += 1
+                self._drop(fd)
+
+    def _drop(self, fd: int) -> None:
+        conn = self.conns.pop(fd, None)
+        if conn is None:
+            return
+        with contextlib.suppress(KeyError, ValueError):
+            self.loop.remove_reader(conn.sock)
+        conn.sock.close()
+
+    def _fail(self, conn: _Conn, reason: str) -> None:
+        self.counters[f"nts_ke_failed_{reason}"] += 1
+        self._drop(conn.sock.fileno())
+
+    def _step(self, conn: _Conn) -> None:
+        """Resume the connection: handshake, read the request, answer it."""
+        if conn.sock.fileno() not in self.conns:
+            return
+        if conn.out is not None:
+            self._write(conn)
+            return
+        try:
+            while True:
+                chunk = conn.tls.recv(4096)
+                if not chunk:
+                    self._fail(conn, "closed")
+                    return
+                conn.buf += chunk
+                end = ntske.message_length(conn.buf)
+                if end is not None:
+                    break
+        except SSL.WantReadError:
+            return
+        except SSL.WantWriteError:
+            self.loop.call_later(RETRY_NS, self._stepper(conn))
+            return
+        except SSL.ZeroReturnError:
+            self._fail(conn, "closed")
+            return
+        except ntske.NtsKeError:
+            self._fail(conn, "too_long")
+            return
+        except (SSL.Error, OSError):
+            self._fail(conn, "tls")
+            return
+        if conn.tls.get_alpn_proto_negotiated() != ntske.ALPN:
+            self._fail(conn, "alpn")
+            return
+        tls = conn.tls
+
+        def export(context: bytes, length: int) -> bytes:
+            return bytes(tls.export_keying_material(ntske.EXPORTER_LABEL, length, context))
+
+        reply = serve_message(conn.buf[:end], self.config, self.ring(), export, os.urandom)
+        if reply.error is not None:
+            self.counters[f"nts_ke_failed_{reply.error.name.lower()}"] += 1
+            log.debug("NTS-KE error sent: %s", reply.reason)
+        elif reply.aead is None:
+            self.counters["nts_ke_failed_no_common"] += 1
+        else:
+            self.counters["nts_ke_ok"] += 1
+        conn.out = reply.message
+        self._write(conn)
+
+    def _write(self, conn: _Conn) -> None:
+        assert conn.out is not None
+        try:
+            while conn.out:
+                sent = conn.tls.send(conn.out)
+                conn.out = conn.out[sent:]
+        except (SSL.WantWriteError, SSL.WantReadError):
+            self.loop.call_later(RETRY_NS, self._stepper(conn))
+            return
+        except (SSL.Error, OSError):
+            self._fail(conn, "tls")
+            return
+        with contextlib.suppress(SSL.Error, OSError):
+            conn.tls.shutdown()  # close_notify: the client reads to the end of the stream
+        self._drop(conn.sock.fileno())
