@@ -90,6 +90,8 @@ def may_import(a: str, b: str) -> bool:
     return a == b or b == TOP or b in ALLOWED.get(a, frozenset())
 
 
+
+
 # --- the import graph -------------------------------------------------------------------------
 
 
