@@ -559,13 +559,21 @@ def test_tos_order_is_checked_across_lines_and_against_defaults() -> None:
 
 def test_every_table_option_with_a_valid_value_parses() -> None:
     """Guards against a table entry that the model has no field for."""
-    from ntpy.config.directives.sources import SERVER_FLAGS, SERVER_INT_OPTIONS
+    from ntpy.config.directives.sources import NTS_OPTIONS, SERVER_FLAGS, SERVER_INT_OPTIONS
     from ntpy.config.directives.system import DISCARD_OPTIONS, TINKER_OPTIONS, TOS_OPTIONS
 
     for kind in ("server", "pool", "peer"):
         for flag in SERVER_FLAGS:
-            parse_text(f"{kind} a.example {flag}")
+            if kind == "peer" and (flag == "nts" or flag in NTS_OPTIONS):
+                with pytest.raises(ConfigError, match=r"not 'peer'|add 'nts'"):
+                    parse_text(f"{kind} a.example {flag}")
+                continue
+            parse_text(f"{kind} a.example {flag}{' nts' if flag in NTS_OPTIONS else ''}")
         for option, (lo, hi) in SERVER_INT_OPTIONS.items():
+            if option in NTS_OPTIONS:  # ntsport: only with nts, never on a peer
+                if kind != "peer":
+                    parse_text(f"{kind} a.example nts {option} {min(max(lo, 6), hi)}")
+                continue
             line = f"{kind} a.example {option} {min(max(lo, 6), hi)}"
             if option == "key":  # needs a trusted key from a keys file
                 with pytest.raises(ConfigError, match="no keys file"):

@@ -114,7 +114,7 @@ def test_kiss_codes_are_typed_and_name_their_reason() -> None:
     for other in (b"INIT", b"AUTH", b"\0\0\0\0", b"GPS\0", b"\xff\xfe\0\0"):
         assert KissCode.from_refid(other) is None
     assert kiss_reason(KissCode.RATE) is Reason.KOD_RATE and Reason.KOD_RATE.kiss is KissCode.RATE
-    assert [c.refuses_service for c in KissCode] == [False, True, True]
+    assert [c.refuses_service for c in KissCode] == [False, True, True, False]
     assert Reason.BOGUS.kiss is None and Reason.OK.kiss is None
     assert f"kod_{KissCode.DENY}" == "kod_DENY"  # formats as its code in messages
 

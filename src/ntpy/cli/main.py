@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from ntpy import __version__
+from ntpy.cli.authdata import add_authdata_parser, run_authdata
 from ntpy.cli.stat import add_stat_parser
 from ntpy.cli.sync import add_sync_parser
 from ntpy.cli.views import add_clients_parser, add_view_parsers, run_clients, run_peers, run_status
@@ -131,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_view_parsers(sub)
     add_clients_parser(sub)
+    add_authdata_parser(sub)
     add_sync_parser(sub)
     add_stat_parser(sub)
     return p
@@ -172,6 +174,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_peers(args)
     if args.command == "clients":
         return run_clients(args)
+    if args.command == "authdata":
+        return run_authdata(args)
     if args.command == "query":
         from ntpy.cli.query import run as run_query
 

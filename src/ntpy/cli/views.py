@@ -237,8 +237,9 @@ def peer_line(src: Mapping[str, Any], numeric: bool) -> str:
 
 
 def auth_line(src: Mapping[str, Any], numeric: bool) -> str | None:
-    """The line below the table for a source with a key: ``auth REMOTE: key N, authentic``
-    (or why not). None for an unauthenticated source."""
+    """The line below the table for an authenticated source: ``auth REMOTE: key N,
+    authentic`` or ``auth REMOTE: nts, authentic`` (or why not; for NTS, the cookies held
+    or the last key-exchange error). None for an unauthenticated source."""
     mode = src.get("auth")
     if not isinstance(mode, str) or mode == "none":
         return None
@@ -251,6 +252,13 @@ def auth_line(src: Mapping[str, Any], numeric: bool) -> str | None:
         verdict = "no reply yet"
     if refused:
         verdict += f", {refused} repl{'y' if refused == 1 else 'ies'} refused"
+    if mode == "nts":
+        error = src.get("nts_ke_error")
+        verdict += (
+            f", key exchange failed: {error}"
+            if error
+            else (f", {int_field(src.get('nts_cookies')) or 0} cookies")
+        )
     return f"auth {_remote(src, numeric)}: {mode}, {verdict}"
 
 

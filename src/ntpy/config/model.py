@@ -69,6 +69,15 @@ class ServerSpec:
     autokey: bool = False
     preempt: bool = False
     nts: bool = False
+    noval: bool = False
+    """With ``nts``: do not verify the key-exchange server's certificate (testing only)."""
+    ca: str | None = None
+    """With ``nts``: the CA file or directory to verify it with (else ``nts ca``, else the
+    system's trusted CAs)."""
+    aead: str | None = None
+    """With ``nts``: the only AEAD to offer (an ``ntsaead.NAMES`` name); else all we have."""
+    ntsport: int = 4460
+    """With ``nts``: the NTS-KE port (ntpy's extension)."""
     minpoll: int = 6
     maxpoll: int = 10
     key: int | None = None

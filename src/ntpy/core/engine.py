@@ -129,7 +129,11 @@ class SyncEngine:
         return actions
 
     def next_wakeup(self) -> int | None:
-        times = [s.next_poll_mono for s in self.sources.values() if s.active]
+        times = [
+            s.next_poll_mono
+            for s in self.sources.values()
+            if s.active and not s.needs_key_exchange  # the shell wakes us after the exchange
+        ]
         times.append(self.next_housekeeping)
         if self._first_wait_pending():
             assert self.start_mono is not None
@@ -216,6 +220,9 @@ class SyncEngine:
     def _log_kiss(self, src: Source, code: KissCode, actions: list[Action]) -> None:
         """At warning: each RATE (each one lengthens the poll), and DENY/RSTR (logged once:
         the source is never polled again)."""
+        if code.asks_rekey:
+            actions.append(LogEvent("warning", f"NTS NAK from {label(src)}: key exchange again"))
+            return
         what = "no longer polled" if code.refuses_service else f"polling every {1 << src.poll} s"
         actions.append(LogEvent("warning", f"kiss-o'-death {code} from {label(src)}: {what}"))
 

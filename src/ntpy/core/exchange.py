@@ -67,6 +67,7 @@ class Reason(StrEnum):
     KOD_RATE = "kod_RATE"
     KOD_DENY = "kod_DENY"
     KOD_RSTR = "kod_RSTR"
+    KOD_NTSN = "kod_NTSN"
 
     @property
     def kiss(self) -> KissCode | None:
@@ -78,6 +79,7 @@ _KISS_REASONS = {
     KissCode.RATE: Reason.KOD_RATE,
     KissCode.DENY: Reason.KOD_DENY,
     KissCode.RSTR: Reason.KOD_RSTR,
+    KissCode.NTSN: Reason.KOD_NTSN,
 }
 _REASON_KISSES = {reason: code for code, reason in _KISS_REASONS.items()}
 

@@ -16,6 +16,9 @@ class KissCode(StrEnum):
     """Access denied: stop asking this server."""
     RSTR = "RSTR"
     """Access restricted: stop asking this server."""
+    NTSN = "NTSN"
+    """NTS NAK (RFC 8915 5.7): the server could not use our cookie. Not a refusal and not a
+    rate order: an NTS source runs the key exchange again; any other source ignores it."""
 
     @property
     def meaning(self) -> str:
@@ -25,7 +28,12 @@ class KissCode(StrEnum):
     @property
     def refuses_service(self) -> bool:
         """DENY and RSTR: the server will not serve us; a source stops for good."""
-        return self is not KissCode.RATE
+        return self in (KissCode.DENY, KissCode.RSTR)
+
+    @property
+    def asks_rekey(self) -> bool:
+        """NTSN: the NTS source's cookies are no good; run the key exchange again."""
+        return self is KissCode.NTSN
 
     @classmethod
     def from_refid(cls, refid: bytes) -> KissCode | None:
@@ -45,4 +53,5 @@ KISS_MEANINGS = {
     KissCode.RATE: "rate exceeded: the server asks us to poll less often",
     KissCode.DENY: "access denied by the server",
     KissCode.RSTR: "access restricted by the server",
+    KissCode.NTSN: "NTS NAK: the server could not use our cookie (key exchange again)",
 }

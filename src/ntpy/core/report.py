@@ -9,9 +9,10 @@ snapshot now carries a typed ``SyncReason`` and a sentence with the numbers behi
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ntpy.core.address import host, port
+from ntpy.core.ntsauth import NtsAuth
 from ntpy.core.packet import LEAP_ALARM, LEAP_NONE, refid_to_text
 from ntpy.core.source import Source, label
 from ntpy.core.sourcestats import offset_at
@@ -168,7 +169,25 @@ def source_status(eng: SyncEngine, src: Source, now_mono: int, now_clock: int) -
         auth=src.config.auth_label,
         authentic=src.authentic,
         auth_failures=src.auth_failures,
+        **_nts_fields(src),
     )
+
+
+def _nts_fields(src: Source) -> dict[str, Any]:
+    """The ``nts_*`` status fields of an NTS source; {} for any other."""
+    if not isinstance(src.auth, NtsAuth):
+        return {}
+    info = src.auth.info()
+    return {
+        "nts_aead": info.aead_name if info.aead is not None else None,
+        "nts_cookies": info.cookies,
+        "nts_cookie_length": info.cookie_length,
+        "nts_ke_attempts": info.ke_attempts,
+        "nts_ke_failures": info.ke_failures,
+        "nts_naks": info.naks,
+        "nts_last_ke_ns": info.last_ke_wall_ns,
+        "nts_ke_error": info.ke_error,
+    }
 
 
 def _local_status(eng: SyncEngine, now_clock: int) -> SourceStatus | None:

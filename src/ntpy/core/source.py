@@ -69,11 +69,15 @@ class SourceConfig:
     pool: str | None = None
     key: int | None = None
     """The symmetric key id its exchanges are signed with (``server HOST key N``)."""
+    nts: bool = False
+    """Authenticated with NTS (``server HOST nts``): the auth is a ``core.ntsauth.NtsAuth``."""
 
     @property
     def auth_label(self) -> str:
-        """How the source is authenticated, as ``ntpy peers`` shows it: ``key N`` or
-        ``none``."""
+        """How the source is authenticated, as ``ntpy peers`` shows it: ``nts``, ``key N``
+        or ``none``."""
+        if self.nts:
+            return "nts"
         return "none" if self.key is None else f"key {self.key}"
 
 
@@ -137,8 +141,14 @@ class Source:
     def poll_interval_ns(self) -> int:
         return (1 << self.poll) * NS_PER_S
 
+    @property
+    def needs_key_exchange(self) -> bool:
+        """An NTS source without usable keys or cookies: it does not poll until the shell's
+        key exchange gives it some (never a request in the clear)."""
+        return bool(getattr(self.auth, "needs_key_exchange", False))
+
     def due(self, now_mono: int) -> bool:
-        return self.active and now_mono >= self.next_poll_mono
+        return self.active and now_mono >= self.next_poll_mono and not self.needs_key_exchange
 
     def poll_request(self, now_mono: int, cookie: int, randomize: float) -> bytes:
         """Build the request for a due poll and schedule the next one.
@@ -235,10 +245,14 @@ class Source:
         and go at least to the poll the server advertised, even beyond maxpoll (as ntpd,
         which raises minpoll to it) but not beyond RFC 5905's MAXPOLL. The floor follows, so
         poll adaptation cannot creep back to the refused rate, and the burst stops.
-        DENY/RSTR: stop polling for good.
+        DENY/RSTR: stop polling for good. NTSN (an NTS NAK, only ever raised after our
+        Unique Identifier matched): nothing here -- the source's ``NtsAuth`` now needs a key
+        exchange, which the shell runs; for any other source it means nothing.
         """
         self.counters[kiss_reason(code).value] += 1
         self.pending = None
+        if code.asks_rekey:
+            return kiss_reason(code)
         if not code.refuses_service:  # RATE
             ceiling = min(max(self.maxpoll, server_poll), MAX_POLL)
             self.poll = min(max(self.poll + 1, server_poll, self.minpoll), ceiling)

@@ -144,11 +144,25 @@ class SourceStatus:
     error: str | None = None
     """Why requests cannot go out (e.g. the socket could not be opened), or None."""
     auth: str = "none"
-    """How its exchanges are authenticated: ``key N`` or ``none``."""
+    """How its exchanges are authenticated: ``nts``, ``key N`` or ``none``."""
     authentic: bool = False
     """Its last reply passed authentication (ntpq's ``authentic`` status bit)."""
     auth_failures: int = 0
     """Replies refused by authentication (bad or missing MAC, crypto-NAK): never used."""
+    nts_aead: str | None = None
+    """NTS sources (``auth`` "nts"): the AEAD agreed, None before the first key exchange."""
+    nts_cookies: int = 0
+    """Cookies held now (at most 8)."""
+    nts_cookie_length: int = 0
+    nts_ke_attempts: int = 0
+    """Key exchanges started (the first, re-keys on NAK, no cookies, schedule, retries)."""
+    nts_ke_failures: int = 0
+    nts_naks: int = 0
+    """NTS NAKs received (each one sends us back to the key exchange)."""
+    nts_last_ke_ns: int | None = None
+    """Wall-clock time of the last successful key exchange (Unix ns)."""
+    nts_ke_error: str | None = None
+    """Why the last key exchange failed, until one succeeds."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,7 @@ from ntpy.core.system import LocalReference, SystemState
 from ntpy.core.timestamps import NS_PER_S as NS
 from ntpy.daemon.client_socket import open_client_socket, recv_reply
 from ntpy.daemon.loop import Loop
+from ntpy.daemon.ntssources import NtsClients, NtsPeer
 
 log = logging.getLogger("ntpy.sync")
 
@@ -137,6 +138,8 @@ class SyncShell:
         self.retry_delay_ns = RESOLVE_RETRY_NS
         self._retry_gen = 0
         self._retry_armed = False
+        self.nts = NtsClients(engine, loop, self._move, self.reschedule)
+        """The ``nts`` sources' key exchanges and saved cookies (``configure`` it first)."""
 
     # ----------------------------------------------------------------- sources
 
@@ -228,6 +231,10 @@ class SyncShell:
         auth = self._auth(spec)
         if auth is None:  # add_configured let no such spec in
             return
+        peer: NtsPeer | None = None
+        if spec.nts:
+            peer = self.nts.new_peer(spec, addr)
+            auth = peer.auth
         cfg = SourceConfig(
             name=spec.address,
             address=addr,
@@ -241,8 +248,15 @@ class SyncShell:
             version=spec.version,
             pool=spec.address if spec.kind == "pool" else None,
             key=spec.key,
+            nts=spec.nts,
         )
         sid = self.engine.add_source(cfg, now_mono, auth)
+        if peer is not None:
+            moved = self.nts.register(sid, peer)
+            if moved is not None:  # a saved session names another NTP server or port
+                addr = moved
+                src = self.engine.sources[sid]
+                src.config = replace(src.config, address=moved)
         up = Upstream(sid, spec, addr, None)
         self.upstreams[sid] = up
         self._sources_changed()
@@ -335,7 +349,21 @@ class SyncShell:
             self._schedule_retry()
         self.reschedule()
 
+    def _move(self, source_id: int, addr: tuple[object, ...]) -> None:
+        """A key exchange named another NTP server or port: talk to it from now on."""
+        up = self.upstreams.get(source_id)
+        if up is None:
+            return
+        if up.sock is not None:
+            self.loop.remove_reader(up.sock)
+            up.sock.close()
+            up.sock = None
+        up.address = addr
+        self._sources_changed()
+        self._connect(up)
+
     def _remove(self, source_id: int) -> None:
+        self.nts.removed(source_id)
         up = self.upstreams.pop(source_id, None)
         self.engine.remove_source(source_id)
         if up is not None:
@@ -382,6 +410,7 @@ class SyncShell:
         self.reschedule()
 
     def reschedule(self) -> None:
+        self.nts.tick()  # key exchanges for the NTS sources that need one
         due = self.engine.next_wakeup()
         if due is None or (self._timer_due is not None and self._timer_due <= due):
             return
@@ -470,6 +499,7 @@ class SyncShell:
         )
 
     def close(self) -> None:
+        self.nts.close()
         for sid in list(self.upstreams):
             up = self.upstreams.pop(sid)
             if up.sock is not None:

@@ -11,6 +11,8 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, cast
 
+from ntpy.core import ntsaead
+
 from ..errors import SourceLocation
 from ..model import (
     LOCAL_CLOCK_DEFAULT_REFID,
@@ -39,9 +41,23 @@ from ..values import (
 REFCLOCK_NET = IPv4Network("127.127.0.0/16")
 
 SERVER_FLAGS = frozenset(
-    {"iburst", "burst", "prefer", "noselect", "true", "xleave", "autokey", "preempt", "nts"}
+    {
+        "iburst",
+        "burst",
+        "prefer",
+        "noselect",
+        "true",
+        "xleave",
+        "autokey",
+        "preempt",
+        "nts",
+        "noval",
+    }
 )
-"""Options without a value. ``nts`` is NTPsec's; the rest are ntpd's."""
+"""Options without a value. ``nts`` and ``noval`` are NTPsec's; the rest are ntpd's."""
+
+NTS_OPTIONS = frozenset({"noval", "ca", "aead", "ntsport"})
+"""Options that only mean something with ``nts``."""
 
 SERVER_INT_OPTIONS: dict[str, tuple[int, int]] = {
     "minpoll": (3, 17),
@@ -52,10 +68,12 @@ SERVER_INT_OPTIONS: dict[str, tuple[int, int]] = {
     "maxsources": (1, 16),
     "ttl": (0, 255),
     "mode": (0, 255),
+    "ntsport": (1, 65535),
 }
 """Options with an integer value and their ranges (poll in log2 s, per ntp.conf(5))."""
 
 SERVER_FLOAT_OPTIONS = frozenset({"bias"})
+SERVER_TEXT_OPTIONS = frozenset({"ca", "aead"})
 
 FUDGE_USAGE = (
     "fudge 127.127.T.U [stratum N] [refid TEXT] [time1 SECONDS] [time2 VALUE] "
@@ -67,12 +85,13 @@ def _usage(kind: str) -> str:
     extra = " [maxsources N]" if kind == "pool" else ""
     return (
         f"{kind} [-4|-6] ADDRESS [iburst] [burst] [prefer] [noselect] [true] [xleave] "
-        f"[minpoll N] [maxpoll N] [key N] [version N] [port N]{extra}"
+        f"[minpoll N] [maxpoll N] [key N] [version N] [port N]{extra} "
+        "[nts [noval] [ca FILE|DIR] [aead NAME] [ntsport N]]"
     )
 
 
 def _option_words() -> frozenset[str]:
-    return SERVER_FLAGS | frozenset(SERVER_INT_OPTIONS) | SERVER_FLOAT_OPTIONS
+    return SERVER_FLAGS | frozenset(SERVER_INT_OPTIONS) | SERVER_FLOAT_OPTIONS | SERVER_TEXT_OPTIONS
 
 
 def _take_family(args: Args) -> Family | None:
@@ -109,6 +128,8 @@ def handle_server(state: State, line: Line) -> None:
             values[option] = parse_int(args.take(), option, lo, hi)
         elif option in SERVER_FLOAT_OPTIONS:
             values[option] = parse_float(args.take(), option, -1.0, 1.0, unit="seconds")
+        elif option in SERVER_TEXT_OPTIONS:
+            values[option] = _text_option(option, args.take())
         else:
             raise BadValue(f"unknown option {show(word)} for '{kind}'")
     _check_server_values(state, line.loc, kind, values)
@@ -123,9 +144,42 @@ def handle_server(state: State, line: Line) -> None:
     state.servers.append(spec)
 
 
+def _text_option(option: str, token: str | None) -> str:
+    if token is None or token.lower() in _option_words():
+        what = "a CA file or directory" if option == "ca" else "an AEAD name"
+        raise BadValue(f"'{option}' needs {what}, got {show(token)}")
+    if option == "aead":
+        try:
+            ntsaead.by_name(token)
+        except ValueError as exc:
+            raise BadValue(str(exc)) from None
+    return token
+
+
+def _check_nts_values(state: State, loc: SourceLocation, kind: str, values: dict[str, Any]) -> None:
+    """NTS options need ``nts``; ``nts`` and ``key N`` exclude each other; ``noval`` is
+    accepted loudly (a client that verifies nothing can be fed any time)."""
+    nts_only = sorted(NTS_OPTIONS & values.keys())
+    if nts_only and "nts" not in values:
+        raise BadValue(f"{', '.join(repr(o) for o in nts_only)}: only with 'nts'; add 'nts'")
+    if "nts" not in values:
+        return
+    if kind == "peer":
+        raise BadValue("'nts' is for 'server' and 'pool' lines, not 'peer'")
+    if "key" in values:
+        raise BadValue("'nts' and 'key N' exclude each other: NTS brings its own keys; drop one")
+    if values.get("noval"):
+        state.warn(
+            loc,
+            "'noval': the NTS server's certificate is NOT verified -- anyone on the path can "
+            "give this source any time; use it for testing only",
+        )
+
+
 def _check_server_values(
     state: State, loc: SourceLocation, kind: str, values: dict[str, Any]
 ) -> None:
+    _check_nts_values(state, loc, kind, values)
     if "maxsources" in values and kind != "pool":
         raise BadValue("'maxsources' is only valid on 'pool' lines")
     if kind == "peer":
