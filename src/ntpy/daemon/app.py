@@ -135,7 +135,7 @@ class Daemon:
             keys=self.responder.keys,
         )
         self.sync.on_sources = self._sources_changed  # `restrict source` follows them
-        self.sync.nts.configure(getattr(config, "nts_ca", None), config.driftfile)
+        self.sync.nts.configure(config.nts_ca, config.driftfile)
         self.control: ControlServer | None = None
         self.stats: StatsFiles | None = None
         self.logs: LogSetup | None = None
