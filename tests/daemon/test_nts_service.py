@@ -102,7 +102,8 @@ def test_mismatched_key_refused(tmp_path: Path, pair: tuple[Path, Path, object])
 
 def test_daemon_start_errors(tmp_path: Path, pair: tuple[Path, Path, object]) -> None:
     config = parse_text("server 127.127.1.0\nnts enable\n", "t.conf").config
-    with pytest.raises(StartupError, match=r"t\.conf:2: 'nts enable' needs 'nts cert"):
+    no_cert = r"t\.conf:2: 'nts enable' without 'nts cert'.*'nts rotate 0'"
+    with pytest.raises(StartupError, match=no_cert):
         Daemon(config, ServeOptions(clock_mode="virtual"))
     other = write_key(tmp_path, "other.pem", ec.generate_private_key(ec.SECP256R1()))
     text = f"nts enable\nnts cert {pair[0]}\nnts key {other}\nnts cookie {tmp_path}/\n"

@@ -14,6 +14,8 @@ import logging
 import os
 from collections.abc import Sequence
 
+from OpenSSL import SSL
+
 from ntpy.config import Config
 from ntpy.config.model import NtsServerSpec
 from ntpy.core import ntsaead
@@ -62,13 +64,24 @@ class NtsService:
     def __init__(self, config: Config) -> None:
         spec = config.nts
         where = f"{spec.location}: " if spec.location is not None else ""
-        if not spec.cert or not spec.key:
+        self.ntp_only = not spec.cert and not spec.key
+        """Fleet mode: no certificate, so no KE listener; cookies from a shared ring only."""
+        if self.ntp_only and spec.rotate_s:
+            raise NtsStartError(
+                f"{where}'nts enable' without 'nts cert'/'nts key' serves NTS only with the "
+                "key-exchange host's cookie keys: add 'nts rotate 0' and 'nts cookie DIR' "
+                "(the keys copied or shared from that host), or add 'nts cert FILE' and "
+                "'nts key FILE' to run the key exchange here"
+            )
+        if not self.ntp_only and (not spec.cert or not spec.key):
             raise NtsStartError(f"{where}'nts enable' needs 'nts cert FILE' and 'nts key FILE'")
         self.spec = spec
-        try:
-            self.context = load_tls(spec.cert, spec.key)
-        except NtsSetupError as exc:
-            raise NtsStartError(str(exc)) from None
+        self.context: SSL.Context | None = None
+        if spec.cert and spec.key:
+            try:
+                self.context = load_tls(spec.cert, spec.key)
+            except NtsSetupError as exc:
+                raise NtsStartError(str(exc)) from None
         self.store = KeyStore(ring_path(spec, config.driftfile), spec.rotate_s)
         try:
             self.store.load()
@@ -81,6 +94,13 @@ class NtsService:
         """Serve NTS on ``responder`` and open the KE listener (NTP already bound)."""
         self.serving = NtsServing(self.store.ring, os.urandom)
         responder.nts = self.serving
+        loop.call_every(TICK_NS, self.tick)
+        if self.context is None:
+            log.info(
+                "NTS: NTP only (no 'nts cert'): no key exchange here, cookies from %s",
+                self.store.path,
+            )
+            return
         port = ntp[0].port if ntp else 123
         self.listener = KeListener(
             loop, self.context, ke_config(self.spec, port), lambda: self.store.ring
@@ -89,7 +109,6 @@ class NtsService:
             self.listener.open(ke_addresses(self.spec, ntp))
         except NtsSetupError as exc:
             raise NtsStartError(str(exc)) from None
-        loop.call_every(TICK_NS, self.tick)
         for bound in self.listener.bound:
             log.info("NTS-KE accepting at %s (TLS 1.3, ntske/1)", bound)
         log.info(
