@@ -261,12 +261,14 @@ def chronyd_client(
     *,
     server_options: str = "",
     extra_conf: Sequence[str] = (),
+    prefix: Sequence[str] = (),
 ) -> Iterator[ChronydClient]:
     """Run a real chronyd in -x mode (virtual clock) as a client of host:port.
 
     `poll` is the log2 poll interval used for minpoll and maxpoll (0 = every second) so a
     test gets several samples quickly. `server_options` go on the server line (e.g.
-    "key 1"), `extra_conf` lines after it (e.g. "keyfile /path"). Its command socket lives
+    "key 1"), `extra_conf` lines after it (e.g. "keyfile /path"); `prefix` wraps the command
+    (e.g. `ip netns exec NAME`). Its command socket lives
     in tmpdir, which chronyd insists be private (mode 0700), and `port 0` keeps it from
     serving NTP itself.
     """
@@ -289,7 +291,9 @@ def chronyd_client(
     argv = ["chronyd", "-x", "-d", "-u", "root", "-f", str(conf)]
     check_no_clock_flags(argv)
     with log.open("wb") as log_file:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file)
+        proc = subprocess.Popen(
+            [*prefix, *argv], stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file
+        )
     try:
         client = ChronydClient(host, port, sock, log, proc)
         deadline = time.monotonic() + 5.0

@@ -81,17 +81,20 @@ def running_ntpy(
     extra: Sequence[str] = (),
     expect_endpoints: int | None = None,
     timeout_s: float = 15.0,
+    prefix: Sequence[str] = (),
+    config_name: str = "ntp.conf",
 ) -> Iterator[NtpyProcess]:
-    """Start ``ntpy serve -x`` and yield once every endpoint is listening; stop it after."""
+    """Start ``ntpy serve -x`` and yield once every endpoint is listening; stop it after.
+    ``prefix`` runs it under a wrapper (``ip netns exec NAME``)."""
     config: Path | None = None
     if config_text is not None:
-        config = tmp_path / "ntp.conf"
+        config = tmp_path / config_name
         config.write_text(config_text)
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[2] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen(
-        ntpy_command(config, listen, extra),
+        [*prefix, *ntpy_command(config, listen, extra)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
