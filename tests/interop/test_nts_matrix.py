@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from ntpy.core import ntsaead
+
 from .clients import chronyd_client
 from .ntpy_daemon import running_ntpy
 from .nts_certs import make_ca, make_server_cert
@@ -78,15 +80,19 @@ def ntpy_nts_server(tmp: Path, extra: str = "") -> Iterator[Path]:
         yield ca
 
 
-def test_ntpy_syncs_to_ntpy_over_nts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("aead", ["AES-SIV-CMAC-256", "AES-128-GCM-SIV"])
+def test_ntpy_syncs_to_ntpy_over_nts(tmp_path: Path, aead: str) -> None:
+    if ntsaead.by_name(aead) not in ntsaead.supported():
+        pytest.skip(f"{aead} needs OpenSSL 3.2")
     with ntpy_nts_server(tmp_path) as ca:
         run = tmp_path / "client"
         run.mkdir()
         sock = run / "ntpy.sock"
         extra = ["--control-socket", str(sock)]
-        with running_ntpy(run, client_conf(run, ca), listen=[f"{CLIENT}:0"], extra=extra) as d:
+        conf = client_conf(run, ca, f" aead {aead}")
+        with running_ntpy(run, conf, listen=[f"{CLIENT}:0"], extra=extra) as d:
             assert wait_synced(sock)["stratum"] == SERVER_STRATUM + 2  # the server's + 1
-            d.wait_for_log(rf"NTS key exchange done: AES-.*8 cookies, NTP to .* port {NTP_PORT}")
+            d.wait_for_log(rf"NTS key exchange done: {aead}.*8 cookies, NTP to .* port {NTP_PORT}")
             src = authdata(sock)
             assert src["auth"] == "nts" and src["authentic"] is True, src
             assert int(str(src["nts_cookies"])) >= 6 and src["auth_failures"] == 0, src
