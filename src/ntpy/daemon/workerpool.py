@@ -409,9 +409,7 @@ class WorkerPool:
                     "worker %d: %s update not delivered (channel full)", slot.index, msg.KIND
                 )
 
-    def query(
-        self, make: Callable[[int], ipc.Query]
-    ) -> list[tuple[WorkerSlot, ipc.Reply]]:
+    def query(self, make: Callable[[int], ipc.Query]) -> list[tuple[WorkerSlot, ipc.Reply]]:
         """Ask every live worker ``make(token)`` and wait (at most QUERY_TIMEOUT_S) for the
         replies.
 
