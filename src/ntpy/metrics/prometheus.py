@@ -369,8 +369,8 @@ def _source_families(sources: Iterable[SourceStatus]) -> Iterator[Metric]:
     for labels, src in unique:
         if src.auth == "nts":
             nts_cookies.add_metric(labels, src.nts_cookies)
-            for attr, fam in nts_counts.items():
-                fam.add_metric(labels, getattr(src, attr))
+            for attr, counter in nts_counts.items():
+                counter.add_metric(labels, getattr(src, attr))
         if src.when_s is not None:
             age.add_metric(labels, src.when_s)
         current = SELECTION_STATES.get(src.tally, SELECTION_STATES[TALLY_NONE])
