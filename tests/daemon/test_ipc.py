@@ -26,6 +26,9 @@ MESSAGES: list[ipc.Message] = [
     ipc.CountersReply(7, {"answered": 1}, {}),
     ipc.ClientsReply(8, (ROW, ipc.ClientRow("::1", 1, 0, 0, None, 0, 0, 0)), 32768),
     ipc.Mode6Request(9, 2, ("127.0.0.1", 5), b"\x16\x01\x00\x01"),
+    ipc.CookieKeysUpdate(10, b"NTPYNTSK\x01\x01" + bytes(range(256)) * 2),
+    ipc.CookieKeysAck(10, 0xDEADBEEF),
+    ipc.CookieKeysAck(11, -1),
 ]
 
 
@@ -70,6 +73,8 @@ REPLY_HEAD = {"id": 1, "ep": 0, "peer": ["h", 1], "status": "ok"}
             b"ab",
         ),
         ("clients-reply", {"token": 1, "clients": [{"address": "x"}]}, b""),
+        ("cookie-keys", {}, b"ring"),
+        ("cookie-keys-ack", {"token": 1}, b""),
     ],
 )
 def test_bad_messages_raise_message_error(kind: str, head: dict[str, object], tail: bytes) -> None:

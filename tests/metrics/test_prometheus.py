@@ -322,3 +322,64 @@ def test_source_authentication_and_its_failures() -> None:
     m = scrape(status(source()))
     assert one(m, "ntpy_source_auth_failures_total", **labels) == 0
     assert one(m, "ntpy_source_info", auth="none", **labels) == 1
+
+
+def nts_counters() -> dict[str, int]:
+    """What ``Daemon.counters()`` adds with ``nts enable`` (workers' and KE's, summed)."""
+    return {
+        **daemon_counters(),
+        str(Reason.SERVED_NTS): 40,
+        str(Reason.NTS_NAK): 3,
+        str(Reason.NTS_MALFORMED): 2,
+        "nts_cookies_issued": 41,
+        "nts_cookie_key_rotations": 1,
+        "nts_ke_ok": 5,
+        "nts_ke_refused": 1,
+        "nts_ke_failed_bad_request": 2,
+        "nts_ke_accept_24": 1,
+        "nts_ke_connections": 3,
+        "nts_new_thing": 4,
+    }
+
+
+def test_nts_server_counters_have_their_own_families() -> None:
+    m = scrape(counters=nts_counters())
+    ke = {s.labels["result"]: s.value for s in m["ntpy_nts_key_exchanges_total"]}
+    assert ke == {"ok": 5, "refused": 1, "timeout": 0, "failed_bad_request": 2, "accept_24": 1}
+    assert one(m, "ntpy_nts_requests_total", result="served") == 40
+    assert one(m, "ntpy_nts_requests_total", result="nak") == 3
+    assert one(m, "ntpy_nts_requests_total", result="malformed") == 2
+    assert one(m, "ntpy_nts_cookies_issued_total") == 41
+    assert one(m, "ntpy_nts_cookie_key_rotations_total") == 1
+    assert one(m, "ntpy_nts_ke_connections") == 3
+    assert one(m, "ntpy_nts_other_total", counter="nts_new_thing") == 4
+    # NTS requests are requests too: in the answered/dropped families by reason.
+    assert one(m, "ntpy_requests_answered_total", reason="served_nts") == 40
+    assert one(m, "ntpy_requests_answered_total", reason="nts_nak_sent") == 3
+    assert one(m, "ntpy_requests_dropped_total", reason="drop_nts_malformed") == 2
+    assert "ntpy_events_other_total" not in m  # nothing NTS lands in the catch-all
+
+
+def test_nts_families_start_at_zero_and_are_absent_without_nts() -> None:
+    m = scrape(counters={**daemon_counters(), "nts_cookie_key_rotations": 0})
+    assert one(m, "ntpy_nts_key_exchanges_total", result="ok") == 0
+    assert one(m, "ntpy_nts_requests_total", result="nak") == 0
+    assert one(m, "ntpy_nts_cookies_issued_total") == 0
+    m = scrape()
+    assert not any(name.startswith("ntpy_nts_") for name in m)
+
+
+def test_nts_source_counters() -> None:
+    nts_src = replace(
+        SYSPEER, auth="nts", nts_cookies=7, nts_ke_attempts=3, nts_ke_failures=1, nts_naks=2
+    )
+    nts_src = replace(nts_src, auth_failures=4)
+    m = scrape(status=status(nts_src, FALSETICKER))
+    labels = {"address": SYSPEER.address}
+    assert one(m, "ntpy_source_nts_cookies", **labels) == 7
+    assert one(m, "ntpy_source_nts_key_exchanges_total", **labels) == 3
+    assert one(m, "ntpy_source_nts_key_exchange_failures_total", **labels) == 1
+    assert one(m, "ntpy_source_nts_naks_total", **labels) == 2
+    assert one(m, "ntpy_source_auth_failures_total", **labels) == 4
+    assert len(m["ntpy_source_nts_cookies"]) == 1  # the key-less source has none
+    assert one(m, "ntpy_source_auth_failures_total", address=FALSETICKER.address) == 0

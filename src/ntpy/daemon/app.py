@@ -104,17 +104,12 @@ class Daemon:
         self.access = start_access(config)
         self.workers = resolve_workers(config.workers, options.workers, self.clock)
         self.nts: NtsService | None = None
-        """With ``nts enable``: the NTS server (one serving process: see nts_service)."""
+        """With ``nts enable``: the NTS server (KE in the main; NTS served where NTP is)."""
         if config.nts.enabled:
             try:
                 self.nts = NtsService(config)
             except NtsStartError as exc:
                 raise StartupError(str(exc)) from None
-            if self.workers > 1:
-                log.info(
-                    "nts enable: serving from the main process (workers %d -> 1)", self.workers
-                )
-                self.workers = 1
         self.pool: WorkerPool | None = None
         """With workers > 1: the serving processes (the main then answers no NTP itself)."""
         self.limiter = build_limiter(config, self.workers)
@@ -175,6 +170,9 @@ class Daemon:
             out = {str(k): v for k, v in served.items()}
             out.update({f"ratelimit_{k}": v for k, v in limited.items()})
             out["worker_restarts"] = self.pool.restarts
+            if self.nts is not None:  # the KE's and the key store's (the main's own)
+                for k, v in self.nts.counters().items():
+                    out[k] = out.get(k, 0) + v
             return self._with_mode6(out)
         out = {str(k): v for k, v in self.server.counters.items()}
         out.update({f"ratelimit_{k}": v for k, v in self.limiter.counters.items()})
@@ -243,13 +241,7 @@ class Daemon:
             )
         else:
             open_server(self.server, self.loop, required, optional)
-            if self.nts is not None:
-                try:
-                    self.nts.start(
-                        self.loop, self.responder, [ep.bound for ep in self.server.endpoints]
-                    )
-                except NtsStartError as exc:
-                    raise StartupError(str(exc)) from None
+        self._start_nts()
         self._announce()
         if self.pool is not None:
             self.pool.start()  # after the log lines above; before any other socket opens
@@ -285,6 +277,22 @@ class Daemon:
         )
         self.loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         self.refresh_state()
+
+    def _start_nts(self) -> None:
+        """The KE listener, and NTS on the responder (the workers get its ring at fork)."""
+        if self.nts is None:
+            return
+        pool = self.pool
+        endpoints = pool.endpoints if pool is not None else self.server.endpoints
+        try:
+            self.nts.start(
+                self.loop,
+                self.responder,
+                [ep.bound for ep in endpoints],
+                publish=pool.publish_cookie_keys if pool is not None else None,
+            )
+        except NtsStartError as exc:
+            raise StartupError(str(exc)) from None
 
     def _on_hup(self, signum: int) -> None:
         self.reload()

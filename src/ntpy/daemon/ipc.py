@@ -11,8 +11,9 @@ The wire form: a SOCK_SEQPACKET message per message -- a 4-byte length, a JSON h
 so a worker that parsed something hostile cannot make the main run code by sending bytes.
 
 Main -> worker: ``Serve``, ``Sources``, ``Reload``, ``ReopenLogs``, ``CountersQuery``,
-``ClientsQuery``, ``Mode6Reply``. Worker -> main: ``Counters`` (pushed, and the final one
-at exit), ``CountersReply``, ``ClientsReply``, ``Mode6Request``.
+``ClientsQuery``, ``Mode6Reply``, ``CookieKeysUpdate``. Worker -> main: ``Counters`` (pushed,
+and the final one at exit), ``CountersReply``, ``ClientsReply``, ``Mode6Request``,
+``CookieKeysAck``.
 """
 
 from __future__ import annotations
@@ -143,6 +144,19 @@ class Mode6Reply:
     replies: tuple[bytes, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class CookieKeysUpdate:
+    """The NTS cookie key ring changed (rotation, or a re-read file): install ``ring`` (the
+    ring file's bytes, ``CookieKeys.to_bytes``) and acknowledge with ``CookieKeysAck``.
+
+    The main waits for the acknowledgements before its KE listener seals cookies under a
+    new key, so no client is handed a cookie a worker cannot open yet."""
+
+    KIND: ClassVar[str] = "cookie-keys"
+    token: int
+    ring: bytes
+
+
 # --- worker -> main -------------------------------------------------------------------------
 
 
@@ -200,6 +214,16 @@ class Mode6Request:
     data: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class CookieKeysAck:
+    """A worker installed the ring of ``CookieKeysUpdate`` ``token`` (``current``: the key
+    id new cookies are sealed with), or could not (``current`` -1: it keeps its old ring)."""
+
+    KIND: ClassVar[str] = "cookie-keys-ack"
+    token: int
+    current: int
+
+
 Message = (
     Serve
     | Sources
@@ -212,8 +236,12 @@ Message = (
     | CountersReply
     | ClientsReply
     | Mode6Request
+    | CookieKeysUpdate
+    | CookieKeysAck
 )
-Reply = CountersReply | ClientsReply
+Reply = CountersReply | ClientsReply | CookieKeysAck
+Query = CountersQuery | ClientsQuery | CookieKeysUpdate
+"""What ``WorkerPool.query`` asks every worker; each is answered by one ``Reply``."""
 
 
 # --- encode / decode ------------------------------------------------------------------------
@@ -245,6 +273,10 @@ def encode(msg: Message) -> bytes:
             return pack_frame(msg.KIND, {"token": token, "clients": rows, "table_entries": entries})
         case Mode6Request(id_, ep, peer, data):
             return pack_frame(msg.KIND, {"id": id_, "ep": ep, "peer": list(peer)}, data)
+        case CookieKeysUpdate(token, ring):
+            return pack_frame(msg.KIND, {"token": token}, ring)
+        case CookieKeysAck(token, current):
+            return pack_frame(msg.KIND, {"token": token, "current": current})
     raise MessageError(f"not a message: {msg!r}")  # pragma: no cover - exhaustive above
 
 
@@ -298,6 +330,8 @@ _DECODERS: dict[str, Callable[[dict[str, Any], bytes], Message]] = {
         int(h.get("table_entries", 0)),
     ),
     Mode6Request.KIND: lambda h, t: Mode6Request(int(h["id"]), int(h["ep"]), _peer(h["peer"]), t),
+    CookieKeysUpdate.KIND: lambda h, t: CookieKeysUpdate(int(h["token"]), t),
+    CookieKeysAck.KIND: lambda h, t: CookieKeysAck(int(h["token"]), int(h["current"])),
 }
 
 

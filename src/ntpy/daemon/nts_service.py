@@ -1,18 +1,25 @@
 """The NTS server in the daemon: the cookie key store, the responder's ``NtsServing`` and
 the NTS-KE listener, built from ``nts`` lines at start and updated on SIGHUP.
 
-Processes: NTS requests are served by the main process. With ``nts enable`` the daemon
-runs one serving process (``workers`` is overridden, with a log line): the cookie key
-ring then lives in exactly one place, rotation and ``rotate 0`` re-reads need no IPC,
-and the KE listener and NTP share one loop. (One Python process serves tens of
-thousands of NTS requests per second; workers with a shared ring are future work.)
+Processes: the key store and the KE listener live in the main process. NTS requests are
+served by whichever process serves NTP: the main, or with ``workers N`` every worker, each
+holding a copy of the ring (given at fork, replaced by ``ipc.CookieKeysUpdate``). A ring
+change (rotation, or a re-read file with ``rotate 0``) is published in this order:
+
+1. the store changes its ring (and writes the file);
+2. ``publish`` hands the ring's bytes to every worker and waits for their acknowledgement;
+3. only then ``issuing`` (what the KE listener seals new cookies with) and the main's own
+   ``NtsServing`` switch to it.
+
+So a client never holds a cookie under a key that a worker does not have yet: the first
+request after a key exchange may land on any worker.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from OpenSSL import SSL
 
@@ -20,6 +27,7 @@ from ntpy.config import Config
 from ntpy.config.model import NtsServerSpec
 from ntpy.core import ntsaead
 from ntpy.core.address import split_host_port
+from ntpy.core.ntscookie import CookieKeys
 from ntpy.core.ntske import DEFAULT_PORT
 from ntpy.core.ntskeserver import KeServerConfig
 from ntpy.core.ntsserve import NtsServing
@@ -89,10 +97,29 @@ class NtsService:
             raise NtsStartError(str(exc)) from None
         self.serving: NtsServing | None = None
         self.listener: KeListener | None = None
+        self.issuing = self._snapshot()
+        """The ring the KE listener seals with: a copy of the store's, switched only after
+        the workers have the new one (the store's ring changes in place on rotation)."""
+        self.publish: Callable[[bytes], object] | None = None
+        """With workers: hands them the ring's bytes and returns once they installed it."""
 
-    def start(self, loop: Loop, responder: Responder, ntp: Sequence[ListenAddress]) -> None:
-        """Serve NTS on ``responder`` and open the KE listener (NTP already bound)."""
-        self.serving = NtsServing(self.store.ring, os.urandom)
+    def _snapshot(self) -> CookieKeys:
+        return CookieKeys.from_bytes(self.store.ring.to_bytes(), rotate_ns=self.store.rotate_ns)
+
+    def start(
+        self,
+        loop: Loop,
+        responder: Responder,
+        ntp: Sequence[ListenAddress],
+        publish: Callable[[bytes], object] | None = None,
+    ) -> None:
+        """Serve NTS on ``responder`` and open the KE listener (NTP already bound). With
+        workers, ``publish`` is the pool's ``publish_cookie_keys`` (called before they fork:
+        it then only records the ring for their ``WorkerSetup``)."""
+        self.publish = publish
+        if publish is not None:
+            publish(self.issuing.to_bytes())
+        self.serving = NtsServing(self.issuing, os.urandom)
         responder.nts = self.serving
         loop.call_every(TICK_NS, self.tick)
         if self.context is None:
@@ -103,7 +130,7 @@ class NtsService:
             return
         port = ntp[0].port if ntp else 123
         self.listener = KeListener(
-            loop, self.context, ke_config(self.spec, port), lambda: self.store.ring
+            loop, self.context, ke_config(self.spec, port), lambda: self.issuing
         )
         try:
             self.listener.open(ke_addresses(self.spec, ntp))
@@ -120,9 +147,18 @@ class NtsService:
         )
 
     def tick(self) -> None:
-        if self.store.tick() and self.serving is not None:
-            self.serving.ring = self.store.ring
+        if self.store.tick():
+            self.install()
             log.info("NTS cookie key ring updated (%d keys)", len(self.store.ring.keys))
+
+    def install(self) -> None:
+        """The store's ring changed: workers first, then the KE listener and the main."""
+        ring = self._snapshot()
+        if self.publish is not None:
+            self.publish(ring.to_bytes())
+        self.issuing = ring
+        if self.serving is not None:
+            self.serving.ring = ring
 
     def reload(self, config: Config) -> None:
         """SIGHUP: re-read the certificate and key (a renewal) and, with ``rotate 0``, the
@@ -135,9 +171,8 @@ class NtsService:
                 log.info("NTS certificate reloaded from %s", spec.cert)
             except NtsSetupError as exc:
                 log.error("NTS certificate reload failed, the old one stays: %s", exc)
-        reread = self.store.rotate_ns <= 0 and self.store.reread(force=True)
-        if reread and self.serving is not None:
-            self.serving.ring = self.store.ring
+        if self.store.rotate_ns <= 0 and self.store.reread(force=True):
+            self.install()
 
     def counters(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ntpy.core.access import AccessError
+from ntpy.core.ntscookie import CookieKeys, CookieKeysError
+from ntpy.core.ntsserve import NtsServing
 from ntpy.core.ratelimit import RateLimiter
 from ntpy.core.server import Reason, Responder
 from ntpy.core.timestamps import NS_PER_S as NS
@@ -101,6 +103,9 @@ class WorkerSetup:
     serve_now: bool
     """False: wait for the main's ``Serve`` message (sent once its start-up is complete, so
     no client ever sees the state from before the sync engine started)."""
+    nts_ring: bytes | None = None
+    """With ``nts enable``: the cookie key ring file's bytes (updates come as
+    ``CookieKeysUpdate``)."""
 
 
 class Worker:
@@ -126,6 +131,9 @@ class Worker:
         self._dropped_mark = 0
         self._pushed: ipc.Counters | None = None
         self._serving = False
+        self.nts: NtsServing | None = None
+        if setup.nts_ring is not None:
+            self.install_cookie_keys(setup.nts_ring)
 
     # -- per batch -------------------------------------------------------------------
 
@@ -208,8 +216,31 @@ class Worker:
                         reopen()
             case ipc.Serve():
                 self._serve()
+            case ipc.CookieKeysUpdate(token, ring):
+                current = self.install_cookie_keys(ring)
+                ipc.send(self.channel, ipc.CookieKeysAck(token, current))
             case _:
                 log.warning("worker %d: unexpected message %s", self.index, type(msg).__name__)
+
+    def install_cookie_keys(self, ring_bytes: bytes) -> int:
+        """Serve NTS with the main's cookie key ring; the current key's id, or -1 if the
+        bytes do not parse (the ring held stays).
+
+        This process's own ``NtsServing`` (not the one inherited from the main): its nonces
+        and fresh cookies come from ``os.urandom``, the kernel's generator, so no random
+        state is shared across the fork; and its cookie count is this worker's."""
+        try:
+            ring = CookieKeys.from_bytes(ring_bytes, rotate_ns=0)
+        except CookieKeysError as exc:
+            log.error("worker %d: NTS cookie keys not installed: %s", self.index, exc)
+            return -1
+        if self.nts is None:
+            self.nts = NtsServing(ring, os.urandom)
+            self.responder.nts = self.nts
+        else:
+            self.nts.ring = ring
+        current = ring.current
+        return current.key_id if current is not None else -1
 
     def _reload(self, path: str) -> None:
         """The main reloaded the config and its access or rate-limit lines changed: rebuild
@@ -253,8 +284,11 @@ class Worker:
 
     def counters(self, *, final: bool = False) -> ipc.Counters:
         self._settle_forwarded()
+        server = {str(k): v for k, v in self.server.counters.items() if v}
+        if self.nts is not None:
+            server.update({k: v for k, v in self.nts.counters().items() if v})
         return ipc.Counters(
-            {str(k): v for k, v in self.server.counters.items() if v},
+            server,
             dict(self.limiter.counters),
             final,
         )

@@ -135,6 +135,9 @@ class WorkerPool:
         self._tokens = itertools.count(1)
         self._replies: dict[tuple[int, int], ipc.Reply] = {}
         self._deferred: list[tuple[WorkerSlot, ipc.Mode6Request]] = []
+        self.nts_ring: bytes | None = None
+        """With ``nts enable``: the cookie key ring (file bytes) every worker serves with; a
+        worker forked (or restarted) later gets it in its ``WorkerSetup``."""
 
     @staticmethod
     def publish(clock: Clock, state: SystemState) -> SharedState:
@@ -183,6 +186,7 @@ class WorkerPool:
             selector=self.selector,
             parent_pid=os.getpid(),
             serve_now=self.released,
+            nts_ring=self.nts_ring,
         )
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_SIGNALS)
         try:
@@ -313,7 +317,7 @@ class WorkerPool:
                 case ipc.Counters():
                     self._take_counters(slot, message.server, message.limiter)
                     slot.final = message.final
-                case ipc.CountersReply() | ipc.ClientsReply():
+                case ipc.CountersReply() | ipc.ClientsReply() | ipc.CookieKeysAck():
                     self._replies[(message.token, slot.index)] = message
                 case _ if final_only:
                     continue
@@ -405,9 +409,7 @@ class WorkerPool:
                     "worker %d: %s update not delivered (channel full)", slot.index, msg.KIND
                 )
 
-    def query(
-        self, make: Callable[[int], ipc.CountersQuery | ipc.ClientsQuery]
-    ) -> list[tuple[WorkerSlot, ipc.Reply]]:
+    def query(self, make: Callable[[int], ipc.Query]) -> list[tuple[WorkerSlot, ipc.Reply]]:
         """Ask every live worker ``make(token)`` and wait (at most QUERY_TIMEOUT_S) for the
         replies.
 
@@ -444,6 +446,20 @@ class WorkerPool:
         if self._deferred:
             self.loop.call_later(0, self._run_deferred)
         return out
+
+    def publish_cookie_keys(self, ring: bytes) -> bool:
+        """Hand every worker the NTS cookie key ring and wait (at most QUERY_TIMEOUT_S) until
+        each has installed it. True when every live worker acknowledged; the caller switches
+        the key exchange to the new key only afterwards (see ``NtsService``)."""
+        self.nts_ring = ring
+        if not any(s.channel is not None for s in self.slots):
+            return True  # not forked yet: the ring goes out in WorkerSetup
+        replies = self.query(lambda token: ipc.CookieKeysUpdate(token, ring))
+        acked = {s.index for s, r in replies if isinstance(r, ipc.CookieKeysAck) and r.current >= 0}
+        missing = [s.index for s in self.slots if s.channel is not None and s.index not in acked]
+        if missing:
+            log.error("NTS cookie keys: worker(s) %s did not install the new ring", missing)
+        return not missing
 
     def _run_deferred(self) -> None:
         deferred, self._deferred = self._deferred, []

@@ -23,6 +23,12 @@ Counters: the keys are the daemon's counter names (``ntpy.core.server.Reason`` v
 shell's own names, ``ratelimit_<name>``). Every key lands somewhere: a ``drop_*`` key nobody
 here knows is still a dropped request, with the key as its ``reason``; any other unknown key
 goes to ``ntpy_events_other_total{counter=key}``, so a new counter never breaks a scrape.
+
+NTS (``nts enable``): the key exchange's ``nts_ke_<result>`` counters are one family,
+``ntpy_nts_key_exchanges_total{result=...}`` (ok, refused, timeout, failed_<why>,
+accept_<errno>); NTS requests are also in the answered/dropped families by reason, and
+again as ``ntpy_nts_requests_total{result="served|nak|malformed"}`` so an NTS dashboard
+needs one family. Per source, NTS clients export their cookies, key exchanges and NAKs.
 """
 
 from __future__ import annotations
@@ -114,6 +120,27 @@ _RATELIMIT_ACTIONS = {"limited_leak": "leaked", "limited_drop": "dropped", "kod_
 """The three ways a limited request ends (their sum is the limiter's ``limited``)."""
 _RATELIMIT_SUMS = frozenset({"limited"})
 """Keys that are sums of exported series: exporting them too would count twice."""
+_NTS_PREFIX = "nts_"
+_NTS_KE_PREFIX = "nts_ke_"
+_NTS_KE_RESULTS = ("ok", "refused", "timeout")
+"""Key-exchange results exported from 0 (the failures are named as they happen)."""
+_NTS_REQUESTS = {
+    Reason.SERVED_NTS.value: "served",
+    Reason.NTS_NAK.value: "nak",
+    Reason.NTS_MALFORMED.value: "malformed",
+}
+_NTS_SINGLE: dict[str, tuple[str, str]] = {
+    "nts_cookies_issued": (
+        "ntpy_nts_cookies_issued",
+        "Fresh NTS cookies sent in authenticated NTP replies (all serving processes).",
+    ),
+    "nts_cookie_key_rotations": (
+        "ntpy_nts_cookie_key_rotations",
+        "Cookie key rotations by this daemon (a new key sealing new cookies).",
+    ),
+}
+_NTS_KE_CONNECTIONS = "nts_ke_connections"
+"""A gauge: NTS-KE connections open now."""
 
 
 def render(
@@ -330,7 +357,20 @@ def _source_families(sources: Iterable[SourceStatus]) -> Iterator[Metric]:
         "Replies refused by authentication (bad or missing MAC, crypto-NAK): never used.",
         labels=SOURCE_LABELS,
     )
+    nts_cookies = GaugeMetricFamily(
+        "ntpy_source_nts_cookies",
+        "NTS sources: cookies held now (at most 8).",
+        labels=SOURCE_LABELS,
+    )
+    nts_counts = {
+        attr: CounterMetricFamily(name, doc, labels=SOURCE_LABELS)
+        for attr, (name, doc) in _SOURCE_NTS_COUNTERS.items()
+    }
     for labels, src in unique:
+        if src.auth == "nts":
+            nts_cookies.add_metric(labels, src.nts_cookies)
+            for attr, counter in nts_counts.items():
+                counter.add_metric(labels, getattr(src, attr))
         if src.when_s is not None:
             age.add_metric(labels, src.when_s)
         current = SELECTION_STATES.get(src.tally, SELECTION_STATES[TALLY_NONE])
@@ -342,6 +382,21 @@ def _source_families(sources: Iterable[SourceStatus]) -> Iterator[Metric]:
     yield selection
     yield info
     yield auth_failures
+    yield nts_cookies
+    yield from nts_counts.values()
+
+
+_SOURCE_NTS_COUNTERS: dict[str, tuple[str, str]] = {
+    "nts_ke_attempts": (
+        "ntpy_source_nts_key_exchanges",
+        "NTS sources: key exchanges started (first, re-keys, retries).",
+    ),
+    "nts_ke_failures": (
+        "ntpy_source_nts_key_exchange_failures",
+        "NTS sources: key exchanges failed.",
+    ),
+    "nts_naks": ("ntpy_source_nts_naks", "NTS sources: NTS NAKs received (each forces a re-key)."),
+}
 
 
 # --- counters -------------------------------------------------------------------------------
@@ -368,6 +423,8 @@ def _counter_families(counters: Mapping[str, int]) -> Iterator[Metric]:
             answered[key] += value
         elif key in shell:
             shell[key] += value
+        elif key.startswith(_NTS_PREFIX):
+            continue  # _nts_families
         elif key in dropped or key.startswith("drop_"):
             dropped[key] = dropped.get(key, 0.0) + value
         elif key.startswith(_RATELIMIT_PREFIX):
@@ -427,6 +484,55 @@ def _counter_families(counters: Mapping[str, int]) -> Iterator[Metric]:
     if other:
         yield _labelled(
             "ntpy_events_other", "Daemon counters this version does not know.", "counter", other
+        )
+    yield from _nts_families(counters)
+
+
+def _nts_families(counters: Mapping[str, int]) -> Iterator[Metric]:
+    """The NTS server's families, when it runs (its ``nts_*`` counters are present)."""
+    if not any(str(k).startswith(_NTS_PREFIX) for k in counters):
+        return
+    ke = dict.fromkeys(_NTS_KE_RESULTS, 0.0)
+    requests = dict.fromkeys(_NTS_REQUESTS.values(), 0.0)
+    single = dict.fromkeys(_NTS_SINGLE, 0.0)
+    other: dict[str, float] = {}
+    connections = 0.0
+    for raw_key, raw_value in counters.items():
+        key = str(raw_key)
+        value = _count(key, raw_value)
+        if value is None:
+            continue
+        if key in _NTS_REQUESTS:
+            requests[_NTS_REQUESTS[key]] += value
+        elif key in single:
+            single[key] += value
+        elif key == _NTS_KE_CONNECTIONS:
+            connections = value
+        elif key.startswith(_NTS_KE_PREFIX):
+            result = key[len(_NTS_KE_PREFIX) :]
+            ke[result] = ke.get(result, 0.0) + value
+        elif key.startswith(_NTS_PREFIX):
+            other[key] = value
+    yield _labelled(
+        "ntpy_nts_key_exchanges",
+        "NTS-KE connections by result: ok, refused (over the connection limit), timeout, "
+        "failed_<why> (TLS or protocol), accept_<errno>.",
+        "result",
+        ke,
+    )
+    yield _labelled(
+        "ntpy_nts_requests",
+        "NTS requests by result: served (authenticated reply), nak (cookie or authenticator "
+        "did not verify: NTS NAK sent), malformed (dropped).",
+        "result",
+        requests,
+    )
+    for key, (name, doc) in _NTS_SINGLE.items():
+        yield _single(name, doc, single[key])
+    yield _gauge("ntpy_nts_ke_connections", "NTS-KE connections open now.", connections)
+    if other:
+        yield _labelled(
+            "ntpy_nts_other", "NTS counters this version does not know.", "counter", other
         )
 
 
