@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO_DIR / "tests" / "interop"))
 
 from OpenSSL import SSL
 
-from ntpy.core import ntske
+from ntpy.core import ntsaead, ntske
 from ntpy.core.ntsclient import NtsClientSession
 from ntpy.core.ntsef import NtsError
 from ntpy.core.ntskeclient import client_request, parse_response
@@ -37,6 +37,10 @@ from ntpy.core.packet import PacketError, decode
 
 KE_TIMEOUT_S = 5.0
 """A key exchange that takes longer counts as failed (both servers allow about as long)."""
+
+OFFERED = (ntsaead.AEAD_AES_SIV_CMAC_256,)
+"""The AEAD the clients offer: the mandatory one (RFC 8915 5.1), and the one both servers
+compute, so both do the same cryptography per request."""
 
 NTS_RATE_INTERVAL_LOG2 = -19
 """chronyd's ``ntsratelimit``: its most generous setting, so no key exchange is refused."""
@@ -124,7 +128,7 @@ def key_exchange(ctx: SSL.Context, addr: str, port: int, source: str) -> KeKeys:
         conn.do_handshake()
         if conn.get_alpn_proto_negotiated() != ntske.ALPN:
             raise OSError("the server did not agree to ALPN ntske/1")
-        conn.sendall(client_request())
+        conn.sendall(client_request(OFFERED))
         buf = b""
         while (end := ntske.message_length(buf)) is None:
             try:
@@ -134,7 +138,7 @@ def key_exchange(ctx: SSL.Context, addr: str, port: int, source: str) -> KeKeys:
             if not chunk:
                 raise OSError("the server closed before its response was whole")
             buf += chunk
-        result = parse_response(buf[:end])
+        result = parse_response(buf[:end], OFFERED)
         c2s, s2c = (
             conn.export_keying_material(
                 ntske.EXPORTER_LABEL,
