@@ -96,3 +96,9 @@ def test_ratio_lines_judge_the_targets() -> None:
     text = "\n".join(nts_rate.ratio_lines(n, c))
     assert "CPU us per NTS request 3.00 (target <= 1.5: FAIL)" in text
     assert "key exchanges/s 1.25 (target >= 1.0: PASS)" in text
+    c.ke_limit = "generator"
+    text = "\n".join(nts_rate.ratio_lines(n, c))
+    assert "key exchanges/s 1.25 (target >= 1.0: not decided: generator-limited)" in text
+    n.ke_cpu_ms, c.ke_cpu_ms = 0.6, 0.4
+    text = "\n".join(nts_rate.ratio_lines(n, c))
+    assert "ntpy 1,667/s, chronyd 2,500/s, ratio 0.67 (target >= 1.0: FAIL)" in text
