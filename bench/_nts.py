@@ -139,14 +139,7 @@ def key_exchange(ctx: SSL.Context, addr: str, port: int, source: str) -> KeKeys:
                 raise OSError("the server closed before its response was whole")
             buf += chunk
         result = parse_response(buf[:end], OFFERED)
-        c2s, s2c = (
-            conn.export_keying_material(
-                ntske.EXPORTER_LABEL,
-                result.key_length,
-                ntske.exporter_context(result.exporter_aead, direction),
-            )
-            for direction in ntske.Direction
-        )
+        c2s, s2c = result.session_keys(conn.export_keying_material)
         return KeKeys(result.aead, c2s, s2c, result.cookies)
     finally:
         sock.close()

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ntpy.cli.views import EXIT_UNKNOWN, _add_common, _print_json, _query, pretty_interval
+from ntpy.cli.views import EXIT_UNKNOWN, _add_common, _print_json, peers_reply, pretty_interval
 
 HEAD = (
     f"{'Name/IP address':<27} {'Mode':>5} {'KeyID':>5} {'AEAD':>16} {'KE ago':>7} "
@@ -66,11 +66,8 @@ def render_authdata(reply: Mapping[str, Any], now_ns: int | None = None) -> str:
 
 def run_authdata(args: argparse.Namespace) -> int:
     """Exit 0, or 2 if the daemon cannot be asked or replies nonsense."""
-    reply = _query(args, "peers")
+    reply = peers_reply(args)
     if reply is None:
-        return EXIT_UNKNOWN
-    if not isinstance(reply.get("sources"), list):
-        print("ntpy: bad reply from the daemon: no 'sources' list", file=sys.stderr)
         return EXIT_UNKNOWN
     if getattr(args, "json", False):
         _print_json(reply)

@@ -307,13 +307,22 @@ def run_status(args: argparse.Namespace) -> int:
     return code
 
 
-def run_peers(args: argparse.Namespace) -> int:
-    """``ntpy peers``: exit 0, or 2 if the daemon cannot be asked or replies nonsense."""
+def peers_reply(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The daemon's ``peers`` reply, or None (said on stderr) if it cannot be asked or its
+    reply has no sources list."""
     reply = _query(args, "peers")
     if reply is None:
-        return EXIT_UNKNOWN
+        return None
     if not isinstance(reply.get("sources"), list):
         print("ntpy: bad reply from the daemon: no 'sources' list", file=sys.stderr)
+        return None
+    return reply
+
+
+def run_peers(args: argparse.Namespace) -> int:
+    """``ntpy peers``: exit 0, or 2 if the daemon cannot be asked or replies nonsense."""
+    reply = peers_reply(args)
+    if reply is None:
         return EXIT_UNKNOWN
     if getattr(args, "json", False):
         _print_json(reply)

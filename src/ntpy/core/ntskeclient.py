@@ -15,9 +15,10 @@ record is malformed or repeated, or when it has an unknown critical record.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from ntpy.core import ntsaead
+from ntpy.core import ntsaead, ntske
 from ntpy.core.ntske import (
     MAX_COOKIE_LEN,
     MAX_COOKIES,
@@ -50,6 +51,21 @@ class KeResult:
     @property
     def key_length(self) -> int:
         return ntsaead.KEY_LENGTHS[self.aead]
+
+    def session_keys(self, export: Callable[[bytes, int, bytes], bytes]) -> tuple[bytes, bytes]:
+        """The (C2S, S2C) keys from the TLS exporter: ``export(label, length, context)``
+        (pyOpenSSL's ``conn.export_keying_material``) with RFC 8915 section 5.1's contexts."""
+        c2s, s2c = (
+            bytes(
+                export(
+                    ntske.EXPORTER_LABEL,
+                    self.key_length,
+                    ntske.exporter_context(self.exporter_aead, direction),
+                )
+            )
+            for direction in ntske.Direction
+        )
+        return c2s, s2c
 
 
 def client_request(aeads: tuple[int, ...] | None = None) -> bytes:

@@ -177,14 +177,7 @@ def key_exchange(target: KeTarget) -> KeOutcome:
                 raise KeError("the server closed the connection before its response was whole")
             buf += chunk
         result = parse_response(buf[:end], offered)
-        c2s, s2c = (
-            conn.export_keying_material(
-                ntske.EXPORTER_LABEL,
-                result.key_length,
-                ntske.exporter_context(result.exporter_aead, direction),
-            )
-            for direction in ntske.Direction
-        )
+        c2s, s2c = result.session_keys(conn.export_keying_material)
         return KeOutcome(result, c2s, s2c, _ntp_address(target, result))
     except ntske.NtsKeError as exc:
         raise KeError(str(exc)) from exc
