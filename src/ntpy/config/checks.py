@@ -1,5 +1,6 @@
-"""Checks of what a parsed config names on this machine: keys file, drift file, log file and
-statistics directory.
+"""Checks of what a parsed config names on this machine: keys file, drift file, log file,
+statistics directory, and the NTS certificate, key, cookie keys and CA paths
+(:mod:`ntpy.config.ntschecks`).
 
 Why one module: ``ntpy check-config``, ``ntpy serve`` and a SIGHUP reload all call
 :func:`check_paths` (through ``load(..., check_paths=True)``), so the checker and the daemon
@@ -23,6 +24,7 @@ import stat
 
 from .errors import ConfigError, ConfigWarning, SourceLocation, all_errors
 from .model import Config
+from .ntschecks import check_nts
 
 Problem = ConfigError | ConfigWarning
 
@@ -54,6 +56,7 @@ def check_paths(config: Config) -> list[Problem]:
     problems += _check_file(config, "logfile", "log lines go to stderr only")
     problems += _check_statsdir(config)
     problems += _check_interfaces(config)
+    problems += check_nts(config)
     return problems
 
 

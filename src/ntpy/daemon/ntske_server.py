@@ -31,12 +31,12 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from cryptography import x509
 from OpenSSL import SSL
 
+from ntpy.config.ntscert import CertificateError, check_certificate
 from ntpy.core import ntske
 from ntpy.core.ntscookie import CookieKeys
 from ntpy.core.ntskeserver import KeServerConfig, serve_message
@@ -56,22 +56,12 @@ class NtsSetupError(Exception):
 
 
 def load_tls(cert: str, key: str, now: datetime | None = None) -> SSL.Context:
-    """A server context for ``cert`` (the full chain, leaf first) and ``key``."""
+    """A server context for ``cert`` (the full chain, leaf first) and ``key``. The checks
+    are ``config.ntscert``'s, which ``check-config`` runs too."""
     try:
-        with open(cert, "rb") as f:
-            leaf = x509.load_pem_x509_certificate(f.read())
-    except (OSError, ValueError) as exc:
-        raise NtsSetupError(f"nts cert {cert}: {exc}") from None
-    now = now or datetime.now(UTC)
-    if leaf.not_valid_after_utc < now:
-        raise NtsSetupError(
-            f"nts cert {cert}: expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
-            "renew it (clients refuse an expired certificate)"
-        )
-    if leaf.not_valid_before_utc > now:
-        raise NtsSetupError(
-            f"nts cert {cert}: not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
-        )
+        check_certificate(cert, key, now)
+    except CertificateError as exc:
+        raise NtsSetupError(str(exc)) from None
     ctx = SSL.Context(SSL.TLS_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_3_VERSION)
     ctx.set_max_proto_version(SSL.TLS1_3_VERSION)

@@ -23,28 +23,24 @@ import logging
 import os
 import time
 
-from ntpy.config.model import NtsServerSpec
+from ntpy.config.ntschecks import DEFAULT_DIR, FILE_NAME, ring_path
 from ntpy.core.ntscookie import NS_PER_S, CookieKeys, CookieKeysError
 
 log = logging.getLogger("ntpy.nts")
 
-FILE_NAME = "ntpy-nts-cookies"
-DEFAULT_DIR = "/var/lib/ntpy"
+__all__ = [
+    "DEFAULT_DIR",
+    "FILE_NAME",
+    "KeyStore",
+    "KeyStoreError",
+    "ring_path",
+    "write_atomically",
+]
+
 
 
 class KeyStoreError(Exception):
     """The ring cannot be read or written: a message for the admin."""
-
-
-def ring_path(spec: NtsServerSpec, driftfile: str | None) -> str:
-    """The ring file's path (see the module docstring)."""
-    where = spec.cookie
-    if where is None:
-        base = os.path.dirname(driftfile) if driftfile else DEFAULT_DIR
-        return os.path.join(base or ".", FILE_NAME)
-    if where.endswith("/") or os.path.isdir(where):
-        return os.path.join(where, FILE_NAME)
-    return where
 
 
 def write_atomically(path: str, data: bytes) -> None:

@@ -68,6 +68,7 @@ def handle_nts(state: State, line: Line) -> None:
             + ", ".join(_SUBCOMMANDS)
         )
     spec = state.nts
+    state.file_locations[f"nts {sub}"] = line.loc  # for the NTS checks (config.ntschecks)
     if spec.location is None:
         spec = replace(spec, location=line.loc)
     if sub in ("enable", "disable"):
