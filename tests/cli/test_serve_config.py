@@ -60,3 +60,19 @@ def test_broken_default_file_stops_the_start_with_every_error(
     assert f"{conf}:1: " in err and "did you mean 'server'?" in err
     assert f"{conf}:2: keys /dev/zero" in err
     assert "not starting" in err and "--config FILE" in err
+
+
+def test_serve_reports_every_nts_problem_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The NTS checks are check-config's (config.ntschecks): serve lists them all, then stops."""
+    conf = tmp_path / "ntp.conf"
+    conf.write_text(
+        f"server 192.0.2.1 nts ca {tmp_path}/gone.pem\n"
+        f"nts enable\nnts cert {tmp_path}/cert.pem\nnts key {tmp_path}/key.pem\n"
+    )
+    assert choose_config(str(conf), strict=False) is None
+    err = capsys.readouterr().err
+    assert f"ntpy: {conf}:1: 'server 192.0.2.1 nts ca {tmp_path}/gone.pem'" in err
+    assert f"ntpy: {conf}:3: nts cert {tmp_path}/cert.pem: no such file" in err
+    assert f"not starting: {conf} has errors" in err

@@ -38,7 +38,6 @@ __all__ = [
 ]
 
 
-
 class KeyStoreError(Exception):
     """The ring cannot be read or written: a message for the admin."""
 
