@@ -113,6 +113,13 @@ def test_expired_future_and_mismatch(tmp_path: Path, pair: tuple[Path, Path]) ->
         check_certificate(str(pair[0]), str(pair[1]), NOW + 10 * DAY)
 
 
+def test_ke_host_with_rotate_0_needs_the_ring(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    text = f"nts enable\nnts cert {pair[0]}\nnts key {pair[1]}\nnts rotate 0\n"
+    text += f"nts cookie {tmp_path}/ring\n"
+    errors, warnings = problems(tmp_path, text)
+    assert errors == [] and len(warnings) == 1 and warnings[0].startswith("6: no NTS cookie keys")
+
+
 def test_only_one_of_cert_and_key(tmp_path: Path, pair: tuple[Path, Path]) -> None:
     errors, _ = problems(tmp_path, f"nts enable\nnts cert {pair[0]}\n")
     assert errors == [

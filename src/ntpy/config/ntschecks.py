@@ -66,8 +66,11 @@ def _check_server(config: Config) -> list[Problem]:
         try:
             check_certificate(spec.cert, spec.key)
         except CertificateError as exc:
-            return [_error(_at(config, exc.which), str(exc))]
-        return []
+            problems: list[Problem] = [_error(_at(config, exc.which), str(exc))]
+        else:
+            problems = []
+        # a KE host with rotate 0 only reads the ring too (a shared one)
+        return problems + (_check_ring(config) if spec.rotate_s == 0 else [])
     if spec.cert or spec.key:
         given, missing = ("cert", "key") if spec.cert else ("key", "cert")
         return [
@@ -91,7 +94,7 @@ def _check_server(config: Config) -> list[Problem]:
 
 
 def _check_ring(config: Config) -> list[Problem]:
-    """NTP-only host: the ring it only reads (``rotate 0``)."""
+    """``rotate 0`` (an NTP-only host, or a KE host sharing a ring): the ring it only reads."""
     path = ring_path(config.nts, config.driftfile)
     loc = _at(config, "cookie")
     try:
