@@ -27,8 +27,9 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 
-from ntpy.core.ntsaead import TAG_LENGTH, Aead, supported
+from ntpy.core.ntsaead import TAG_LENGTH, supported
 from ntpy.core.ntscookie import NONCE_LEN, CookieContents, CookieKeys, RandomBytes, cookie_length
 from ntpy.core.ntske import MAX_COOKIES
 from ntpy.core.packet import HEADER_LEN, ExtensionField
@@ -122,8 +123,10 @@ def authenticator_body(nonce: bytes, ciphertext: bytes) -> bytes:
     )
 
 
+@lru_cache(maxsize=64)
 def authenticator_length(nonce_len: int, ciphertext_len: int) -> int:
-    """The on-wire size of an Authenticator field (header included)."""
+    """The on-wire size of an Authenticator field (header included). Cached: a server asks
+    it for the same few sizes on every request."""
     body = authenticator_body(bytes(nonce_len), bytes(ciphertext_len))
     return ExtensionField(AUTHENTICATOR, body).encoded_length()
 
@@ -198,7 +201,7 @@ def check_request(
     if contents is None or contents.aead not in supported():
         # (an AEAD this host cannot compute: a fleet host older than the key-exchange host)
         raise NtsError(Failure.BAD_COOKIE, "cookie does not open", uid)
-    c2s = Aead(contents.aead, contents.c2s)
+    c2s = keys.session_aead(contents.aead, contents.c2s)
     plain = c2s.open(nonce, ciphertext, data[:auth_at])
     if plain is None:
         raise NtsError(Failure.BAD_AUTH, "authenticator does not verify", uid)
@@ -217,7 +220,7 @@ def seal_reply(
     """The reply to a verified request: ``header`` (48 bytes, final), the Unique
     Identifier, and the authenticator with as many fresh cookies as were asked for and
     fit in the request's size. NtsError if not even the authenticator fits."""
-    s2c = Aead(request.keys.aead, request.keys.s2c)
+    s2c = keys.session_aead(request.keys.aead, request.keys.s2c)
     prefix = bytes(header[:HEADER_LEN]) + encode_fields(
         [ExtensionField(UNIQUE_IDENTIFIER, request.unique_id)]
     )
