@@ -157,3 +157,22 @@ def test_rotation_refuses_a_stuck_random_source() -> None:
     keys.rotate(T0, lambda n: bytes(n))
     with pytest.raises(ValueError, match="repeating"):
         keys.rotate(T0 + 1, lambda n: bytes(n))
+
+
+def test_session_aead_is_built_once_per_key_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client's C2S/S2C cipher is reused across its requests (no key schedule per
+    request), gives the same bytes as a fresh one, and the cache never grows past its cap."""
+    from ntpy.core import ntscookie
+
+    keys = ring()
+    key = bytes(range(32))
+    first = keys.session_aead(ntsaead.AEAD_AES_SIV_CMAC_256, key)
+    assert keys.session_aead(ntsaead.AEAD_AES_SIV_CMAC_256, key) is first
+    fresh = Aead(ntsaead.AEAD_AES_SIV_CMAC_256, key)
+    assert first.seal(bytes(16), b"x", b"ad") == fresh.seal(bytes(16), b"x", b"ad")
+    with pytest.raises(ValueError):
+        keys.session_aead(ntsaead.AEAD_AES_SIV_CMAC_256, bytes(16))
+    monkeypatch.setattr(ntscookie, "SESSION_CACHE", 4)
+    for i in range(10):
+        keys.session_aead(ntsaead.AEAD_AES_SIV_CMAC_256, bytes([i]) * 32)
+        assert len(keys._sessions) <= 4

@@ -306,3 +306,11 @@ def test_field_parsers_any_bytes(data: bytes) -> None:
         assert sum(4 + len(ef.body) for ef in fields) == len(data)
     except NtsError as exc:
         assert exc.failure is Failure.MALFORMED
+
+
+@given(st.integers(0, 0xFFFF), st.binary(max_size=80))
+def test_fast_field_encoding_matches_encode_fields(ftype: int, body: bytes) -> None:
+    """The reply path's direct field encoder gives the bytes ``encode_fields`` gives."""
+    from ntpy.core.ntsef import _field
+
+    assert _field(ftype, body) == encode_fields([ExtensionField(ftype, body)])

@@ -52,6 +52,9 @@ DEFAULT_ROTATE_NS = 7 * 86400 * NS_PER_S
 DEFAULT_KEEP = 2
 """Previous keys kept for validation: a cookie stays good two to three periods."""
 MAX_KEYS = 16
+SESSION_CACHE = 4096
+"""Session keys (C2S / S2C) whose ciphers are kept: a client sends many requests with
+the same keys, and a cipher's key schedule costs more than the AEAD call itself."""
 
 SECRET_LEN = 32
 NONCE_LEN = 16
@@ -107,11 +110,26 @@ class CookieKeys:
         self.rotate_ns = rotate_ns
         self.keep = keep
         self._keys = sorted(keys, key=lambda k: k.created_ns, reverse=True)[: keep + 1]
+        self._sessions: dict[tuple[int, bytes], Aead] = {}
         self._index()
 
     def _index(self) -> None:
         """Key id -> (key, its cipher), so a request costs no key schedule."""
         self._by_id = {k.key_id: (k, Aead(AEAD_AES_SIV_CMAC_256, k.secret)) for k in self._keys}
+
+    def session_aead(self, algorithm: int, key: bytes) -> Aead:
+        """The cipher for a session key from a cookie, built once per key while it is in
+        use (the cache is emptied when full: at worst a key schedule per request, as
+        without it). ValueError as ``Aead`` for a key of the wrong length."""
+        try:
+            return self._sessions[algorithm, key]
+        except KeyError:
+            pass
+        cipher = Aead(algorithm, key)
+        if len(self._sessions) >= SESSION_CACHE:
+            self._sessions.clear()
+        self._sessions[algorithm, key] = cipher
+        return cipher
 
     @property
     def keys(self) -> tuple[CookieKey, ...]:

@@ -27,11 +27,12 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 
-from ntpy.core.ntsaead import TAG_LENGTH, Aead, supported
+from ntpy.core.ntsaead import TAG_LENGTH, supported
 from ntpy.core.ntscookie import NONCE_LEN, CookieContents, CookieKeys, RandomBytes, cookie_length
 from ntpy.core.ntske import MAX_COOKIES
-from ntpy.core.packet import HEADER_LEN, ExtensionField
+from ntpy.core.packet import HEADER_LEN, MIN_EF_LEN, ExtensionField
 
 UNIQUE_IDENTIFIER = 0x0104
 NTS_COOKIE = 0x0204
@@ -45,6 +46,8 @@ Identifier echoed and no authenticator. (``KissCode`` gains it when NTS is wired
 MIN_UNIQUE_ID = 32
 MIN_NONCE_PADDED = 16
 """Nonce plus additional padding is at least 16 bytes, whatever the AEAD's nonce length."""
+
+_HH = struct.Struct("!HH")
 
 
 class Failure(StrEnum):
@@ -122,8 +125,10 @@ def authenticator_body(nonce: bytes, ciphertext: bytes) -> bytes:
     )
 
 
+@lru_cache(maxsize=64)
 def authenticator_length(nonce_len: int, ciphertext_len: int) -> int:
-    """The on-wire size of an Authenticator field (header included)."""
+    """The on-wire size of an Authenticator field (header included). Cached: a server asks
+    it for the same few sizes on every request."""
     body = authenticator_body(bytes(nonce_len), bytes(ciphertext_len))
     return ExtensionField(AUTHENTICATOR, body).encoded_length()
 
@@ -174,7 +179,11 @@ def check_request(
     placeholders: list[int] = []
     auth_at = -1
     auth_body = b""
-    for offset, ef in with_offsets(fields):
+    offset = HEADER_LEN - 4  # (with_offsets, inlined: this is every NTS request's path)
+    body_len = 0
+    for ef in fields:
+        offset += 4 + body_len
+        body_len = len(ef.body)
         if auth_at >= 0:
             raise NtsError(Failure.MALFORMED, "extension field after the authenticator", uid)
         if ef.field_type == UNIQUE_IDENTIFIER:
@@ -198,7 +207,7 @@ def check_request(
     if contents is None or contents.aead not in supported():
         # (an AEAD this host cannot compute: a fleet host older than the key-exchange host)
         raise NtsError(Failure.BAD_COOKIE, "cookie does not open", uid)
-    c2s = Aead(contents.aead, contents.c2s)
+    c2s = keys.session_aead(contents.aead, contents.c2s)
     plain = c2s.open(nonce, ciphertext, data[:auth_at])
     if plain is None:
         raise NtsError(Failure.BAD_AUTH, "authenticator does not verify", uid)
@@ -217,29 +226,38 @@ def seal_reply(
     """The reply to a verified request: ``header`` (48 bytes, final), the Unique
     Identifier, and the authenticator with as many fresh cookies as were asked for and
     fit in the request's size. NtsError if not even the authenticator fits."""
-    s2c = Aead(request.keys.aead, request.keys.s2c)
-    prefix = bytes(header[:HEADER_LEN]) + encode_fields(
-        [ExtensionField(UNIQUE_IDENTIFIER, request.unique_id)]
-    )
-    cookie_ef = ExtensionField(NTS_COOKIE, bytes(cookie_length(request.keys.aead)))
-    per_cookie = cookie_ef.encoded_length()
+    aead = request.keys.aead
+    s2c = keys.session_aead(aead, request.keys.s2c)
+    prefix = bytes(header[:HEADER_LEN]) + _field(UNIQUE_IDENTIFIER, request.unique_id)
+    per_cookie = _field_length(cookie_length(aead))
+    nonce_len = s2c.nonce_length
     count = request.cookies_wanted
     while count >= 0:
-        size = len(prefix) + authenticator_length(s2c.nonce_length, count * per_cookie + TAG_LENGTH)
+        size = len(prefix) + authenticator_length(nonce_len, count * per_cookie + TAG_LENGTH)
         if size <= request.request_len:
             break
         count -= 1
     if count < 0:
         raise NtsError(Failure.MALFORMED, "request too small for an authenticated reply")
-    cookies = [
-        ExtensionField(NTS_COOKIE, keys.seal(request.keys, random_bytes(NONCE_LEN)))
-        for _ in range(count)
-    ]
-    nonce = random_bytes(s2c.nonce_length)
-    ciphertext = s2c.seal(nonce, encode_fields(cookies), prefix)
-    return prefix + encode_fields(
-        [ExtensionField(AUTHENTICATOR, authenticator_body(nonce, ciphertext))]
+    contents, seal = request.keys, keys.seal
+    cookies = b"".join(
+        _field(NTS_COOKIE, seal(contents, random_bytes(NONCE_LEN))) for _ in range(count)
     )
+    nonce = random_bytes(nonce_len)
+    ciphertext = s2c.seal(nonce, cookies, prefix)
+    return prefix + _field(AUTHENTICATOR, authenticator_body(nonce, ciphertext))
+
+
+def _field_length(body_len: int) -> int:
+    """``ExtensionField.encoded_length`` for a body of ``body_len`` bytes."""
+    return max((4 + body_len + 3) & ~3, MIN_EF_LEN)
+
+
+def _field(field_type: int, body: bytes) -> bytes:
+    """One field on the wire, padded as ``encode_fields`` pads it (without building an
+    ``ExtensionField``: the reply path encodes two or three per request)."""
+    flen = _field_length(len(body))
+    return _HH.pack(field_type, flen) + body + bytes(flen - 4 - len(body))
 
 
 def nak_fields(unique_id: bytes) -> bytes:
