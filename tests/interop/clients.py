@@ -473,3 +473,23 @@ def decode_reply(reply: bytes, t1: int, t4: int) -> ClientResult:
 def make_private_dir(parent: str | Path | None = None) -> Path:
     """A fresh 0700 directory (chronyd refuses command sockets in shared directories)."""
     return Path(tempfile.mkdtemp(prefix="ntpy-", dir=parent))
+
+
+def chronyd_nts_measure(workdir: Path, host: str, ke_port: int, cert: Path) -> str:
+    """One ``chronyd -Q`` NTS measurement of ``host`` (key exchange on ``ke_port``, trusting
+    ``cert``): its whole output. It never sets the clock (-Q); stopped by PID afterwards."""
+    conf = workdir / "client.conf"
+    conf.write_text(
+        f"server {host} nts ntsport {ke_port} iburst minpoll 0 maxpoll 0\n"
+        f"ntstrustedcerts {cert}\nntsdumpdir {workdir}\ncmdport 0\n"
+        f"pidfile {workdir / 'client.pid'}\n"
+    )
+    uid = ["-u", "root"] if os.geteuid() == 0 else ["-U"]
+    argv = ["chronyd", "-Q", *uid, "-t", "20", "-f", str(conf)]
+    check_no_clock_flags(argv)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        stop_process(proc)
+    return out.decode(errors="replace")

@@ -40,7 +40,7 @@ from ntpy.core.packet import (
 )
 
 from .chrony_server import chrony_server
-from .clients import check_no_clock_flags, ntp_now, stop_process
+from .clients import chronyd_nts_measure, ntp_now
 
 SSL = pytest.importorskip("OpenSSL.SSL")
 pytestmark = [
@@ -216,23 +216,11 @@ def test_chronyd_client_against_core_server(tmp_path: Path) -> None:
     server = threading.Thread(target=serve, args=(cert, key, stop, stats), daemon=True)
     server.start()
     time.sleep(0.3)
-    conf = tmp_path / "client.conf"
-    conf.write_text(
-        f"server {OUR_HOST} nts ntsport {KE_PORT} iburst minpoll 0 maxpoll 0\n"
-        f"ntstrustedcerts {cert}\nntsdumpdir {tmp_path}\ncmdport 0\n"
-        f"pidfile {tmp_path / 'client.pid'}\n"
-    )
-    uid = ["-u", "root"] if os.geteuid() == 0 else ["-U"]
-    argv = ["chronyd", "-Q", *uid, "-t", "20", "-f", str(conf)]
-    check_no_clock_flags(argv)
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        out, _ = proc.communicate(timeout=30)
+        text = chronyd_nts_measure(tmp_path, OUR_HOST, KE_PORT, cert)
     finally:
-        stop_process(proc)
         stop.set()
         server.join(5)
-    text = out.decode(errors="replace")
     assert "System clock wrong by" in text, text
     assert f"changed port to {NTP_PORT}" in text, text
     assert stats["ke"] == 1 and stats["nts"] >= 1 and stats["plain"] == 0, stats

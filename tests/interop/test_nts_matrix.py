@@ -16,7 +16,6 @@ What it proves:
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import shutil
 import socket
@@ -32,6 +31,7 @@ from ntpy.core import ntsaead
 from .clients import chronyd_client
 from .ntpy_daemon import running_ntpy
 from .nts_certs import make_ca, make_server_cert
+from .test_nts_client_daemon import authdata
 from .test_sync_process import ntpy_cli, wait_synced
 
 pytest.importorskip("OpenSSL.SSL")
@@ -56,15 +56,6 @@ def client_conf(run: Path, ca: Path, extra: str = "") -> str:
         f"server {SERVER} nts ca {ca} ntsport {KE_PORT} iburst minpoll 3 maxpoll 4{extra}\n"
         f"driftfile {run / 'ntp.drift'}\n"
     )
-
-
-def authdata(sock: Path) -> dict[str, object]:
-    out = ntpy_cli("authdata", "--socket", str(sock), "--json")
-    assert out.returncode == 0, out.stderr
-    sources = json.loads(out.stdout)["sources"]
-    assert len(sources) == 1, sources
-    src: dict[str, object] = sources[0]
-    return src
 
 
 @contextlib.contextmanager

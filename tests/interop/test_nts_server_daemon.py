@@ -11,12 +11,10 @@ and one is served again once the idle ones time out. Addresses: 127.0.123.1.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import stat
 import struct
-import subprocess
 import time
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import pytest
 from ntpy.core import ntske
 from ntpy.core.ntskeclient import client_request, parse_response
 
-from .clients import check_no_clock_flags, raw_query, stop_process
+from .clients import chronyd_nts_measure, raw_query
 from .ntpy_daemon import running_ntpy
 from .test_nts_core_chrony import make_cert, read_message, tls_context
 
@@ -68,21 +66,7 @@ def test_chronyd_gets_authenticated_time_from_ntpy(tmp_path: Path) -> None:
         d.wait_for_log("NTS-KE accepting at")
         ring = tmp_path / "ntpy-nts-cookies"
         assert stat.S_IMODE(ring.stat().st_mode) == 0o600
-        conf = tmp_path / "client.conf"
-        conf.write_text(
-            f"server {HOST} nts ntsport {KE_PORT} iburst minpoll 0 maxpoll 0\n"
-            f"ntstrustedcerts {cert}\nntsdumpdir {tmp_path}\ncmdport 0\n"
-            f"pidfile {tmp_path / 'client.pid'}\n"
-        )
-        uid = ["-u", "root"] if os.geteuid() == 0 else ["-U"]
-        argv = ["chronyd", "-Q", *uid, "-t", "20", "-f", str(conf)]
-        check_no_clock_flags(argv)
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            out, _ = proc.communicate(timeout=30)
-        finally:
-            stop_process(proc)
-        text = out.decode(errors="replace")
+        text = chronyd_nts_measure(tmp_path, HOST, KE_PORT, cert)
         assert "System clock wrong by" in text, text + d.log
         assert f"changed port to {NTP_PORT}" in text, text
         d.stop()
