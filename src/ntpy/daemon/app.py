@@ -55,6 +55,7 @@ from ntpy.daemon.policy import build_access, build_limiter, limits_changed
 from ntpy.daemon.reload import ReloadPlan, plan_reload
 from ntpy.daemon.server import ControlHandler, NtpServer
 from ntpy.daemon.sync import SyncShell
+from ntpy.daemon.systemd import Systemd
 from ntpy.daemon.webservice import WebService
 from ntpy.daemon.workerpool import WorkerPool, resolve_workers
 from ntpy.metrics.snapshot import WebSources
@@ -102,7 +103,11 @@ class Daemon:
             allow_panic_step=options.allow_panic_step,
         )
         self.access = start_access(config)
-        self.workers = resolve_workers(config.workers, options.workers, self.clock)
+        self.systemd = Systemd.from_environment(self.status)
+        """Passed sockets and notifications (``daemon/systemd.py``); inert outside systemd."""
+        self.workers = self.systemd.limit_workers(
+            resolve_workers(config.workers, options.workers, self.clock)
+        )
         self.nts: NtsService | None = None
         """With ``nts enable``: the NTS server (KE in the main; NTS served where NTP is)."""
         if config.nts.enabled:
@@ -142,6 +147,7 @@ class Daemon:
             self.responder.set_state(state)
             if self.pool is not None:
                 self.pool.shared.publish_state(state)
+            self.systemd.update()
 
     def _sources_changed(self, addresses: list[str]) -> None:
         self.access.update_sources(addresses)
@@ -240,8 +246,10 @@ class Daemon:
                 selector=self.options.selector,
             )
         else:
-            open_server(self.server, self.loop, required, optional)
+            open_server(self.server, self.loop, required, optional, self.systemd.activated)
         self._start_nts()
+        listener = self.nts.listener if self.nts is not None else None
+        self.systemd.check_sockets([*required, *optional], listener.bound if listener else [])
         self._announce()
         if self.pool is not None:
             self.pool.start()  # after the log lines above; before any other socket opens
@@ -290,12 +298,17 @@ class Daemon:
                 self.responder,
                 [ep.bound for ep in endpoints],
                 publish=pool.publish_cookie_keys if pool is not None else None,
+                adopt=self.systemd.activated.take_tcp,
             )
         except NtsStartError as exc:
             raise StartupError(str(exc)) from None
 
     def _on_hup(self, signum: int) -> None:
-        self.reload()
+        self.systemd.reloading()
+        try:
+            self.reload()
+        finally:
+            self.systemd.reloaded()
 
     def reload(self) -> ReloadPlan | None:
         """SIGHUP: reopen the log file (logrotate), re-read the config file and apply what
@@ -418,9 +431,11 @@ class Daemon:
             len(self.server.endpoints) or len(self.pool.endpoints if self.pool else []),
             self.workers if self.pool is not None else 1,
         )
+        self.systemd.ready(self.loop)
         try:
             self.loop.run()
         finally:
+            self.systemd.stopping()
             if self.pool is not None:
                 self.pool.stop()
             log.info("counters: %s", self._summary())

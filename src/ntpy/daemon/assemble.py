@@ -31,6 +31,7 @@ from ntpy.daemon.local_clock import local_reference
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.policy import build_access
 from ntpy.daemon.reuseport import open_groups
+from ntpy.daemon.sdsocket import Activated
 from ntpy.daemon.server import ControlHandler, NtpServer
 from ntpy.daemon.sync import random64, sync_options
 from ntpy.daemon.udp import ListenAddress, ListenError, parse_listen
@@ -211,10 +212,12 @@ def open_server(
     loop: Loop,
     required: Sequence[ListenAddress],
     optional: Sequence[ListenAddress],
+    activated: Activated | None = None,
 ) -> None:
-    """One process: bind every address and answer from ``loop``."""
+    """One process: bind every address (or take systemd's socket for it) and answer from
+    ``loop``."""
     try:
-        server.open(required, optional=optional)
+        server.open(required, optional=optional, activated=activated)
     except ListenError as exc:
         server.close()
         raise StartupError(str(exc)) from exc

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Sequence
 
 from OpenSSL import SSL
@@ -112,10 +113,12 @@ class NtsService:
         responder: Responder,
         ntp: Sequence[ListenAddress],
         publish: Callable[[bytes], object] | None = None,
+        adopt: Callable[[ListenAddress], socket.socket | None] | None = None,
     ) -> None:
         """Serve NTS on ``responder`` and open the KE listener (NTP already bound). With
         workers, ``publish`` is the pool's ``publish_cookie_keys`` (called before they fork:
-        it then only records the ring for their ``WorkerSetup``)."""
+        it then only records the ring for their ``WorkerSetup``). ``adopt`` hands over the
+        KE sockets systemd passed (socket activation)."""
         self.publish = publish
         if publish is not None:
             publish(self.issuing.to_bytes())
@@ -133,7 +136,7 @@ class NtsService:
             loop, self.context, ke_config(self.spec, port), lambda: self.issuing
         )
         try:
-            self.listener.open(ke_addresses(self.spec, ntp))
+            self.listener.open(ke_addresses(self.spec, ntp), adopt)
         except NtsSetupError as exc:
             raise NtsStartError(str(exc)) from None
         for bound in self.listener.bound:

@@ -117,15 +117,23 @@ class KeListener:
         self.conns: dict[int, _Conn] = {}
         self.counters: Counter[str] = Counter()
 
-    def open(self, addresses: Sequence[ListenAddress]) -> None:
+    def open(
+        self,
+        addresses: Sequence[ListenAddress],
+        adopt: Callable[[ListenAddress], socket.socket | None] | None = None,
+    ) -> None:
+        """Listen on every address; ``adopt`` returns the socket systemd passed for one
+        (socket activation), which is used as it is."""
         for address in addresses:
-            sock = socket.socket(address.family, socket.SOCK_STREAM)
+            passed = adopt(address) if adopt is not None else None
+            sock = passed or socket.socket(address.family, socket.SOCK_STREAM)
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if address.family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind((address.host, address.port))
-                sock.listen(128)
+                if passed is None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if address.family == socket.AF_INET6:
+                        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                    sock.bind((address.host, address.port))
+                    sock.listen(128)
                 sock.setblocking(False)
             except OSError as exc:
                 sock.close()

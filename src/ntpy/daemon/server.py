@@ -49,6 +49,7 @@ from ntpy.core.timestamps import NS_PER_S as _NS
 from ntpy.core.timestamps import unix_ns_to_ntp
 from ntpy.daemon import mmsg, txstamp
 from ntpy.daemon.loop import Loop
+from ntpy.daemon.sdsocket import Activated
 from ntpy.daemon.udp import (
     ANC_BUFSIZE,
     IP_PKTINFO,
@@ -161,16 +162,31 @@ class NtpServer:
         self._tx_warned = False
 
     def open(
-        self, addresses: Iterable[ListenAddress], *, optional: Iterable[ListenAddress] = ()
+        self,
+        addresses: Iterable[ListenAddress],
+        *,
+        optional: Iterable[ListenAddress] = (),
+        activated: Activated | None = None,
     ) -> None:
-        """Bind every address (ListenError on failure); ``optional`` ones only warn."""
+        """Bind every address (ListenError on failure); ``optional`` ones only warn. An
+        address systemd passed a socket for (``activated``) takes that socket instead."""
         for addr in addresses:
-            self.endpoints.append(Endpoint(addr))
+            self._open_one(addr, activated)
         for addr in optional:
             try:
-                self.endpoints.append(Endpoint(addr))
+                self._open_one(addr, activated)
             except ListenError as exc:
                 log.warning("%s; continuing without it", exc)
+
+    def _open_one(self, addr: ListenAddress, activated: Activated | None) -> None:
+        if activated is None:
+            self.endpoints.append(Endpoint(addr))
+            return
+        sock = activated.take_udp(addr)
+        if sock is None and activated.covers(addr):
+            log.info("%s: served by the dual-stack socket systemd passed", addr)
+            return
+        self.endpoints.append(Endpoint(addr, sock=sock))
 
     def attach(self, loop: Loop) -> None:
         for ep in self.endpoints:

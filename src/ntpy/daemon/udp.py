@@ -89,11 +89,20 @@ class Endpoint:
     """One bound, non-blocking UDP socket that reads (data, peer, kernel time, local addr)."""
 
     def __init__(
-        self, address: ListenAddress, *, rcvbuf: int | None = None, reuseport: bool = False
+        self,
+        address: ListenAddress,
+        *,
+        rcvbuf: int | None = None,
+        reuseport: bool = False,
+        sock: socket.socket | None = None,
     ) -> None:
+        """Bind ``address``; or, with ``sock`` (socket activation), set the same options on
+        that already-bound socket (its IPV6_V6ONLY is the socket unit's ``BindIPv6Only=``)."""
         self.address = address
         fam = address.family
-        sock = socket.socket(fam, socket.SOCK_DGRAM)
+        adopted = sock is not None
+        if sock is None:
+            sock = socket.socket(fam, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
             if reuseport:
@@ -109,12 +118,17 @@ class Endpoint:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             self.wildcard = address.wildcard
             if fam == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if not adopted:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 if self.wildcard:
                     sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+                    if adopted:  # dual-stack: IPv4 requests arrive as v4-mapped
+                        with contextlib.suppress(OSError):
+                            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
             elif self.wildcard:
                 sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-            sock.bind((address.host, address.port))
+            if not adopted:
+                sock.bind((address.host, address.port))
         except OSError as exc:
             sock.close()
             hint = ""
