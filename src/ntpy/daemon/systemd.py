@@ -65,6 +65,16 @@ class Systemd:
         for p in self.activated.sockets:
             if p.used:
                 log.info("socket activation: serving on %s", p.describe())
+            elif p.kind == "tcp" and not ke:
+                # ntpy.socket passes TCP 4460 too: harmless where NTS is not enabled.
+                log.warning(
+                    "socket activation: %s is for NTS-KE, which is not configured here "
+                    "('nts enable' with 'nts cert'/'nts key'); closing it (remove the "
+                    "ListenStream= lines with 'systemctl edit ntpy.socket')",
+                    p.describe(),
+                )
+                p.used = True
+                p.sock.close()
         try:
             self.activated.check_all_used(list(ntp), list(ke))
         except ActivationError as exc:
