@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install what ntpy's tests need: the real NTP clients the interop tests run (chrony,
 # ntpsec's ntpdig/ntpdate, ntpq extracted from the ntpsec package), headless Chromium and
-# its driver for the web status page test, and the Python test tools. Idempotent and quick when everything is already present.
+# its driver for the web status page test, systemd's tools (systemd-analyze verify and
+# systemd-socket-activate for the unit tests; policy-rc.d below keeps it from starting
+# anything) and man-db (the man page render test), and the Python test tools. Idempotent and quick when everything is already present.
 #
 # Safety: installing an NTP package must never start a daemon that would steer the
 # machine's clock, so /usr/sbin/policy-rc.d (exit 101 = "action forbidden") is put in
@@ -9,7 +11,7 @@
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-APT_PACKAGES=(chrony ntpsec-ntpdig ntpsec-ntpdate python3-ntp chromium chromium-driver)
+APT_PACKAGES=(chrony ntpsec-ntpdig ntpsec-ntpdate python3-ntp chromium chromium-driver systemd man-db)
 NTPQ_DIR=/opt/ntpsec-extract          # ntpq lives at $NTPQ_DIR/usr/bin/ntpq
 export DEBIAN_FRONTEND=noninteractive
 

@@ -150,7 +150,14 @@ Handler = Callable[[State, Line], None]
 
 @dataclass(frozen=True, slots=True)
 class Directive:
-    """A handler plus the one-line usage shown in every error about it."""
+    """A handler plus the one-line usage shown in every error about it, and its manual:
+    ``ntpy.conf(5)`` is generated from these entries (``ntpy.cli.manpage``), so the page
+    documents exactly what the parser accepts; a test fails on an entry without ``doc``."""
 
     handler: Handler
     usage: str
+    doc: str = ""
+    """What the directive does, for the manual (plain text; paragraphs split by a blank
+    line)."""
+    options: tuple[tuple[str, str], ...] = ()
+    """``(option, what it does and its default)`` for every option keyword it takes."""

@@ -218,7 +218,44 @@ def _partial_ipv4(token: str) -> IPNetwork | None:
 
 
 DIRECTIVES: dict[str, Directive] = {
-    "restrict": Directive(handle_restrict, RESTRICT_USAGE),
-    "allow": Directive(handle_allow_deny, ALLOW_USAGE),
-    "deny": Directive(handle_allow_deny, ALLOW_USAGE),
+    "restrict": Directive(
+        handle_restrict,
+        RESTRICT_USAGE,
+        "ntpd's access control: the most specific matching line applies to a client "
+        "(default: every address; source: the configured servers' addresses). Without any "
+        "restrict or allow line everyone gets time and only the host itself mode 6 "
+        "(ntpq). A public server uses 'restrict default kod nomodify notrap nopeer noquery "
+        "limited'.",
+        (
+            ("-4, -6", "the line applies to IPv4 (-4) or IPv6 (-6) clients only"),
+            ("mask MASK", "an IPv4 netmask for ADDRESS (or write ADDRESS/PREFIX)"),
+            ("ippeerlimit N", "ntpd's peer limit per address: accepted"),
+            ("ignore", "drop every packet"),
+            ("noserve", "no time service"),
+            ("noquery", "no mode 6 (ntpq) queries"),
+            ("limited", "rate-limit time requests (discard, ratelimit, mru)"),
+            ("kod", "send kiss-o'-death RATE replies to limited clients (themselves limited)"),
+            ("version", "refuse requests of NTP versions before 4"),
+            ("notrust", "serve only requests with a valid MAC"),
+            ("ntpport", "the line matches only clients sending from port 123"),
+            ("nomodify, notrap, lowpriotrap, nopeer, noepeer, nomrulist, mssntp, flake",
+             "accepted for ntpd configs: ntpy never changes state from the network, has no "
+             "traps, peers, MRU list or MS-SNTP"),
+            ("serverresponse fuzz", "accepted with a warning: ntpy does not fuzz timestamps"),
+        ),
+    ),
+    "allow": Directive(
+        handle_allow_deny,
+        ALLOW_USAGE,
+        "chrony's access control: serve time to this network, or a partial IPv4 address "
+        "(192.168 = 192.168.0.0/16), or a host name; no argument: everyone. 'all' also "
+        "overrides the allow/deny lines for its subnets; otherwise the most specific line "
+        "wins.",
+    ),
+    "deny": Directive(
+        handle_allow_deny,
+        ALLOW_USAGE,
+        "chrony's access control: refuse time to the clients of this network; the most "
+        "specific allow or deny line wins.",
+    ),
 }

@@ -292,25 +292,111 @@ def handle_unsupported(state: State, line: Line) -> None:
     state.warn(line.loc, f"ntpd directive {show(line.written)} is not supported by ntpy (ignored)")
 
 
+_FILE_DOCS = {
+    "driftfile": "The clock's frequency, read at start and written atomically (temp file, "
+    "fsync, rename) every hour and at exit. Its directory also holds the NTS cookie keys "
+    "(ntscookies.json) unless 'nts cookie' says otherwise. Default: none (no drift kept).",
+    "logfile": "Log lines go to this file as well as to stderr; SIGHUP reopens it "
+    "(logrotate). Default: stderr only (the journal under systemd).",
+    "leapfile": "ntpd's leap seconds file: the path is accepted; ntpy takes leap "
+    "announcements from its upstreams.",
+    "pidfile": "ntpd's PID file: accepted, not written (systemd tracks the main PID).",
+    "statsdir": "The directory of the statistics files (see statistics and filegen).",
+    "keys": "The symmetric key file, in ntpd's format ('1 SHA1 <40 hex digits>') or "
+    "chrony's ('1 SHA1 HEX:...', 'ASCII:...'); check-config and start-up read it. A change "
+    "needs a restart.",
+}
+_INTERFACE_OPTIONS = (
+    ("listen ADDR", "listen on this single address, port 123 (a network is ignored with a "
+     "warning)"),
+    ("ignore|drop ipv4|ipv6", "do not listen on the IPv4 (IPv6) wildcard"),
+    ("ignore|drop all|wildcard", "listen on no wildcard address"),
+    ("NAME", "an interface name: accepted, ignored (name addresses instead)"),
+    ("ADDR/PREFIX", "a single-address prefix is ADDR; a wider network is ignored with a warning"),
+)
+_INTERFACE_DOC = (
+    "ntpd's choice of listen sockets (default: port 123 on the IPv4 and IPv6 wildcard "
+    "addresses). The listen directive and 'ntpy serve --listen' take precedence."
+)
+
 DIRECTIVES: dict[str, Directive] = {
-    **{name: Directive(handle_file, f"{name} PATH") for name in FILE_DIRECTIVES},
-    "trustedkey": Directive(handle_trustedkey, "trustedkey KEYID ... [(FIRST ... LAST)]"),
-    "requestkey": Directive(handle_single_key, "requestkey KEYID (1..65535)"),
-    "controlkey": Directive(handle_single_key, "controlkey KEYID (1..65535)"),
-    "statistics": Directive(handle_statistics, "statistics " + "|".join(STATISTICS_NAMES) + " ..."),
+    **{
+        name: Directive(handle_file, f"{name} PATH", _FILE_DOCS[name])
+        for name in FILE_DIRECTIVES
+    },
+    "trustedkey": Directive(
+        handle_trustedkey,
+        "trustedkey KEYID ... [(FIRST ... LAST)]",
+        "The keys of the keys file that may be used: for MACs on replies to clients that "
+        "sign with them, and for 'server HOST key N'. A range is written (1 ... 10).",
+    ),
+    "requestkey": Directive(
+        handle_single_key,
+        "requestkey KEYID (1..65535)",
+        "ntpd's mode 7 key: checked against the keys file; mode 7 is never answered.",
+    ),
+    "controlkey": Directive(
+        handle_single_key,
+        "controlkey KEYID (1..65535)",
+        "ntpd's mode 6 write key: checked against the keys file; ntpy refuses every mode 6 "
+        "write.",
+    ),
+    "statistics": Directive(
+        handle_statistics,
+        "statistics " + "|".join(STATISTICS_NAMES) + " ...",
+        "The statistics files to write in statsdir: loopstats and peerstats, in ntpd's "
+        "format byte for byte (NTPsec's ntpviz reads them). The other names are accepted "
+        "and logged as not produced.",
+    ),
     "filegen": Directive(
         handle_filegen,
         "filegen NAME [file FILE] [type " + "|".join(FILEGEN_TYPES) + "] [enable|disable] "
         "[link|nolink]",
+        "How a statistics file is named and rotated.",
+        (
+            ("file FILE", "the file name in statsdir (default: the statistics name)"),
+            ("type " + "|".join(FILEGEN_TYPES), "rotation: day writes loopstats.YYYYMMDD "
+             "(default day)"),
+            ("enable|disable", "write this file or not (default enable, with statistics)"),
+            ("link|nolink", "keep the plain name a symlink to the current file (default link)"),
+        ),
     ),
     "interface": Directive(
-        handle_interface, "interface listen|ignore|drop all|ipv4|ipv6|wildcard|NAME|ADDR[/PREFIX]"
+        handle_interface,
+        "interface listen|ignore|drop all|ipv4|ipv6|wildcard|NAME|ADDR[/PREFIX]",
+        _INTERFACE_DOC,
+        _INTERFACE_OPTIONS,
     ),
     "nic": Directive(
-        handle_interface, "nic listen|ignore|drop all|ipv4|ipv6|wildcard|NAME|ADDR[/PREFIX]"
+        handle_interface,
+        "nic listen|ignore|drop all|ipv4|ipv6|wildcard|NAME|ADDR[/PREFIX]",
+        "Another name for interface.",
     ),
-    "listen": Directive(handle_listen, "listen IPv4[:PORT] | IPv6 | [IPv6]:PORT"),
-    "logconfig": Directive(handle_logconfig, "logconfig [=|+|-]KEYWORD ..."),
-    "broadcastdelay": Directive(handle_broadcastdelay, "broadcastdelay SECONDS"),
-    **{name: Directive(handle_unsupported, name) for name in UNSUPPORTED_NTPD_DIRECTIVES},
+    "listen": Directive(
+        handle_listen,
+        "listen IPv4[:PORT] | IPv6 | [IPv6]:PORT",
+        "ntpy's own: an address (and port, default 123) to answer NTP on; repeatable, and "
+        "it replaces the defaults. 'ntpy serve --listen' overrides it. Under socket "
+        "activation, the sockets systemd passes must match these addresses.",
+    ),
+    "logconfig": Directive(
+        handle_logconfig,
+        "logconfig [=|+|-]KEYWORD ...",
+        "ntpd's log event classes: accepted; ntpy logs each change of state once (sync "
+        "gained or lost, steps, source changes) whatever this says.",
+    ),
+    "broadcastdelay": Directive(
+        handle_broadcastdelay,
+        "broadcastdelay SECONDS",
+        "ntpd's broadcast client delay (0..1 s): accepted, unused (no broadcast mode).",
+    ),
+    **{
+        name: Directive(
+            handle_unsupported,
+            name,
+            "An ntpd directive ntpy does not support: the line is ignored with a warning "
+            "(an error with check-config --strict).",
+        )
+        for name in UNSUPPORTED_NTPD_DIRECTIVES
+    },
 }

@@ -122,5 +122,28 @@ DIRECTIVES: dict[str, Directive] = {
         "nts enable | cert FILE | key FILE | cookie DIR|FILE | aead NAME... | mintls TLS1.3 | "
         "maxtls TLS1.3 | listen ADDRESS[:PORT] | ntpserver HOST[:PORT] | rotate SECONDS | "
         "ca FILE|DIR",
+        "NTS (RFC 8915) server settings, as NTPsec writes them, one sub-command per line "
+        "(a repeated one: the later line wins, with a warning). The key exchange is TLS 1.3 "
+        "only, ALPN ntske/1. Without cert and key, with 'rotate 0', a host serves NTS with "
+        "the key-exchange host's cookie keys only (a fleet member).",
+        (
+            ("enable|disable", "serve NTS (default disable)"),
+            ("cert FILE", "the certificate chain (e.g. Let's Encrypt's fullchain.pem); "
+             "SIGHUP re-reads it"),
+            ("key FILE", "its private key"),
+            ("cookie DIR|FILE", "where the cookie keys are kept (mode 0600; default: the "
+             "drift file's directory, else /var/lib/ntpy)"),
+            ("aead NAME...", "the AEADs offered (default: every one this host computes: "
+             "AES-SIV-CMAC-256, AES-128-GCM-SIV)"),
+            ("mintls|maxtls TLS1.3", "accepted only as TLS1.3"),
+            ("listen ADDRESS[:PORT]", f"the key exchange's address, repeatable (default: "
+             f"port {DEFAULT_KE_PORT} on every NTP address); socket activation passes it"),
+            ("ntpserver HOST[:PORT]", "the NTP server the key exchange names (default: this "
+             "host and its NTP port)"),
+            ("rotate SECONDS", "cookie key rotation interval (default 604800 = a week); 0 "
+             "= only read the keys file (fleet hosts)"),
+            ("ca FILE|DIR", "for NTS clients: the CA certificates that 'server HOST nts' "
+             "trusts (default: the system's)"),
+        ),
     ),
 }

@@ -76,12 +76,26 @@ def auto_workers() -> int:
 
 DIRECTIVES: dict[str, Directive] = {
     "metrics": Directive(
-        handle_metrics, f"metrics ADDRESS[:PORT] (default port {DEFAULT_METRICS_PORT})"
+        handle_metrics,
+        f"metrics ADDRESS[:PORT] (default port {DEFAULT_METRICS_PORT})",
+        "ntpy's own: serve Prometheus metrics at http://ADDRESS:PORT/metrics (offset, "
+        "frequency, jitter, stratum, sync state, per-source state, requests by result). It "
+        "binds only where this says: keep it on loopback or a management network. Default: "
+        "off.",
     ),
     "webstatus": Directive(
-        handle_webstatus, f"webstatus ADDRESS[:PORT] (default port {DEFAULT_WEBSTATUS_PORT})"
+        handle_webstatus,
+        f"webstatus ADDRESS[:PORT] (default port {DEFAULT_WEBSTATUS_PORT})",
+        "ntpy's own: a web status page with live tables and plots of the last hours, plus "
+        "/api/status, /api/history and /metrics. Default: off.",
     ),
-    "workers": Directive(handle_workers, f"workers N (1..{MAX_WORKERS}) | auto"),
+    "workers": Directive(
+        handle_workers,
+        f"workers N (1..{MAX_WORKERS}) | auto",
+        "ntpy's own: serving processes on SO_REUSEPORT sockets, each client always on the "
+        "same one (default auto: one per CPU core). Changing it needs a restart. Under "
+        "socket activation the passed sockets are served by one process.",
+    ),
 }
 
 __all__ = ["DIRECTIVES", "auto_workers", "show"]

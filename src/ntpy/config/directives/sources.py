@@ -81,6 +81,47 @@ FUDGE_USAGE = (
 )
 
 
+SERVER_OPTION_DOCS: tuple[tuple[str, str], ...] = (
+    ("-4, -6", "resolve the name to IPv4 (-4) or IPv6 (-6) addresses only"),
+    (
+        "iburst",
+        "send a burst of 6 requests when the server is unreachable: synchronized "
+        "within seconds of start-up (recommended)",
+    ),
+    ("burst", "a burst of 8 requests at every poll (only with the server's consent)"),
+    ("prefer", "prefer this source among equally good ones"),
+    ("noselect", "poll and show it, never follow it"),
+    ("true", "ntpd's truechimer override: accepted, selection is not overridden"),
+    ("xleave", "interleaved mode: accepted, basic mode is used"),
+    ("autokey", "Autokey (RFC 5906): accepted and ignored; use nts"),
+    ("preempt", "ntpd's preemptable association: accepted"),
+    (
+        "minpoll N, maxpoll N",
+        "poll interval bounds, log2 seconds (3..17; default 6 and 10: 64 s and 1024 s)",
+    ),
+    (
+        "key N",
+        "sign requests with symmetric key N and use only replies whose MAC verifies "
+        "(N must be in the keys file and in trustedkey)",
+    ),
+    ("version N", "NTP version of the requests, 1..4 (default 4)"),
+    ("port N", "ntpy's own: the server's UDP port (default 123)"),
+    ("ttl N, mode N", "broadcast/manycast settings: accepted, unused"),
+    ("bias SECONDS", "ntpd's offset correction for this source, -1..1 (default 0)"),
+    (
+        "nts",
+        "authenticate with NTS (RFC 8915): a TLS 1.3 key exchange (port 4460), then "
+        "cookies on every request; unauthenticated replies are never used",
+    ),
+    ("noval", "with nts: do not validate the server's certificate (warned about: testing only)"),
+    ("ca FILE|DIR", "with nts: trusted CA certificates (default: 'nts ca', else the system's)"),
+    ("aead NAME", "with nts: the AEAD to ask for (default: the best both sides have)"),
+    ("ntsport N", "with nts: the key exchange port (default 4460)"),
+)
+"""The options of server, pool and peer for the manual (a test checks every option of the
+parser is here)."""
+
+
 def _usage(kind: str) -> str:
     extra = " [maxsources N]" if kind == "pool" else ""
     return (
@@ -327,9 +368,60 @@ def _default_refid(driver: int) -> str | None:
 
 
 DIRECTIVES: dict[str, Directive] = {
-    "server": Directive(handle_server, _usage("server")),
-    "pool": Directive(handle_server, _usage("pool")),
-    "peer": Directive(handle_server, _usage("peer")),
-    "fudge": Directive(handle_fudge, FUDGE_USAGE),
-    "local": Directive(handle_local, "local [stratum N] [orphan] [distance SECONDS]"),
+    "server": Directive(
+        handle_server,
+        _usage("server"),
+        "An upstream NTP server to synchronize to (a name is resolved once; an unresolvable "
+        "one is retried from 1 min, doubling to 1 h). 127.127.1.U is the local clock driver: "
+        "see fudge.",
+        SERVER_OPTION_DOCS,
+    ),
+    "pool": Directive(
+        handle_server,
+        _usage("pool"),
+        "A pool name: up to maxsources of its addresses are used as servers, and a member "
+        "that is unreachable, refuses service or is a falseticker is replaced by a fresh "
+        "address.",
+        (*SERVER_OPTION_DOCS, ("maxsources N", "addresses used at once (1..16, default 4)")),
+    ),
+    "peer": Directive(
+        handle_server,
+        _usage("peer"),
+        "Accepted for ntpd configs: ntpy polls a peer as a server (client mode); symmetric "
+        "mode is not spoken.",
+        SERVER_OPTION_DOCS,
+    ),
+    "fudge": Directive(
+        handle_fudge,
+        FUDGE_USAGE,
+        "Settings of a reference clock driver, for the local clock 127.127.1.U: its "
+        "stratum (served as stratum + 1, as ntpd does; default 5, ntpd's) and refid. With "
+        "upstreams configured the local clock takes over only after they have been lost for "
+        "'tos orphanwait'. The other fields are accepted for ntpd configs.",
+        (
+            ("stratum N", "the local clock's stratum, 0..15 (default 5)"),
+            ("refid TEXT", "up to 4 characters: the driver's reference ID"),
+            ("time1 SECONDS, time2 VALUE", "driver offsets: accepted, unused by the local clock"),
+            ("flag1..flag4 0|1", "driver flags: accepted, unused by the local clock"),
+        ),
+    ),
+    "local": Directive(
+        handle_local,
+        "local [stratum N] [orphan] [distance SECONDS]",
+        "chrony's local reference: serve the system clock at stratum N when no upstream is "
+        "selectable (refid 127.127.1.1).",
+        (
+            ("stratum N", "the stratum served, 1..15 (default 10)"),
+            (
+                "orphan",
+                "chrony's orphan mode: of several local servers the one with the "
+                "smallest reference ID wins",
+            ),
+            (
+                "distance SECONDS",
+                "root distance below which an upstream is preferred to the "
+                "local reference (default 1)",
+            ),
+        ),
+    ),
 }

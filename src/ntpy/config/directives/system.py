@@ -13,7 +13,15 @@ from dataclasses import fields, replace
 from typing import Any
 
 from ..errors import ConfigError
-from ..model import DiscardSpec, MakestepSpec, SystemFlags, TinkerSpec, TosSpec
+from ..model import (
+    DiscardSpec,
+    MakestepSpec,
+    MruSpec,
+    RateLimitSpec,
+    SystemFlags,
+    TinkerSpec,
+    TosSpec,
+)
 from ..state import Args, Directive, Line, State
 from ..values import BadValue, parse_bool01, parse_float, parse_int, show
 
@@ -252,24 +260,149 @@ def handle_clock(state: State, line: Line) -> None:
 
 _ENABLE_USAGE = "{} " + "|".join(SYSTEM_FLAG_NAMES) + " ..."
 
+def _defaults(spec: object, docs: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """Option docs with each default read from the model's dataclass, so the manual cannot
+    drift from the parser's defaults."""
+    out = []
+    for name, text in docs.items():
+        value = getattr(spec, name, None)
+        shown = "not set" if value is None else value
+        out.append((f"{name} VALUE", f"{text} (default {shown})"))
+    return tuple(out)
+
+
+_TOS_DOCS = {
+    "minclock": "survivors kept by clustering",
+    "maxclock": "most sources used (pool members beyond it are not added)",
+    "minsane": "truechimers needed to synchronize",
+    "mindist": "least root distance a source counts with, s",
+    "maxdist": "root distance above which a source is not selectable, and held time stops "
+    "being served, s",
+    "orphan": "orphan mode stratum: serve the local time at this stratum when no source "
+    "is left (16 = off)",
+    "orphanwait": "seconds the upstreams must be lost before the local or orphan clock "
+    "takes over",
+    "ceiling": "sources at this stratum or above are not selectable",
+    "floor": "sources below this stratum are not selectable",
+    "cohort": "ntpd's same-stratum rule: accepted",
+    "beacon": "ntpd's manycast/orphan beacon interval: accepted",
+    "bcpollbstep": "ntpd's broadcast poll step: accepted",
+}
+_TINKER_DOCS = {
+    "step": "offsets beyond this are stepped (once they persist for stepout), s",
+    "panic": "a first offset beyond this is refused unless -g; 0 = no limit, s",
+    "dispersion": "dispersion growth rate, PPM",
+    "stepout": "seconds an offset beyond step must persist before the step",
+    "allan": "Allan intercept, log2 s",
+    "huffpuff": "huff-n'-puff window, s (0 = off)",
+    "freq": "initial frequency, PPM (else the drift file's)",
+    "stepback": "step threshold backward, s (default: step)",
+    "stepfwd": "step threshold forward, s (default: step)",
+    "panicexit": "ntpy's own: 1 = exit on a later offset beyond panic, as ntpd; 0 = ignore "
+    "that source and hold over",
+}
+_DISCARD_DOCS = {
+    "average": "least mean interval of a limited client, log2 s",
+    "minimum": "least interval between two requests of a limited client, s",
+    "monitor": "ntpd's MRU sampling knob: accepted",
+}
+_RATELIMIT_DOCS = {
+    "interval": "mean interval, log2 s (default: discard average)",
+    "burst": "requests a quiet client may send at once",
+    "leak": "log2 of the share of over-limit requests still answered",
+    "ipv6prefix": "IPv6 clients are counted per prefix of this length",
+}
+_MRU_DOCS = {
+    "maxdepth": "entries in the client table (default 65536 when neither is set)",
+    "maxmem": "size of the client table, KiB (the smaller of the two wins)",
+    **{
+        name: "sizes ntpd's growing list: accepted, unused"
+        for name in ("mindepth", "maxage", "minage", "initalloc", "initmem", "incalloc", "incmem")
+    },
+}
+_FLAG_DOCS = {
+    "auth": "ntpd: authenticate peers before mobilizing them",
+    "bclient": "ntpd: listen for broadcast servers",
+    "calibrate": "ntpd: calibrate reference clocks",
+    "kernel": "ntpd: use the kernel discipline",
+    "mode7": "ntpd: answer ntpdc's mode 7 (ntpy never does)",
+    "monitor": "ntpd: keep the MRU list",
+    "ntp": "ntpd: discipline the clock",
+    "stats": "ntpd: write the statistics files",
+    "unpeer_crypto_early": "ntpd: Autokey",
+    "unpeer_crypto_nak_early": "ntpd: Autokey",
+    "unpeer_digest_early": "ntpd: drop a peer early on a bad digest",
+    "peer_clear_digest_early": "ntpd: clear a peer early on a bad digest",
+}
+
 DIRECTIVES: dict[str, Directive] = {
-    "tos": Directive(handle_tos, "tos " + " ".join(f"[{k} VALUE]" for k in TOS_OPTIONS)),
-    "tinker": Directive(
-        handle_tinker, "tinker " + " ".join(f"[{k} VALUE]" for k in TINKER_OPTIONS)
+    "tos": Directive(
+        handle_tos,
+        "tos " + " ".join(f"[{k} VALUE]" for k in TOS_OPTIONS),
+        "ntpd's selection and orphan settings. A later line changes only the options it "
+        "names.",
+        _defaults(TosSpec(), _TOS_DOCS),
     ),
-    "discard": Directive(handle_discard, "discard [average N] [minimum N] [monitor N]"),
+    "tinker": Directive(
+        handle_tinker,
+        "tinker " + " ".join(f"[{k} VALUE]" for k in TINKER_OPTIONS),
+        "ntpd's clock discipline settings: when to step, when to refuse an offset (panic).",
+        _defaults(TinkerSpec(), _TINKER_DOCS),
+    ),
+    "discard": Directive(
+        handle_discard,
+        "discard [average N] [minimum N] [monitor N]",
+        "The rates of the rate limiter for clients restricted with 'limited'.",
+        _defaults(DiscardSpec(), _DISCARD_DOCS),
+    ),
     "ratelimit": Directive(
         handle_ratelimit,
         "ratelimit [interval LOG2-SECONDS] [burst N] [leak LOG2] [ipv6prefix BITS]",
+        "chrony's form of the rate limiter's settings: token buckets in a fixed-memory "
+        "table, with a random leak so a spoofed flood cannot silence its victim.",
+        _defaults(RateLimitSpec(), _RATELIMIT_DOCS),
     ),
     "mru": Directive(
-        handle_mru, "mru [maxdepth ENTRIES] [maxmem KIB] [mindepth N] [maxage S] [minage S] ..."
+        handle_mru,
+        "mru [maxdepth ENTRIES] [maxmem KIB] [mindepth N] [maxage S] [minage S] ...",
+        "The size of the rate limiter's client table (fixed in size, so a flood cannot grow it).",
+        _defaults(MruSpec(), _MRU_DOCS),
     ),
-    "enable": Directive(handle_enable_disable, _ENABLE_USAGE.format("enable")),
-    "disable": Directive(handle_enable_disable, _ENABLE_USAGE.format("disable")),
-    "makestep": Directive(handle_makestep, "makestep THRESHOLD-SECONDS LIMIT (-1 = no limit)"),
-    "maxdistance": Directive(handle_maxdistance, "maxdistance SECONDS"),
-    "clock": Directive(handle_clock, "clock auto|system|virtual"),
+    "enable": Directive(
+        handle_enable_disable,
+        _ENABLE_USAGE.format("enable"),
+        "ntpd's system flags, accepted so ntpd configs load; ntpy does not act on them (its "
+        "clock discipline, statistics and client table follow their own directives).",
+        tuple(
+            (f, f"{_FLAG_DOCS[f]} (default {'on' if getattr(SystemFlags(), f) else 'off'})")
+            for f in SYSTEM_FLAG_NAMES
+        ),
+    ),
+    "disable": Directive(
+        handle_enable_disable,
+        _ENABLE_USAGE.format("disable"),
+        "Switch ntpd's system flags off: accepted, not acted on (the flags: see enable).",
+    ),
+    "makestep": Directive(
+        handle_makestep,
+        "makestep THRESHOLD-SECONDS LIMIT (-1 = no limit)",
+        "chrony's: step the clock when the offset exceeds THRESHOLD during the first LIMIT "
+        "clock updates (-1: at any time); otherwise offsets are slewed.",
+    ),
+    "maxdistance": Directive(
+        handle_maxdistance,
+        "maxdistance SECONDS",
+        "chrony's name for 'tos maxdist': the root distance above which a source is not "
+        "selectable (default 1.5).",
+    ),
+    "clock": Directive(
+        handle_clock,
+        "clock auto|system|virtual",
+        "ntpy's own: which clock to discipline and serve. system: the kernel clock "
+        "(adjtimex, needs CAP_SYS_TIME); virtual: a software offset and frequency over it, "
+        "never touching the system clock (as 'ntpy serve -x'); auto (default): system "
+        "with CAP_SYS_TIME, else virtual.",
+    ),
 }
 
 # Keep the table and the model in step.
