@@ -3,7 +3,8 @@
 # ntpsec's ntpdig/ntpdate, ntpq extracted from the ntpsec package), headless Chromium and
 # its driver for the web status page test, systemd's tools (systemd-analyze verify and
 # systemd-socket-activate for the unit tests; policy-rc.d below keeps it from starting
-# anything) and man-db (the man page render test), and the Python test tools. Idempotent and quick when everything is already present.
+# anything) and man-db (the man page render test), and the Python test tools. Idempotent
+# and quick when everything is already present.
 #
 # Safety: installing an NTP package must never start a daemon that would steer the
 # machine's clock, so /usr/sbin/policy-rc.d (exit 101 = "action forbidden") is put in

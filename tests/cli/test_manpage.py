@@ -14,8 +14,7 @@ import pytest
 
 from ntpy.cli import manpage
 from ntpy.cli.main import build_parser
-from ntpy.config.directives import DIRECTIVES
-from ntpy.config.directives import access, misc, nts, sources, system
+from ntpy.config.directives import DIRECTIVES, access, misc, nts, sources, system
 from ntpy.config.state import Directive
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,6 +8,7 @@ import os
 import socket
 
 import pytest
+from tests.status_samples import status as sample_status
 
 from ntpy.core.status import SyncReason
 from ntpy.daemon.sdnotify import (
@@ -19,7 +20,6 @@ from ntpy.daemon.sdnotify import (
 )
 from ntpy.daemon.sdsocket import Activated, ActivationError, _classify, from_environment
 from ntpy.daemon.udp import ListenAddress
-from tests.status_samples import status as sample_status
 
 
 def test_notify_address_forms() -> None:

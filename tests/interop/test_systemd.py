@@ -9,6 +9,7 @@ Every daemon runs with ``-x`` on 127.0.145.x.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -22,7 +23,6 @@ from importlib import resources
 from pathlib import Path
 
 import pytest
-
 from tests.interop.ntpy_daemon import running_ntpy
 
 pytestmark = pytest.mark.interop
@@ -96,10 +96,8 @@ class NotifyListener:
                     return msg
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {field!r} in {self.messages}")
-            try:
+            with contextlib.suppress(TimeoutError):
                 self.messages.append(self.sock.recv(4096).decode())
-            except TimeoutError:
-                pass
 
     def close(self) -> None:
         self.sock.close()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from ntpy import __version__
@@ -189,7 +189,7 @@ def ntpy_page(parser: argparse.ArgumentParser | None = None) -> str:
         ".SH NAME",
         "ntpy \\- NTP time server and client daemon",
         ".SH SYNOPSIS",
-        f"\\fBntpy\\fR \\fICOMMAND\\fR [\\fIOPTIONS\\fR]",
+        "\\fBntpy\\fR \\fICOMMAND\\fR [\\fIOPTIONS\\fR]",
         ".SH DESCRIPTION",
         *_para(parser.description or ""),
         *_para(
@@ -249,7 +249,7 @@ def ntpy_page(parser: argparse.ArgumentParser | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-PAGES = {"ntpy.8": ntpy_page, "ntpy.conf.5": ntpy_conf_page}
+PAGES: dict[str, Callable[[], str]] = {"ntpy.8": ntpy_page, "ntpy.conf.5": ntpy_conf_page}
 
 
 def write_pages(directory: Path) -> list[Path]:
