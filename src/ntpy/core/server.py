@@ -422,9 +422,10 @@ class Responder(ReplyBuilder):
             if (
                 self.xleave is not None
                 and reply_mode == MODE_SERVER
+                and isinstance(nts, Answer)
                 and nts.reason is Reason.SERVED_NTS
             ):
-                self._interleave(nts.reply, data, hit[1])  # type: ignore[union-attr]
+                self._interleave(nts.reply, data, hit[1])
             return nts
         reply = self.build(data, version, reply_mode, now, key, nak)
         if self.xleave is not None and reply_mode == MODE_SERVER and not nak:
