@@ -252,8 +252,8 @@ def test_mixed_batch_counters_and_replies(batch_io: bool) -> None:
         for r in rs:
             if r[1] != 0:
                 p = decode(r)
-                assert p.stratum == 11 and p.receive_ts == unix_ns_to_ntp(NOW)
-                assert p.transmit_ts == unix_ns_to_ntp(NOW + 5000)
+                assert p.stratum == 11 and p.receive_ts == unix_ns_to_ntp(NOW) | 1
+                assert p.transmit_ts == unix_ns_to_ntp(NOW + 5000) & ~1
 
 
 @pytest.mark.parametrize("batch_io", PATHS)
@@ -308,8 +308,8 @@ def test_rx_timestamp_is_the_kernels_and_t3_is_read_last(batch_io: bool) -> None
     for rt, r in zip(clock.realtimes, replies, strict=True):
         # stamped by the kernel on arrival, 60 ms before we read it
         assert t0 <= rt <= t_drain - 50_000_000
-        assert r[32:40] == struct.pack("!Q", unix_ns_to_ntp(rt))
-        assert struct.unpack("!Q", r[40:48])[0] >= unix_ns_to_ntp(t_drain)
+        assert r[32:40] == struct.pack("!Q", unix_ns_to_ntp(rt) | 1)  # the interleaved-mode mark
+        assert struct.unpack("!Q", r[40:48])[0] >= unix_ns_to_ntp(t_drain) & ~1
     # T3 is read after every receive stamp it follows: per reply, or once per send group
     assert clock.calls == (["rx"] * 3 + ["now"] if batch_io else ["rx", "now"] * 3)
 
@@ -426,8 +426,8 @@ def test_replies_of_a_send_group_are_spaced_by_the_learned_send_cost() -> None:
             tx = sorted(struct.unpack("!Q", r[40:48])[0] for r in c.replies()[1])
         finally:
             c.close()
-    base = unix_ns_to_ntp(NOW + 5000)
-    step = (3000 << 32) // NS_PER_S  # 3/4 of the cost
+    base = unix_ns_to_ntp(NOW + 5000) & ~1  # T3's lowest bit is clear (interleaved mode)
+    step = (3000 << 32) // NS_PER_S & ~1  # 3/4 of the cost, even
     expected = [base + k * step for k in range(SEND_GROUP)] + [base, base + step]
     assert tx == sorted(expected)
     assert server.send_cost_ns == 4000

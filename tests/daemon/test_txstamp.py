@@ -95,12 +95,14 @@ def test_tracker_matches_one_sample_by_key() -> None:
         assert tr.can_sample(NOW) == 1 and not tr.pending
         tr.sent(NOW, 3, NOW)
         assert tr.can_sample(NOW + 1000) == 0
-        assert tr.match([(5, NOW + 9000)]) == (3, 9000)  # first key seen: taken as ours
+        assert tr.match([(0, NOW + 9000)]) == (3, 9000)  # keys count from 0
         assert not tr.pending
+        assert tr.next_key() == 1  # another owner's stamped datagram (interleaved mode)
         tr.sent(NOW + 10**6, 1, NOW + 10**6)
-        # a stale stamp (key below the next expected) is not this sample's
-        assert tr.match([(4, NOW + 10**6 + 5)]) is None and tr.pending
-        assert tr.match([(6, NOW + 10**6 + 7000)]) == (1, 7000)
+        # a stamp with another key is not this sample's: left for its owner
+        assert tr.match([(1, NOW + 10**6 + 5)]) is None and tr.pending
+        assert tr.unclaimed == [(1, NOW + 10**6 + 5)]
+        assert tr.match([(2, NOW + 10**6 + 7000)]) == (1, 7000)
         assert tr.match([(7, NOW)]) is None  # nothing in flight
         tr.sent(NOW, 0, NOW)
         tr.cancel()
@@ -327,8 +329,8 @@ def test_per_position_corrections_are_applied_to_a_send_group() -> None:
             tx = sorted(struct.unpack("!Q", c.recv(100)[40:48])[0] for _ in range(n))
     finally:
         server.close()
-    base = unix_ns_to_ntp(NOW)
-    want = [base + ((10_000 + 3000 * k) << 32) // NS_PER_S for k in range(SEND_GROUP)]
+    base = unix_ns_to_ntp(NOW) & ~1  # T3's lowest bit is clear (interleaved mode)
+    want = [base + (((10_000 + 3000 * k) << 32) // NS_PER_S & ~1) for k in range(SEND_GROUP)]
     want += want[:2]  # the second group starts again at position 0
     assert tx == sorted(want)
 
@@ -396,11 +398,11 @@ def test_tracker_keeps_matching_across_the_u32_key_wrap() -> None:
         for key in range(3):  # keys start at 0 when OPT_ID is switched on
             tracker.sent(0, 0, 0)
             assert tracker.match([(key, 10)]) == (0, 10)
-        tracker._expect = 0xFFFF_FFFE  # fast-forward ~4e9 samples
+        tracker._issued = 0xFFFF_FFFF  # fast-forward ~4e9 samples
         tracker.sent(1_000, 0, 0)
         assert tracker.match([(0xFFFF_FFFF, 1_500)]) == (0, 500)
         tracker.sent(2_000, 1, 0)
-        # A stale key from before (older than expected) is skipped; the wrapped one matches.
+        # A stale key from before is not the sample's; the wrapped one matches.
         assert tracker.match([(0xFFFF_FFF0, 9_999), (0, 2_700)]) == (1, 700)
         tracker.sent(3_000, 0, 0)
         assert tracker.match([(1, 3_100)]) == (0, 100)

@@ -5,7 +5,9 @@ This module owns *how* a reply looks; ``ntpy.core.server`` owns *whether* there 
 one ``struct.pack_into`` over the request itself (:meth:`ReplyBuilder.answer_plain_into`)
 and every other answer is the same pack into a fresh 48-byte buffer
 (:meth:`ReplyBuilder.build`): both produce identical bytes. A ``Reply`` waits for its
-transmit timestamp, which the shell reads from the clock as late as it can.
+transmit timestamp, which the shell reads from the clock as late as it can. Every receive
+timestamp has its lowest bit set and every transmit timestamp has it clear, which is how
+an interleaved request is told apart (``ntpy.core.interleave``).
 
 Root dispersion grows with time (PHI = 15 ppm). Instead of recomputing it per request it
 is computed for the *end* of the aligned window of 2**30 ns (~1.07 s) that ``now`` falls
@@ -20,6 +22,7 @@ from __future__ import annotations
 import struct
 
 from ntpy.core import auth
+from ntpy.core.interleave import RX_MARK, TX_MASK
 from ntpy.core.ntscookie import CookieKeys, RandomBytes
 from ntpy.core.ntsef import NtsRequest, seal_reply
 from ntpy.core.packet import HEADER_LEN, MODE_CLIENT, MODE_SERVER
@@ -51,17 +54,29 @@ class Reply:
     request was authenticated, covers the transmit timestamp and is computed there too.
     """
 
-    __slots__ = ("buf", "key", "nak")
+    __slots__ = ("buf", "interleaved_tx", "key", "nak", "save_rx")
 
     def __init__(self, buf: bytearray, key: auth.MacKey | None = None, nak: bool = False) -> None:
         self.buf = buf
         self.key = key
         self.nak = nak
+        self.interleaved_tx = 0
+        """Non-zero in an interleaved reply: the true T3 of our previous reply to this
+        client (``ntpy.core.interleave``), sent instead of ``tx_ntp``."""
+        self.save_rx = 0
+        """Non-zero when the shell should record this reply's transmit time (its T3, then
+        the kernel's TX timestamp) under this receive timestamp: the client may ask for it
+        in interleaved mode next."""
+
+    def transmit(self, tx_ntp: int) -> int:
+        """The transmit timestamp this reply carries (lowest bit clear, see RX_MARK)."""
+        return self.interleaved_tx or tx_ntp & TX_MASK
 
     def finalize(self, tx_ntp: int) -> bytes:
-        """The bytes to send, with ``tx_ntp`` as the transmit timestamp."""
+        """The bytes to send, with ``tx_ntp`` as the transmit timestamp (or the previous
+        reply's, in interleaved mode)."""
         buf = self.buf
-        _U64.pack_into(buf, 40, tx_ntp)
+        _U64.pack_into(buf, 40, self.interleaved_tx or tx_ntp & TX_MASK)
         if self.key is not None:
             return auth.sign(self.key, bytes(buf))
         if self.nak:
@@ -99,7 +114,7 @@ class NtsReply(Reply):
         self.random_bytes = random_bytes
 
     def finalize(self, tx_ntp: int) -> bytes:
-        _U64.pack_into(self.buf, 40, tx_ntp)
+        _U64.pack_into(self.buf, 40, self.interleaved_tx or tx_ntp & TX_MASK)
         return seal_reply(bytes(self.buf), self.request, self.ring, self.random_bytes)
 
 
@@ -187,7 +202,7 @@ class ReplyBuilder:
             buf[off + 2],
             tail,
             buf[off + 40 : off + 48],
-            (((rx_ns + NTP_EPOCH_NS) << 32) + HALF_S) // NS & MASK64,
+            (((rx_ns + NTP_EPOCH_NS) << 32) + HALF_S) // NS & MASK64 | RX_MARK,
         )
 
     def build(
@@ -212,7 +227,7 @@ class ReplyBuilder:
             request[2],
             tail,
             request[40:48],
-            (((rx_ns + NTP_EPOCH_NS) << 32) + HALF_S) // NS & MASK64,
+            (((rx_ns + NTP_EPOCH_NS) << 32) + HALF_S) // NS & MASK64 | RX_MARK,
         )
         return Reply(buf, key, nak)
 

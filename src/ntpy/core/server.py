@@ -67,6 +67,7 @@ from ntpy.core.decision import (
     Reason,
     UnknownClient,
 )
+from ntpy.core.interleave import RX_MARK, InterleaveTable, is_candidate
 from ntpy.core.kiss import KissCode
 from ntpy.core.ntsserve import NtsServing, nts_decision
 from ntpy.core.packet import (
@@ -193,6 +194,8 @@ class Responder(ReplyBuilder):
         self._clients: dict[Hashable, ClientClass] = {}
         self._clients_gen: int | None = None
         self._cacheable = False
+        self.xleave: InterleaveTable | None = None
+        self._xleave_bit = 0
         self.nts: NtsServing | None = None
         """Set by the daemon with ``nts enable``: NTS requests are then checked and sealed
         (``ntpy.core.ntsserve``); without it their NTS fields are ignored (a plain reply,
@@ -205,6 +208,12 @@ class Responder(ReplyBuilder):
 
     def set_keys(self, keys: Mapping[int, auth.MacKey]) -> None:
         self._keys = keys
+
+    def serve_interleaved(self, table: InterleaveTable | None) -> None:
+        """Answer interleaved requests from ``table`` (None: basic mode only). The shell
+        turns this on when it can record the transmit time of the replies it sends."""
+        self.xleave = table
+        self._xleave_bit = RX_MARK if table is not None else 0
 
     # --- the per-client cache --------------------------------------------------------
 
@@ -301,7 +310,7 @@ class Responder(ReplyBuilder):
             hit = self._learn(client, peer)
         if size == 48 and port:
             reply_b0 = self.plain_table[request[at]]
-            if reply_b0:
+            if reply_b0 and not request[at + 31] & self._xleave_bit:
                 cls = hit[0]
                 if cls:
                     if cls > PLAIN_LIMIT_KOD:
@@ -327,7 +336,7 @@ class Responder(ReplyBuilder):
                     request[at + 2],
                     self._tail,
                     request[at + 40 : at + 48],
-                    (((rx_ns + NTP_EPOCH_NS) << 32) + HALF_S) // NS & MASK64,
+                    (((rx_ns + NTP_EPOCH_NS) << 32) + HALF_S) // NS & MASK64 | 1,
                 )
                 return IN_PLACE
         return self._general(request, at, size, hit, port, rx_ns)
@@ -410,8 +419,35 @@ class Responder(ReplyBuilder):
                 if verdict == VERDICT_KOD:
                     return Kiss(KissCode.RATE, self.kiss_rate(data, version, reply_mode))
         if nts is not None:
+            if (
+                self.xleave is not None
+                and reply_mode == MODE_SERVER
+                and isinstance(nts, Answer)
+                and nts.reason is Reason.SERVED_NTS
+            ):
+                self._interleave(nts.reply, data, hit[1])
             return nts
-        return Answer(self.build(data, version, reply_mode, now, key, nak), reason)
+        reply = self.build(data, version, reply_mode, now, key, nak)
+        if self.xleave is not None and reply_mode == MODE_SERVER and not nak:
+            self._interleave(reply, data, hit[1])
+        return Answer(reply, reason)
+
+    def _interleave(self, reply: Reply, request: bytes, client: str) -> None:
+        """Make ``reply`` interleaved if ``request`` asks for a transmit time we have
+        (origin = the request's receive field, T3 = the recorded time), and have the shell
+        record this reply's. Anything that does not match stays basic mode."""
+        if not is_candidate(request):
+            return
+        table = self.xleave
+        assert table is not None
+        tx = table.take(client, _U64.unpack_from(request, 24)[0])
+        buf = reply.buf
+        if tx is not None:
+            buf[24:32] = request[32:40]
+            reply.interleaved_tx = tx
+        rx = _U64.unpack_from(buf, 32)[0]
+        table.reserve(client, rx)
+        reply.save_rx = rx
 
     def handle(
         self, request: bytes, client: Any, rx_time: int, now: int
@@ -423,8 +459,13 @@ class Responder(ReplyBuilder):
         """
         d = decide(request, client, now, self)
         if isinstance(d, Answer):
-            _U64.pack_into(d.reply.buf, 32, rx_time)
-            return d.reply, d.reason
+            reply = d.reply
+            rx_time |= RX_MARK
+            _U64.pack_into(reply.buf, 32, rx_time)
+            if reply.save_rx and self.xleave is not None:
+                self.xleave.reserve("" if client is None else str(client[0]), rx_time)
+                reply.save_rx = rx_time
+            return reply, d.reason
         if isinstance(d, Kiss):
             return d.reply, d.reason
         assert isinstance(d, Drop | Control)

@@ -43,6 +43,7 @@ from typing import Any
 
 from ntpy.clock.base import Clock
 from ntpy.core.decision import IN_PLACE, UNKNOWN_CLIENT, Answer, Control, Drop, Kiss, Reason
+from ntpy.core.interleave import TX_MASK, InterleaveTable
 from ntpy.core.reply import NtsReply, Reply
 from ntpy.core.server import Responder
 from ntpy.core.timestamps import NS_PER_S as _NS
@@ -50,6 +51,17 @@ from ntpy.core.timestamps import unix_ns_to_ntp
 from ntpy.daemon import mmsg, txstamp
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.sdsocket import Activated
+from ntpy.daemon.server_tx import (
+    SEND_COST_WINDOW,
+    SEND_GROUP,
+    SINGLE_CONTEXT,
+    TX_STAMP_LOST,
+    TX_STAMP_OTHER,
+    TX_STAMP_REJECTED,
+    TX_STAMP_SAMPLES,
+    TX_STAMP_UNAVAILABLE,
+    TxStamping,
+)
 from ntpy.daemon.udp import (
     ANC_BUFSIZE,
     IP_PKTINFO,
@@ -60,29 +72,29 @@ from ntpy.daemon.udp import (
     ListenError,
     parse_ancillary,
 )
+from ntpy.daemon.xleave_io import XLEAVE_SERVED, XleaveStamps
 
 log = logging.getLogger("ntpy.server")
 
 BATCH = 64
 """Datagrams read per readiness event before yielding to timers and other sockets."""
-SEND_GROUP = 8
-"""Replies per ``sendmmsg`` (each group gets its own, freshly read transmit timestamp)."""
-SEND_COST_WINDOW = 32
-"""Group sends whose per-reply time the T3 spacing is the minimum of."""
-
-SINGLE_CONTEXT = SEND_GROUP
-"""Delay estimator context of the per-datagram path (0..SEND_GROUP-1: sendmmsg positions)."""
 
 # Shell-level drop reasons (the core names its own in Reason).
 DROP_OVERSIZE = "drop_oversize"
 DROP_SEND_FAILED = "drop_send_failed"
 RX_TIMESTAMP_FALLBACK = "rx_timestamp_fallback"
-# Transmit timestamp sampling (see ntpy.daemon.txstamp).
-TX_STAMP_SAMPLES = "tx_stamp_samples"
-TX_STAMP_REJECTED = "tx_stamp_rejected"
-TX_STAMP_LOST = "tx_stamp_lost"
-TX_STAMP_OTHER = "tx_stamp_other"
-TX_STAMP_UNAVAILABLE = "tx_stamp_unavailable"
+# Transmit timestamp sampling (see ntpy.daemon.txstamp and server_tx): re-exported.
+__all__ = [
+    "SEND_COST_WINDOW",
+    "SEND_GROUP",
+    "SINGLE_CONTEXT",
+    "TX_STAMP_LOST",
+    "TX_STAMP_OTHER",
+    "TX_STAMP_REJECTED",
+    "TX_STAMP_SAMPLES",
+    "TX_STAMP_UNAVAILABLE",
+    "NtpServer",
+]
 
 ControlHandler = Callable[[bytes, Any], list[bytes]]
 """Mode 6 (ntpq) handler: (request, client address) -> reply datagrams (maybe none).
@@ -107,7 +119,7 @@ def tx_timestamps_default() -> bool:
     return os.environ.get("NTPY_TXSTAMP", "1") != "0"
 
 
-class NtpServer:
+class NtpServer(TxStamping):
     """Serves NTP on a set of endpoints from one Responder and one Clock.
 
     ``batch_io`` picks the I/O path: True needs ``mmsg.available()`` (ValueError if not),
@@ -148,6 +160,9 @@ class NtpServer:
         """3/4 of ``send_cost_ns`` in NTP units (2**-32 s): the fallback spacing."""
         self.tx_timestamps = tx_timestamps_default() if tx_timestamps is None else tx_timestamps
         self._trackers: dict[Endpoint, txstamp.TxTracker | None] = {}
+        self._xleave: dict[txstamp.TxTracker, XleaveStamps] = {}
+        self.xleave_table = InterleaveTable()
+        """Interleaved mode (``ntpy.core.interleave``): served once TX stamps work."""
         self._tx_estimator = txstamp.DelayEstimator(SEND_GROUP + 1)
         self._tx_delays = [0] * SEND_GROUP
         """Added to T3 (NTP units) for reply k of a send group."""
@@ -198,6 +213,7 @@ class NtpServer:
         self.endpoints.clear()
         self._batches.clear()
         self._trackers.clear()
+        self._xleave.clear()
 
     def drain(self, ep: Endpoint) -> None:
         """Answer up to BATCH queued datagrams on ``ep``, then collect TX timestamps.
@@ -231,72 +247,6 @@ class NtpServer:
         except (OSError, ValueError) as exc:  # e.g. ctypes refused: serve anyway
             log.warning("batched I/O unavailable on %s (%s); using recvmsg", ep.bound, exc)
             return None
-
-    # --- transmit timestamps -------------------------------------------------------------
-
-    def _new_tracker(self, ep: Endpoint) -> txstamp.TxTracker | None:
-        if not self.tx_timestamps:
-            return None
-        try:
-            _flags, rx_clean = txstamp.enable(ep.sock)
-        except OSError as exc:
-            self.counters[TX_STAMP_UNAVAILABLE] += 1
-            if not self._tx_warned:
-                self._tx_warned = True
-                log.warning(
-                    "kernel TX timestamps unavailable on %s (%s); transmit timestamps are "
-                    "not compensated for the send delay",
-                    ep.bound,
-                    exc.strerror or exc,
-                )
-            return None
-        if not rx_clean:
-            log.debug("%s: kernel cannot filter RX SCM_TIMESTAMPING; parsing around it", ep.bound)
-        return txstamp.TxTracker(ep.sock)
-
-    def _start_sample(self, tr: txstamp.TxTracker, now: int) -> bool:
-        """Whether a TX timestamp sample starts now (the caller checked the interval)."""
-        ok = tr.can_sample(now)
-        if ok < 0:
-            self.counters[TX_STAMP_LOST] += 1
-        if ok:
-            self._sample_at = now + txstamp.SAMPLE_INTERVAL_NS
-            return True
-        return False
-
-    def _collect(self, tr: txstamp.TxTracker) -> None:
-        """Read the error queue; a matched sample updates the corrections."""
-        got, other = tr.collect()
-        if other:
-            self.counters[TX_STAMP_OTHER] += other
-        if got is not None:
-            context, delay_ns = got
-            if self._tx_estimator.add(context, delay_ns):
-                self.counters[TX_STAMP_SAMPLES] += 1
-                self._update_tx_delays()
-            else:
-                self.counters[TX_STAMP_REJECTED] += 1
-
-    def _update_tx_delays(self) -> None:
-        """Recompute the per-position T3 corrections from the estimator and send cost."""
-        est = self._tx_estimator
-        base = est.estimate(0) or 0
-        base_ntp = (base << 32) // _NS
-        spacing_ns = self.send_cost_ns * 3 // 4
-        ntp: list[int] = []
-        ns: list[int] = []
-        for k in range(SEND_GROUP):
-            e = est.estimate(k)
-            if e is None:
-                ntp.append(base_ntp + k * self._tx_step)
-                ns.append(base + k * spacing_ns)
-            else:
-                ntp.append((e << 32) // _NS)
-                ns.append(e)
-        self._tx_delays = ntp
-        self._tx_delay_max = max(ntp)
-        self._tx_single_ns = est.estimate(SINGLE_CONTEXT) or 0
-        self.tx_delays_ns = (*ns, self._tx_single_ns)
 
     # --- batched path -------------------------------------------------------------------
 
@@ -368,7 +318,7 @@ class NtpServer:
             counters[_SERVED] += len(fast)
             self._send_fast(b, fast, tx_offsets, tr, rx)
         if slow:
-            self._send_slow(ep, b, slow)
+            self._send_slow(ep, b, slow, tr)
         return n
 
     def _rx_time(self, rx_rt: int | None) -> int:
@@ -415,7 +365,7 @@ class NtpServer:
                 b.request_tx_stamp(g + sample)
             t3 = now_ns()  # T3: from here on, only stamping and the send
             realtime = time.time_ns() if sample >= 0 else 0
-            tx = unix_ns_to_ntp(t3)
+            tx = unix_ns_to_ntp(t3) & TX_MASK
             delays = self._tx_delays
             if tx + self._tx_delay_max <= _MASK64:
                 for off, delay in zip(offsets, delays, strict=False):
@@ -437,40 +387,50 @@ class NtpServer:
             if failures:
                 self._send_failed(b, failures)
 
-    def _learn_send_cost(self, per_reply_ns: int) -> None:
-        """Keep the per-reply send cost as the median of the last SEND_COST_WINDOW
-        measurements (a preempted call or a lucky one moves it little); the median is
-        recomputed every 8th measurement, which is plenty for a slowly varying cost."""
-        pos = self._send_cost_pos
-        self._send_costs[pos] = per_reply_ns
-        self._send_cost_pos = (pos + 1) % SEND_COST_WINDOW
-        if pos % 8 == 7:
-            self.send_cost_ns = sorted(self._send_costs)[SEND_COST_WINDOW // 2]
-            # Spaced by 3/4 of it: costs vary, and a T3 after the reply left is worse than
-            # one before it (that is the kind of error the per-datagram path has too).
-            self._tx_step = (self.send_cost_ns * 3 << 30) // _NS
-            self._update_tx_delays()
-
-    def _send_slow(self, ep: Endpoint, b: mmsg.MmsgBatch, slow: list[tuple[int, Reply]]) -> None:
+    def _send_slow(
+        self,
+        ep: Endpoint,
+        b: mmsg.MmsgBatch,
+        slow: list[tuple[int, Reply]],
+        tr: txstamp.TxTracker | None = None,
+    ) -> None:
         """Finalize and send the replies that are not the fast case, in one sendmmsg.
 
         An NTS reply is sealed after its T3 is stamped, and a seal costs far more than a
         clock read, so each NTS reply reads the clock afresh: its T3 is then early only by
-        the replies finalized after it, not by every seal in the batch."""
+        the replies finalized after it, not by every seal in the batch. A reply the core
+        marked ``save_rx`` (interleaved mode) asks for a kernel TX stamp and its T3 is
+        recorded (``ntpy.daemon.xleave_io``)."""
         now_ns, delay = self.clock.now_ns, self._tx_delays[0]
-        tx = (unix_ns_to_ntp(now_ns()) + delay) & _MASK64
+        t3 = now_ns()
+        tx = (unix_ns_to_ntp(t3) + delay) & _MASK64
+        xs = self._xleave.get(tr) if tr is not None else None
         slots: list[int] = []
+        saves: list[tuple[int, int, int, int]] = []
         for i, reply in slow:
             if type(reply) is NtsReply:
-                tx = (unix_ns_to_ntp(now_ns()) + delay) & _MASK64
+                t3 = now_ns()
+                tx = (unix_ns_to_ntp(t3) + delay) & _MASK64
             out = reply.finalize(tx)
+            if reply.save_rx:
+                self.xleave_table.record(reply.save_rx, tx)
+                if reply.interleaved_tx:
+                    self.counters[XLEAVE_SERVED] += 1
             if len(out) <= b.bufsize:
                 b.put(i, out)
+                if reply.save_rx and xs is not None:
+                    saves.append((len(slots), reply.save_rx, time.time_ns(), t3))
                 slots.append(i)
             else:  # cannot happen for replies no larger than their request; be safe anyway
                 self._send(ep, out, b.peer(i), b.ancillary(i)[1])
         b.prepare(slots)
+        for j, *_rest in saves:
+            b.request_tx_stamp(j)
         failures = b.send(slots)
+        if xs is not None:
+            for j, rx, realtime, t3 in saves:
+                if slots[j] not in failures:
+                    xs.sent(rx, realtime, t3)
         if failures:
             self._send_failed(b, failures)
 
@@ -519,6 +479,9 @@ class NtpServer:
             elif isinstance(d, Answer | Kiss):
                 counters[d.reason] += 1
                 reply = d.reply
+                if reply.save_rx:  # interleaved mode: no sample on it, its own stamp
+                    self._send_saved(ep, tr, reply, peer, pktinfo)
+                    continue
             else:
                 if isinstance(d, Control) and self.control is not None:
                     self._control(ep, bytes(view[:size]), peer, pktinfo)
@@ -532,7 +495,7 @@ class NtpServer:
             )
             t3 = now_ns()  # T3: from here on, only stamping and the send
             realtime = time.time_ns() if sample else 0
-            tx = unix_ns_to_ntp(t3 + self._tx_single_ns)
+            tx = unix_ns_to_ntp(t3 + self._tx_single_ns) & TX_MASK
             if reply is None:
                 _U64.pack_into(buf, 40, tx)
                 out: bytes | memoryview = view[:48]
@@ -542,6 +505,21 @@ class NtpServer:
                 assert tr is not None
                 tr.sent(realtime, SINGLE_CONTEXT, t3)
         return got
+
+    def _send_saved(
+        self, ep: Endpoint, tr: txstamp.TxTracker | None, reply: Reply, peer: Any, pktinfo: Any
+    ) -> None:
+        """Send a reply whose transmit time interleaved mode records (per-datagram path)."""
+        xs = self._xleave.get(tr) if tr is not None else None
+        t3 = self.clock.now_ns()
+        realtime = time.time_ns()
+        tx = unix_ns_to_ntp(t3 + self._tx_single_ns)
+        out = reply.finalize(tx)
+        self.xleave_table.record(reply.save_rx, tx)
+        if reply.interleaved_tx:
+            self.counters[XLEAVE_SERVED] += 1
+        if self._send(ep, out, peer, pktinfo, tx_stamp=xs is not None) and xs is not None:
+            xs.sent(reply.save_rx, realtime, t3)
 
     def _send(
         self,

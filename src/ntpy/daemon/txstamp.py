@@ -147,26 +147,38 @@ def read_stamps(sock: socket.socket, limit: int = READ_LIMIT) -> tuple[list[tupl
 
 
 class TxTracker:
-    """One socket's TX timestamp sample in flight (at most one), matched to its stamp.
+    """One socket's stamped datagrams: the TX timestamp sample in flight (at most one) and
+    the OPT_ID keys of every datagram that asked for a stamp.
 
-    One at a time makes matching unambiguous whatever the kernel does with keys: a stamp
-    whose OPT_ID key is below the next one expected is stale (its sample was given up)
-    and ignored; any other is the sample's, and the next key expected is one above it.
-    Keys are the kernel's u32 counter, so "below" is modulo 2**32 (half the range back):
-    a long-running server must keep matching after the counter wraps.
+    The kernel numbers the datagrams that ask for a stamp 0, 1, 2, ... from when OPT_ID
+    is switched on (a u32 that wraps), in the order they are sent; so the tracker counts
+    them too (:meth:`next_key`, once per stamped datagram that was sent) and matches a
+    stamp to the sample by its exact key. Stamps of other datagrams (interleaved-mode
+    replies, ``ntpy.daemon.xleave_io``) are left in ``unclaimed`` for their owner.
     """
 
-    __slots__ = ("_expect", "_pending", "sock")
+    __slots__ = ("_issued", "_pending", "outstanding", "sock", "unclaimed")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self._pending: tuple[int, int, int] | None = None
-        """(realtime ns read right after T3, context, served ns of the T3 read)."""
-        self._expect = 0
+        self._pending: tuple[int, int, int, int] | None = None
+        """(realtime ns read right after T3, context, served ns of the T3 read, key)."""
+        self._issued = 0
+        self.unclaimed: list[tuple[int, int]] = []
+        """(key, kernel TX time) of stamps that are not the sample's, oldest first."""
+        self.outstanding = 0
+        """Stamps other owners still wait for (the error queue is read while non-zero)."""
 
     @property
     def pending(self) -> bool:
-        return self._pending is not None
+        return self._pending is not None or self.outstanding > 0
+
+    def next_key(self) -> int:
+        """The key of a stamped datagram that was just sent (call once per such datagram,
+        in the order they were sent)."""
+        key = self._issued
+        self._issued = (key + 1) & _KEY_MASK
+        return key
 
     def can_sample(self, now_ns: int) -> int:
         """1 if a new sample may start, 0 if one is in flight, -1 if the one in flight was
@@ -181,30 +193,31 @@ class TxTracker:
 
     def sent(self, realtime_ns: int, context: int, now_ns: int) -> None:
         """A reply that asked for a stamp went out; ``realtime_ns`` was read with its T3."""
-        self._pending = (realtime_ns, context, now_ns)
+        self._pending = (realtime_ns, context, now_ns, self.next_key())
 
     def cancel(self) -> None:
         """The stamped reply was not sent: no stamp will come."""
         self._pending = None
 
     def match(self, stamps: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
-        """(context, delay ns) of the sample in flight if one of ``stamps`` is its."""
+        """(context, delay ns) of the sample in flight if one of ``stamps`` is its; the
+        others go to ``unclaimed``."""
         out: tuple[int, int] | None = None
         for key, stamp_ns in stamps:
-            if self._pending is None or (key - self._expect) & _KEY_MASK > _KEY_MASK >> 1:
-                continue
-            self._expect = (key + 1) & _KEY_MASK
-            rt, context, _now = self._pending
-            self._pending = None
-            out = (context, stamp_ns - rt)
+            p = self._pending
+            if p is not None and key == p[3]:
+                self._pending = None
+                out = (p[1], stamp_ns - p[0])
+            else:
+                self.unclaimed.append((key, stamp_ns))
         return out
 
     def collect(self) -> tuple[tuple[int, int] | None, int]:
         """Read the error queue up to the sample's stamp (or until it is empty, at most
         READ_LIMIT messages); (context, delay) of the sample if its stamp came, and how many
-        messages were not a stamp of ours. Stopping at the match saves the read that would
-        only find the queue empty (~4 us); anything left keeps the socket readable and is
-        read on the next wakeup."""
+        messages were not a stamp. Stopping at the match saves the read that would only
+        find the queue empty (~4 us) -- unless other stamps are awaited; anything left
+        keeps the socket readable and is read on the next wakeup."""
         other = 0
         for _ in range(READ_LIMIT):
             stamps, junk = read_stamps(self.sock, 1)
@@ -212,10 +225,18 @@ class TxTracker:
                 break
             other += junk
             got = self.match(stamps)
-            if got is not None:
+            if got is not None and not self.outstanding:
                 return got, other
-            other += len(stamps)
+            if got is not None:
+                return got, other + self._drain_rest()
         return None, other
+
+    def _drain_rest(self) -> int:
+        other = 0
+        stamps, junk = read_stamps(self.sock)
+        other += junk
+        self.match(stamps)
+        return other
 
 
 class DelayEstimator:
