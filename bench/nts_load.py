@@ -30,7 +30,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from _nts import RequestPool, key_exchange, ke_request, tls_context, verify_reply
+from _nts import RequestPool, ke_request, key_exchange, tls_context, verify_reply
 from _servers import BENCH_DIR
 
 KELOAD_SOURCE = BENCH_DIR / "nts_keload.c"

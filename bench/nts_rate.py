@@ -481,9 +481,7 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--ke-procs", type=int, default=1)
     p.add_argument("--ke-threads", type=int, default=8)
     p.add_argument("--ke-only", action="store_true", help="key exchanges only, no NTP search")
-    p.add_argument(
-        "--ke-gen", choices=("c", "python"), default="c", help="key-exchange generator"
-    )
+    p.add_argument("--ke-gen", choices=("c", "python"), default="c", help="key-exchange generator")
     p.add_argument("--ke-conc", type=int, default=64, help="connections per C generator")
     p.add_argument("--no-pin", action="store_true")
     p.add_argument("--ntpy-cmd", default=DEFAULT_NTPY_CMD)
