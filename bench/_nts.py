@@ -108,6 +108,11 @@ def tls_context(ca: Path) -> SSL.Context:
     return ctx
 
 
+def ke_request() -> bytes:
+    """The request message every bench client sends: ntpy's own, offering ``OFFERED``."""
+    return client_request(OFFERED)
+
+
 def key_exchange(ctx: SSL.Context, addr: str, port: int, source: str) -> KeKeys:
     """One whole key exchange from ``source``; raises OSError, SSL.Error or NtsKeError."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -16,10 +16,12 @@ own pool and sources, and bounded by count and time: at most ``MAX_DURATION_S`` 
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import select
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Sequence
@@ -28,8 +30,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from _nts import RequestPool, key_exchange, tls_context, verify_reply
+from _nts import RequestPool, ke_request, key_exchange, tls_context, verify_reply
+from _servers import BENCH_DIR
 
+KELOAD_SOURCE = BENCH_DIR / "nts_keload.c"
+KELOAD = BENCH_DIR / "build" / "nts_keload"
 MAX_RATE = 500_000
 MAX_DURATION_S = 10.0
 TICK_NS = 1_000_000
@@ -324,4 +329,68 @@ def run_key_exchanges(
             if p.is_alive():
                 p.kill()
                 p.join()
+    return out
+
+
+def build_keload(force: bool = False) -> Path:
+    """Compile bench/nts_keload.c (against the system's libssl) into bench/build/ when
+    missing or stale; RuntimeError saying what is missing otherwise."""
+    KELOAD.parent.mkdir(exist_ok=True)
+    if not force and KELOAD.exists() and KELOAD.stat().st_mtime >= KELOAD_SOURCE.stat().st_mtime:
+        return KELOAD
+    cmd = ["gcc", "-O2", "-Wall", "-Wextra", "-o", str(KELOAD), str(KELOAD_SOURCE)]
+    try:
+        done = subprocess.run([*cmd, "-lssl", "-lcrypto"], capture_output=True, text=True)
+    except FileNotFoundError as exc:
+        raise RuntimeError("gcc not found: apt-get install -y gcc libssl-dev") from exc
+    if done.returncode != 0:
+        raise RuntimeError(f"building nts_keload failed (libssl-dev?):\n{done.stderr}")
+    return KELOAD
+
+
+def run_key_exchanges_c(
+    addr: str,
+    port: int,
+    ca: Path,
+    sources: Sequence[Sequence[str]],
+    conc: int,
+    duration: float,
+    cpus: frozenset[int] | None = None,
+) -> KeLoadResult:
+    """Concurrent key exchanges for ``duration`` s with ``nts_keload`` (C, libssl): one
+    process per ``sources`` entry, ``conc`` connections in flight in each; the request is
+    ntpy's own client request offering the bench's AEAD."""
+    _check_target(addr, 1, duration)
+    exe = build_keload()
+    request = ke_request().hex()
+    procs = []
+    for srcs in sources:
+        cmd = [str(exe), "--addr", addr, "--port", str(port), "--ca", str(ca)]
+        cmd += ["--sources", ",".join(srcs), "--request", request]
+        cmd += ["--conc", str(conc), "--duration", str(duration)]
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+            )
+        )
+    out = KeLoadResult(duration)
+    for p in procs:
+        try:
+            stdout, stderr = p.communicate(timeout=duration + 30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+            raise RuntimeError("nts_keload did not finish") from None
+        if p.returncode != 0:
+            raise RuntimeError(f"nts_keload failed ({p.returncode}): {stderr.strip()}")
+        r: dict[str, Any] = json.loads(stdout)
+        out.ok += r["ok"]
+        out.failed += r["failed"]
+        out.errors += [f"{k}: {v}" for k, v in r["reasons"].items()]
+        out.gen_cpu_s += r["cpu"]
+        out.duration = max(out.duration, r["elapsed"])
     return out

@@ -47,7 +47,7 @@ from _servers import (
     free_udp_port,
 )
 from ntpy.core.ntsaead import NAMES
-from nts_load import LoadResult, run_key_exchanges, run_load
+from nts_load import LoadResult, run_key_exchanges, run_key_exchanges_c, run_load
 
 AEAD_NAME = NAMES[OFFERED[0]]
 ADDRS = {"ntpy": "127.0.126.1", "chronyd": "127.0.126.2"}
@@ -72,6 +72,9 @@ class Config:
     ke_duration: float
     ke_procs: int
     ke_threads: int
+    ke_only: bool
+    ke_gen: str
+    ke_conc: int
     gen_cpus: list[int] | None
     server_cpus: list[int] | None
     ntpy_cmd: str
@@ -256,15 +259,16 @@ class Bench:
         cfg, spec = self.cfg, self.server.spec
         wait_quiet(self.server)
         before = tree_cpu_ticks(self.server.pid)
-        res = run_key_exchanges(
-            spec.addr,
-            self.ke_port,
-            self.ca,
-            [SOURCES[k :: cfg.ke_procs] for k in range(cfg.ke_procs)],
-            cfg.ke_threads,
-            cfg.ke_duration,
-            cpus=frozenset(cfg.gen_cpus) if cfg.gen_cpus else None,
-        )
+        sources = [SOURCES[k :: cfg.ke_procs] for k in range(cfg.ke_procs)]
+        cpus = frozenset(cfg.gen_cpus) if cfg.gen_cpus else None
+        if cfg.ke_gen == "c":
+            res = run_key_exchanges_c(
+                spec.addr, self.ke_port, self.ca, sources, cfg.ke_conc, cfg.ke_duration, cpus
+            )
+        else:
+            res = run_key_exchanges(
+                spec.addr, self.ke_port, self.ca, sources, cfg.ke_threads, cfg.ke_duration, cpus
+            )
         ticks = tree_cpu_ticks(self.server.pid) - before
         r.ke_per_s, r.ke_failed, r.ke_errors = res.per_second, res.failed, res.errors
         r.ke_cpu_ms = ticks / CLK_TCK * 1e3 / res.ok if res.ok else None
@@ -313,7 +317,8 @@ def bench_server(name: str, cfg: Config, certs: Any) -> Result:
         wait_ke(spec.addr, ke_port, certs.ca)
         r.procs = len(descendants(server.pid))
         bench = Bench(server, ke_port, certs.ca, cfg)
-        bench.search(r)
+        if not cfg.ke_only:
+            bench.search(r)
         bench.key_exchanges(r)
         r.procs = max(r.procs, len(server.remember_pids()))
     except (ServerStartError, OSError, RuntimeError) as exc:
@@ -353,8 +358,13 @@ def report(results: list[Result], cfg: Config) -> str:
         )
     lines += [
         "",
-        f"NTS key exchanges ({cfg.ke_procs} process(es) x {cfg.ke_threads} concurrent TLS 1.3 "
-        f"clients, {cfg.ke_duration:.0f} s)",
+        f"NTS key exchanges ({cfg.ke_procs} process(es) x "
+        + (
+            f"{cfg.ke_conc} connections of nts_keload (C, libssl)"
+            if cfg.ke_gen == "c"
+            else f"{cfg.ke_threads} pyOpenSSL threads"
+        )
+        + f", TLS 1.3, {cfg.ke_duration:.0f} s)",
         f"{'server':9s} {'KE/s':>8s} {'CPU ms/KE':>9s} {'failed':>6s} {'gen CPU':>7s} "
         f"{'limit':>9s}",
     ]
@@ -468,8 +478,11 @@ def parse_args(argv: list[str] | None) -> Config:
     p.add_argument("--sessions", type=int, default=16, help="key exchanges per sender")
     p.add_argument("--per-session", type=int, default=512, help="requests built per session")
     p.add_argument("--ke-duration", type=float, default=3.0)
-    p.add_argument("--ke-procs", type=int, default=2)
+    p.add_argument("--ke-procs", type=int, default=1)
     p.add_argument("--ke-threads", type=int, default=8)
+    p.add_argument("--ke-only", action="store_true", help="key exchanges only, no NTP search")
+    p.add_argument("--ke-gen", choices=("c", "python"), default="c", help="key-exchange generator")
+    p.add_argument("--ke-conc", type=int, default=64, help="connections per C generator")
     p.add_argument("--no-pin", action="store_true")
     p.add_argument("--ntpy-cmd", default=DEFAULT_NTPY_CMD)
     p.add_argument("--chronyd", default="chronyd")
@@ -483,6 +496,8 @@ def parse_args(argv: list[str] | None) -> Config:
         p.error("--duration and --ke-duration must be within (0, 10]")
     if not 1 <= a.ke_procs <= 8 or not 1 <= a.ke_threads <= 32 or not 0 <= a.procs <= 8:
         p.error("--ke-procs 1..8, --ke-threads 1..32, --procs 0..8")
+    if not 1 <= a.ke_conc <= 256:
+        p.error("--ke-conc 1..256")
     cpus = sorted(os.sched_getaffinity(0))
     pin = not a.no_pin and len(cpus) >= 2
     gen = cpus[:1] if pin else None
@@ -501,6 +516,9 @@ def parse_args(argv: list[str] | None) -> Config:
         ke_duration=a.ke_duration,
         ke_procs=a.ke_procs,
         ke_threads=a.ke_threads,
+        ke_only=a.ke_only,
+        ke_gen=a.ke_gen,
+        ke_conc=a.ke_conc,
         gen_cpus=gen,
         server_cpus=cpus[1:] if pin else None,
         ntpy_cmd=a.ntpy_cmd,

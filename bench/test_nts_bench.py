@@ -8,6 +8,7 @@ completes exchanges, and that the server is stopped.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ import nts_rate
 from _nts import Certs, verify_reply
 from _procstat import read_proc_times
 from _servers import ManagedServer
-from nts_load import run_key_exchanges, run_load
+from nts_load import run_key_exchanges, run_key_exchanges_c, run_load
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +86,21 @@ def test_key_exchange_load_completes_exchanges(ntpy_bench: tuple[nts_rate.Bench,
     )
     assert res.ok >= 5 and res.failed == 0, res.errors
     assert res.per_second > 0
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc not installed")
+def test_c_key_exchange_load_checks_what_it_counts(
+    ntpy_bench: tuple[nts_rate.Bench, Certs], tmp_path: Path
+) -> None:
+    """nts_keload's exchanges are whole (8 cookies, no Error record), and a certificate
+    its CA did not sign fails them all: the count is of verified exchanges only."""
+    bench, certs = ntpy_bench
+    addr, srcs = bench.server.spec.addr, [nts_rate.SOURCES[:8]]
+    res = run_key_exchanges_c(addr, bench.ke_port, certs.ca, srcs, 4, 1.0)
+    assert res.ok >= 5 and res.failed == 0, res.errors
+    other = nts_rate.make_certs(tmp_path, (addr,))
+    res = run_key_exchanges_c(addr, bench.ke_port, other.ca, srcs, 2, 0.5)
+    assert res.ok == 0 and res.failed > 0 and res.errors[0].startswith("tls"), res.errors
 
 
 def test_ratio_lines_judge_the_targets() -> None:

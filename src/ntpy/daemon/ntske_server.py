@@ -4,10 +4,13 @@ Everything NTS-KE means is ``ntpy.core.ntskeserver``; this module only moves byt
 through pyOpenSSL (stdlib ``ssl`` has no TLS exporter). It runs on the same ``Loop`` as
 NTP serving and must never stall it, so:
 
-- sockets are non-blocking, and pyOpenSSL's WantRead / WantWrite just mean "later": a
-  readable socket resumes the handshake or the read; a pending write is retried by a
-  short timer (the loop watches readers only; a response of ~1.2 KB nearly always fits
-  the socket buffer at once);
+- TLS runs over memory BIOs and we do the socket I/O ourselves, never blocking
+  (``MSG_DONTWAIT``): one ``recv`` per readable event feeds whatever arrived to OpenSSL
+  at once (its own socket BIO reads a 5-byte record header, then the record: two
+  syscalls per record), and each flight leaves in one ``send``: the handshake flight
+  while the handshake is incomplete, then the session tickets, the response and
+  close_notify together (with a socket BIO they were five writes). A send the socket
+  cannot take whole is finished by a short timer (the loop watches readers only);
 - at most ``max_connections`` connections live at a time. One more is accepted and
   closed at once, before any TLS work (counted ``nts_ke_refused``): an attacker holding
   idle connections costs us file descriptors up to the limit, never CPU or NTP service
@@ -15,11 +18,17 @@ NTP serving and must never stall it, so:
 - every connection has one deadline for handshake, request and response together
   (``timeout_ns``); a sweep each second closes the late ones (``nts_ke_timeout``);
 - a request is read only until ``ntske.message_length`` says it is whole, and that
-  function refuses more than ``MAX_MESSAGE_LEN`` bytes.
+  function refuses more than ``MAX_MESSAGE_LEN`` bytes; at most ``READ_SIZE`` bytes are
+  taken from the socket per wake-up, and OpenSSL consumes them before the next.
 
 The TLS context is TLS 1.3 only with ALPN ``ntske/1``; :func:`load_tls` refuses an
 expired, not yet valid or key-mismatched certificate with ``NtsSetupError``, which is a
-``StartupError`` at start and an error log (the old context kept) on SIGHUP.
+``StartupError`` at start and an error log (the old context kept) on SIGHUP. Session
+resumption is off: an NTS-KE client runs one exchange per connection and never resumes
+(RFC 8915 section 4 gives it nothing to resume for), so the server keeps no session cache
+and its tickets are the small stateful kind that nothing will ever look up, not the
+encrypted session state OpenSSL seals by default (pyOpenSSL cannot set the ticket count
+to zero).
 """
 
 from __future__ import annotations
@@ -48,7 +57,11 @@ log = logging.getLogger("ntpy.nts")
 MAX_CONNECTIONS = 64
 TIMEOUT_NS = 5_000_000_000
 RETRY_NS = 10_000_000
+READ_SIZE = 16384
+"""Bytes taken from a connection's socket per wake-up: a ClientHello with a post-quantum
+key share (~1.8 KB) or a whole request arrives in one read."""
 _NS = 1_000_000_000
+_DONTWAIT = socket.MSG_DONTWAIT
 
 
 class NtsSetupError(Exception):
@@ -74,6 +87,9 @@ def load_tls(cert: str, key: str, now: datetime | None = None) -> SSL.Context:
             f"nts cert {cert} / nts key {key}: unusable or not a matching pair ({exc})"
         ) from None
     ctx.set_alpn_select_callback(_select_alpn)
+    # No resumption (module docstring): no session cache, no encrypted session tickets.
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.set_options(SSL.OP_NO_TICKET)
     return ctx
 
 
@@ -83,14 +99,23 @@ def _select_alpn(_conn: SSL.Connection, protos: list[bytes]) -> Any:
 
 
 class _Conn:
-    __slots__ = ("buf", "deadline", "out", "sock", "tls")
+    """One connection: its socket, its TLS state over memory BIOs, the request read so
+    far, and (once answered) the bytes still to send before it closes."""
+
+    __slots__ = ("buf", "closing", "deadline", "fd", "out", "sock", "stalled", "tls")
 
     def __init__(self, sock: socket.socket, tls: SSL.Connection, deadline: int) -> None:
         self.sock = sock
+        self.fd = sock.fileno()
         self.tls = tls
         self.deadline = deadline
         self.buf = b""
         self.out: bytes | None = None
+        """Bytes the socket has not taken yet (None: nothing pending)."""
+        self.closing = False
+        """The response is written: once ``out`` is sent, the connection closes."""
+        self.stalled = False
+        """A send would block: reads are not watched until the timer has sent ``out``."""
 
 
 class KeListener:
@@ -173,11 +198,11 @@ class KeListener:
                 self.counters["nts_ke_refused"] += 1
                 sock.close()
                 continue
-            sock.setblocking(False)
-            tls = SSL.Connection(self.context, sock)
+            # The socket stays in blocking mode: every recv/send passes MSG_DONTWAIT.
+            tls = SSL.Connection(self.context, None)
             tls.set_accept_state()
             conn = _Conn(sock, tls, time.monotonic_ns() + self.timeout_ns)
-            self.conns[sock.fileno()] = conn
+            self.conns[conn.fd] = conn
             self.loop.add_reader(sock, self._stepper(conn))
 
     def _sweep(self) -> None:
@@ -197,18 +222,36 @@ class KeListener:
 
     def _fail(self, conn: _Conn, reason: str) -> None:
         self.counters[f"nts_ke_failed_{reason}"] += 1
-        self._drop(conn.sock.fileno())
+        self._drop(conn.fd)
+
+    def _pending(self, conn: _Conn) -> bytes:
+        """What OpenSSL has written to the outgoing memory BIO since the last call."""
+        out = b""
+        try:
+            while True:
+                out += conn.tls.bio_read(READ_SIZE)
+        except SSL.WantReadError:
+            return out
 
     def _step(self, conn: _Conn) -> None:
         """Resume the connection: handshake, read the request, answer it."""
-        if conn.sock.fileno() not in self.conns:
-            return
-        if conn.out is not None:
-            self._write(conn)
+        if self.conns.get(conn.fd) is not conn or conn.stalled:
             return
         try:
+            data = conn.sock.recv(READ_SIZE, _DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._fail(conn, "tls")
+            return
+        if not data:
+            self._fail(conn, "closed")
+            return
+        tls = conn.tls
+        try:
+            tls.bio_write(data)
             while True:
-                chunk = conn.tls.recv(4096)
+                chunk = tls.recv(READ_SIZE)
                 if not chunk:
                     self._fail(conn, "closed")
                     return
@@ -217,9 +260,12 @@ class KeListener:
                 if end is not None:
                     break
         except SSL.WantReadError:
-            return
-        except SSL.WantWriteError:
-            self.loop.call_later(RETRY_NS, self._stepper(conn))
+            # Mid-handshake: our flight goes now. After the client's Finished the only
+            # output is session tickets: they wait and leave with the response.
+            if tls.get_peer_finished() is None:
+                conn.out = self._pending(conn) or None
+                if conn.out is not None:
+                    self._flush(conn)
             return
         except SSL.ZeroReturnError:
             self._fail(conn, "closed")
@@ -227,13 +273,15 @@ class KeListener:
         except ntske.NtsKeError:
             self._fail(conn, "too_long")
             return
-        except (SSL.Error, OSError):
+        except SSL.Error:
+            # The alert OpenSSL wrote (no ALPN overlap, TLS 1.2 offered, ...): best effort.
+            with contextlib.suppress(OSError):
+                conn.sock.send(self._pending(conn), _DONTWAIT)
             self._fail(conn, "tls")
             return
-        if conn.tls.get_alpn_proto_negotiated() != ntske.ALPN:
+        if tls.get_alpn_proto_negotiated() != ntske.ALPN:
             self._fail(conn, "alpn")
             return
-        tls = conn.tls
 
         def export(context: bytes, length: int) -> bytes:
             return bytes(tls.export_keying_material(ntske.EXPORTER_LABEL, length, context))
@@ -246,21 +294,45 @@ class KeListener:
             self.counters["nts_ke_failed_no_common"] += 1
         else:
             self.counters["nts_ke_ok"] += 1
-        conn.out = reply.message
-        self._write(conn)
-
-    def _write(self, conn: _Conn) -> None:
-        assert conn.out is not None
         try:
-            while conn.out:
-                sent = conn.tls.send(conn.out)
-                conn.out = conn.out[sent:]
-        except (SSL.WantWriteError, SSL.WantReadError):
-            self.loop.call_later(RETRY_NS, self._stepper(conn))
-            return
-        except (SSL.Error, OSError):
+            tls.sendall(reply.message)  # into the memory BIO: never WantWrite
+            with contextlib.suppress(SSL.Error):
+                tls.shutdown()  # close_notify: the client reads to the end of the stream
+        except SSL.Error:
             self._fail(conn, "tls")
             return
-        with contextlib.suppress(SSL.Error, OSError):
-            conn.tls.shutdown()  # close_notify: the client reads to the end of the stream
-        self._drop(conn.sock.fileno())
+        conn.out = self._pending(conn)
+        conn.closing = True
+        self._flush(conn)
+
+    def _flush(self, conn: _Conn) -> None:
+        """Send ``out``. What the socket cannot take now (a peer that does not read) is
+        retried by a timer, and nothing more is read meanwhile; once all is sent, a
+        connection that has its response closes."""
+        out = conn.out or b""
+        try:
+            while out:
+                out = out[conn.sock.send(out, _DONTWAIT) :]
+        except (BlockingIOError, InterruptedError):
+            conn.out = out
+            if not conn.stalled:  # stop watching reads meanwhile: no busy loop
+                conn.stalled = True
+                self.loop.remove_reader(conn.sock)
+            self.loop.call_later(RETRY_NS, self._flusher(conn))
+            return
+        except OSError:
+            self._fail(conn, "tls")
+            return
+        conn.out = None
+        if conn.closing:
+            self._drop(conn.fd)
+        elif conn.stalled:
+            conn.stalled = False
+            self.loop.add_reader(conn.sock, self._stepper(conn))
+
+    def _flusher(self, conn: _Conn) -> Callable[[], None]:
+        def retry() -> None:
+            if self.conns.get(conn.fd) is conn and conn.out is not None:
+                self._flush(conn)
+
+        return retry
