@@ -292,6 +292,9 @@ def handle_local(state: State, line: Line) -> None:
         elif option == "distance":
             distance = parse_float(args.take(), "distance", 0.0, lo_exclusive=True, unit="seconds")
             spec = replace(spec, distance=distance)
+        elif option == "activate":
+            activate = parse_float(args.take(), "activate", 0.0, unit="seconds")
+            spec = replace(spec, activate=activate)
         else:
             raise BadValue(f"unknown option {show(word)} for 'local'")
     if state.local is not None:
@@ -331,5 +334,5 @@ DIRECTIVES: dict[str, Directive] = {
     "pool": Directive(handle_server, _usage("pool")),
     "peer": Directive(handle_server, _usage("peer")),
     "fudge": Directive(handle_fudge, FUDGE_USAGE),
-    "local": Directive(handle_local, "local [stratum N] [orphan] [distance SECONDS]"),
+    "local": Directive(handle_local, "local [stratum N] [orphan] [distance SECONDS] [activate SECONDS]"),
 }

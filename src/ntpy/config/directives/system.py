@@ -45,6 +45,7 @@ TOS_OPTIONS: dict[str, ValueParser] = {
     "maxdist": _float(0.0, excl=True, unit="seconds"),
     "orphan": _int(1, 16),
     "orphanwait": _float(0.0, unit="seconds"),
+    "coldstart": parse_bool01,
     "ceiling": _int(1, 16),
     "floor": _int(0, 15),
     "cohort": parse_bool01,
