@@ -140,10 +140,9 @@ class SystemVariables:
             since is not None and now_mono - since >= self.opts.orphanwait_ns and not has_selection
         )
         if lost and not self.fallback_active:
-            if upstream or not self.opts.local_standalone:
-                if not self.armed:
-                    self._hold_back(actions)
-                    return
+            if (upstream or not self.opts.local_standalone) and not self.armed:
+                self._hold_back(actions)
+                return
             self.fallback_active = True
             what = self._what()
             actions.append(

@@ -141,8 +141,8 @@ def drop(plan: DropPlan, sys: Sys | None = None) -> None:
 def read_status(pid: int | str = "self") -> dict[str, str]:
     """``/proc/PID/status`` as a dict (for the log line after a drop, and for tests)."""
     out: dict[str, str] = {}
-    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            out[key] = value.strip()
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for raw in f:
+            key, _, value = raw.partition(b":")
+            out[key.decode("utf-8", "replace")] = value.strip().decode("utf-8", "replace")
     return out

@@ -22,9 +22,11 @@ in a forked child that drops exactly as the daemon will and asks the kernel
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
+import pkgutil
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -177,6 +179,40 @@ def failing_needs(ident: Identity, needs: list[PathNeed]) -> list[PathNeed]:
     return [needs[i] for i in json.loads(data)]
 
 
+PRELOAD_STDLIB = (
+    "encodings.ascii",
+    "encodings.idna",
+    "encodings.latin_1",
+    "encodings.utf_8",
+    "json.decoder",
+    "json.encoder",
+)
+SKIP_PACKAGES = ("ntpy.sim", "ntpy.cli", "ntpy.fastpath")
+
+
+def preload_modules() -> int:
+    """Import every daemon-side ntpy module (and the codecs) while still root.
+
+    Why: USER may not be able to read the interpreter's or ntpy's files (a Python under
+    /root, a 0700 virtualenv), and the daemon imports some modules only when first needed
+    -- the config loader on SIGHUP, codecs for a host name. Loaded now, they are in memory
+    when the drop has taken the right to read them. Returns the number imported."""
+    import ntpy
+
+    count = 0
+    for name in PRELOAD_STDLIB:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+            count += 1
+    for info in pkgutil.walk_packages(ntpy.__path__, "ntpy."):
+        if info.name.startswith(SKIP_PACKAGES) or info.name.endswith("__main__"):
+            continue
+        with contextlib.suppress(ImportError):
+            importlib.import_module(info.name)
+            count += 1
+    return count
+
+
 def _fix(ident: Identity, need: PathNeed) -> str:
     if need.mode == os.R_OK:
         return f"chgrp {ident.group} {need.path} && chmod g+r {need.path}"
@@ -206,6 +242,7 @@ class RunAs:
     def __init__(self, ident: Identity, config: Config, config_path: str | None) -> None:
         self.ident = ident
         self.config = config
+        preload_modules()
         failing = failing_needs(ident, path_needs(config, config_path))
         fatal = [n for n in failing if n.fatal]
         for need in failing:
@@ -221,8 +258,7 @@ class RunAs:
             raise PrivilegeError(
                 f"cannot run as {ident.user}: "
                 + "; ".join(
-                    f"{ident.user} cannot write {n.path} ({n.what}: {n.why}); "
-                    f"fix: {_fix(ident, n)}"
+                    f"{ident.user} cannot write {n.path} ({n.what}: {n.why}); fix: {_fix(ident, n)}"
                     for n in fatal
                 )
             )

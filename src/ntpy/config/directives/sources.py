@@ -334,5 +334,7 @@ DIRECTIVES: dict[str, Directive] = {
     "pool": Directive(handle_server, _usage("pool")),
     "peer": Directive(handle_server, _usage("peer")),
     "fudge": Directive(handle_fudge, FUDGE_USAGE),
-    "local": Directive(handle_local, "local [stratum N] [orphan] [distance SECONDS] [activate SECONDS]"),
+    "local": Directive(
+        handle_local, "local [stratum N] [orphan] [distance SECONDS] [activate SECONDS]"
+    ),
 }
