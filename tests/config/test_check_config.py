@@ -54,3 +54,25 @@ def test_main_entry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(path)]) == 0
     assert main([str(path), "--strict"]) == 2
     capsys.readouterr()
+
+
+def test_user_directive_unknown_user_and_group(tmp_path: Path) -> None:
+    from ntpy.config import ConfigError, all_errors, load
+
+    conf = tmp_path / "ntp.conf"
+    conf.write_text("server 127.127.1.0\nuser ntpy-no-such-user\n")
+    with pytest.raises(ConfigError) as info:
+        load(str(conf), check_paths=True)
+    (err,) = all_errors(info.value)
+    assert err.line == 2 and "useradd" in err.message
+    conf.write_text("server 127.127.1.0\nuser nobody:ntpy-no-such-group\n")
+    with pytest.raises(ConfigError) as info:
+        load(str(conf), check_paths=True)
+    (err,) = all_errors(info.value)
+    assert err.line == 2 and "groupadd" in err.message
+    conf.write_text("server 127.127.1.0\nuser nobody:nogroup\n")
+    cfg = load(str(conf), check_paths=True).config
+    assert cfg.user is not None and str(cfg.user) == "nobody:nogroup"
+    conf.write_text("server 127.127.1.0\nuser a:b:c\n")
+    with pytest.raises(ConfigError, match="user"):
+        load(str(conf), check_paths=True)

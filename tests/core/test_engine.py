@@ -740,7 +740,10 @@ def test_local_clock_waits_orphanwait_then_yields_to_upstream() -> None:
     servers = three()
     for srv in servers:
         srv.answering = False
-    net = Net(servers, SyncOptions(local=LocalReference.ntpd_style(10)))
+    # tos coldstart 1: never synchronized, yet allowed (tests/core/test_local_guard.py
+    # has the default, which holds the local clock back)
+    local = LocalReference.ntpd_style(10)
+    net = Net(servers, SyncOptions(local=local, fallback_cold_start=True))
     net.run(290)
     assert not net.state().synchronized
     assert not net.logs("serving from the local clock")

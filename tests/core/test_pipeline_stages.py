@@ -214,7 +214,7 @@ def test_sysvars_follow_the_peer_then_age_out() -> None:
 
 
 def test_sysvars_fall_back_to_orphan_mode_after_orphanwait() -> None:
-    opts = SyncOptions(orphan_stratum=10, orphanwait_ns=300 * NS_PER_S)
+    opts = SyncOptions(orphan_stratum=10, orphanwait_ns=300 * NS_PER_S, fallback_cold_start=True)
     sv = SystemVariables(opts)
     fallback = sv.fallback()
     assert fallback == LocalReference(10, REFID_LOOPBACK)

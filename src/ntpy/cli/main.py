@@ -67,6 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow the first clock adjustment to exceed the panic threshold (ntpd -g)",
     )
     s.add_argument(
+        "-u",
+        "--user",
+        metavar="USER[:GROUP]",
+        help="after binding the sockets and opening the files, run as USER (ntpd -u); "
+        "overrides the config's 'user'",
+    )
+    s.add_argument(
         "--control-socket",
         metavar="PATH",
         help="UNIX socket for 'ntpy status'/'ntpy peers' ('none' to disable; "
@@ -209,6 +216,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         config_path=chosen.path,
         config_origin=chosen.origin,
+        user=args.user,
     )
     return serve(config, options)
 

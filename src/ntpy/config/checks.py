@@ -57,7 +57,23 @@ def check_paths(config: Config) -> list[Problem]:
     problems += _check_statsdir(config)
     problems += _check_interfaces(config)
     problems += check_nts(config)
+    problems += _check_user(config)
     return problems
+
+
+def _check_user(config: Config) -> list[Problem]:
+    """``user USER[:GROUP]``: both must exist here (the daemon drops to them)."""
+    spec = config.user
+    if spec is None:
+        return []
+    from .users import UserLookupError, resolve_user
+
+    try:
+        resolve_user(spec.user, spec.group)
+    except UserLookupError as exc:
+        loc = spec.location or SourceLocation("<config>", 0)
+        return [_error(loc, f"user {spec}: {exc}")]
+    return []
 
 
 def _where(config: Config, directive: str) -> SourceLocation:

@@ -136,11 +136,14 @@ class RefclockSpec:
 
 @dataclass(frozen=True, slots=True)
 class LocalSpec:
-    """chrony-style ``local [stratum N] [orphan] [distance D]``: serve the local clock."""
+    """chrony-style ``local [stratum N] [orphan] [distance D] [activate D]``: serve the local
+    clock. ``activate`` (chrony 4.6): the local clock may take over only once the root
+    distance has been below D seconds (None: once synchronized at all)."""
 
     stratum: int = 10
     orphan: bool = False
     distance: float = 1.0
+    activate: float | None = None
     location: SourceLocation | None = field(default=None, compare=False, repr=False)
 
 
@@ -215,6 +218,9 @@ class TosSpec:
     maxdist: float = 1.5
     orphan: int = 16
     orphanwait: float = 300.0
+    coldstart: bool = False
+    """ntpy's own: the local clock / orphan mode may take over before this clock was ever
+    synchronized (by default it waits until it was, in this run or recently before)."""
     ceiling: int = 16
     floor: int = 1
     cohort: bool = False
@@ -365,6 +371,19 @@ class NtsServerSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class UserSpec:
+    """``user USER[:GROUP]`` (chrony's ``user``; ntpd's ``-u``): who the daemon runs as once
+    its sockets are bound. ``group`` None: the user's login group."""
+
+    user: str
+    group: str | None = None
+    location: SourceLocation | None = field(default=None, compare=False, repr=False)
+
+    def __str__(self) -> str:
+        return self.user if self.group is None else f"{self.user}:{self.group}"
+
+
+@dataclass(frozen=True, slots=True)
 class HttpEndpointSpec:
     """``metrics ADDRESS[:PORT]`` / ``webstatus ADDRESS[:PORT]``: where an HTTP listener binds.
 
@@ -418,6 +437,8 @@ class Config:
     """The NTS server (``nts enable``, ``nts cert``, ...)."""
     nts_ca: str | None = None
     """``nts ca FILE|DIR``: the site's CA bundle for NTS clients (None: the system's)."""
+    user: UserSpec | None = None
+    """``user USER[:GROUP]``: drop root to this user after start-up (None: stay)."""
     includes: tuple[str, ...] = ()
     """Every file read, top-level first (so a reloader knows what to watch)."""
     file_locations: tuple[tuple[str, SourceLocation], ...] = field(default=(), compare=False)

@@ -321,6 +321,7 @@ def _finish(state: State) -> Config:
         workers=state.workers,
         nts=state.nts,
         nts_ca=state.nts_ca,
+        user=state.user,
         includes=tuple(state.includes),
         file_locations=tuple(state.file_locations.items()),
     )

@@ -31,6 +31,7 @@ from .model import (
     SystemFlags,
     TinkerSpec,
     TosSpec,
+    UserSpec,
 )
 from .values import BadValue, show
 
@@ -118,6 +119,7 @@ class State:
     workers: int | None = None
     nts: NtsServerSpec = field(default_factory=NtsServerSpec)
     nts_ca: str | None = None
+    user: UserSpec | None = None
     includes: list[str] = field(default_factory=list)
     warnings: list[ConfigWarning] = field(default_factory=list)
     errors: list[ConfigError] = field(default_factory=list)

@@ -40,4 +40,19 @@ class SyncOptions:
     local: LocalReference | None = None
     orphan_stratum: int = 16
     orphanwait_ns: int = 300 * NS_PER_S
+    local_standalone: bool = True
+    """No upstream is configured: the local clock is the time source, served at once (the
+    admin chose it). False (the daemon, with servers configured): a local clock or orphan
+    mode is a fallback and obeys the activation rule below even before any source exists
+    (a pool whose names do not resolve is no reason to serve the local clock cold)."""
+    fallback_cold_start: bool = False
+    """``tos coldstart 1``: the fallback may take over before this clock was ever known
+    good. Off by default: a fallback serves only a clock synchronized in this run, or one
+    the last-good time file vouches for (``clock_vouched``)."""
+    fallback_activate_ns: int | None = None
+    """chrony's ``local activate D``: the fallback is armed only once the root distance
+    after an update is below D (None: any synchronization arms it)."""
+    clock_vouched: bool = False
+    """The last-good time file says this clock was synchronized recently and the clock
+    agrees with it (``core/clockguard.py``): the fallback is armed from the start."""
     clock_name: str = "virtual"

@@ -7,6 +7,14 @@ dispersion grows at PHI from the reference time, and once the root distance pass
 ``tos maxdist`` the server says it is unsynchronized. With no usable upstream for
 ``orphanwait``, a configured fallback -- the local clock (ntpd's LOCAL driver, chrony's
 ``local``) or orphan mode -- serves instead. ``served`` is the snapshot the responder uses.
+
+A fallback serves only a clock known to be good (``armed``): synchronized in this run (with
+chrony's ``local activate D``: to a root distance below D), or vouched for by the last-good
+time file at start (``core/clockguard.py``), or the admin allowed a cold start (``tos
+coldstart 1``). Until then it stays off and clients get "unsynchronized", so a server that
+boots with a wrong clock and no network does not hand that clock out as good time. A local
+clock configured with no upstream at all is the time source the admin chose and serves at
+once.
 """
 
 from __future__ import annotations
@@ -48,6 +56,9 @@ class SystemVariables:
         """Following upstream, and the root distance is within maxdist."""
         self.ever_synced = False
         self.fallback_active = False
+        self.armed = options.fallback_cold_start or options.clock_vouched
+        """The fallback may take over (see the module doc)."""
+        self._held_back_logged = False
 
     def update(
         self, sel: Selection, peer: Source, offset_ns: int, now_clock: int, actions: list[Action]
@@ -79,6 +90,11 @@ class SystemVariables:
         self.synced = True
         self.ever_synced = True
         self.fallback_active = False
+        activate = self.opts.fallback_activate_ns
+        if not self.armed and (activate is None or self.root_distance(now_clock) < activate):
+            self.armed = True
+            if self.fallback() is not None and self._held_back_logged:
+                actions.append(LogEvent("info", f"the {self._what()} may take over from now on"))
 
     def root_distance(self, now_clock: int) -> int:
         if self.reference_ns is None:
@@ -124,8 +140,11 @@ class SystemVariables:
             since is not None and now_mono - since >= self.opts.orphanwait_ns and not has_selection
         )
         if lost and not self.fallback_active:
+            if (upstream or not self.opts.local_standalone) and not self.armed:
+                self._hold_back(actions)
+                return
             self.fallback_active = True
-            what = "local clock" if self.opts.local is not None else "orphan mode"
+            what = self._what()
             actions.append(
                 LogEvent(
                     "warning" if upstream else "info",
@@ -135,6 +154,30 @@ class SystemVariables:
             )
         elif not lost and self.fallback_active and self.synced:
             self.fallback_active = False
+
+    def _what(self) -> str:
+        return "local clock" if self.opts.local is not None else "orphan mode"
+
+    def _hold_back(self, actions: list[Action]) -> None:
+        """Say once why the fallback does not serve (the answer is 'unsynchronized')."""
+        if self._held_back_logged:
+            return
+        self._held_back_logged = True
+        activate = self.opts.fallback_activate_ns
+        need = (
+            "synchronized"
+            if activate is None or not self.ever_synced
+            else f"synchronized to a root distance below {activate / NS_PER_S:g} s"
+        )
+        actions.append(
+            LogEvent(
+                "warning",
+                f"the {self._what()} stays off: this clock has not been {need} in this run, "
+                "and no recent last-good time vouches for it; clients are told "
+                "'unsynchronized' until an upstream is reached ('tos coldstart 1' lets a "
+                "never-synchronized clock serve)",
+            )
+        )
 
     def served(self, now_clock: int) -> SystemState:
         """The system state the responder serves at ``now_clock``."""

@@ -34,6 +34,7 @@ from ntpy.daemon.assemble import (
     build_engine,
     build_mode6,
     build_responder,
+    check_clock,
     close_stats,
     listen_addresses,
     load_drift,
@@ -52,7 +53,9 @@ from ntpy.daemon.logsetup import LogSetup
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.nts_service import NtsService, NtsStartError
 from ntpy.daemon.policy import build_access, build_limiter, limits_changed
+from ntpy.daemon.privdrop import PrivilegeError, capabilities_to_keep
 from ntpy.daemon.reload import ReloadPlan, plan_reload
+from ntpy.daemon.runas import RunAs, identity_for
 from ntpy.daemon.server import ControlHandler, NtpServer
 from ntpy.daemon.sync import SyncShell
 from ntpy.daemon.systemd import Systemd
@@ -82,6 +85,8 @@ class ServeOptions:
     """The file the config came from (re-read on SIGHUP); None = the built-in config."""
     config_origin: str = ""
     """Where the config came from, for the start-up log (default: ``config_path``)."""
+    user: str | None = None
+    """``-u USER[:GROUP]``: drop root after start-up (wins over the ``user`` directive)."""
 
 
 class Daemon:
@@ -95,12 +100,14 @@ class Daemon:
         self.precision = measure_precision()
         self.exit_code = 0
         self.drift, initial_ppb = load_drift(config)
+        self.lastgood, vouched = check_clock(config, self.clock, options.allow_panic_step)
         self.engine = build_engine(
             config,
             precision=self.precision,
             clock_name=self.clock.name,
             initial_ppb=initial_ppb,
             allow_panic_step=options.allow_panic_step,
+            clock_vouched=vouched,
         )
         self.access = start_access(config)
         self.systemd = Systemd.from_environment(self.status)
@@ -141,6 +148,8 @@ class Daemon:
         self.logs: LogSetup | None = None
         """The log handlers (set by ``serve``); SIGHUP reopens the log file through it."""
         self.web: WebService | None = None
+        self.run_as: RunAs | None = None
+        """With ``-u``/``user``: the drop, checked before anything binds."""
 
     def _set_state(self, state: SystemState) -> None:
         if state != self.responder.state:
@@ -161,7 +170,10 @@ class Daemon:
 
     def refresh_state(self) -> None:
         """Re-read the system state (root dispersion ages, the local clock's reference time)."""
-        self._set_state(self.engine.system_state(cooked_now(self.clock)))
+        now = cooked_now(self.clock)
+        self._set_state(self.engine.system_state(now))
+        if self.lastgood is not None:
+            self.lastgood.first_sync(self.engine.synced, now)
 
     def status(self) -> SyncStatus:
         return self.engine.status(time.monotonic_ns(), cooked_now(self.clock))
@@ -215,6 +227,8 @@ class Daemon:
         return {"clients": rows, "table_entries": self.limiter.config.max_clients}
 
     def _write_drift(self) -> None:
+        if self.lastgood is not None:
+            self.lastgood.save(self.engine.synced, cooked_now(self.clock))
         if self.drift is not None and self.engine.ever_synced:
             self.drift.write(self.engine.frequency_ppb / 1000.0, time.monotonic_ns())
 
@@ -228,7 +242,29 @@ class Daemon:
             except ClockError as exc:
                 raise StartupError(str(exc)) from exc
 
+    def _prepare_drop(self) -> None:
+        """``-u``/``user``: resolve the account and check, before anything binds, that it
+        can write what the daemon writes later (``daemon/runas.py``)."""
+        try:
+            ident = identity_for(self.config, self.options.user)
+            if ident is not None:
+                self.run_as = RunAs(ident, self.config, self.options.config_path)
+        except PrivilegeError as exc:
+            raise StartupError(str(exc)) from None
+
+    def _drop(self) -> None:
+        """The main's drop, at the end of start-up: CAP_SYS_TIME only with the system clock."""
+        if self.run_as is None:
+            return
+        keep = capabilities_to_keep(system_clock=isinstance(self.clock, SystemClock))
+        path = self.control.path if self.control is not None else None
+        try:
+            self.run_as.main(keep, path)
+        except PrivilegeError as exc:
+            raise StartupError(str(exc)) from None
+
     def start(self) -> None:
+        self._prepare_drop()
         self._take_over_kernel_clock()
         required, optional = listen_addresses(self.config, self.options.listen)
         if self.workers > 1:
@@ -245,6 +281,8 @@ class Daemon:
                 precision=self.precision,
                 selector=self.options.selector,
             )
+            if self.run_as is not None:
+                self.pool.after_fork = self.run_as.worker()
         else:
             open_server(self.server, self.loop, required, optional, self.systemd.activated)
         self._start_nts()
@@ -285,6 +323,7 @@ class Daemon:
         )
         self.loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         self.refresh_state()
+        self._drop()
 
     def _start_nts(self) -> None:
         """The KE listener, and NTS on the responder (the workers get its ring at fork)."""
@@ -441,6 +480,8 @@ class Daemon:
             log.info("counters: %s", self._summary())
             if self.drift is not None and self.engine.ever_synced:
                 self.drift.write_at_exit(self.engine.frequency_ppb / 1000.0)
+            if self.lastgood is not None:
+                self.lastgood.save(self.engine.synced, cooked_now(self.clock))
             if self.control is not None:
                 self.control.close()
             self.sync.close()

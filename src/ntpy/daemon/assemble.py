@@ -21,12 +21,15 @@ from ntpy.config import Config
 from ntpy.core.access import AccessControl, AccessError
 from ntpy.core.actions import Record
 from ntpy.core.auth import MacKey
+from ntpy.core.clockguard import judge_clock
 from ntpy.core.engine import SyncEngine
 from ntpy.core.ratelimit import RateLimiter
 from ntpy.core.server import Responder
 from ntpy.core.system import unsynchronized
+from ntpy.core.timestamps import NS_PER_S
 from ntpy.daemon.control import ControlError, ControlServer, default_socket_path
 from ntpy.daemon.driftfile import DriftWriter, read_drift
+from ntpy.daemon.lastgood import LastGood, describe_time, lastgood_path, read_lastgood
 from ntpy.daemon.local_clock import local_reference
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.policy import build_access
@@ -80,6 +83,46 @@ def load_drift(config: Config) -> tuple[DriftWriter | None, float | None]:
     return drift, initial_ppb
 
 
+def check_clock(
+    config: Config, clock: Clock, allow_panic_step: bool
+) -> tuple[LastGood | None, bool]:
+    """The clock against the last time it was known good (``DRIFT.lastgood``): a clock
+    that disagrees stops the start (unless ``-g``); a recent, agreeing one is vouched for,
+    so a local clock fallback may take over at once. Returns (the saver, vouched)."""
+    if not config.driftfile:
+        return None, False
+    path = lastgood_path(config.driftfile)
+    lastgood_ns, warning = read_lastgood(path)
+    if warning:
+        log.warning("%s", warning)
+    now = clock.now_ns()
+    verdict = judge_clock(now, lastgood_ns, panic_ns=int(config.tinker.panic * NS_PER_S))
+    if verdict.problem is not None and lastgood_ns is not None:
+        days = abs(verdict.delta_ns) / (86400 * NS_PER_S)
+        what = (
+            f"{days:.1f} days before the last time it was known good ({describe_time(lastgood_ns)})"
+            if verdict.problem == "behind"
+            else f"{days:.0f} days after the last time it was known good "
+            f"({describe_time(lastgood_ns)})"
+        )
+        message = (
+            f"the clock reads {describe_time(now)}, {what}, as saved in {path}; refusing "
+            "to start, so that this clock is not served to clients as good time. If the "
+            "clock is right, start once with -g (ntpd's 'accept a large first correction') "
+            f"or remove {path}; else set the clock (e.g. ntpy sync SERVER) first"
+        )
+        if not allow_panic_step:
+            raise StartupError(message)
+        log.warning("-g: starting anyway: %s", message.split("; refusing")[0])
+    elif verdict.vouched:
+        log.info(
+            "clock agrees with the last-good time %s (%s): a local clock fallback may serve",
+            describe_time(lastgood_ns or 0),
+            path,
+        )
+    return LastGood(path), verdict.vouched
+
+
 def build_engine(
     config: Config,
     *,
@@ -87,6 +130,7 @@ def build_engine(
     clock_name: str,
     initial_ppb: float | None,
     allow_panic_step: bool,
+    clock_vouched: bool = False,
 ) -> SyncEngine:
     return SyncEngine(
         sync_options(
@@ -96,6 +140,7 @@ def build_engine(
             local=local_reference(config),
             initial_frequency_ppb=initial_ppb,
             allow_panic_step=allow_panic_step,
+            clock_vouched=clock_vouched,
         ),
         random64,
     )

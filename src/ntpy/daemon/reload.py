@@ -39,6 +39,7 @@ RESTART_FIELDS = (
     "leapfile",
     "nts",
     "nts_ca",
+    "user",
 )
 """Settings the engine, sockets or listeners were built from: a restart applies them."""
 

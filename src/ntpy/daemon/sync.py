@@ -64,6 +64,7 @@ def sync_options(
     local: LocalReference | None,
     initial_frequency_ppb: float | None,
     allow_panic_step: bool,
+    clock_vouched: bool = False,
 ) -> SyncOptions:
     """Translate ntp.conf's tinker/tos/makestep lines into engine options."""
     t, tos = config.tinker, config.tos
@@ -87,8 +88,20 @@ def sync_options(
         local=local,
         orphan_stratum=tos.orphan,
         orphanwait_ns=int(tos.orphanwait * NS),
+        local_standalone=not config.servers,
+        fallback_cold_start=tos.coldstart,
+        fallback_activate_ns=local_activate_ns(config),
+        clock_vouched=clock_vouched,
         clock_name=clock_name,
     )
+
+
+def local_activate_ns(config: Config) -> int | None:
+    """chrony's ``local activate D`` in ns; ``activate 0`` (chrony's "off") and no option
+    mean any synchronization arms the fallback."""
+    if config.local is None or not config.local.activate:
+        return None
+    return int(config.local.activate * NS)
 
 
 @dataclass

@@ -135,6 +135,8 @@ class WorkerPool:
         self._tokens = itertools.count(1)
         self._replies: dict[tuple[int, int], ipc.Reply] = {}
         self._deferred: list[tuple[WorkerSlot, ipc.Mode6Request]] = []
+        self.after_fork: Callable[[], None] | None = None
+        """Called first in each new worker (``-u``: drop root, keeping no capability)."""
         self.nts_ring: bytes | None = None
         """With ``nts enable``: the cookie key ring (file bytes) every worker serves with; a
         worker forked (or restarted) later gets it in its ``WorkerSetup``."""
@@ -201,6 +203,8 @@ class WorkerPool:
             try:
                 main_end.close()
                 self._close_inherited(slot)
+                if self.after_fork is not None:
+                    self.after_fork()
                 code = worker_process(setup, old_mask)
             except BaseException:
                 log.exception("worker %d failed", slot.index)

@@ -1,4 +1,4 @@
-"""ntpy's own service directives: ``metrics``, ``webstatus`` and ``workers``.
+"""ntpy's own service directives: ``metrics``, ``webstatus``, ``workers`` and ``user``.
 
 They have no ntpd equivalent, so they follow chrony's style: one value per line, a later
 line replaces an earlier one (with a warning so a stray duplicate is noticed).
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from ..model import HttpEndpointSpec
+from ..model import HttpEndpointSpec, UserSpec
 from ..state import Args, Directive, Line, State
 from ..values import BadValue, parse_int, show
 from .misc import listen_endpoint
@@ -66,6 +66,34 @@ def handle_workers(state: State, line: Line) -> None:
         raise BadValue(f"{exc} (or 'auto' for one per CPU core)") from None
 
 
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-$")
+
+
+def _account_name(token: str, what: str) -> str:
+    """A user or group name as ``useradd`` allows it (or a number): nothing that would
+    need quoting, no empty part."""
+    if not token or not set(token) <= _NAME_CHARS or token.startswith("-"):
+        raise BadValue(f"'user' needs a {what} name or number, got {show(token)}")
+    return token
+
+
+def handle_user(state: State, line: Line) -> None:
+    """``user USER[:GROUP]``: whether the names exist is checked with the files
+    (``checks``), so a config written for another machine still parses."""
+    args = Args(line.args)
+    word = args.take()
+    args.expect_end()
+    if word is None:
+        raise BadValue("'user' needs a user name, e.g. 'user ntpy' or 'user ntpy:ntpy'")
+    name, sep, group = word.partition(":")
+    spec = UserSpec(
+        _account_name(name, "user"), _account_name(group, "group") if sep else None, line.loc
+    )
+    if state.user is not None:
+        state.warn(line.loc, f"'user' was already set at {state.user.location}; this line wins")
+    state.user = spec
+
+
 def auto_workers() -> int:
     """One serving process per CPU core this process may run on."""
     try:
@@ -95,6 +123,14 @@ DIRECTIVES: dict[str, Directive] = {
         "ntpy's own: serving processes on SO_REUSEPORT sockets, each client always on the "
         "same one (default auto: one per CPU core). Changing it needs a restart. Under "
         "socket activation the passed sockets are served by one process.",
+    ),
+    "user": Directive(
+        handle_user,
+        "user USER[:GROUP]",
+        "ntpd's -u: after start-up (sockets bound, files opened, keys read) every process "
+        "becomes USER (and GROUP, default USER's group); the main process keeps only "
+        "CAP_SYS_TIME, and only when it disciplines the system clock. The command line's -u "
+        "wins. Default: stay root.",
     ),
 }
 

@@ -333,6 +333,9 @@ def handle_local(state: State, line: Line) -> None:
         elif option == "distance":
             distance = parse_float(args.take(), "distance", 0.0, lo_exclusive=True, unit="seconds")
             spec = replace(spec, distance=distance)
+        elif option == "activate":
+            activate = parse_float(args.take(), "activate", 0.0, unit="seconds")
+            spec = replace(spec, activate=activate)
         else:
             raise BadValue(f"unknown option {show(word)} for 'local'")
     if state.local is not None:
@@ -407,7 +410,7 @@ DIRECTIVES: dict[str, Directive] = {
     ),
     "local": Directive(
         handle_local,
-        "local [stratum N] [orphan] [distance SECONDS]",
+        "local [stratum N] [orphan] [distance SECONDS] [activate SECONDS]",
         "chrony's local reference: serve the system clock at stratum N when no upstream is "
         "selectable (refid 127.127.1.1).",
         (
@@ -421,6 +424,11 @@ DIRECTIVES: dict[str, Directive] = {
                 "distance SECONDS",
                 "root distance below which an upstream is preferred to the "
                 "local reference (default 1)",
+            ),
+            (
+                "activate SECONDS",
+                "chrony's activation rule: the local reference is armed only after ntpy was "
+                "synchronized with a root distance below SECONDS",
             ),
         ),
     ),

@@ -53,6 +53,7 @@ TOS_OPTIONS: dict[str, ValueParser] = {
     "maxdist": _float(0.0, excl=True, unit="seconds"),
     "orphan": _int(1, 16),
     "orphanwait": _float(0.0, unit="seconds"),
+    "coldstart": parse_bool01,
     "ceiling": _int(1, 16),
     "floor": _int(0, 15),
     "cohort": parse_bool01,
@@ -282,6 +283,8 @@ _TOS_DOCS = {
     "is left (16 = off)",
     "orphanwait": "seconds the upstreams must be lost before the local or orphan clock "
     "takes over",
+    "coldstart": "1 = the local or orphan clock may serve before this run was ever "
+    "synchronized (and no last-good file vouches for the clock); 0 = it waits",
     "ceiling": "sources at this stratum or above are not selectable",
     "floor": "sources below this stratum are not selectable",
     "cohort": "ntpd's same-stratum rule: accepted",
