@@ -46,7 +46,7 @@ MAX_SAMPLES = 64
 MIN_REGRESSION = 3
 FLOOR_FRACTION = 0.1
 ADAPT_WANDER = True
-WANDER_SHARE = 0.0
+WANDER_SHARE = 0.1
 SCALE_FLOOR = 1.0
 Q_MIN = (0.1e-9) ** 2
 Q_MAX = (100e-9) ** 2
@@ -70,6 +70,8 @@ class Estimate:
     min_delay_ns: int
     jitter_ns: float
     """Weighted RMS of the residuals: the scatter of this source's offsets."""
+    noise_scale: float = 1.0
+    """How much more the residuals scatter than the delay model says (at least 1)."""
     effective_samples: float = 0.0
     """How many equally good samples the weighted fit is worth, (sum w)^2 / sum w^2: few
     when quick samples dominate or wander has aged the old ones out of the fit."""
@@ -140,7 +142,7 @@ class SourceStats:
         # The same noise model as the fit's weights: a prediction that expects less noise
         # than the fit assumes would read network noise as wander.
         floor = self._floor([*self.samples, m])
-        predicted = est.offset_sd_ns**2 + floor**2 + excess**2 / 12.0
+        predicted = est.offset_sd_ns**2 + est.noise_scale * (floor**2 + excess**2 / 12.0)
         if math.isfinite(est.frequency_sd):
             predicted += (est.frequency_sd * dt * NS_PER_S) ** 2
         wander = self.q * 1e18 * dt**3 / 3.0
@@ -293,6 +295,7 @@ class SourceStats:
             samples_used=n,
             min_delay_ns=min(s.delay_ns for s in samples),
             jitter_ns=jitter,
+            noise_scale=scale,
             effective_samples=sw * sw / sum(wi * wi for wi in w),
         )
         return est, runs
