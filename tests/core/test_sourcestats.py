@@ -9,6 +9,7 @@ model ``q`` adapts within its bounds.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 
 import pytest
@@ -66,15 +67,44 @@ def linear(
         stats.add(sample(t, round(y), delay_ns=2_000_000 + round(excess)))
 
 
-def test_fewer_than_three_samples_give_best_offset_and_no_frequency() -> None:
+def test_one_sample_gives_its_offset_and_no_frequency() -> None:
     stats = SourceStats(PRECISION_NS)
-    stats.add(sample(T0, 5_000, delay_ns=9_000_000))
-    est = stats.add(sample(T0 + 2 * NS, 1_000, delay_ns=1_000_000))
-    assert est.offset_ns == 1_000  # the lower-delay sample
+    est = stats.add(sample(T0, 5_000, delay_ns=9_000_000))
+    assert est.offset_ns == 5_000
     assert est.frequency == 0.0
     assert est.frequency_sd == float("inf")
+    assert est.samples_used == 1
+
+
+def test_two_samples_give_a_first_slope_as_uncertain_as_their_delays() -> None:
+    """A frequency one poll after start (sync in one poll, not two); its uncertainty comes
+    from the delays, so through heavy jitter the discipline shrinks it toward the prior."""
+    stats = SourceStats(PRECISION_NS)
+    stats.add(sample(T0, 5_000, delay_ns=9_000_000))
+    est = stats.add(sample(T0 + 64 * NS, 69_000, delay_ns=1_000_000))
+    assert est.offset_ns == 69_000  # the newest sample: the line ends there
+    assert est.frequency == pytest.approx(1e-6)  # 64 us in 64 s
+    assert est.frequency_sd == pytest.approx(math.hypot(2_250_000, 250_000) / (64 * NS))
     assert est.samples_used == 2
     assert est.min_delay_ns == 1_000_000
+
+
+def test_effective_samples_count_the_samples_that_carry_weight() -> None:
+    """Equal delays close together: nearly every sample counts; one quick sample among
+    slow ones dominates; wander ages old samples out of the fit."""
+    even = SourceStats(PRECISION_NS)
+    for i in range(16):
+        est = even.add(sample(T0 + i * NS, 50 * (-1) ** i, delay_ns=2_000_000))
+    assert est.effective_samples > 10.0
+    spread = SourceStats(PRECISION_NS)
+    for i in range(16):
+        aged = spread.add(sample(T0 + i * 256 * NS, 50 * (-1) ** i, delay_ns=2_000_000))
+    assert aged.effective_samples < est.effective_samples
+    skewed = SourceStats(PRECISION_NS)
+    for i in range(16):
+        delay = 2_000_000 if i == 8 else 12_000_000 + 1000 * i
+        lucky = skewed.add(sample(T0 + i * NS, 50 * (-1) ** i, delay_ns=delay))
+    assert lucky.effective_samples < 8.0
 
 
 def test_regression_recovers_offset_and_frequency_exactly_without_noise() -> None:

@@ -124,7 +124,7 @@ def combined_frequency(estimates: Iterable[Estimate | None]) -> tuple[float, flo
     """Inverse-variance average of the survivors' residual frequencies, and its variance."""
     num = den = 0.0
     for est in estimates:
-        if est is None or not math.isfinite(est.frequency_sd) or est.samples_used < 3:
+        if est is None or not math.isfinite(est.frequency_sd) or est.samples_used < 2:
             continue
         w = 1.0 / max(est.frequency_sd, 1e-12) ** 2
         num += w * est.frequency

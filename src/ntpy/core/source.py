@@ -38,13 +38,20 @@ from ntpy.core.exchange import (
     kiss_reason,
 )
 from ntpy.core.packet import LEAP_ALARM
-from ntpy.core.sourcestats import Estimate, Measurement, SourceStats
+from ntpy.core.sourcestats import MAX_SAMPLES, Estimate, Measurement, SourceStats
 from ntpy.core.status import SourceState
 from ntpy.core.system import PHI_PPB
 from ntpy.core.timestamps import NS_PER_S, precision_to_ns
 
 BURST_COUNT = 8
 POLL_NOISE_FACTOR = 0.5
+POLL_TARGET = 32.0
+"""Lengthen the poll only once the fit is worth this many equally good samples: at high
+jitter each sample is worth little, so the poll stays short and more of them are averaged
+(chrony's polltarget counts samples; counting effective ones adapts the poll to jitter)."""
+HISTORY_FULL = MAX_SAMPLES * 3 // 4
+"""... or once the fit uses nearly all stored samples: then the window is limited by
+storage, not by wander, and a longer poll widens it in time."""
 BURST_SPACING_NS = 2 * NS_PER_S
 MAX_POLL = 17
 """RFC 5905 MAXPOLL (36 h): the longest interval a RATE kiss can push us to."""
@@ -287,7 +294,11 @@ class Source:
         )
         if abs(innovation_ns) > 4.0 * sd_ns and self.poll > self.minpoll:
             self.poll -= 1
-        elif est.samples_used >= 8 and drift_next < noise and self.poll < self.maxpoll:
+        elif (
+            (est.effective_samples >= POLL_TARGET or est.samples_used >= HISTORY_FULL)
+            and drift_next < noise
+            and self.poll < self.maxpoll
+        ):
             self.poll += 1
         elif (drift_now > 2.0 * noise or est.samples_used < 4) and self.poll > self.minpoll:
             self.poll -= 1

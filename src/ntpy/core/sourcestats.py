@@ -46,6 +46,8 @@ MAX_SAMPLES = 64
 MIN_REGRESSION = 3
 FLOOR_FRACTION = 0.1
 ADAPT_WANDER = True
+WANDER_SHARE = 0.1
+SCALE_FLOOR = 1.0
 Q_MIN = (0.1e-9) ** 2
 Q_MAX = (100e-9) ** 2
 WANDER_Q = (2e-9) ** 2
@@ -68,6 +70,11 @@ class Estimate:
     min_delay_ns: int
     jitter_ns: float
     """Weighted RMS of the residuals: the scatter of this source's offsets."""
+    noise_scale: float = 1.0
+    """How much more the residuals scatter than the delay model says (at least 1)."""
+    effective_samples: float = 0.0
+    """How many equally good samples the weighted fit is worth, (sum w)^2 / sum w^2: few
+    when quick samples dominate or wander has aged the old ones out of the fit."""
 
 
 def _critical_runs(n: int) -> int:
@@ -132,8 +139,10 @@ class SourceStats:
         offset and frequency uncertainty, wander over the gap, the sample's own noise."""
         dt = max(0.0, (m.time_ns - est.time_ns) / NS_PER_S)
         excess = m.delay_ns - min(est.min_delay_ns, m.delay_ns)
-        floor = max(self.floor_sd_ns, FLOOR_FRACTION * excess)
-        predicted = est.offset_sd_ns**2 + floor**2 + excess**2 / 12.0
+        # The same noise model as the fit's weights: a prediction that expects less noise
+        # than the fit assumes would read network noise as wander.
+        floor = self._floor([*self.samples, m])
+        predicted = est.offset_sd_ns**2 + est.noise_scale * (floor**2 + excess**2 / 12.0)
         if math.isfinite(est.frequency_sd):
             predicted += (est.frequency_sd * dt * NS_PER_S) ** 2
         wander = self.q * 1e18 * dt**3 / 3.0
@@ -148,7 +157,7 @@ class SourceStats:
         real share (10%) to wander teach anything about wander. Bounded to 0.1..100 ppb per
         sqrt(s), so a burst of bad samples cannot make the model absurd.
         """
-        if predicted <= 0 or wander < 0.1 * predicted:
+        if predicted <= 0 or wander < WANDER_SHARE * predicted:
             return
         z2 = min(innovation * innovation / predicted, 25.0)
         self.surprise += 0.1 * (z2 - self.surprise)
@@ -178,14 +187,20 @@ class SourceStats:
         if self.samples:
             self.estimate = self._fit()
 
-    def _weights(self, samples: list[Measurement]) -> list[float]:
+    def _floor(self, samples: list[Measurement]) -> float:
+        """The noise floor of any sample's offset, in ns.
+
+        Even the quickest sample is not exact (the clock wanders off any straight line,
+        the path's fastest delay is not perfectly symmetric), so the variance has a floor
+        that scales with the path's typical queueing; without it one lucky sample would
+        pin the whole line."""
         dmin = min(s.delay_ns for s in samples)
         excess = sorted(s.delay_ns - dmin for s in samples)
-        # Even the quickest sample is not exact (the clock wanders off any straight line,
-        # the path's fastest delay is not perfectly symmetric), so the variance has a floor
-        # that scales with the path's typical queueing; without it one lucky sample would
-        # pin the whole line.
-        floor = max(self.floor_sd_ns, FLOOR_FRACTION * excess[len(excess) // 2])
+        return max(self.floor_sd_ns, FLOOR_FRACTION * excess[len(excess) // 2])
+
+    def _weights(self, samples: list[Measurement]) -> list[float]:
+        dmin = min(s.delay_ns for s in samples)
+        floor = self._floor(samples)
         floor2 = floor * floor
         newest = samples[-1].time_ns
         # Our oscillator's frequency wanders (a random walk), so an old sample departs from
@@ -205,6 +220,8 @@ class SourceStats:
         samples = self.samples
         n_all = len(samples)
         newest = samples[-1].time_ns
+        if n_all == 2 and samples[1].time_ns > samples[0].time_ns:
+            return self._two_point(samples[0], samples[1])
         if n_all < MIN_REGRESSION:
             # Not enough for a slope: the best (lowest delay) sample's offset, no frequency.
             best = min(samples, key=lambda s: s.delay_ns)
@@ -218,6 +235,7 @@ class SourceStats:
                 samples_used=n_all,
                 min_delay_ns=best.delay_ns,
                 jitter_ns=jit,
+                effective_samples=float(n_all),
             )
         # Try the newest n samples for n = all, then fewer, until the residuals look random.
         n = n_all
@@ -226,6 +244,26 @@ class SourceStats:
             if n <= MIN_REGRESSION or runs >= _critical_runs(n):
                 return est
             n = max(MIN_REGRESSION, (n * 3) // 4)
+
+    def _two_point(self, s0: Measurement, s1: Measurement) -> Estimate:
+        """The line through two samples: a first frequency one poll after start, a whole
+        poll before a regression could give one. Each sample's spread is taken as a
+        quarter of its delay (no residuals to learn it from yet), so through heavy jitter
+        the slope is uncertain and the discipline shrinks it toward the prior."""
+        dt = (s1.time_ns - s0.time_ns) / NS_PER_S
+        sd0 = max(self.floor_sd_ns, s0.delay_ns / 4.0)
+        sd1 = max(self.floor_sd_ns, s1.delay_ns / 4.0)
+        return Estimate(
+            time_ns=s1.time_ns,
+            offset_ns=float(s1.offset_ns),
+            offset_sd_ns=sd1,
+            frequency=(s1.offset_ns - s0.offset_ns) / (dt * NS_PER_S),
+            frequency_sd=math.hypot(sd0, sd1) / (dt * NS_PER_S),
+            samples_used=2,
+            min_delay_ns=min(s0.delay_ns, s1.delay_ns),
+            jitter_ns=abs(s1.offset_ns - s0.offset_ns) / math.sqrt(2.0),
+            effective_samples=2.0,
+        )
 
     def _regress(self, samples: list[Measurement], t_ref: int) -> tuple[Estimate, int]:
         w = self._weights(samples)
@@ -243,6 +281,7 @@ class SourceStats:
         chi2 = sum(wi * r * r for wi, r in zip(w, resid, strict=True))
         # Residual variance scale: how far the data scatter relative to their assumed weights.
         scale = chi2 / (n - 2) if n > 2 else 1.0
+        scale = max(scale, SCALE_FLOOR)
         var_b = scale / sxx if sxx > 0 else math.inf
         var_a = scale * (1.0 / sw + xm * xm / sxx) if sxx > 0 else scale / sw
         runs = 1 + sum(1 for r0, r1 in itertools.pairwise(resid) if (r0 >= 0) != (r1 >= 0))
@@ -256,6 +295,8 @@ class SourceStats:
             samples_used=n,
             min_delay_ns=min(s.delay_ns for s in samples),
             jitter_ns=jitter,
+            noise_scale=scale,
+            effective_samples=sw * sw / sum(wi * wi for wi in w),
         )
         return est, runs
 

@@ -119,6 +119,13 @@ def _jitter_limit(jitter_ns: int) -> int:
     return max(1 * MS, 5 * jitter_ns)
 
 
+def _sweep_limit(jitter_ns: int, chrony_ns: int, ntpd_ns: int) -> int:
+    """RMS pass limit of a default-polling sweep: 0.8x chrony's figure where every seed
+    1-5 beats it (10 us to 1 ms); at 10 ms the seed spread is too wide (mean 0.5x chrony,
+    worst seed 1.04x), so ntpd's figure stays the gate there."""
+    return ntpd_ns if jitter_ns >= 10 * MS else chrony_ns * 4 // 5
+
+
 _JITTERS: tuple[tuple[str, int, tuple[int, int], tuple[int, int]], ...] = (
     # label, jitter, (chrony, ntpd) RMS default polling, (chrony, ntpd) RMS poll 64 s
     ("10us", 10 * US, (35 * US, 234 * US), (14 * US, 165 * US)),
@@ -139,7 +146,8 @@ def _build() -> tuple[Scenario, ...]:
             ),
             duration_s=10_000,
             servers=_one_server(),
-            limits=Limits(max_sync_s=300, max_abs_error_ns=1 * MS, rms_error_ns=300 * US),
+            # sync within 0.8x chrony's 131 s (issue 14's target)
+            limits=Limits(max_sync_s=105, max_abs_error_ns=1 * MS, rms_error_ns=300 * US),
             reference=Reference(chrony_rms_ns=59 * US, chrony_sync_s=131, chrony_max_ns=124 * US),
         )
     ]
@@ -151,13 +159,13 @@ def _build() -> tuple[Scenario, ...]:
                 description=(
                     f"as defaults with jitter {label} (default polling 64-1024 s); "
                     f"sync limit {limit // US} us; steady-state RMS after {SWEEP_WARMUP_S} s "
-                    "must beat ntpd's"
+                    "must beat 0.8x chrony's (ntpd's at 10 ms)"
                 ),
                 duration_s=10_000,
                 servers=_one_server(jitter),
                 sync_limit_ns=limit,
                 metrics_from_s=SWEEP_WARMUP_S,
-                limits=Limits(rms_error_ns=n_def),
+                limits=Limits(rms_error_ns=_sweep_limit(jitter, c_def, n_def)),
                 reference=Reference(chrony_rms_ns=c_def, ntpd_rms_ns=n_def),
             )
         )
