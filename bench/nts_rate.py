@@ -418,10 +418,15 @@ def ratio_lines(n: Result, c: Result) -> list[str]:
         )
     if n.ke_per_s and c.ke_per_s:
         ratio = n.ke_per_s / c.ke_per_s
-        undecided = (ratio >= TARGET_KE_RATIO and c.ke_limit != "server") or (
-            ratio < TARGET_KE_RATIO and n.ke_limit != "server"
+        not_server = ("generator", "contended")
+        undecided = (ratio >= TARGET_KE_RATIO and c.ke_limit in not_server) or (
+            ratio < TARGET_KE_RATIO and n.ke_limit in not_server
         )
-        result = "not decided: a side was not server-limited" if undecided else verdict(ratio >= 1)
+        result = (
+            f"not decided: {n.ke_limit if ratio < TARGET_KE_RATIO else c.ke_limit}-limited"
+            if undecided
+            else verdict(ratio >= 1)
+        )
         out.append(
             f"ratio ntpy/chronyd: key exchanges/s {ratio:.2f} (target >= {TARGET_KE_RATIO}: "
             f"{result})"
