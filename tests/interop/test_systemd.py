@@ -48,7 +48,7 @@ def test_units_verify(tmp_path: Path) -> None:
     for name in UNITS:
         text = unit_text(name)
         if name == "ntpy.service":
-            assert "\nExecStart=ntpy serve" in text
+            assert "\nExecStart=ntpy serve -u ntpy:ntpy" in text
             text = text.replace("\nExecStart=ntpy ", f"\nExecStart={sys.executable} -m ntpy ")
         (tmp_path / name).write_text(text)
     proc = subprocess.run(
@@ -74,6 +74,8 @@ def test_service_unit_settings() -> None:
         "StateDirectory=ntpy",
         "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK",
         "SystemCallFilter=@system-service @clock",
+        "ExecStart=ntpy serve -u ntpy:ntpy",
+        "ExecStartPre=+systemd-sysusers ntpy.conf",
     ):
         assert want in lines, want
     assert not any(line.startswith("ProtectClock=") for line in lines)
