@@ -75,10 +75,13 @@ def base_rate(freq_units: int, user_hz: int = USER_HZ) -> KernelRate:
 
 
 def rate_for(units: int, user_hz: int = USER_HZ) -> KernelRate:
-    """The (tick, freq) pair for a total rate of ``units``: the nearest tick, the rest (at
-    most half a tick step, 50 ppm) in ``freq``. ValueError beyond the kernel's tick range."""
+    """The (tick, freq) pair for a total rate of ``units``: the nominal tick while the rest
+    fits in ``freq`` (+/-500 ppm), else the nearest tick and the rest (at most 50 ppm) in
+    ``freq``. ValueError beyond the kernel's tick range."""
     step = user_hz * FREQ_UNITS_PER_PPM
-    tick = (units + step // 2) // step
+    tick = nominal_tick(user_hz)
+    if abs(units - tick * step) > KERNEL_MAX_FREQ_UNITS:
+        tick = (units + step // 2) // step
     lo, hi = tick_limits(user_hz)
     if not lo <= tick <= hi:
         raise ValueError(f"clock rate {units / UNITY:.6f} is beyond the kernel's tick range")
