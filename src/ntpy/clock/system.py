@@ -271,7 +271,7 @@ class SystemClock:
         base = self._base()
         rt = self._realtime()
         target = self._pending_fine(rt) + extra_fine
-        units = slew_units(target // FINE_PER_NS, self._max_slew_ppm)
+        units = slew_units(_div_toward_zero(target, FINE_PER_NS), self._max_slew_ppm)
         rate = base if units == 0 else rate_for(base.units + units, self._user_hz)
         old_view = self._view
         t_change = self._program(rate)
