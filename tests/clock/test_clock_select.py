@@ -90,3 +90,15 @@ def test_capability_check_has_one_home() -> None:
 
     assert select.has_cap_sys_time is capability.has_cap_sys_time is has_cap_sys_time
     assert select.CAP_SYS_TIME == capability.CAP_SYS_TIME == 25
+
+
+def test_system_clock_gets_the_configured_max_slew_rate() -> None:
+    """``tinker maxslewrate`` reaches the system clock through the daemon's clock choice."""
+    from ntpy.daemon.assemble import build_clock
+
+    clock, _why = choose_clock("system", cap_sys_time=True, libc=FakeLibc(), max_slew_ppm=1000.0)
+    assert isinstance(clock, SystemClock) and clock.slew_rate_ppm == 1000.0
+    default, _why = choose_clock("auto", cap_sys_time=True, libc=FakeLibc())
+    assert isinstance(default, SystemClock) and default.slew_rate_ppm == 83_333.333
+    virtual, _why = build_clock("virtual", 1000.0)
+    assert virtual.name == "virtual"

@@ -109,9 +109,9 @@ def test_other_errno_is_reported_plainly() -> None:
         (2145 * S, 2145 * 10**6),
     ],
 )
-def test_slew_is_singleshot_in_microseconds(offset_ns: int, usec: int) -> None:
+def test_hand_off_slew_is_singleshot_in_microseconds(offset_ns: int, usec: int) -> None:
     clock, libc = make()
-    clock.slew(offset_ns)
+    clock.hand_off_slew(offset_ns)
     (call,) = libc.calls
     assert call["modes"] == tx.ADJ_OFFSET_SINGLESHOT == 0x8001
     assert call["offset"] == usec
@@ -119,18 +119,18 @@ def test_slew_is_singleshot_in_microseconds(offset_ns: int, usec: int) -> None:
 
 def test_slew_beyond_adjtime_range_is_refused_before_any_call() -> None:
     clock, libc = make()
-    with pytest.raises(ValueError, match="step instead"):
-        clock.slew(2146 * S)
-    with pytest.raises(TypeError):
-        clock.slew(0.5)  # type: ignore[arg-type]
+    for slew in (clock.slew, clock.hand_off_slew):
+        with pytest.raises(ValueError, match="step instead"):
+            slew(2146 * S)
+        with pytest.raises(TypeError):
+            slew(0.5)  # type: ignore[arg-type]
     assert libc.calls == []
 
 
-def test_remaining_slew_is_a_read_only_singleshot_query() -> None:
+def test_served_time_is_cooked_so_no_slew_is_left_unserved() -> None:
     clock, libc = make(offset=-1234)
-    assert clock.remaining_slew_ns() == -1_234_000
-    (call,) = libc.calls
-    assert call["modes"] == tx.ADJ_OFFSET_SS_READ == 0xA001
+    assert clock.remaining_slew_ns() == 0
+    assert libc.calls == []
 
 
 @pytest.mark.parametrize(
@@ -146,7 +146,10 @@ def test_frequency_is_ppm_scaled_by_2_16(ppb: float, freq: int) -> None:
     clock, libc = make()
     clock.set_frequency_ppb(ppb)
     (call,) = libc.calls
-    assert call["modes"] == tx.ADJ_FREQUENCY
+    # Tick and frequency are written together (a slew may have changed both); the
+    # reported time is asked for in ns (ADJ_NANO): it dates the change.
+    assert call["modes"] == tx.ADJ_TICK | tx.ADJ_FREQUENCY | tx.ADJ_NANO
+    assert call["tick"] == 10_000
     assert call["freq"] == freq
 
 
@@ -235,14 +238,18 @@ def test_leap_bits_are_kept_across_sync_updates() -> None:
 
 
 def test_reset_kernel_discipline_clears_pll_then_turns_it_off() -> None:
-    clock, libc = make()
+    clock, libc = make(tick=10_833, freq=7 << 16)
     clock.reset_kernel_discipline()
-    first, second = libc.calls
+    first, second, third, *_reads, last = libc.calls
     assert first["modes"] == tx.ADJ_OFFSET | tx.ADJ_STATUS
     assert first["status"] == tx.STA_PLL | tx.STA_UNSYNC
     assert first["offset"] == 0
     assert second["modes"] == tx.ADJ_STATUS
     assert second["status"] == tx.STA_UNSYNC
+    # any adjtime() slew cancelled, then the tick put back to nominal, frequency kept
+    assert third["modes"] == tx.ADJ_OFFSET_SINGLESHOT and third["offset"] == 0
+    assert last["modes"] == tx.ADJ_TICK | tx.ADJ_FREQUENCY | tx.ADJ_NANO
+    assert (last["tick"], last["freq"]) == (10_000, 7 << 16)
 
 
 def test_state_uses_read_only_calls() -> None:

@@ -467,6 +467,16 @@ def test_tinker_panicexit() -> None:
     fails("tinker panicexit", 1, "'panicexit' needs 0 or 1")
 
 
+def test_tinker_maxslewrate() -> None:
+    """chrony's maxslewrate: how fast the system clock is slewed (tick + frequency)."""
+    assert conf("").tinker.maxslewrate == 83_333.333
+    assert conf("tinker maxslewrate 1000").tinker.maxslewrate == 1000.0
+    assert conf("tinker maxslewrate 83333.333").tinker.maxslewrate == 83_333.333
+    fails("server a\ntinker maxslewrate 0", 2, "maxslewrate")
+    fails("tinker maxslewrate 100000", 1, "maxslewrate")
+    fails("tinker maxslewrate fast", 1, "maxslewrate")
+
+
 def test_chrony_extras_and_ntpy_extensions() -> None:
     config = conf("makestep 1.0 3\nmaxdistance 4\nclock virtual\nbroadcastdelay 0.008")
     assert config.makestep is not None and (config.makestep.threshold, config.makestep.limit) == (

@@ -149,13 +149,22 @@ def test_kernel_pll_taken_over_only_when_disciplining(
 
     libc = _RecordingLibc()
     monkeypatch.setattr(
-        assemble, "choose_clock", lambda mode: (SystemClock(libc, adjustable=True), "fake system")
+        assemble,
+        "choose_clock",
+        lambda mode, **kw: (SystemClock(libc, adjustable=True, **kw), "fake system"),
     )
     text = "server 192.0.2.1 iburst\n" if servers else "server 127.127.1.0\n"
     d = app.Daemon(cfg(text), app.ServeOptions(listen=["127.0.0.1:0"], control_socket="none"))
     d._take_over_kernel_clock()
     writes = [m for m in libc.modes if m not in (0,)]
     assert bool(writes) == expect_reset
+    # At exit the tick is put back (never left slewing fast), again only when disciplining.
+    before = len(libc.modes)
+    d._release_kernel_clock()
+    from ntpy.clock import timex as tx
+
+    released = [m for m in libc.modes[before:] if m & tx.ADJ_TICK]
+    assert bool(released) == expect_reset
     d.loop.close()
 
 

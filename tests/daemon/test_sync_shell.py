@@ -211,3 +211,37 @@ def test_a_keyed_source_signs_with_its_trusted_key(
         "of ntpy); the source is not used until then"
     ]
     shell.close()
+
+
+def test_system_clock_slews_end_on_the_shell_timer_and_kernel_status_is_kept() -> None:
+    """As root: a SlewClock starts a fast kernel slew, the shell arms the clock's own
+    timer, and running it puts the nominal tick back; the kernel's STA_UNSYNC/maxerror
+    are written after the update (PLL off). The kernel is the simulator's model."""
+    from ntpy.clock import SystemClock
+    from ntpy.clock import timex as tx
+    from ntpy.core.actions import SlewClock
+    from ntpy.sim.kernel import KernelClock
+
+    true_ns = [1_700_000_000 * NS]
+    kernel = KernelClock(lambda t: t, lambda: true_ns[0], strict=True)
+    clock = SystemClock(kernel, adjustable=True, realtime=kernel.read_ns, precision_log=-20)
+    clock.reset_kernel_discipline()
+    loop = Loop("poll")
+    engine = SyncEngine(SyncOptions(), lambda: 12345)
+    shell = SyncShell(engine, clock, loop, lambda st: None, lambda msg: None)
+    shell.run_actions([SlewClock(5_000_000)])
+    shell.reschedule()
+    assert kernel.tick_usec != 10_000  # slewing fast through the tick
+    assert kernel.time_status & tx.STA_UNSYNC and not kernel.time_status & tx.STA_PLL
+    assert kernel.time_maxerror == 16_000_000  # not synchronised: the cap
+    due = shell._clock_timer_due
+    assert due is not None and 0.9 * NS < due - time.monotonic_ns() < 1.1 * NS
+    wait = clock.timer_due_in_ns()
+    assert wait is not None
+    true_ns[0] += kernel.true_ns_for(wait)  # the slew's second has passed: fire the timer
+    (callback,) = [cb for when, _seq, cb in loop._timers if when == due]
+    callback()
+    assert kernel.tick_usec == 10_000
+    assert abs(clock.now_ns() - kernel.read_ns()) <= 1  # the kernel clock caught up
+    assert shell._clock_timer_due is None or clock.timer_due_in_ns() is None
+    shell.close()

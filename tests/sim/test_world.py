@@ -325,9 +325,17 @@ def test_scenario_table() -> None:
 
 
 def test_cli_json_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["step-10s", "--json", "--no-trace", "--seed", "2"]) == 0
+    assert main(["step-10s", "--json", "--no-trace", "--seed", "2", "--clock", "virtual"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["scenario"] == "step-10s" and out["seed"] == 2 and "trace" not in out
+    assert out["clock"] == "virtual" and out["kernel_rms_error_ns"] is None
+    # Both adapters by default: one report each, virtual first.
+    assert main(["step-10s", "--json", "--no-trace", "--seed", "2"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert [r["clock"] for r in both] == ["virtual", "kernel"]
+    assert both[1]["kernel_time_to_sync_s"] is not None
+    assert main(["step-10s", "--clock", "kernel"]) == 0
+    assert "kernel clock itself" in capsys.readouterr().out
     assert main(["no-such-scenario"]) == 2
     assert "unknown scenario" in capsys.readouterr().err
 
@@ -338,5 +346,18 @@ def test_markdown_table_rows() -> None:
     report = run_scenario(short, 1, engine_factory=stand_in_factory())
     table = markdown_table([(sc, report)])
     lines = table.splitlines()
-    assert len(lines) == 3 and lines[2].startswith("| defaults |")
+    assert len(lines) == 3 and lines[2].startswith("| defaults | virtual |")
     assert "(131)" in lines[2] and "59.0" in lines[2]  # chrony's sync time and RMS
+
+
+def test_unknown_clock_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown clock"):
+        Simulation(get_scenario("defaults"), 1, clock="ntp")
+
+
+def test_kernel_clock_run_is_deterministic_and_uses_the_adapter_timer() -> None:
+    sc = replace(get_scenario("defaults"), duration_s=400)
+    a = run_scenario(sc, 3, clock="kernel")
+    b = run_scenario(sc, 3, clock="kernel")
+    assert a.to_json() == b.to_json()
+    assert a.clock_timers > 0 and a.kernel_rms_error_ns is not None

@@ -117,11 +117,29 @@ def apply_adjustment(clock: AdjustableClock, action: str, offset_ns: int) -> Non
         raise AdjustError(f"can't slew the time of day: {exc}; use -b to step") from exc
 
 
+class _OneShotSystemClock:
+    """The system clock for a program that exits right after adjusting it: a slew is
+    handed to the kernel's own adjtime() slew (500 ppm), which finishes without us --
+    ``SystemClock.slew`` would need the process to stay and end it."""
+
+    def __init__(self) -> None:
+        from ntpy.clock.system import SystemClock
+
+        self._clock = SystemClock()
+
+    def can_adjust(self) -> bool:
+        return self._clock.can_adjust()
+
+    def step(self, offset_ns: int) -> None:
+        self._clock.step(offset_ns)
+
+    def slew(self, offset_ns: int) -> None:
+        self._clock.hand_off_slew(offset_ns)
+
+
 def system_clock() -> AdjustableClock:
     """The real clock, created only when the user asked to set it."""
-    from ntpy.clock.system import SystemClock
-
-    return SystemClock()
+    return _OneShotSystemClock()
 
 
 # ---------------------------------------------------------------------------------------

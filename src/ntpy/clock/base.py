@@ -5,9 +5,30 @@ clock (a software offset + frequency register over the system clock, like chrony
 and the simulator's clock. Because the daemon only ever asks a ``Clock``, the same code
 serves time in production, in an unprivileged container, and inside the simulator.
 
-All times are integer nanoseconds since the Unix epoch ("served time" = the time ntpy
-believes is true and hands to clients). Frequencies are in parts per billion (ppb) as
-floats, because they are rates, not instants.
+All times are integer nanoseconds since the Unix epoch. Frequencies are in parts per
+billion (ppb) as floats, because they are rates, not instants.
+
+The contract, in three quantities:
+
+* *served* time, ``now_ns()``: what clients are given.
+* the *unserved slew*, ``remaining_slew_ns()``: correction already decided that served time
+  does not include yet.
+* *cooked* time = served + unserved slew (``ntpy.core.actions.cooked_now``): the clock with
+  every decided correction applied. The engine measures against it (T1, T4, ``now``), and
+  ``SlewClock(x)`` is carried out as ``slew(remaining_slew_ns() + x)``, so cooked time moves
+  by exactly ``x`` at once on every clock.
+
+The clocks differ in where the slew shows:
+
+* ``VirtualClock`` serves the register with the slew *in progress* (at its slew rate, 1%
+  in the daemon): served time moves smoothly and ``remaining_slew_ns()`` is what is left.
+* ``SystemClock`` serves the *cooked* time itself (chrony's name): the kernel clock plus
+  the correction the kernel still has to slew, so clients never see the half-slewed
+  kernel clock; ``remaining_slew_ns()`` is 0 and the kernel's own part is
+  ``kernel_slew_ns()``. It needs a timer to end its slews (``TimedClock``).
+
+The simulator grades served time (``now_ns() - true time``) on both, and the daemon hands
+the engine the same cooked time the simulator does, so both agree on what is measured.
 """
 
 from __future__ import annotations
@@ -50,7 +71,8 @@ class Clock(Protocol):
         ...
 
     def slew(self, offset_ns: int) -> None:
-        """Start correcting served time by ``offset_ns`` gradually (replaces any slew running)."""
+        """Set the unserved slew to ``offset_ns`` (replacing what was left of it): cooked
+        time moves by the difference at once; served time follows at the clock's pace."""
         ...
 
     def set_frequency_ppb(self, ppb: float) -> None:
@@ -62,9 +84,27 @@ class Clock(Protocol):
         ...
 
     def remaining_slew_ns(self) -> int:
-        """Offset still to be corrected by a slew in progress."""
+        """Correction decided but not yet in served time (cooked minus served)."""
         ...
 
     def add_step_handler(self, handler: StepHandler) -> None:
         """Register ``handler`` to be told of every step."""
+        ...
+
+
+@runtime_checkable
+class TimedClock(Protocol):
+    """A clock with work of its own to do later (the system clock ends its slews).
+
+    Its owner asks ``timer_due_in_ns()`` after every clock action and timer, and calls
+    ``on_timer()`` once that long has passed (monotonic time runs at the clock's rate).
+    Calling it late or early is harmless; only the kernel clock's overshoot grows.
+    """
+
+    def timer_due_in_ns(self) -> int | None:
+        """ns until ``on_timer()`` is wanted (0: now); None: nothing pending."""
+        ...
+
+    def on_timer(self) -> None:
+        """Do the work that has come due (no-op if none)."""
         ...

@@ -14,13 +14,17 @@ from ntpy.clock.base import Clock
 from ntpy.clock.capability import CAP_SYS_TIME as CAP_SYS_TIME
 from ntpy.clock.capability import has_cap_sys_time as has_cap_sys_time
 from ntpy.clock.errors import ClockError
+from ntpy.clock.slewplan import DEFAULT_MAX_SLEW_PPM
 from ntpy.clock.system import LibcLike, SystemClock
 from ntpy.clock.virtual import VirtualClock
 
 CLOCK_MODES = ("auto", "system", "virtual")
 
 _VIRTUAL_WHY = "served time is system time plus ntpy's correction; the system clock is left alone"
-_SYSTEM_WHY = "ntpy steps, slews and sets the frequency of the kernel clock with adjtimex"
+_SYSTEM_WHY = (
+    "ntpy steps, slews (tick + frequency) and sets the frequency of the kernel clock with "
+    "adjtimex, and serves the corrected time while the kernel clock slews"
+)
 
 
 def choose_clock(
@@ -29,11 +33,13 @@ def choose_clock(
     cap_sys_time: bool | None = None,
     libc: LibcLike | None = None,
     realtime: Callable[[], int] | None = None,
+    max_slew_ppm: float = DEFAULT_MAX_SLEW_PPM,
 ) -> tuple[Clock, str]:
     """Build the clock for ``mode`` ("auto" | "system" | "virtual") and say why, for the log.
 
     ``cap_sys_time`` overrides the capability check and ``libc``/``realtime`` are passed to
-    the clocks (tests use them; the daemon leaves them as None). Raises ``ClockError`` when
+    the clocks (tests use them; the daemon leaves them as None). ``max_slew_ppm`` is the
+    system clock's fastest slew (``tinker maxslewrate``). Raises ``ClockError`` when
     "system" is asked for without CAP_SYS_TIME, and ``ValueError`` for an unknown mode.
     """
     if mode not in CLOCK_MODES:
@@ -47,10 +53,13 @@ def choose_clock(
                 "clock mode 'system' needs CAP_SYS_TIME to adjust the kernel clock; run as "
                 "root or grant cap_sys_time, or use clock mode 'virtual' or 'auto'"
             )
-        return SystemClock(libc, adjustable=True), f"system clock (requested): {_SYSTEM_WHY}"
+        return (
+            SystemClock(libc, adjustable=True, max_slew_ppm=max_slew_ppm),
+            f"system clock (requested): {_SYSTEM_WHY}",
+        )
     if cap:
         return (
-            SystemClock(libc, adjustable=True),
+            SystemClock(libc, adjustable=True, max_slew_ppm=max_slew_ppm),
             f"system clock (CAP_SYS_TIME held): {_SYSTEM_WHY}",
         )
     return _virtual(realtime), f"virtual clock (no CAP_SYS_TIME): {_VIRTUAL_WHY}"

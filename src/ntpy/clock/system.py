@@ -1,25 +1,41 @@
 """The system clock: CLOCK_REALTIME, adjusted through ``adjtimex`` (needs CAP_SYS_TIME).
 
-The C library is reached with ``ctypes.CDLL(None)`` and is injectable, so tests hand in a
-fake that records and decodes each ``struct timex`` instead of touching the host clock.
+The C library is reached with ``ctypes.CDLL(None)`` and is injectable, so tests (and the
+simulator's kernel model, ``ntpy.sim.kernel``) hand in a fake instead of the host clock.
 
-How each operation maps onto the kernel (the same fields chrony's sys_timex.c/sys_linux.c
-and ntpd use):
+How each operation maps onto the kernel -- the fields chrony's sys_linux.c uses, because
+they correct fast and leave the kernel's own discipline out of the loop:
 
+* frequency -- ADJ_FREQUENCY, ``freq`` = ppm * 2**16 (positive: faster), with the nominal
+  tick. That is ntpy's *base* rate.
+* slew -- the tick length (ADJ_TICK) and ``freq`` together make the clock run faster or
+  slower than the base rate by up to ``max_slew_ppm`` (chrony's 83 333 ppm by default; the
+  kernel's own ADJ_OFFSET_SINGLESHOT slews at a fixed 500 ppm, so 0.1 s took 200 s). The
+  rate and its (tick, freq) pair come from ``ntpy.clock.slewplan``. This class keeps the
+  slew's books itself: when it started (the kernel reports the time of each change in
+  ``timex.time``), at what exact gain, how much is left. It must put the base rate back
+  when the slew is done, so it has a timer: ``timer_due_in_ns()`` says when it next wants
+  ``on_timer()`` called, and the owner (the daemon's sync shell, the simulator's world)
+  calls it then. Calling late costs nothing in served time (the books follow the kernel
+  clock exactly until the rate is changed back, and any overshoot is slewed back); it only
+  lets the kernel clock itself run past its target for that long.
+* served time is *cooked*: the kernel clock plus the correction it still has to slew, so
+  clients never see the half-slewed clock. ``now_ns``/``from_realtime_ns`` map through a
+  ``Segment`` (the virtual clock's type and ``served_ns``), which worker processes are
+  handed too. ``remaining_slew_ns()`` is therefore 0 (see ``ntpy.clock.base``); the
+  kernel's part is ``kernel_slew_ns()``.
 * step -- ADJ_SETOFFSET | ADJ_NANO, ``time`` = the signed offset as (s, ns) with the ns
-  part in [0, 1e9). The kernel adds it to the clock atomically, so no read-modify-write
-  race as with ``clock_settime``.
-* slew -- ADJ_OFFSET_SINGLESHOT (old ``adjtime()`` semantics): the kernel slews the whole
-  offset linearly at 500 ppm and a new call replaces the remaining one, which is exactly
-  the ``Clock.slew`` contract and matches the virtual clock's default rate. The
-  alternative, ADJ_OFFSET with STA_PLL, hands the offset to the kernel PLL, which decays
-  it exponentially and also changes the frequency by itself -- a second discipline loop
-  fighting ntpy's own. The singleshot offset is in microseconds (ADJ_NANO does not apply).
-* frequency -- ADJ_FREQUENCY, ``freq`` = ppm * 2**16, positive = clock runs faster.
+  part in [0, 1e9). The kernel adds it atomically; a slew in progress carries on.
+* kernel PLL/FLL -- off. The status word is written whole (STA_PLL and STA_FLL clear), so
+  ntpy keeps its own copy (leap bits included), as chrony does. ADJ_OFFSET would hand the
+  offset to the kernel PLL, a second loop fighting ntpy's.
 * sync status -- ADJ_STATUS | ADJ_MAXERROR | ADJ_ESTERROR with STA_UNSYNC cleared when
-  synchronised: what ``ntptime``/``adjtimex -p`` and other programs read as "synced".
-  The status word is written whole, so ntpy keeps its own copy (leap bits included), as
-  chrony does, and turns the kernel PLL off by writing it.
+  synchronised: what ``ntptime``/``adjtimex -p``/``timedatectl`` and the kernel's 11-minute
+  RTC update read.
+* ``hand_off_slew`` -- ADJ_OFFSET_SINGLESHOT, for one-shot tools (``ntpy sync``) that exit
+  at once: the kernel finishes that slew (at 500 ppm) by itself. ``close()`` does the same
+  with a slew still pending when the daemon stops, after restoring the base rate, so the
+  clock is never left running fast.
 """
 
 from __future__ import annotations
@@ -28,6 +44,7 @@ import ctypes
 import errno
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +55,18 @@ from ntpy.clock.base import StepHandler
 from ntpy.clock.capability import has_cap_sys_time
 from ntpy.clock.errors import ClockError
 from ntpy.clock.precision import measure_precision
+from ntpy.clock.slewplan import (
+    DEFAULT_MAX_SLEW_PPM,
+    FINE_PER_NS,
+    MAX_SLEW_LIMIT_PPM,
+    USER_HZ,
+    KernelRate,
+    base_rate,
+    gain_mppb,
+    nominal_tick,
+    rate_for,
+    slew_units,
+)
 from ntpy.clock.timex import (
     ADJ_ESTERROR,
     ADJ_FREQUENCY,
@@ -48,6 +77,7 @@ from ntpy.clock.timex import (
     ADJ_OFFSET_SS_READ,
     ADJ_SETOFFSET,
     ADJ_STATUS,
+    ADJ_TICK,
     KERNEL_MAX_FREQ_PPB,
     KERNEL_SLEW_RATE_PPM,
     NTP_PHASE_LIMIT_US,
@@ -62,12 +92,16 @@ from ntpy.clock.timex import (
     ppb_to_timex_freq,
     timex_freq_to_ppb,
 )
+from ntpy.clock.virtual import Segment, SegmentListener, served_ns
 from ntpy.core.timestamps import NS_PER_S
 
 MAX_SLEW_NS = 2145 * NS_PER_S
-"""Largest singleshot slew accepted; glibc's adjtime() uses the same bound (fits in int32 us)."""
+"""Largest slew accepted; glibc's adjtime() uses the same bound (fits in int32 us)."""
 
 _NS_PER_US = 1000
+_UNBOUNDED_FINE = 10**30
+"""A slew amount no kernel slew reaches before it is changed back (~3e5 years at 10%):
+while the kernel slews, served time follows it without a clamp."""
 
 
 class LibcLike(Protocol):
@@ -96,6 +130,9 @@ class KernelClockStatus:
     maxerror_ns: int
     esterror_ns: int
     frequency_ppb: float
+    """The kernel's ``freq`` register (during a slew it includes part of the slew)."""
+    tick: int
+    """The kernel's tick, us per 1/USER_HZ s (nominal 10 000; off nominal during a slew)."""
     pll_offset_ns: int
     """The kernel PLL's remaining offset (0 unless another program used STA_PLL)."""
     tai_offset_s: int
@@ -118,16 +155,31 @@ so no code path under test can move the shared machine's clock, whatever its pri
 
 
 class SystemClock:
-    """CLOCK_REALTIME read directly and adjusted via ``adjtimex``."""
+    """CLOCK_REALTIME adjusted via ``adjtimex``; serves the cooked time (see module doc)."""
 
     name = "system"
 
-    def __init__(self, libc: LibcLike | None = None, *, adjustable: bool | None = None) -> None:
-        """``libc`` defaults to the process's C library; tests pass a fake.
+    def __init__(
+        self,
+        libc: LibcLike | None = None,
+        *,
+        adjustable: bool | None = None,
+        realtime: Callable[[], int] | None = None,
+        max_slew_ppm: float = DEFAULT_MAX_SLEW_PPM,
+        precision_log: int | None = None,
+        user_hz: int = USER_HZ,
+    ) -> None:
+        """``libc`` defaults to the process's C library; tests pass a fake, and then
+        ``realtime`` (CLOCK_REALTIME in ns) must read the same fake kernel.
 
         ``adjustable`` answers ``can_adjust()``; by default it is whether this process
-        holds CAP_SYS_TIME now.
+        holds CAP_SYS_TIME now. ``max_slew_ppm`` caps the slew rate (``tinker maxslewrate``).
         """
+        if not (math.isfinite(max_slew_ppm) and 0 < max_slew_ppm <= MAX_SLEW_LIMIT_PPM):
+            raise ValueError(
+                f"max slew rate must be above 0 and at most {MAX_SLEW_LIMIT_PPM} ppm, "
+                f"got {max_slew_ppm!r}"
+            )
         self._real_libc = libc is None
         if libc is None:
             libc = cast(LibcLike, ctypes.CDLL(None, use_errno=True))
@@ -143,9 +195,22 @@ class SystemClock:
         if adjustable is None:
             adjustable = has_cap_sys_time()
         self._adjustable = adjustable
+        self._realtime = realtime or _clock_realtime
+        self._max_slew_ppm = max_slew_ppm
+        self._user_hz = user_hz
         self._handlers: list[StepHandler] = []
+        self._listeners: list[SegmentListener] = []
+        self._lock = threading.RLock()
         self._status = STA_UNSYNC
-        self._precision: int | None = None
+        self._precision = precision_log
+        self._base_freq: int | None = None
+        """ntpy's frequency in timex units; None until first read from the kernel."""
+        self._rate: KernelRate | None = None
+        """What ntpy last wrote (None: nothing yet -- the kernel's tick is not ours)."""
+        self._view: tuple[Segment, int] = (Segment(0, 0, 0, 0), 0)
+        """(segment, gain in milli-ppb): served time = ``served_ns(*view, realtime)``."""
+        self._end_rt: int | None = None
+        """Kernel time at which the slew in progress is done."""
 
     # --- the one syscall ---------------------------------------------------------------
 
@@ -177,15 +242,73 @@ class SystemClock:
         tx.modes = 0
         return self._call(tx), tx
 
+    # --- slew bookkeeping (callers hold the lock) -----------------------------------------
+
+    def _base(self) -> KernelRate:
+        if self._base_freq is None:
+            self._base_freq = int(self._read()[1].freq)
+        return base_rate(self._base_freq, self._user_hz)
+
+    def _pending_fine(self, rt: int) -> int:
+        """Correction the kernel clock still has to slew at kernel time ``rt`` (fine)."""
+        seg, gain = self._view
+        return seg.offset_fine - _applied(seg, gain, rt)
+
+    def _program(self, rate: KernelRate) -> int:
+        """Write ``rate`` (tick + freq, ns units for the reported time); return the kernel
+        time of the change, which the kernel reports in ``timex.time``."""
+        tx = Timex()
+        tx.modes = ADJ_TICK | ADJ_FREQUENCY | ADJ_NANO
+        tx.tick = rate.tick
+        tx.freq = rate.freq
+        self._call(tx)
+        self._rate = rate
+        return int(tx.time.tv_sec) * NS_PER_S + int(tx.time.tv_usec)
+
+    def _restart(self, extra_fine: int = 0) -> None:
+        """Fold the slew so far into the books and start slewing what is left plus
+        ``extra_fine`` from the base rate in force (or stop, if nothing is left)."""
+        base = self._base()
+        rt = self._realtime()
+        target = self._pending_fine(rt) + extra_fine
+        units = slew_units(_div_toward_zero(target, FINE_PER_NS), self._max_slew_ppm)
+        rate = base if units == 0 else rate_for(base.units + units, self._user_hz)
+        old_view = self._view
+        t_change = self._program(rate)
+        # The kernel changed the rate at t_change: what the old rate slewed until then.
+        seg, gain = old_view
+        pending = seg.offset_fine - _applied(seg, gain, t_change) + extra_fine
+        if rate == base or pending == 0 or (pending > 0) != (units > 0):
+            # Nothing left worth slewing, or the rate chosen points the wrong way now
+            # (only if the kernel is far off our reading): keep the books, no slew.
+            if rate != base:
+                t_change = self._program(base)
+            self._install(Segment(t_change, pending, 0, 0), 0, None)
+            return
+        g = abs(gain_mppb(base, rate))
+        sign = 1 if pending > 0 else -1
+        end = t_change + -(-abs(pending) // g)
+        self._install(Segment(t_change, pending, 0, -sign * _UNBOUNDED_FINE), g, end)
+
+    def _install(self, seg: Segment, gain: int, end_rt: int | None) -> None:
+        self._view = (seg, gain)
+        self._end_rt = end_rt
+        for listener in self._listeners:
+            listener(seg, gain)
+
     # --- Clock protocol -----------------------------------------------------------------
 
     def now_ns(self) -> int:
-        """CLOCK_REALTIME now, ns."""
-        return time.clock_gettime_ns(time.CLOCK_REALTIME)
+        """Served (cooked) time now: the kernel clock plus the slew it still has to do."""
+        seg, gain = self._view
+        return served_ns(seg, gain, self._realtime())
 
     def from_realtime_ns(self, realtime_ns: int) -> int:
-        """Served time is realtime here."""
-        return realtime_ns
+        """Map a CLOCK_REALTIME reading (e.g. a kernel RX timestamp) to served time; a
+        reading from before the slew began gets the correction without the slew's
+        progress, as the kernel clock had made none then."""
+        seg, gain = self._view
+        return served_ns(seg, gain, realtime_ns)
 
     def precision(self) -> int:
         """Measured once (chrony-style read delay) and cached."""
@@ -198,16 +321,95 @@ class SystemClock:
         return self._adjustable
 
     def step(self, offset_ns: int) -> None:
-        """Add ``offset_ns`` to the kernel clock at once (ADJ_SETOFFSET), then notify."""
+        """Add ``offset_ns`` to the kernel clock at once (ADJ_SETOFFSET), then notify.
+
+        A slew in progress keeps going: its books move with the clock."""
         require_int_ns("offset_ns", offset_ns)
-        tx = Timex()
-        tx.modes = ADJ_SETOFFSET | ADJ_NANO
-        tx.time.tv_sec, tx.time.tv_usec = ns_to_setoffset_time(offset_ns)
-        self._call(tx)
+        with self._lock:
+            tx = Timex()
+            tx.modes = ADJ_SETOFFSET | ADJ_NANO
+            tx.time.tv_sec, tx.time.tv_usec = ns_to_setoffset_time(offset_ns)
+            self._call(tx)
+            seg, gain = self._view
+            end = self._end_rt
+            self._install(
+                Segment(seg.anchor_rt + offset_ns, seg.offset_fine, 0, seg.slew_fine),
+                gain,
+                None if end is None else end + offset_ns,
+            )
         notify_step_handlers(self._handlers, offset_ns)
 
     def slew(self, offset_ns: int) -> None:
-        """Slew by ``offset_ns`` (rounded to us) at the kernel's 500 ppm; replaces a slew."""
+        """Correct by ``offset_ns`` more: served (cooked) time moves at once, the kernel
+        clock follows at up to ``max_slew_ppm``. ``remaining_slew_ns()`` is always 0 here,
+        so the ``Clock`` contract's "replace the unserved slew" is "add"."""
+        require_int_ns("offset_ns", offset_ns)
+        if abs(offset_ns) > MAX_SLEW_NS:
+            raise ValueError(f"slew of {offset_ns} ns is beyond +/-{MAX_SLEW_NS} ns; step instead")
+        with self._lock:
+            self._restart(offset_ns * FINE_PER_NS)
+
+    def set_frequency_ppb(self, ppb: float) -> None:
+        """Set ntpy's frequency (ppm * 2**16 in ``freq``, nominal tick); positive runs
+        faster. A slew in progress continues on top of the new base rate."""
+        if isinstance(ppb, bool) or not isinstance(ppb, int | float) or not math.isfinite(ppb):
+            raise ValueError(f"frequency must be a finite number of ppb, got {ppb!r}")
+        if abs(ppb) > KERNEL_MAX_FREQ_PPB:
+            raise ValueError(
+                f"frequency {ppb} ppb is beyond the kernel's limit of +/-{KERNEL_MAX_FREQ_PPB}"
+            )
+        with self._lock:
+            self._base_freq = ppb_to_timex_freq(ppb)
+            self._restart()
+
+    def frequency_ppb(self) -> float:
+        """ntpy's frequency correction (the base rate, without any slew)."""
+        with self._lock:
+            return timex_freq_to_ppb(self._base().freq)
+
+    def remaining_slew_ns(self) -> int:
+        """0: served time already includes every correction (see ``kernel_slew_ns``)."""
+        return 0
+
+    def add_step_handler(self, handler: StepHandler) -> None:
+        """Register ``handler`` to be called with every step (ns)."""
+        self._handlers.append(handler)
+
+    # --- the slew timer ---------------------------------------------------------------------
+
+    def timer_due_in_ns(self) -> int | None:
+        """Kernel-clock ns until ``on_timer()`` should run (0: now), None if no slew runs.
+
+        CLOCK_MONOTONIC runs at the kernel clock's rate, so the daemon can wait this long
+        on its monotonic timers."""
+        end = self._end_rt
+        if end is None:
+            return None
+        return max(0, end - self._realtime())
+
+    def on_timer(self) -> None:
+        """End a slew whose time has come: back to the base rate, and slew again whatever
+        the timer's lateness over- (or under-)corrected. Harmless at any other time."""
+        with self._lock:
+            end = self._end_rt
+            if end is not None and self._realtime() >= end:
+                self._restart()
+
+    def kernel_slew_ns(self) -> int:
+        """Correction the kernel clock has yet to slew (served minus kernel time)."""
+        with self._lock:
+            return _div_toward_zero(self._pending_fine(self._realtime()), FINE_PER_NS)
+
+    def add_segment_listener(self, listener: SegmentListener) -> None:
+        """Register ``listener(segment, gain_mppb)``: told the served-time mapping after
+        every change and once now (worker processes serve from a copy, via ``served_ns``)."""
+        with self._lock:
+            self._listeners.append(listener)
+            listener(*self._view)
+
+    def hand_off_slew(self, offset_ns: int) -> None:
+        """Slew by ``offset_ns`` through ADJ_OFFSET_SINGLESHOT (500 ppm, us resolution):
+        the kernel finishes it alone, so a program may exit at once (``ntpy sync``)."""
         require_int_ns("offset_ns", offset_ns)
         if abs(offset_ns) > MAX_SLEW_NS:
             raise ValueError(f"slew of {offset_ns} ns is beyond +/-{MAX_SLEW_NS} ns; step instead")
@@ -216,39 +418,29 @@ class SystemClock:
         tx.offset = _us_round(offset_ns)
         self._call(tx)
 
-    def set_frequency_ppb(self, ppb: float) -> None:
-        """Set the kernel frequency register (ppm * 2**16); positive runs faster."""
-        if isinstance(ppb, bool) or not isinstance(ppb, int | float) or not math.isfinite(ppb):
-            raise ValueError(f"frequency must be a finite number of ppb, got {ppb!r}")
-        if abs(ppb) > KERNEL_MAX_FREQ_PPB:
-            raise ValueError(
-                f"frequency {ppb} ppb is beyond the kernel's limit of +/-{KERNEL_MAX_FREQ_PPB}"
-            )
-        tx = Timex()
-        tx.modes = ADJ_FREQUENCY
-        tx.freq = ppb_to_timex_freq(ppb)
-        self._call(tx)
-
-    def frequency_ppb(self) -> float:
-        """Read the kernel frequency register (read-only adjtimex)."""
-        return timex_freq_to_ppb(self._read()[1].freq)
-
-    def remaining_slew_ns(self) -> int:
-        """The singleshot slew left (ADJ_OFFSET_SS_READ, read-only, us resolution)."""
-        tx = Timex()
-        tx.modes = ADJ_OFFSET_SS_READ
-        self._call(tx)
-        return int(tx.offset) * _NS_PER_US
-
-    def add_step_handler(self, handler: StepHandler) -> None:
-        """Register ``handler`` to be called with every step (ns)."""
-        self._handlers.append(handler)
+    def close(self) -> None:
+        """Stop slewing before the daemon exits: the base rate back, and the correction
+        still pending handed to the kernel's own slew, so the clock is never left fast."""
+        with self._lock:
+            if self._end_rt is None and self._rate is None:
+                return
+            base = self._base()
+            rest = self._pending_fine(self._realtime()) // FINE_PER_NS
+            t_change = self._program(base)
+            self._install(Segment(t_change, 0, 0, 0), 0, None)
+            if abs(rest) >= _NS_PER_US:
+                self.hand_off_slew(max(-MAX_SLEW_NS, min(MAX_SLEW_NS, rest)))
 
     # --- kernel synchronisation status ------------------------------------------------
 
     @property
     def slew_rate_ppm(self) -> float:
-        """The kernel's fixed singleshot slew rate."""
+        """The fastest slew."""
+        return self._max_slew_ppm
+
+    @property
+    def singleshot_slew_rate_ppm(self) -> float:
+        """The kernel's fixed ADJ_OFFSET_SINGLESHOT rate (``hand_off_slew``)."""
         return float(KERNEL_SLEW_RATE_PPM)
 
     def status(self) -> KernelClockStatus:
@@ -262,6 +454,7 @@ class SystemClock:
             maxerror_ns=int(tx.maxerror) * _NS_PER_US,
             esterror_ns=int(tx.esterror) * _NS_PER_US,
             frequency_ppb=timex_freq_to_ppb(tx.freq),
+            tick=int(tx.tick),
             pll_offset_ns=pll,
             tai_offset_s=int(tx.tai),
         )
@@ -312,29 +505,56 @@ class SystemClock:
         self._status = status
 
     def reset_kernel_discipline(self) -> None:
-        """Take the clock over from any previous NTP daemon: clear the kernel PLL's pending
-        offset and turn the PLL off, leaving the clock marked unsynchronised (what chrony
-        does at start). Call once before the first adjustment."""
-        tx = Timex()
-        tx.modes = ADJ_OFFSET | ADJ_STATUS
-        tx.status = STA_PLL | STA_UNSYNC
-        tx.offset = 0
-        self._call(tx)
-        tx = Timex()
-        tx.modes = ADJ_STATUS
-        tx.status = STA_UNSYNC
-        self._call(tx)
-        self._status = STA_UNSYNC
+        """Take the clock over from any previous NTP daemon (what chrony does at start):
+        clear the kernel PLL's pending offset and turn the PLL off, cancel an adjtime()
+        slew, put the tick back to nominal (keeping the frequency), and leave the clock
+        marked unsynchronised. Call once before the first adjustment."""
+        with self._lock:
+            tx = Timex()
+            tx.modes = ADJ_OFFSET | ADJ_STATUS
+            tx.status = STA_PLL | STA_UNSYNC
+            tx.offset = 0
+            self._call(tx)
+            tx = Timex()
+            tx.modes = ADJ_STATUS
+            tx.status = STA_UNSYNC
+            self._call(tx)
+            self._status = STA_UNSYNC
+            self.hand_off_slew(0)
+            self._base_freq = None
+            base = self._base()
+            if self._read()[1].tick != nominal_tick(self._user_hz) or self._rate is None:
+                t_change = self._program(base)
+                self._install(Segment(t_change, 0, 0, 0), 0, None)
 
     def state(self) -> dict[str, int | float | str | bool]:
         """Snapshot for status pages, like VirtualClock.state (read-only calls only)."""
         st = self.status()
         return {
             "name": self.name,
-            "frequency_ppb": st.frequency_ppb,
+            "frequency_ppb": self.frequency_ppb(),
             "remaining_slew_ns": self.remaining_slew_ns(),
+            "kernel_slew_ns": self.kernel_slew_ns(),
+            "tick": st.tick,
             "slew_rate_ppm": self.slew_rate_ppm,
             "synchronised": st.synchronised,
             "maxerror_ns": st.maxerror_ns,
             "esterror_ns": st.esterror_ns,
         }
+
+
+def _clock_realtime() -> int:
+    return time.clock_gettime_ns(time.CLOCK_REALTIME)
+
+
+def _applied(seg: Segment, gain: int, rt: int) -> int:
+    """Signed slew the kernel clock made between the segment's anchor and ``rt`` (fine)."""
+    elapsed = rt - seg.anchor_rt
+    if not seg.slew_fine or elapsed <= 0:
+        return 0
+    done = gain * elapsed
+    return done if seg.slew_fine < 0 else -done
+
+
+def _div_toward_zero(a: int, b: int) -> int:
+    return a // b if a >= 0 else -((-a) // b)

@@ -234,6 +234,7 @@ class TinkerSpec:
 
     ``huffpuff`` 0 means the huff-n'-puff filter is off. ``freq`` is an initial frequency
     in PPM (``None``: use the drift file). ``stepback``/``stepfwd`` default to ``step``.
+    ``maxslewrate`` (as chrony's directive) caps how fast the system clock slews.
     ``panicexit`` (ntpy's own) restores ntpd's exit when an offset beyond ``panic`` arrives
     after the clock was set; by default ntpy ignores the source and holds over instead.
     """
@@ -248,6 +249,8 @@ class TinkerSpec:
     stepback: float | None = None
     stepfwd: float | None = None
     panicexit: bool = False
+    maxslewrate: float = 83_333.333
+    """chrony's ``maxslewrate`` (PPM): the system clock's fastest slew (tick + frequency)."""
 
     @property
     def effective_stepback(self) -> float:

@@ -96,7 +96,9 @@ class Daemon:
         self.config = config
         self.options = options
         self.clock: Clock
-        self.clock, self.clock_reason = build_clock(options.clock_mode or config.clock)
+        self.clock, self.clock_reason = build_clock(
+            options.clock_mode or config.clock, config.tinker.maxslewrate
+        )
         self.precision = measure_precision()
         self.exit_code = 0
         self.drift, initial_ppb = load_drift(config)
@@ -262,6 +264,15 @@ class Daemon:
             self.run_as.main(keep, path)
         except PrivilegeError as exc:
             raise StartupError(str(exc)) from None
+
+    def _release_kernel_clock(self) -> None:
+        """Never leave the kernel clock slewing fast: back to the base rate, and the rest
+        of the correction handed to the kernel's own 500 ppm slew."""
+        if isinstance(self.clock, SystemClock) and self.config.servers:
+            try:
+                self.clock.close()
+            except ClockError as exc:
+                log.error("could not stop the kernel clock's slew: %s", exc)
 
     def start(self) -> None:
         self._prepare_drop()
@@ -485,6 +496,7 @@ class Daemon:
             if self.control is not None:
                 self.control.close()
             self.sync.close()
+            self._release_kernel_clock()
             if self.stats is not None:
                 self.stats.close()
             if self.web is not None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from ntpy.clock import choose_clock
 from ntpy.clock.base import Clock
+from ntpy.clock.slewplan import DEFAULT_MAX_SLEW_PPM
 from ntpy.config import Config
 from ntpy.core.access import AccessControl, AccessError
 from ntpy.core.actions import Record
@@ -59,10 +60,11 @@ class StartupError(Exception):
 # --- clock, drift, engine -------------------------------------------------------------------
 
 
-def build_clock(mode: str) -> tuple[Clock, str]:
-    """The clock for ``mode`` ("virtual", "system", "auto") and why it was chosen."""
+def build_clock(mode: str, max_slew_ppm: float = DEFAULT_MAX_SLEW_PPM) -> tuple[Clock, str]:
+    """The clock for ``mode`` ("virtual", "system", "auto") and why it was chosen; the
+    system clock slews at up to ``max_slew_ppm`` (``tinker maxslewrate``)."""
     try:
-        return choose_clock(mode)
+        return choose_clock(mode, max_slew_ppm=max_slew_ppm)
     except Exception as exc:
         raise StartupError(str(exc)) from exc
 

@@ -47,7 +47,8 @@ MAP_SIZE = mmap.PAGESIZE
 CLOCK_REALTIME = 0
 """Served time is CLOCK_REALTIME (the system clock)."""
 CLOCK_SEGMENT = 1
-"""Served time is realtime + the published virtual clock segment."""
+"""Served time is realtime + the published clock segment (virtual clock, or the system
+clock's kernel slew still to run)."""
 
 READ_ATTEMPTS = 10_000
 
@@ -99,7 +100,8 @@ class SharedState:
     # -- writer (main process) ---------------------------------------------------------
 
     def publish_segment(self, segment: Segment, rate_mppb: int) -> None:
-        """Serve realtime + ``segment`` from now on (a ``VirtualClock`` segment listener)."""
+        """Serve realtime + ``segment`` from now on (a ``VirtualClock`` or ``SystemClock``
+        segment listener)."""
         with self._lock:
             self._clock_kind = CLOCK_SEGMENT
             self._segment = segment

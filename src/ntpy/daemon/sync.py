@@ -24,7 +24,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from ntpy.clock.base import Clock
+from ntpy.clock.base import Clock, TimedClock
+from ntpy.clock.errors import ClockError
+from ntpy.clock.system import SystemClock
 from ntpy.config import Config, ServerSpec
 from ntpy.core.actions import (
     Action,
@@ -53,6 +55,8 @@ RESOLVE_RETRY_NS = 60 * NS
 RESOLVE_RETRY_MAX_NS = 3600 * NS
 SLEW_LOG_THRESHOLD_NS = 10_000_000
 """Slews of 10 ms or more are logged at info: beyond normal network noise, below a step."""
+_KERNEL_LEAP = {1: 1, 2: -1}
+"""NTP leap indicator (1: insert, 2: delete) to ``SystemClock.set_leap``'s argument."""
 LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -146,6 +150,10 @@ class SyncShell:
         """Told every LoopStats/PeerStats record (stats files, metrics history)."""
         self._timer_gen = 0
         self._timer_due: int | None = None
+        self._clock_timer_gen = 0
+        self._clock_timer_due: int | None = None
+        self._adjusted = False
+        self._kernel_told: tuple[bool, int] | None = None
         self.resolve_errors: dict[str, str] = {}
         """The last resolver error per name: logged again only when it changes."""
         self.retry_delay_ns = RESOLVE_RETRY_NS
@@ -423,6 +431,7 @@ class SyncShell:
         self.reschedule()
 
     def reschedule(self) -> None:
+        self._arm_clock_timer()
         self.nts.tick()  # key exchanges for the NTS sources that need one
         due = self.engine.next_wakeup()
         if due is None or (self._timer_due is not None and self._timer_due <= due):
@@ -432,11 +441,64 @@ class SyncShell:
         self._timer_due = due
         self.loop.call_at(due, lambda: self._on_timer(gen))
 
+    def _arm_clock_timer(self) -> None:
+        """The system clock ends its slews on its own timer (``TimedClock``): wake it when
+        it asks. Monotonic time runs at the kernel clock's rate, so its wait is ours."""
+        clock = self.clock
+        if not isinstance(clock, TimedClock):
+            return
+        wait = clock.timer_due_in_ns()
+        if wait is None:
+            return
+        due = time.monotonic_ns() + wait
+        if self._clock_timer_due is not None and self._clock_timer_due <= due:
+            return
+        self._clock_timer_gen += 1
+        gen = self._clock_timer_gen
+        self._clock_timer_due = due
+        self.loop.call_at(due, lambda: self._on_clock_timer(gen, clock))
+
+    def _on_clock_timer(self, gen: int, clock: TimedClock) -> None:
+        if gen != self._clock_timer_gen:
+            return  # superseded by an earlier deadline
+        self._clock_timer_due = None
+        try:
+            clock.on_timer()
+        except Exception:  # a failed adjtimex must not stop time keeping; log it and retry
+            log.exception("ending a clock slew failed")
+        self._arm_clock_timer()
+
     def run_actions(self, actions: list[Action]) -> None:
         """Carry the engine's actions out (``core.runner``), then publish the new state
         unless a panic stopped them."""
+        self._adjusted = False
         if carry_out(actions, self, self.engine):
-            self.on_state(self.engine.system_state(cooked_now(self.clock)))
+            state = self.engine.system_state(cooked_now(self.clock))
+            self._tell_kernel(state)
+            self.on_state(state)
+
+    def _tell_kernel(self, state: SystemState) -> None:
+        """Keep the kernel's STA_UNSYNC, maxerror, esterror and leap bits true (what
+        ``adjtimex -p``, ``timedatectl`` and the 11-minute RTC update read): after every
+        clock update, and whenever synchronisation or the leap warning changes. The error
+        bounds are the root distance (max) and root dispersion (estimate)."""
+        clock = self.clock
+        if not isinstance(clock, SystemClock) or not clock.can_adjust():
+            return
+        told = (state.synchronized, state.leap)
+        if not self._adjusted and told == self._kernel_told:
+            return
+        now = cooked_now(clock)
+        try:
+            clock.set_sync_status(
+                state.synchronized,
+                state.root_dispersion_at(now),
+                state.root_distance_at(now),
+            )
+            clock.set_leap(_KERNEL_LEAP.get(state.leap, 0) if state.synchronized else 0)
+        except ClockError as exc:
+            log.warning("could not tell the kernel the synchronisation status: %s", exc)
+        self._kernel_told = told
 
     # ----------------------------------------------------------------- effects (core.runner)
 
@@ -454,6 +516,7 @@ class SyncShell:
         return t1
 
     def clock_adjusted(self, action: ClockAction) -> None:
+        self._adjusted = True
         if isinstance(action, SlewClock):
             self._log_slew(action.offset_ns)
 
@@ -475,8 +538,10 @@ class SyncShell:
 
     def _log_slew(self, offset_ns: int) -> None:
         """Announce a slew large enough for an admin to care (every poll slews a little:
-        those go to the debug log)."""
-        total = self.clock.remaining_slew_ns()
+        those go to the debug log). The system clock serves the corrected time at once and
+        slews the kernel clock behind it: its total is the kernel's part."""
+        kernel_slew = getattr(self.clock, "kernel_slew_ns", None)
+        total = kernel_slew() if callable(kernel_slew) else self.clock.remaining_slew_ns()
         level = logging.INFO if abs(offset_ns) >= SLEW_LOG_THRESHOLD_NS else logging.DEBUG
         if not log.isEnabledFor(level):
             return

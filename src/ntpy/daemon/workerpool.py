@@ -145,10 +145,11 @@ class WorkerPool:
     def publish(clock: Clock, state: SystemState) -> SharedState:
         """The shared record the workers serve from, kept current from now on: ``state``
         now (the main publishes each change), and the clock's mapping (a virtual clock's
-        segment at every change; the system clock's served time is realtime)."""
+        segment at every change; the system clock's too: realtime plus the correction its
+        kernel slew has yet to make)."""
         shared = SharedState()
         shared.publish_state(state)
-        if isinstance(clock, VirtualClock):
+        if isinstance(clock, VirtualClock | SystemClock):
             clock.add_segment_listener(shared.publish_segment)
         else:
             shared.publish_realtime()

@@ -4,8 +4,10 @@ One run wires together:
 
 - true time ``T``: an integer-ns event clock that only moves forward (also the engine's
   monotonic clock);
-- the client's oscillator (``Oscillator``) under the real ``VirtualClock``, which the
-  engine disciplines through the actions it returns;
+- the client's oscillator (``Oscillator``) under one of the two production clock adapters,
+  which the engine disciplines through the actions it returns: the real ``VirtualClock``
+  (``clock="virtual"``), or the real ``SystemClock`` over ``KernelClock``, a model of the
+  Linux kernel clock's adjtimex (``clock="kernel"``: what runs as root);
 - the real ``SyncEngine`` (``ntpy.core.engine``), fed by an event queue (``heapq``);
 - one ``SimServer`` per upstream -- the real ``Responder`` -- behind a ``Link`` each way.
 
@@ -14,8 +16,11 @@ stream derived from it in a fixed order, so the same seed gives a byte-identical
 and a change to one component's draws does not reshuffle the others'.
 
 Timestamps the engine sees (T1, T4, ``now_clock``) are the *cooked* clock, ``now_ns() +
-remaining_slew_ns()``: the engine treats a slew as already applied. What is graded is the
-*served* time error, ``now_ns() - T``, sampled every ``sample_step_s`` (1 s by default).
+remaining_slew_ns()``: the engine treats a slew as already applied (``ntpy.clock.base``
+says what each adapter serves). What is graded is the *served* time error,
+``now_ns() - T``, sampled every ``sample_step_s`` (1 s by default). With the kernel clock
+the kernel clock's own error (what other programs on the host read) is measured too.
+The adapter's timer (``TimedClock``: the end of a kernel slew) is an event like any other.
 
 The engine is created by an ``EngineFactory`` so unit tests can drive the world with a
 stand-in; the default is the production engine.
@@ -29,7 +34,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Protocol
 
+from ntpy.clock.base import Clock, TimedClock
 from ntpy.clock.select import VIRTUAL_SLEW_RATE_PPM
+from ntpy.clock.system import SystemClock
 from ntpy.clock.virtual import VirtualClock
 from ntpy.core.actions import (
     Action,
@@ -46,6 +53,7 @@ from ntpy.core.runner import ClockAction, carry_out
 from ntpy.core.status import TALLY_SYSPEER, SyncStatus
 from ntpy.core.system import SystemState
 from ntpy.core.timestamps import NS_PER_S
+from ntpy.sim.kernel import KernelClock
 from ntpy.sim.network import Link
 from ntpy.sim.oscillator import Oscillator
 from ntpy.sim.report import Report, compute_metrics, evaluate
@@ -62,6 +70,8 @@ _MAX_WAKEUPS_WITHOUT_PROGRESS = 10_000
 
 _TO_SERVER = 0
 _TO_CLIENT = 1
+CLOCKS = ("virtual", "kernel")
+"""The clock adapters a run can use."""
 
 
 def server_address(index: int) -> tuple[str, int]:
@@ -130,9 +140,12 @@ class Simulation:
         *,
         engine_factory: EngineFactory = production_engine,
         trace_step_s: int | None = None,
+        clock: str = "virtual",
     ) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {seed!r}")
+        if clock not in CLOCKS:
+            raise ValueError(f"unknown clock {clock!r}; expected one of {', '.join(CLOCKS)}")
         sample = scenario.sample_step_s
         if trace_step_s is None:
             trace_step_s = sample if scenario.duration_s <= 20_000 else max(60, sample)
@@ -150,12 +163,27 @@ class Simulation:
             wander_ppb=scenario.wander_ppb,
             rng=random.Random(master.getrandbits(64)),
         )
-        # The same slew rate as the daemon's virtual clock, so the sim grades what runs.
-        self.clock = VirtualClock(
-            realtime=self._raw_now,
-            precision_log=CLOCK_PRECISION,
-            slew_rate_ppm=VIRTUAL_SLEW_RATE_PPM,
-        )
+        self.clock_kind = clock
+        self.kernel: KernelClock | None = None
+        self.clock: Clock
+        if clock == "kernel":
+            self.kernel = KernelClock(self.oscillator.read, lambda: self.now, strict=True)
+            system = SystemClock(
+                self.kernel,
+                adjustable=True,
+                realtime=self.kernel.read_ns,
+                precision_log=CLOCK_PRECISION,
+            )
+            system.reset_kernel_discipline()  # as the daemon does before adjusting
+            self.clock = system
+        else:
+            # The same slew rate as the daemon's virtual clock, so the sim grades what runs.
+            self.clock = VirtualClock(
+                realtime=self._raw_now,
+                precision_log=CLOCK_PRECISION,
+                slew_rate_ppm=VIRTUAL_SLEW_RATE_PPM,
+            )
+        self._timed = self.clock if isinstance(self.clock, TimedClock) else None
         engine_rng = random.Random(master.getrandbits(64))
         self.servers: list[SimServer] = []
         self.links: list[Link] = []
@@ -190,6 +218,8 @@ class Simulation:
         self.times_s: list[int] = []
         self.errors_ns: list[int] = []
         self.freq_errors_ppb: list[float] = []
+        self.kernel_errors_ns: list[int] = []
+        self.clock_timers = 0
 
     # --- clocks ---------------------------------------------------------------------------
 
@@ -204,12 +234,23 @@ class Simulation:
         now = self.now
         self.times_s.append((now - START_NS) // NS_PER_S)
         self.errors_ns.append(self.clock.now_ns() - now)
+        if self.kernel is not None:
+            self.kernel_errors_ns.append(self.kernel.read_ns() - now)
         osc = self.oscillator.freq_ppb(now)
         corr = self.clock.frequency_ppb()
         # served rate = (1 + osc)(1 + corr): the product term matters at 100 ppm (10 ppt).
         self.freq_errors_ppb.append(osc + corr + osc * corr * 1e-9)
 
     # --- the event loop -------------------------------------------------------------------
+
+    def _clock_timer_at(self) -> int | None:
+        """True time the clock adapter wants its timer (its wait is in its own ns)."""
+        if self._timed is None or self.kernel is None:
+            return None
+        due = self._timed.timer_due_in_ns()
+        if due is None:
+            return None
+        return self.now + self.kernel.true_ns_for(due)
 
     def _push(self, t: int, kind: int, index: int, data: bytes) -> None:
         self._seq += 1
@@ -230,7 +271,8 @@ class Simulation:
             wake = self.engine.next_wakeup()
             if wake is not None:
                 wake = max(wake, self.now)
-            candidates = [t for t in (t_event, wake) if t is not None]
+            t_clock = self._clock_timer_at()
+            candidates = [t for t in (t_event, wake, t_clock) if t is not None]
             t_next = min(candidates) if candidates else end + 1
             while next_sample <= end and next_sample <= t_next:
                 self.now = next_sample
@@ -242,7 +284,10 @@ class Simulation:
             if stalled > _MAX_WAKEUPS_WITHOUT_PROGRESS:
                 raise SimulationError(f"engine busy-loops at t={self.now - START_NS} ns")
             self.now = t_next
-            if t_event is not None and t_event == t_next:
+            if t_clock is not None and t_clock == t_next and self._timed is not None:
+                self.clock_timers += 1
+                self._timed.on_timer()
+            elif t_event is not None and t_event == t_next:
                 _t, _seq, kind, index, data = heapq.heappop(self._queue)
                 if kind == _TO_SERVER:
                     self._at_server(index, data)
@@ -347,6 +392,15 @@ class Simulation:
             sc.metrics_from_s,
         )
         state = self.engine.system_state(self.cooked_now())
+        km = None
+        if self.kernel is not None:
+            km = compute_metrics(
+                self.times_s,
+                self.kernel_errors_ns,
+                self.freq_errors_ppb,
+                sc.sync_limit_ns,
+                sc.metrics_from_s,
+            )
         step = self.trace_step_s
         trace = tuple(
             (t, e, round(f, 3))
@@ -383,6 +437,13 @@ class Simulation:
             failures=(),
             trace_step_s=step,
             trace=trace,
+            clock=self.clock_kind,
+            kernel_time_to_sync_s=None if km is None else km.time_to_sync_s,
+            kernel_rms_error_ns=(
+                None if km is None or km.rms_error_ns is None else round(km.rms_error_ns, 1)
+            ),
+            kernel_max_abs_error_ns=None if km is None else km.max_abs_error_ns,
+            clock_timers=self.clock_timers,
         )
         failures = evaluate(sc, report)
         return replace(report, passed=not failures, failures=failures)
@@ -394,7 +455,12 @@ def run_scenario(
     *,
     engine_factory: EngineFactory = production_engine,
     trace_step_s: int | None = None,
+    clock: str = "virtual",
 ) -> Report:
-    """Run ``scenario`` (or the scenario of that name) once with ``seed``."""
+    """Run ``scenario`` (or the scenario of that name) once with ``seed`` on ``clock``
+    ("virtual" or "kernel")."""
     sc = get_scenario(scenario) if isinstance(scenario, str) else scenario
-    return Simulation(sc, seed, engine_factory=engine_factory, trace_step_s=trace_step_s).run()
+    sim = Simulation(
+        sc, seed, engine_factory=engine_factory, trace_step_s=trace_step_s, clock=clock
+    )
+    return sim.run()

@@ -72,6 +72,7 @@ TINKER_OPTIONS: dict[str, ValueParser] = {
     "stepback": _float(0.0, unit="seconds"),
     "stepfwd": _float(0.0, unit="seconds"),
     "panicexit": parse_bool01,
+    "maxslewrate": _float(0.0, 83_333.333, excl=True, unit="PPM"),
 }
 
 DISCARD_OPTIONS: dict[str, ValueParser] = {
