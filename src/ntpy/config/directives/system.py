@@ -304,6 +304,8 @@ _TINKER_DOCS = {
     "stepfwd": "step threshold forward, s (default: step)",
     "panicexit": "ntpy's own: 1 = exit on a later offset beyond panic, as ntpd; 0 = ignore "
     "that source and hold over",
+    "maxslewrate": "ntpy's own, as chrony's maxslewrate: the fastest the system clock is "
+    "slewed (tick length plus frequency), PPM, up to 83333.333",
 }
 _DISCARD_DOCS = {
     "average": "least mean interval of a limited client, log2 s",
