@@ -374,6 +374,16 @@ class NtsServerSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class FastpathSpec:
+    """``fastpath xdp [IFACE...]``: answer plain client requests in the kernel (XDP) on
+    these interfaces (empty: those carrying the listen addresses)."""
+
+    kind: str = "xdp"
+    interfaces: tuple[str, ...] = ()
+    location: SourceLocation | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class UserSpec:
     """``user USER[:GROUP]`` (chrony's ``user``; ntpd's ``-u``): who the daemon runs as once
     its sockets are bound. ``group`` None: the user's login group."""
@@ -442,6 +452,8 @@ class Config:
     """``nts ca FILE|DIR``: the site's CA bundle for NTS clients (None: the system's)."""
     user: UserSpec | None = None
     """``user USER[:GROUP]``: drop root to this user after start-up (None: stay)."""
+    fastpath: FastpathSpec | None = None
+    """``fastpath xdp``: the kernel fast path (None: every request answered in Python)."""
     includes: tuple[str, ...] = ()
     """Every file read, top-level first (so a reloader knows what to watch)."""
     file_locations: tuple[tuple[str, SourceLocation], ...] = field(default=(), compare=False)

@@ -322,6 +322,7 @@ def _finish(state: State) -> Config:
         nts=state.nts,
         nts_ca=state.nts_ca,
         user=state.user,
+        fastpath=state.fastpath,
         includes=tuple(state.includes),
         file_locations=tuple(state.file_locations.items()),
     )

@@ -17,6 +17,7 @@ from .model import (
     ClockMode,
     DiscardSpec,
     FilegenSpec,
+    FastpathSpec,
     HttpEndpointSpec,
     InterfaceRule,
     ListenAddress,
@@ -120,6 +121,7 @@ class State:
     nts: NtsServerSpec = field(default_factory=NtsServerSpec)
     nts_ca: str | None = None
     user: UserSpec | None = None
+    fastpath: FastpathSpec | None = None
     includes: list[str] = field(default_factory=list)
     warnings: list[ConfigWarning] = field(default_factory=list)
     errors: list[ConfigError] = field(default_factory=list)

@@ -48,6 +48,7 @@ from ntpy.daemon.assemble import (
 )
 from ntpy.daemon.control import ControlServer
 from ntpy.daemon.driftfile import WRITE_INTERVAL_NS
+from ntpy.daemon.fastpath import XdpFastPath, start_fastpath
 from ntpy.daemon.local_clock import describe_local
 from ntpy.daemon.logsetup import LogSetup
 from ntpy.daemon.loop import Loop
@@ -124,6 +125,8 @@ class Daemon:
                 self.nts = NtsService(config)
             except NtsStartError as exc:
                 raise StartupError(str(exc)) from None
+        self.fastpath: XdpFastPath | None = None
+        """With ``fastpath xdp``, when the kernel can run it: the XDP program's owner."""
         self.pool: WorkerPool | None = None
         """With workers > 1: the serving processes (the main then answers no NTP itself)."""
         self.limiter = build_limiter(config, self.workers)
@@ -156,6 +159,8 @@ class Daemon:
     def _set_state(self, state: SystemState) -> None:
         if state != self.responder.state:
             self.responder.set_state(state)
+            if self.fastpath is not None:
+                self.fastpath.set_state(state)
             if self.pool is not None:
                 self.pool.shared.publish_state(state)
             self.systemd.update()
@@ -200,8 +205,15 @@ class Daemon:
             out.update(self.nts.counters())
         return self._with_mode6(out)
 
+    def _with_xdp(self, out: dict[str, int]) -> dict[str, int]:
+        if self.fastpath is not None:
+            out.update(self.fastpath.counters())
+        return out
+
     def _with_mode6(self, out: dict[str, int]) -> dict[str, int]:
-        """Add the ntpq handler's own tallies (ops served, errors, malformed requests)."""
+        """Add the ntpq handler's own tallies (ops served, errors, malformed requests), and
+        the kernel fast path's counters."""
+        self._with_xdp(out)
         handler = self.control_handler
         tallies = getattr(handler, "counters", None)
         if tallies:
@@ -334,6 +346,11 @@ class Daemon:
         )
         self.loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         self.refresh_state()
+        if self.config.fastpath is not None:  # after the fork: only the main holds the link
+            eps = self.pool.endpoints if self.pool is not None else self.server.endpoints
+            self.fastpath = start_fastpath(
+                self.config, self.clock, self.responder, self.limiter, eps, self.loop
+            )
         self._drop()
 
     def _start_nts(self) -> None:
@@ -424,6 +441,8 @@ class Daemon:
         if limits_changed(self.config, config):
             self.limiter = build_limiter(config, self.workers)
             set_limiter(self.responder, self.limiter)
+        if self.fastpath is not None:
+            self.fastpath.reload(self.responder, self.limiter)
         if self.pool is not None and self.options.config_path is not None:
             # A worker forked later (a restart) inherits these objects directly.
             self.pool.limiter = self.limiter
@@ -496,6 +515,8 @@ class Daemon:
             if self.control is not None:
                 self.control.close()
             self.sync.close()
+            if self.fastpath is not None:
+                self.fastpath.close()
             self._release_kernel_clock()
             if self.stats is not None:
                 self.stats.close()

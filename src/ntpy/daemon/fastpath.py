@@ -155,8 +155,7 @@ class XdpFastPath:
             entries = xdp_maps.restrict_classes(nets, responder.plain_class)
         if not KERNEL_RATELIMIT or limits is None:
             entries = [
-                (n, xdp_maps.CLASS_PASS if c == xdp_maps.CLASS_LIMITED else c)
-                for n, c in entries
+                (n, xdp_maps.CLASS_PASS if c == xdp_maps.CLASS_LIMITED else c) for n, c in entries
             ]
         if getattr(responder, "xleave", None) is not None:
             flags |= xdp_maps.F_XLEAVE
@@ -167,6 +166,21 @@ class XdpFastPath:
             self._flags = flags
             self._limits = limits or xdp_maps.Limits()
         self.publish()
+
+    def reload(self, responder: Any, limiter: Any) -> None:
+        """The responder's (new) access rules and the limiter's settings, into the maps."""
+        cfg = getattr(limiter, "config", None)
+        limits = None
+        if cfg is not None:
+            limits = xdp_maps.Limits(
+                token_ns=cfg.token_ns,
+                cap_ns=cfg.burst * cfg.token_ns,
+                min_ns=cfg.minimum_s * NS_PER_S,
+                leak_mask=(1 << cfg.leak_log2) - 1,
+                v6_words=cfg.ipv6_prefix // 32,
+            )
+        responder.refresh()
+        self.set_policy(responder, limits)
 
     def publish(self) -> None:
         """Write the state under the seqlock: odd while writing, even when whole."""
@@ -205,6 +219,25 @@ class XdpFastPath:
         self.disable()
         self.program.close()
         self._mm.close()
+
+
+def start_fastpath(
+    config: Any, clock: Clock, responder: Any, limiter: Any, endpoints: Any, loop: Any
+) -> XdpFastPath | None:
+    """The daemon's start-up step for ``fastpath xdp``: start, apply the policy, refresh."""
+    spec = config.fastpath
+    bound = [(str(ep.bound.host), int(ep.bound.port)) for ep in endpoints]
+    fast = XdpFastPath.start(spec.interfaces, clock, responder.state, bound)
+    if fast is None:
+        return None
+    try:
+        fast.reload(responder, limiter)
+    except XdpError as exc:
+        log.warning("fastpath xdp: not running, every request is served from Python: %s", exc)
+        fast.close()
+        return None
+    loop.call_every(xdp_maps.REFRESH_NS, fast.publish)
+    return fast
 
 
 def bound_addresses(sockets: Iterable[socket.socket]) -> list[tuple[str, int]]:

@@ -40,6 +40,7 @@ RESTART_FIELDS = (
     "nts",
     "nts_ca",
     "user",
+    "fastpath",
 )
 """Settings the engine, sockets or listeners were built from: a restart applies them."""
 

@@ -109,9 +109,7 @@ def fit(served: Callable[[int], int], realtime: int, tai_offset: int) -> Mapping
     return Mapping(tai, tai + horizon, s0, unix_ns_to_ntp(s0), mult)
 
 
-def state_body(
-    state: SystemState, m: Mapping, port: int, flags: int, limits: Limits
-) -> bytes:
+def state_body(state: SystemState, m: Mapping, port: int, flags: int, limits: Limits) -> bytes:
     """``struct ntp_state`` without ``seq``, for ``state`` under mapping ``m``."""
     if state.synchronized:
         flags |= F_SERVE

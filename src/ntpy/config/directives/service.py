@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from ..model import HttpEndpointSpec, UserSpec
+from ..model import FastpathSpec, HttpEndpointSpec, UserSpec
 from ..state import Args, Directive, Line, State
 from ..values import BadValue, parse_int, show
 from .misc import listen_endpoint
@@ -94,6 +94,30 @@ def handle_user(state: State, line: Line) -> None:
     state.user = spec
 
 
+_IFNAME_MAX = 15
+
+
+def handle_fastpath(state: State, line: Line) -> None:
+    """``fastpath xdp [IFACE...]``: whether the kernel can run it is found out at start
+    (and logged), so a config written for another machine still parses."""
+    args = Args(line.args)
+    kind = args.take()
+    if kind is None or kind.lower() != "xdp":
+        raise BadValue(
+            f"'fastpath' knows only 'xdp', got {show(kind or '')}: 'fastpath xdp [IFACE...]'"
+        )
+    names: list[str] = []
+    while (name := args.take()) is not None:
+        if len(name) > _IFNAME_MAX or "/" in name or name in names:
+            raise BadValue(f"'fastpath xdp' needs interface names, got {show(name)}")
+        names.append(name)
+    if state.fastpath is not None:
+        state.warn(
+            line.loc, f"'fastpath' was already set at {state.fastpath.location}; this line wins"
+        )
+    state.fastpath = FastpathSpec("xdp", tuple(names), line.loc)
+
+
 def auto_workers() -> int:
     """One serving process per CPU core this process may run on."""
     try:
@@ -123,6 +147,23 @@ DIRECTIVES: dict[str, Directive] = {
         "ntpy's own: serving processes on SO_REUSEPORT sockets, each client always on the "
         "same one (default auto: one per CPU core). Changing it needs a restart. Under "
         "socket activation the passed sockets are served by one process.",
+    ),
+    "fastpath": Directive(
+        handle_fastpath,
+        "fastpath xdp [IFACE...]",
+        "ntpy's own, opt-in: answer plain NTP client requests (48-byte mode 3, NTPv1-4, IPv4 "
+        "and IPv6, to one of our addresses, from clients no restrict rule limits) in the "
+        "kernel with an XDP program on IFACE (default: the interfaces carrying the listen "
+        "addresses), several times faster than from Python. Everything else -- other modes, "
+        "extension fields, NTS, MACs, restricted clients, the unsynchronized state -- is "
+        "passed up and answered as without it.\n\n"
+        "XDP runs before the firewall: iptables and nftables rules do not see the requests "
+        "it answers (restrict rules still apply: restricted clients are passed up). It needs "
+        "Linux 6.1 or later, libbpf (libbpf1) and root or CAP_BPF and CAP_NET_ADMIN at "
+        "start; the program is attached through a bpf_link held by the main process, so it "
+        "is gone as soon as ntpy exits, even when killed. If it cannot run, ntpy logs one "
+        "line saying why and serves every request from Python. Changing it needs a "
+        "restart. Default: off.",
     ),
     "user": Directive(
         handle_user,

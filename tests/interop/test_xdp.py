@@ -1,0 +1,207 @@
+"""``fastpath xdp`` on lo (generic XDP): real clients get their time from the kernel.
+
+Needs root (CAP_BPF, CAP_NET_ADMIN), libbpf1 and Linux >= 6.1; skipped otherwise. Only one
+XDP program fits on lo, so these tests run one daemon with the fast path at a time. The
+loopback block is 127.0.150.x.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ntpy.daemon.control import query_control
+
+from .clients import chronyd_query, missing_binaries, ntp_now, ntplib_query
+from .ntpy_daemon import running_ntpy
+
+LOCAL = "server 127.127.1.0\nfudge 127.127.1.0 stratum 10\n"
+XDP = LOCAL + "fastpath xdp\n"
+
+
+def _usable() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root"
+    try:
+        from ntpy.daemon.xdp_load import _lib
+
+        _lib()
+    except Exception as exc:
+        return str(exc)
+    if "xdp" in _link_lo():
+        return "lo already has an XDP program"
+    return None
+
+
+def _link_lo() -> str:
+    return subprocess.run(
+        ["ip", "-d", "link", "show", "lo"], capture_output=True, text=True, check=False
+    ).stdout
+
+
+pytestmark = [pytest.mark.interop, pytest.mark.skipif(_usable() is not None, reason="no XDP")]
+
+
+def query(dst: str, port: int, src: str | None = None, b0: int = 0x23) -> bytes | None:
+    """One plain request from ``src`` (any if None); the reply or None."""
+    fam = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_DGRAM) as s:
+        if src is not None:
+            s.bind((src, 0))
+        s.settimeout(1.0)
+        s.sendto(bytes([b0, 0, 6, 0]) + bytes(36) + ntp_now().to_bytes(8, "big"), (dst, port))
+        try:
+            return s.recv(1024)
+        except TimeoutError:
+            return None
+
+
+def counters(sock: Path) -> dict[str, Any]:
+    reply = query_control(str(sock), "counters", timeout=5.0)
+    return dict(reply.get("counters", reply))
+
+
+def free_port() -> int:
+    """A UDP port free on both 127.0.150.1 and ::1 (the program serves one port)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a:
+            a.bind(("127.0.150.1", 0))
+            port = int(a.getsockname()[1])
+            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as b:
+                try:
+                    b.bind(("::1", port))
+                except OSError:
+                    continue
+                return port
+    raise AssertionError("no common free port")
+
+
+def _daemon(tmp_path: Path, conf: str, listen: list[str]) -> Any:
+    sock = tmp_path / "c.sock"
+    extra = ["--control-socket", str(sock), "--workers", "1"]
+    return running_ntpy(tmp_path, conf, listen=listen, extra=extra), sock
+
+
+def test_kernel_answers_with_the_python_header(tmp_path: Path) -> None:
+    """127.0.150.2 is served by the kernel; 127.0.150.3 (``restrict ... version``: v4 is
+    still served, from Python) by the responder: the headers are byte-identical."""
+    conf = XDP + "restrict default\nrestrict 127.0.150.3 version\n"
+    ctx, sock = _daemon(tmp_path, conf, ["127.0.150.1:0"])
+    with ctx as d:
+        d.wait_for_log("fastpath xdp: plain client requests")
+        time.sleep(1.5)  # the local clock is selected
+        before = counters(sock)
+        fast = query("127.0.150.1", d.port, "127.0.150.2")
+        slow = query("127.0.150.1", d.port, "127.0.150.3")
+        after = counters(sock)
+        assert fast is not None and slow is not None
+        assert fast[:8] == slow[:8] and fast[12:24] == slow[12:24], (fast.hex(), slow.hex())
+        disp_f, disp_p = (struct.unpack_from("!I", r, 8)[0] for r in (fast, slow))
+        assert abs(disp_f - disp_p) <= 1  # a dispersion window may pass between them
+        rx_f, rx_p = (struct.unpack_from("!Q", r, 32)[0] for r in (fast, slow))
+        assert abs(rx_f - rx_p) < (1 << 32) // 100  # 10 ms apart at most
+        assert rx_f & 1 and rx_p & 1  # receive stamps marked, as the responder marks them
+        assert after["xdp_answered"] == before["xdp_answered"] + 1
+        assert after["xdp_pass_restricted"] == before["xdp_pass_restricted"] + 1
+        assert after.get("served", 0) == before.get("served", 0) + 1
+
+
+@pytest.mark.skipif(bool(missing_binaries("chronyd")), reason="chronyd not installed")
+def test_clients_agree_with_the_python_path(tmp_path: Path) -> None:
+    """chronyd -Q and ntplib measure the kernel's answers within 100 us of Python's (both
+    daemons serve realtime: virtual clocks, unadjusted)."""
+    (tmp_path / "py").mkdir()
+    (tmp_path / "x").mkdir()
+    py_ctx, _ = _daemon(tmp_path / "py", LOCAL, ["127.0.150.5:0"])
+    port = free_port()
+    xdp_ctx, sock = _daemon(tmp_path / "x", XDP, [f"127.0.150.1:{port}", f"[::1]:{port}"])
+    with py_ctx as p, xdp_ctx as x:
+        x.wait_for_log("fastpath xdp: plain client requests")
+        time.sleep(1.5)
+        ports = dict(x.endpoints)
+        v4, v6 = ports["127.0.150.1"], ports["::1"]
+        before = counters(sock)["xdp_answered"]
+        fast = chronyd_query("127.0.150.1", v4, tmp_path / "x")
+        slow = chronyd_query("127.0.150.5", p.port, tmp_path / "py")
+        assert fast.ok and slow.ok, fast.raw_output + slow.raw_output
+        assert fast.offset_s is not None and slow.offset_s is not None
+        assert abs(fast.offset_s - slow.offset_s) < 100e-6
+        for host, port in (("127.0.150.1", v4), ("::1", v6)):
+            r = ntplib_query(host, port)
+            assert r.ok and r.stratum == 11 and r.offset_s is not None, r.raw_output
+            assert abs(r.offset_s) < 100e-6
+        c = counters(sock)
+        assert c["xdp_answered"] >= before + 3, str({k: v for k, v in c.items() if "xdp" in k or k.startswith("serv")})
+
+
+def _udp_checksum_ok(frame: bytes) -> bool:
+    """Verify the UDP checksum of an Ethernet frame carrying IPv4 or IPv6 (independently
+    of the program's arithmetic)."""
+    proto = struct.unpack_from("!H", frame, 12)[0]
+    if proto == 0x0800:
+        ip, udp = frame[14:34], frame[34:]
+        pseudo = ip[12:20] + b"\0\x11" + struct.pack("!H", len(udp))
+    else:
+        ip, udp = frame[14:54], frame[54:]
+        pseudo = ip[8:40] + struct.pack("!I", len(udp)) + b"\0\0\0\x11"
+    data = pseudo + udp
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total == 0xFFFF and struct.unpack_from("!H", udp, 6)[0] != 0
+
+
+def test_checksums_ipv4_and_ipv6(tmp_path: Path) -> None:
+    port = free_port()
+    ctx, sock = _daemon(tmp_path, XDP, [f"127.0.150.1:{port}", f"[::1]:{port}"])
+    with ctx as d, socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)) as cap:
+        d.wait_for_log("fastpath xdp: plain client requests")
+        time.sleep(1.5)
+        cap.bind(("lo", 0))
+        cap.settimeout(0.5)
+        ports = dict(d.endpoints)
+        for host in ("127.0.150.1", "::1"):
+            port = ports[host]
+            assert query(host, port) is not None
+            seen = 0
+            while True:
+                try:
+                    frame = cap.recv(2048)
+                except TimeoutError:
+                    break
+                off = 34 if frame[12:14] == b"\x08\x00" else 54
+                if len(frame) == off + 56 and struct.unpack_from("!H", frame, off)[0] == port:
+                    assert frame[off + 8] & 7 == 4
+                    assert _udp_checksum_ok(frame), frame.hex()
+                    seen += 1
+            assert seen >= 1, host
+        assert counters(sock)["xdp_answered"] == 2
+
+
+def test_unsynchronized_and_kill_9(tmp_path: Path) -> None:
+    """LI 3 is Python's to send; after kill -9 the program is gone with the daemon."""
+    ctx, sock = _daemon(tmp_path, "fastpath xdp\n", ["127.0.150.1:0"])
+    with ctx as d:
+        d.wait_for_log("fastpath xdp: plain client requests")
+        reply = query("127.0.150.1", d.port)
+        assert reply is not None and reply[0] >> 6 == 3
+        c = counters(sock)
+        assert c["xdp_answered"] == 0 and c["xdp_pass_unsync"] >= 1
+        assert "xdp" in _link_lo()
+        os.kill(d.pid, signal.SIGKILL)
+        d.proc.wait(5)
+        deadline = time.monotonic() + 3
+        while "xdp" in _link_lo() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "xdp" not in _link_lo()
+        assert query("127.0.150.1", d.port) is None
