@@ -112,7 +112,7 @@ class XdpFastPath:
                 continue
             addr = ip_address(host.partition("%")[0])
             for name, a in known:
-                if addr.is_unspecified and a.version == addr.version or a == addr:
+                if (addr.is_unspecified and a.version == addr.version) or a == addr:
                     ours[str(a)] = name
             if not addr.is_unspecified and str(addr) not in ours:
                 ours[str(addr)] = "lo" if addr.is_loopback else ""

@@ -39,14 +39,16 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
 
 
-@_PRINT_FN
-def _on_print(level: int, fmt: bytes, args: int) -> int:
+def _print(level: int, fmt: bytes, args: int) -> int:
     """libbpf's log callback: keep the last lines (formatted by libc) for the error."""
     buf = ctypes.create_string_buffer(512)
     _libc.vsnprintf(buf, len(buf), fmt, args)
     _log.append(buf.value.decode("utf-8", "replace").rstrip())
     del _log[:-200]
     return 0
+
+
+_on_print = _PRINT_FN(_print)
 
 
 def _lib() -> ctypes.CDLL:
