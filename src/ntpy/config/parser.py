@@ -322,6 +322,8 @@ def _finish(state: State) -> Config:
         nts=state.nts,
         nts_ca=state.nts_ca,
         user=state.user,
+        seccomp=state.seccomp,
+        rtcsync=state.rtcsync,
         includes=tuple(state.includes),
         file_locations=tuple(state.file_locations.items()),
     )

@@ -120,6 +120,8 @@ class State:
     nts: NtsServerSpec = field(default_factory=NtsServerSpec)
     nts_ca: str | None = None
     user: UserSpec | None = None
+    seccomp: int = 0
+    rtcsync: bool = True
     includes: list[str] = field(default_factory=list)
     warnings: list[ConfigWarning] = field(default_factory=list)
     errors: list[ConfigError] = field(default_factory=list)

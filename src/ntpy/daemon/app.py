@@ -56,6 +56,7 @@ from ntpy.daemon.policy import build_access, build_limiter, limits_changed
 from ntpy.daemon.privdrop import PrivilegeError, capabilities_to_keep
 from ntpy.daemon.reload import ReloadPlan, plan_reload
 from ntpy.daemon.runas import RunAs, identity_for
+from ntpy.daemon.seccomp import Confinement, SeccompError
 from ntpy.daemon.server import ControlHandler, NtpServer
 from ntpy.daemon.sync import SyncShell
 from ntpy.daemon.systemd import Systemd
@@ -87,6 +88,8 @@ class ServeOptions:
     """Where the config came from, for the start-up log (default: ``config_path``)."""
     user: str | None = None
     """``-u USER[:GROUP]``: drop root after start-up (wins over the ``user`` directive)."""
+    seccomp: int | None = None
+    """``-F LEVEL``: the system-call filter (wins over the ``seccomp`` directive)."""
 
 
 class Daemon:
@@ -150,6 +153,8 @@ class Daemon:
         self.web: WebService | None = None
         self.run_as: RunAs | None = None
         """With ``-u``/``user``: the drop, checked before anything binds."""
+        self.confinement: Confinement | None = None
+        """``-F``/``seccomp``: the system-call filter (``daemon/seccomp.py``)."""
 
     def _set_state(self, state: SystemState) -> None:
         if state != self.responder.state:
@@ -251,6 +256,11 @@ class Daemon:
                 self.run_as = RunAs(ident, self.config, self.options.config_path)
         except PrivilegeError as exc:
             raise StartupError(str(exc)) from None
+        level = self.options.seccomp
+        try:
+            self.confinement = Confinement(self.config.seccomp if level is None else level)
+        except SeccompError as exc:
+            raise StartupError(str(exc)) from None
 
     def _drop(self) -> None:
         """The main's drop, at the end of start-up: CAP_SYS_TIME only with the system clock."""
@@ -283,6 +293,8 @@ class Daemon:
             )
             if self.run_as is not None:
                 self.pool.after_fork = self.run_as.worker()
+            if self.confinement is not None and self.confinement.level:
+                self.pool.confine_worker = self.confinement.worker
         else:
             open_server(self.server, self.loop, required, optional, self.systemd.activated)
         self._start_nts()
@@ -324,6 +336,11 @@ class Daemon:
         self.loop.add_signal_handler(signal.SIGHUP, self._on_hup)
         self.refresh_state()
         self._drop()
+        if self.confinement is not None:  # last: everything is bound, opened and imported
+            try:
+                self.confinement.main()
+            except SeccompError as exc:
+                raise StartupError(str(exc)) from None
 
     def _start_nts(self) -> None:
         """The KE listener, and NTS on the responder (the workers get its ring at fork)."""

@@ -40,6 +40,8 @@ RESTART_FIELDS = (
     "nts",
     "nts_ca",
     "user",
+    "seccomp",
+    "rtcsync",
 )
 """Settings the engine, sockets or listeners were built from: a restart applies them."""
 
