@@ -90,8 +90,6 @@ def may_import(a: str, b: str) -> bool:
     return a == b or b == TOP or b in ALLOWED.get(a, frozenset())
 
 
-
-
 # --- the import graph -------------------------------------------------------------------------
 
 

@@ -102,6 +102,7 @@ def test_filtered_daemon_serves_syncs_reloads_and_exits_cleanly(
             tmp_path, conf, listen=(f"{HOST}:0",), extra=("--control-socket", str(ctl))
         ) as d:
             d.wait_for_log(r"seccomp filter loaded in the main")
+            d.wait_for_log(r"RTC: never touched: virtual clock \(-x\)")
             pids = [d.pid, *_children(d.pid)]
             assert len(pids) == 3
             for pid in pids:

@@ -48,6 +48,7 @@ from ntpy.daemon.assemble import (
 )
 from ntpy.daemon.control import ControlServer
 from ntpy.daemon.driftfile import WRITE_INTERVAL_NS
+from ntpy.daemon.kernelsync import KernelSyncStatus, describe_rtc
 from ntpy.daemon.local_clock import describe_local
 from ntpy.daemon.logsetup import LogSetup
 from ntpy.daemon.loop import Loop
@@ -113,6 +114,12 @@ class Daemon:
             clock_vouched=vouched,
         )
         self.access = start_access(config)
+        self.kernel_status = (
+            KernelSyncStatus(self.clock, config.rtcsync)
+            if isinstance(self.clock, SystemClock) and config.servers
+            else None
+        )
+        """STA_UNSYNC and the RTC's 11-minute mode (``daemon/kernelsync.py``)."""
         self.systemd = Systemd.from_environment(self.status)
         """Passed sockets and notifications (``daemon/systemd.py``); inert outside systemd."""
         self.workers = self.systemd.limit_workers(
@@ -179,6 +186,8 @@ class Daemon:
         self._set_state(self.engine.system_state(now))
         if self.lastgood is not None:
             self.lastgood.first_sync(self.engine.synced, now)
+        if self.kernel_status is not None:
+            self.kernel_status.update(self.engine.synced, self.responder.state, now)
 
     def status(self) -> SyncStatus:
         return self.engine.status(time.monotonic_ns(), cooked_now(self.clock))
@@ -449,6 +458,14 @@ class Daemon:
             options.config_origin or options.config_path or "built-in default config",
         )
         log.info("clock: %s; precision 2^%d s", self.clock_reason, self.precision)
+        system = isinstance(self.clock, SystemClock)
+        log.info(
+            describe_rtc(
+                system_clock=system,
+                disciplining=bool(self.config.servers),
+                rtcsync=self.config.rtcsync,
+            )
+        )
         n = len(self.config.servers)
         local = self.engine.opts.local
         if n:
