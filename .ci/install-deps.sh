@@ -15,7 +15,7 @@ set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 APT_PACKAGES=(chrony ntpsec-ntpdig ntpsec-ntpdate python3-ntp chromium chromium-driver systemd man-db
-              clang llvm libbpf-dev libbpf1 iproute2)
+              clang llvm libbpf-dev libbpf1 iproute2 libseccomp2)
 NTPQ_DIR=/opt/ntpsec-extract          # ntpq lives at $NTPQ_DIR/usr/bin/ntpq
 export DEBIAN_FRONTEND=noninteractive
 

@@ -49,6 +49,7 @@ from ntpy.daemon.assemble import (
 from ntpy.daemon.control import ControlServer
 from ntpy.daemon.driftfile import WRITE_INTERVAL_NS
 from ntpy.daemon.fastpath import XdpFastPath, start_fastpath
+from ntpy.daemon.kernelsync import KernelSyncStatus, describe_rtc
 from ntpy.daemon.local_clock import describe_local
 from ntpy.daemon.logsetup import LogSetup
 from ntpy.daemon.loop import Loop
@@ -57,6 +58,7 @@ from ntpy.daemon.policy import build_access, build_limiter, limits_changed
 from ntpy.daemon.privdrop import PrivilegeError, capabilities_to_keep
 from ntpy.daemon.reload import ReloadPlan, plan_reload
 from ntpy.daemon.runas import RunAs, identity_for
+from ntpy.daemon.seccomp import Confinement, SeccompError
 from ntpy.daemon.server import ControlHandler, NtpServer
 from ntpy.daemon.sync import SyncShell
 from ntpy.daemon.systemd import Systemd
@@ -88,6 +90,8 @@ class ServeOptions:
     """Where the config came from, for the start-up log (default: ``config_path``)."""
     user: str | None = None
     """``-u USER[:GROUP]``: drop root after start-up (wins over the ``user`` directive)."""
+    seccomp: int | None = None
+    """``-F LEVEL``: the system-call filter (wins over the ``seccomp`` directive)."""
 
 
 class Daemon:
@@ -113,6 +117,12 @@ class Daemon:
             clock_vouched=vouched,
         )
         self.access = start_access(config)
+        self.kernel_status = (
+            KernelSyncStatus(self.clock, config.rtcsync)
+            if isinstance(self.clock, SystemClock) and config.servers
+            else None
+        )
+        """STA_UNSYNC and the RTC's 11-minute mode (``daemon/kernelsync.py``)."""
         self.systemd = Systemd.from_environment(self.status)
         """Passed sockets and notifications (``daemon/systemd.py``); inert outside systemd."""
         self.workers = self.systemd.limit_workers(
@@ -147,6 +157,7 @@ class Daemon:
             keys=self.responder.keys,
         )
         self.sync.on_sources = self._sources_changed  # `restrict source` follows them
+        self.sync.rtcsync = config.rtcsync
         self.sync.nts.configure(config.nts_ca, config.driftfile)
         self.control: ControlServer | None = None
         self.stats: StatsFiles | None = None
@@ -155,6 +166,8 @@ class Daemon:
         self.web: WebService | None = None
         self.run_as: RunAs | None = None
         """With ``-u``/``user``: the drop, checked before anything binds."""
+        self.confinement: Confinement | None = None
+        """``-F``/``seccomp``: the system-call filter (``daemon/seccomp.py``)."""
 
     def _set_state(self, state: SystemState) -> None:
         if state != self.responder.state:
@@ -181,6 +194,8 @@ class Daemon:
         self._set_state(self.engine.system_state(now))
         if self.lastgood is not None:
             self.lastgood.first_sync(self.engine.synced, now)
+        if self.kernel_status is not None:
+            self.kernel_status.update(self.engine.synced, self.responder.state, now)
 
     def status(self) -> SyncStatus:
         return self.engine.status(time.monotonic_ns(), cooked_now(self.clock))
@@ -265,6 +280,11 @@ class Daemon:
                 self.run_as = RunAs(ident, self.config, self.options.config_path)
         except PrivilegeError as exc:
             raise StartupError(str(exc)) from None
+        level = self.options.seccomp
+        try:
+            self.confinement = Confinement(self.config.seccomp if level is None else level)
+        except SeccompError as exc:
+            raise StartupError(str(exc)) from None
 
     def _drop(self) -> None:
         """The main's drop, at the end of start-up: CAP_SYS_TIME only with the system clock."""
@@ -306,6 +326,8 @@ class Daemon:
             )
             if self.run_as is not None:
                 self.pool.after_fork = self.run_as.worker()
+            if self.confinement is not None and self.confinement.level:
+                self.pool.confine_worker = self.confinement.worker
         else:
             open_server(self.server, self.loop, required, optional, self.systemd.activated)
         self._start_nts()
@@ -352,6 +374,11 @@ class Daemon:
                 self.config, self.clock, self.responder, self.limiter, eps, self.loop
             )
         self._drop()
+        if self.confinement is not None:  # last: everything is bound, opened and imported
+            try:
+                self.confinement.main()
+            except SeccompError as exc:
+                raise StartupError(str(exc)) from None
 
     def _start_nts(self) -> None:
         """The KE listener, and NTS on the responder (the workers get its ring at fork)."""
@@ -462,6 +489,14 @@ class Daemon:
             options.config_origin or options.config_path or "built-in default config",
         )
         log.info("clock: %s; precision 2^%d s", self.clock_reason, self.precision)
+        system = isinstance(self.clock, SystemClock)
+        log.info(
+            describe_rtc(
+                system_clock=system,
+                disciplining=bool(self.config.servers),
+                rtcsync=self.config.rtcsync,
+            )
+        )
         n = len(self.config.servers)
         local = self.engine.opts.local
         if n:
