@@ -54,6 +54,7 @@ from ntpy.daemon.loop import Loop
 from ntpy.daemon.nts_service import NtsService, NtsStartError
 from ntpy.daemon.policy import build_access, build_limiter, limits_changed
 from ntpy.daemon.privdrop import PrivilegeError, capabilities_to_keep
+from ntpy.daemon.refclocks import RefclockShell
 from ntpy.daemon.reload import ReloadPlan, plan_reload
 from ntpy.daemon.runas import RunAs, identity_for
 from ntpy.daemon.server import ControlHandler, NtpServer
@@ -143,6 +144,8 @@ class Daemon:
             self._panic,
             keys=self.responder.keys,
         )
+        self.refclocks = RefclockShell(self.engine, self.clock, self.loop)
+        """The reference clocks' drivers (SHM, SOCK, NMEA, PPS); the engine polls them."""
         self.sync.on_sources = self._sources_changed  # `restrict source` follows them
         self.sync.nts.configure(config.nts_ca, config.driftfile)
         self.control: ControlServer | None = None
@@ -304,6 +307,7 @@ class Daemon:
             self.pool.start()  # after the log lines above; before any other socket opens
         self.stats = open_stats(self.config, self.clock, self.sync.recorders)
         self.sync.add_configured(self.config.servers)
+        self.refclocks.add_configured(self.config.refclocks)
         self.sync.start()
         self.loop.call_every(16 * NS, self.refresh_state)
         if self.drift is not None:
@@ -496,6 +500,7 @@ class Daemon:
             if self.control is not None:
                 self.control.close()
             self.sync.close()
+            self.refclocks.close()
             self._release_kernel_clock()
             if self.stats is not None:
                 self.stats.close()
