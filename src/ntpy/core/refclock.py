@@ -105,6 +105,8 @@ class RawSample:
     time_ns: int
     offset_ns: int
     leap: int = 0
+    precision: int | None = None
+    """log2 s, when the writer says (SHM's ``precision`` field); else the driver's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +208,8 @@ class Refclock:
         if filtered is None:
             return None
         self.last = filtered
-        precision = precision_to_ns(self.config.precision)
+        said = [s.precision for s in raw if s.precision is not None]
+        precision = precision_to_ns(max(said) if said else self.config.precision)
         return Measurement(
             time_ns=filtered.time_ns,
             offset_ns=filtered.offset_ns,

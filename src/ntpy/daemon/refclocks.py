@@ -137,7 +137,10 @@ class ShmDriver(Driver):
         self.last_count = record.count
         pair = record.pair
         at = self.cooked(pair.receive_ns)
-        self.sample(at, pair.reference_ns - at + round(self.spec.time1 * NS), pair.leap)
+        offset = pair.reference_ns - at + round(self.spec.time1 * NS)
+        self.shell.engine.refclock_sample(
+            self.sid, RawSample(at, offset, pair.leap, pair.precision)
+        )
 
     def close(self) -> None:
         if self.opened:
