@@ -447,10 +447,13 @@ class Daemon:
             options.config_origin or options.config_path or "built-in default config",
         )
         log.info("clock: %s; precision 2^%d s", self.clock_reason, self.precision)
-        n = len(self.config.servers)
+        refclocks = sum(1 for r in self.config.refclocks if not r.is_local)
+        n = len(self.config.servers) + refclocks
         local = self.engine.opts.local
-        if n:
-            log.info("%d upstream server/pool line(s) configured", n)
+        if self.config.servers:
+            log.info("%d upstream server/pool line(s) configured", len(self.config.servers))
+        if refclocks:
+            log.info("%d reference clock(s) configured", refclocks)
         if local is not None:
             log.info(
                 "%s (%s)",

@@ -153,6 +153,7 @@ def open_serial(path: str, baud: int) -> int:
         speed = SPEEDS.get(baud, termios.B4800)
         attrs[4] = attrs[5] = speed
         termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        termios.tcflush(fd, termios.TCIFLUSH)  # lines from before we looked are stale
     except (OSError, termios.error) as exc:
         os.close(fd)
         raise RefclockIoError(0, f"{path}: not a serial port ({exc})") from None

@@ -212,21 +212,26 @@ class NmeaDriver(Driver):
         except OSError as exc:
             self.count("bad", str(exc))
             return
-        for line in self.lines.feed(data):
-            self.line(line, now)
+        times = [t for line in self.lines.feed(data) if (t := self.line(line, now)) is not None]
+        if not times:
+            return
+        ref = max(times)
+        stale = {t // NS for t in times} - {ref // NS}
+        for _ in stale:  # a backlog read at once: only the newest second is on time
+            self.count("stale", "a sentence read late, behind a newer one")
+        if ref // NS == self.last_second:
+            return  # the other sentences of the same second
+        self.last_second = ref // NS
+        self.sample(now, ref - now + round(self.spec.time2 * NS))
 
-    def line(self, line: bytes, now: int) -> None:
+    def line(self, line: bytes, now: int) -> int | None:
+        """The time a line gives (Unix ns), or None (counted)."""
         try:
             fix = nmea.parse(line, (self.spec.mode or 0) & 0x0F)
         except nmea.NmeaError as exc:
             self.count(exc.reason, str(exc))
-            return
-        ref = nmea.resolve(fix, now)
-        second = ref // NS
-        if second == self.last_second:
-            return  # the other sentences of the same second
-        self.last_second = second
-        self.sample(now, ref - now + round(self.spec.time2 * NS))
+            return None
+        return nmea.resolve(fix, now)
 
     def close(self) -> None:
         if self.opened:
