@@ -122,6 +122,11 @@ class RefclockSpec:
     flag2: bool | None = None
     flag3: bool | None = None
     flag4: bool | None = None
+    path: str | None = None
+    """The device or socket (NTPsec's ``path``); None: the driver's default
+    (``/dev/gpsU``, ``/dev/ppsU``)."""
+    baud: int | None = None
+    """NMEA: the serial speed (NTPsec's ``baud``); None: from ``mode`` as ntpd, else 4800."""
     location: SourceLocation | None = field(default=None, compare=False, repr=False)
 
     @property

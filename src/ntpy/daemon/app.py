@@ -56,6 +56,7 @@ from ntpy.daemon.loop import Loop
 from ntpy.daemon.nts_service import NtsService, NtsStartError
 from ntpy.daemon.policy import build_access, build_limiter, limits_changed
 from ntpy.daemon.privdrop import PrivilegeError, capabilities_to_keep
+from ntpy.daemon.refclocks import RefclockShell
 from ntpy.daemon.reload import ReloadPlan, plan_reload
 from ntpy.daemon.runas import RunAs, identity_for
 from ntpy.daemon.seccomp import Confinement, SeccompError
@@ -71,6 +72,12 @@ log = logging.getLogger("ntpy")
 
 
 @dataclass
+
+def disciplines(config: Config) -> bool:
+    """Whether ntpy steers the clock: upstream servers or reference clocks (not only the
+    local clock, which follows the clock rather than steering it)."""
+    return bool(config.servers) or any(not r.is_local for r in config.refclocks)
+
 class ServeOptions:
     listen: Sequence[str] = ()
     clock_mode: str | None = None
@@ -119,7 +126,7 @@ class Daemon:
         self.access = start_access(config)
         self.kernel_status = (
             KernelSyncStatus(self.clock, config.rtcsync)
-            if isinstance(self.clock, SystemClock) and config.servers
+            if isinstance(self.clock, SystemClock) and disciplines(config)
             else None
         )
         """STA_UNSYNC and the RTC's 11-minute mode (``daemon/kernelsync.py``)."""
@@ -156,6 +163,8 @@ class Daemon:
             self._panic,
             keys=self.responder.keys,
         )
+        self.refclocks = RefclockShell(self.engine, self.clock, self.loop)
+        """The reference clocks' drivers (SHM, SOCK, NMEA, PPS); the engine polls them."""
         self.sync.on_sources = self._sources_changed  # `restrict source` follows them
         self.sync.rtcsync = config.rtcsync
         self.sync.nts.configure(config.nts_ca, config.driftfile)
@@ -265,7 +274,7 @@ class Daemon:
         """Before disciplining the kernel clock, switch off the kernel PLL another daemon may
         have left running (two loops would fight). Only with upstreams: serving the local
         clock never adjusts anything, so it never touches the kernel either."""
-        if isinstance(self.clock, SystemClock) and self.config.servers:
+        if isinstance(self.clock, SystemClock) and disciplines(self.config):
             try:
                 self.clock.reset_kernel_discipline()
             except ClockError as exc:
@@ -300,7 +309,7 @@ class Daemon:
     def _release_kernel_clock(self) -> None:
         """Never leave the kernel clock slewing fast: back to the base rate, and the rest
         of the correction handed to the kernel's own 500 ppm slew."""
-        if isinstance(self.clock, SystemClock) and self.config.servers:
+        if isinstance(self.clock, SystemClock) and disciplines(self.config):
             try:
                 self.clock.close()
             except ClockError as exc:
@@ -338,6 +347,7 @@ class Daemon:
             self.pool.start()  # after the log lines above; before any other socket opens
         self.stats = open_stats(self.config, self.clock, self.sync.recorders)
         self.sync.add_configured(self.config.servers)
+        self.refclocks.add_configured(self.config.refclocks)
         self.sync.start()
         self.loop.call_every(16 * NS, self.refresh_state)
         if self.drift is not None:
@@ -493,14 +503,17 @@ class Daemon:
         log.info(
             describe_rtc(
                 system_clock=system,
-                disciplining=bool(self.config.servers),
+                disciplining=disciplines(self.config),
                 rtcsync=self.config.rtcsync,
             )
         )
-        n = len(self.config.servers)
+        refclocks = sum(1 for r in self.config.refclocks if not r.is_local)
+        n = len(self.config.servers) + refclocks
         local = self.engine.opts.local
-        if n:
-            log.info("%d upstream server/pool line(s) configured", n)
+        if self.config.servers:
+            log.info("%d upstream server/pool line(s) configured", len(self.config.servers))
+        if refclocks:
+            log.info("%d reference clock(s) configured", refclocks)
         if local is not None:
             log.info(
                 "%s (%s)",
@@ -552,6 +565,7 @@ class Daemon:
             self.sync.close()
             if self.fastpath is not None:
                 self.fastpath.close()
+            self.refclocks.close()
             self._release_kernel_clock()
             if self.stats is not None:
                 self.stats.close()

@@ -93,7 +93,7 @@ def sync_options(
         local=local,
         orphan_stratum=tos.orphan,
         orphanwait_ns=int(tos.orphanwait * NS),
-        local_standalone=not config.servers,
+        local_standalone=not config.servers and all(r.is_local for r in config.refclocks),
         fallback_cold_start=tos.coldstart,
         fallback_activate_ns=local_activate_ns(config),
         clock_vouched=clock_vouched,

@@ -61,7 +61,6 @@ UNSUPPORTED_NTPD_DIRECTIVES = frozenset(
         "ntpsigndsocket",
         "phone",
         "qos",
-        "refclock",
         "reset",
         "revoke",
         "rlimit",
