@@ -71,13 +71,13 @@ from ntpy.metrics.statsfiles import StatsFiles
 log = logging.getLogger("ntpy")
 
 
-@dataclass
-
 def disciplines(config: Config) -> bool:
     """Whether ntpy steers the clock: upstream servers or reference clocks (not only the
     local clock, which follows the clock rather than steering it)."""
     return bool(config.servers) or any(not r.is_local for r in config.refclocks)
 
+
+@dataclass
 class ServeOptions:
     listen: Sequence[str] = ()
     clock_mode: str | None = None
