@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import signal
 import sys
 import time
@@ -28,6 +27,7 @@ from ntpy.core.status import SyncStatus
 from ntpy.core.system import SystemState
 from ntpy.core.timestamps import NS_PER_S as NS
 from ntpy.daemon import ipc
+from ntpy.daemon.announce import announce
 from ntpy.daemon.assemble import (
     StartupError,
     build_clock,
@@ -49,8 +49,7 @@ from ntpy.daemon.assemble import (
 from ntpy.daemon.control import ControlServer
 from ntpy.daemon.driftfile import WRITE_INTERVAL_NS
 from ntpy.daemon.fastpath import XdpFastPath, start_fastpath
-from ntpy.daemon.kernelsync import KernelSyncStatus, describe_rtc
-from ntpy.daemon.local_clock import describe_local
+from ntpy.daemon.kernelsync import KernelSyncStatus, disciplines
 from ntpy.daemon.logsetup import LogSetup
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.nts_service import NtsService, NtsStartError
@@ -69,12 +68,6 @@ from ntpy.metrics.snapshot import WebSources
 from ntpy.metrics.statsfiles import StatsFiles
 
 log = logging.getLogger("ntpy")
-
-
-def disciplines(config: Config) -> bool:
-    """Whether ntpy steers the clock: upstream servers or reference clocks (not only the
-    local clock, which follows the clock rather than steering it)."""
-    return bool(config.servers) or any(not r.is_local for r in config.refclocks)
 
 
 @dataclass
@@ -342,7 +335,7 @@ class Daemon:
         self._start_nts()
         listener = self.nts.listener if self.nts is not None else None
         self.systemd.check_sockets([*required, *optional], listener.bound if listener else [])
-        self._announce()
+        announce(self)
         if self.pool is not None:
             self.pool.start()  # after the log lines above; before any other socket opens
         self.stats = open_stats(self.config, self.clock, self.sync.recorders)
@@ -490,51 +483,6 @@ class Daemon:
     def _reload_stats(self, config: Config) -> None:
         close_stats(self.stats, self.sync.recorders)
         self.stats = open_stats(config, self.clock, self.sync.recorders)
-
-    def _announce(self) -> None:
-        log.info("ntpy %s starting (pid %d)", __version__, os.getpid())
-        options = self.options
-        log.info(
-            "configuration: %s",
-            options.config_origin or options.config_path or "built-in default config",
-        )
-        log.info("clock: %s; precision 2^%d s", self.clock_reason, self.precision)
-        system = isinstance(self.clock, SystemClock)
-        log.info(
-            describe_rtc(
-                system_clock=system,
-                disciplining=disciplines(self.config),
-                rtcsync=self.config.rtcsync,
-            )
-        )
-        refclocks = sum(1 for r in self.config.refclocks if not r.is_local)
-        n = len(self.config.servers) + refclocks
-        local = self.engine.opts.local
-        if self.config.servers:
-            log.info("%d upstream server/pool line(s) configured", len(self.config.servers))
-        if refclocks:
-            log.info("%d reference clock(s) configured", refclocks)
-        if local is not None:
-            log.info(
-                "%s (%s)",
-                describe_local(self.config, local.served_stratum),
-                "fallback when the upstreams are lost" if n else "the time source",
-            )
-        if not n and local is None:
-            log.info(
-                "no time source configured: serving as unsynchronized (leap alarm, stratum 0) "
-                "so clients will not use this server"
-            )
-        if self.pool is not None:
-            for ep in self.pool.endpoints:
-                log.info(
-                    "listening on %s (%s loop, %d workers)",
-                    ep.bound,
-                    self.loop.selector_name,
-                    self.workers,
-                )
-        for ep in self.server.endpoints:
-            log.info("listening on %s (%s loop)", ep.bound, self.loop.selector_name)
 
     def _on_stop(self, signum: int) -> None:
         log.info("received %s, shutting down", signal.Signals(signum).name)

@@ -20,6 +20,7 @@ import logging
 from typing import Protocol
 
 from ntpy.clock.errors import ClockError
+from ntpy.config import Config
 from ntpy.core.system import SystemState
 
 log = logging.getLogger("ntpy")
@@ -27,6 +28,12 @@ log = logging.getLogger("ntpy")
 
 class SyncStatusClock(Protocol):
     def set_sync_status(self, synchronised: bool, est_error_ns: int, max_error_ns: int) -> None: ...
+
+
+def disciplines(config: Config) -> bool:
+    """Whether ntpy steers the clock: upstream servers or reference clocks (not only the
+    local clock, which follows the clock rather than steering it)."""
+    return bool(config.servers) or any(not r.is_local for r in config.refclocks)
 
 
 def kernel_synchronised(synced: bool, rtcsync: bool) -> bool:
