@@ -12,6 +12,8 @@ rather than failing the daemon, because DNS is often not up when ntpd starts: af
 then twice as long each time up to an hour, logged on the first failure and when the error
 changes or the name resolves (not on every retry). A source whose socket cannot be opened
 stays a source, unreachable, with the error in its status; the socket is retried at each poll.
+An ``xleave`` source's socket also asks the kernel for the TX timestamp of each request
+(``daemon/client_tx.py``): read before the reply, it becomes the request's T1.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import secrets
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
@@ -44,6 +47,7 @@ from ntpy.core.symkey import SymmetricKeyAuth
 from ntpy.core.system import LocalReference, SystemState
 from ntpy.core.timestamps import NS_PER_S as NS
 from ntpy.daemon.client_socket import open_client_socket, recv_reply
+from ntpy.daemon.client_tx import ClientTxStamps
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.ntssources import NtsClients, NtsPeer
 
@@ -101,6 +105,8 @@ class Upstream:
     sock: socket.socket | None
     """None while the socket cannot be opened (``error`` says why)."""
     error: str | None = None
+    tx: ClientTxStamps | None = None
+    """``xleave``: the kernel TX timestamps of its requests (None: not asked, or refused)."""
 
 
 class SyncShell:
@@ -138,6 +144,9 @@ class SyncShell:
         self.retry_delay_ns = RESOLVE_RETRY_NS
         self._retry_gen = 0
         self._retry_armed = False
+        self.tx_counters: Counter[str] = Counter()
+        """Kernel TX timestamps of the ``xleave`` sources' requests (``client_tx``)."""
+        self._tx_warned = False
         self.nts = NtsClients(engine, loop, self._move, self.reschedule)
         """The ``nts`` sources' key exchanges and saved cookies (``configure`` it first)."""
 
@@ -249,6 +258,7 @@ class SyncShell:
             pool=spec.address if spec.kind == "pool" else None,
             key=spec.key,
             nts=spec.nts,
+            xleave=spec.xleave,
         )
         sid = self.engine.add_source(cfg, now_mono, auth)
         if peer is not None:
@@ -285,11 +295,29 @@ class SyncShell:
         if up.error is not None:
             log.info("source %s (%s): socket opened", up.spec.address, up.address[0])
         up.sock, up.error = sock, None
+        up.tx = self._tx_stamps(up) if up.spec.xleave else None
         src = self.engine.sources.get(up.source_id)
         if src is not None:
             src.error = None
         self.loop.add_reader(sock, functools.partial(self._on_readable, up.source_id))
         return True
+
+    def _tx_stamps(self, up: Upstream) -> ClientTxStamps | None:
+        """Kernel TX timestamps for an ``xleave`` source's socket; without them (an old
+        kernel) interleaved mode still works, with T1 read before the send."""
+        assert up.sock is not None
+        try:
+            return ClientTxStamps(up.sock, self.tx_counters)
+        except OSError as exc:
+            if not self._tx_warned:
+                self._tx_warned = True
+                log.warning(
+                    "source %s: kernel TX timestamps unavailable (%s); interleaved mode "
+                    "uses the clock read before each send",
+                    up.spec.address,
+                    exc.strerror or exc,
+                )
+            return None
 
     def _add_resolved(self, spec: ServerSpec, now_mono: int) -> bool:
         addrs = self._resolve(spec)
@@ -357,7 +385,7 @@ class SyncShell:
         if up.sock is not None:
             self.loop.remove_reader(up.sock)
             up.sock.close()
-            up.sock = None
+            up.sock, up.tx = None, None
         up.address = addr
         self._sources_changed()
         self._connect(up)
@@ -386,6 +414,11 @@ class SyncShell:
         up = self.upstreams.get(source_id)
         if up is None or up.sock is None:
             return
+        if up.tx is not None:  # before the reply: its T1 is the kernel's
+            clock = self.clock
+            for cookie, stamp in up.tx.collect():
+                t1 = clock.from_realtime_ns(stamp) + clock.remaining_slew_ns()
+                self.engine.tx_stamped(source_id, cookie, t1)
         for _ in range(8):
             try:
                 data, rx = recv_reply(up.sock)
@@ -434,7 +467,10 @@ class SyncShell:
         assert up.sock is not None
         t1 = cooked_now(self.clock)
         try:
-            up.sock.send(action.data)
+            if up.tx is not None:
+                up.tx.send(action.data, time.time_ns())
+            else:
+                up.sock.send(action.data)
         except OSError as exc:
             log.debug("send to %s failed: %s", up.spec.address, exc)
             return None

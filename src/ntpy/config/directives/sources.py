@@ -92,7 +92,12 @@ SERVER_OPTION_DOCS: tuple[tuple[str, str], ...] = (
     ("prefer", "prefer this source among equally good ones"),
     ("noselect", "poll and show it, never follow it"),
     ("true", "ntpd's truechimer override: accepted, selection is not overridden"),
-    ("xleave", "interleaved mode: accepted, basic mode is used"),
+    (
+        "xleave",
+        "interleaved mode (as chrony): ask for the true transmit time of the server's "
+        "previous reply (and use the kernel's of our requests); basic mode whenever the "
+        "server does not interleave. Works with key N and nts",
+    ),
     ("autokey", "Autokey (RFC 5906): accepted and ignored; use nts"),
     ("preempt", "ntpd's preemptable association: accepted"),
     (
