@@ -239,6 +239,12 @@ def _check_server_values(
         state.warn(loc, "'mode' only applies to reference clocks (ignored)")
     if "ttl" in values:
         state.warn(loc, "'ttl' only applies to broadcast/manycast, which ntpy lacks (ignored)")
+    if values.get("xleave") and values.get("version", 4) != 4:
+        state.warn(
+            loc,
+            f"'xleave' needs NTP version 4 (servers interleave only v4 requests); with "
+            f"'version {values['version']}' basic mode is used: drop 'version' or 'xleave'",
+        )
 
 
 def _refclock(
