@@ -15,11 +15,15 @@ from dataclasses import dataclass, field
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nts_helpers import rand, ring
+from test_ntsef import key_exchange
 
 from ntpy.core.auth import MacKey
 from ntpy.core.decision import Answer
 from ntpy.core.exchange import ClientExchange, Reason, build_request, interleave_field
 from ntpy.core.interleave import InterleaveTable, is_candidate
+from ntpy.core.ntsauth import NtsAuth
+from ntpy.core.ntsserve import NtsServing
 from ntpy.core.packet import LEAP_NONE, refid_from_text
 from ntpy.core.server import Responder, decide
 from ntpy.core.source import XLEAVE_MAX_UNANSWERED, Source, SourceConfig
@@ -363,3 +367,27 @@ def test_interleaved_reply_with_any_transmit_time(t3: int, rx: int) -> None:
         assert reason is Reason.OK and m is not None
         assert src.last_sample is not None and src.last_sample.interleaved
         assert src.last_sample.t1_ns == prev.t1_ns and src.last_sample.t4_ns == prev.t4_ns
+
+
+def test_interleaved_with_nts() -> None:
+    """NTS protects the request and seals the reply whatever its timestamps: an ``nts
+    xleave`` source gets authenticated interleaved samples from the ntpy server core."""
+    keys = ring(T0)
+    r = Responder(GOOD)
+    r.nts = NtsServing(keys, rand)
+    r.serve_interleaved(InterleaveTable())
+    auth = NtsAuth()
+    auth.install(key_exchange(keys), T0)
+    cfg = SourceConfig(name="nts.example", address=("192.0.2.1", 123), nts=True, xleave=True)
+    src = Source(1, cfg, 1, 0, 0.0, auth)
+    results = []
+    for k in range(5):
+        t1 = T0 + k * POLL
+        req = src.poll_request(k * POLL, 0x9200 + k, 0.0)
+        src.mark_sent(t1)
+        reply, t4 = serve(r, req, t1 + ONE_WAY)
+        results.append(src.receive(reply, t4, k * POLL + 1))
+    assert [reason for _m, reason in results][2:] == [Reason.INTERLEAVED_START] + [Reason.OK] * 2
+    assert src.authentic and src.interleaved and src.counters["samples_interleaved"] == 2
+    m = results[-1][0]
+    assert m is not None and abs(m.offset_ns - OFFSET) <= 1
