@@ -2,7 +2,7 @@
 every daemon on a virtual clock (ntpy -x, chronyd -x).
 
 - Against chronyd servers: one source with ``xleave``, one without, polled side by side
-  (two chronyd servers on the same system clock, so the true offset is ~0 for both). The
+  (two chronyd servers on the same system clock, so the true offset is 0 for both). The
   xleave source's samples must be interleaved (``ntpy peers --json``) and its offsets
   sane (|median| < 100 us); the figures of both (from peerstats) are printed.
 - ntpy to ntpy: the ntpy server answers interleaved; the client's samples say so.
@@ -29,8 +29,10 @@ CHRONY_X = "127.0.147.1"
 CHRONY_B = "127.0.147.2"
 NTPY_SERVER = "127.0.147.3"
 CLIENT = "127.0.147.4"
-POLLING = "iburst burst minpoll 3 maxpoll 3"
-"""Bursts of 8 requests 2 s apart every 8 s: enough samples within a minute."""
+POLLING = "iburst burst minpoll 3 maxpoll 3 noselect"
+"""Bursts of 8 requests 2 s apart every 8 s: enough samples within a minute. ``noselect``:
+the client's virtual clock is never corrected, so it stays the system clock the servers
+serve, and each sample's offset is its measurement error (true offset 0)."""
 SAMPLES = 10
 """Interleaved samples to wait for."""
 
