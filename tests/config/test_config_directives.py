@@ -118,10 +118,24 @@ def test_server_all_options() -> None:
         "server -4 192.0.2.1 iburst burst prefer noselect true xleave minpoll 4 maxpoll 8 "
         "version 3 port 1123\n"
     )
-    (s,) = conf(text).servers
+    result = parse(text)
+    (s,) = result.config.servers
     assert s.family == 4 and s.ip == ip_address("192.0.2.1")
     assert (s.iburst, s.burst, s.prefer, s.noselect, s.true, s.xleave) == (True,) * 6
     assert (s.minpoll, s.maxpoll, s.key, s.version, s.port) == (4, 8, None, 3, 1123)
+    (warning,) = result.warnings  # interleaved mode is NTPv4 only
+    assert "'xleave' needs NTP version 4" in str(warning) and "version 3" in str(warning)
+
+
+def test_xleave_goes_with_keys_and_nts() -> None:
+    """Interleaved mode changes only the timestamps; a MAC or NTS fields protect the
+    request and the reply the same way, so ``xleave`` combines with ``key N`` and ``nts``
+    (as in chrony)."""
+    cfg = conf(
+        "keys /etc/ntp.keys\ntrustedkey 1\nserver 192.0.2.1 key 1 xleave\n"
+        "server ntp.example nts xleave\npool pool.example xleave\n"
+    )
+    assert [s.xleave for s in cfg.servers] == [True, True, True]
 
 
 def test_server_key_needs_a_keys_file_and_a_trusted_key() -> None:

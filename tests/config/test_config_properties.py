@@ -139,6 +139,8 @@ def server_line(draw: st.DrawFn) -> tuple[str, dict[str, object]]:
     }
     if kind == "pool":
         values["maxsources"] = draw(st.integers(1, 16))
+    if values["version"] != 4:
+        flags -= {"xleave"}  # interleaved mode is NTPv4 only: a warning otherwise
     words = [*flags, *(f"{k} {v}" for k, v in values.items())]
     words = draw(st.permutations(words))
     words = [w.upper() if draw(st.booleans()) else w for w in words]

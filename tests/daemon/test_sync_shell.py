@@ -165,7 +165,7 @@ def test_source_without_a_socket_stays_visible_with_reach_0(
 
 def test_sync_options_carry_mindist_and_panicexit() -> None:
     """Regression: ``tos mindist`` was parsed and never reached the engine."""
-    from ntpy.daemon.sync import sync_options
+    from ntpy.daemon.syncopts import sync_options
 
     def opts(text: str) -> SyncOptions:
         cfg = parse_text(text).config

@@ -209,6 +209,26 @@ def test_peers_auth_lines_follow_the_table_and_leave_its_columns_alone() -> None
     )
 
 
+def test_peers_xleave_lines_say_whether_samples_are_interleaved() -> None:
+    st = status(
+        source(xleave=True, interleaved=True, samples_interleaved=12, samples_total=14),
+        source(id=2, name="198.51.100.7", address="198.51.100.7", xleave=True, samples_total=3),
+        source(id=3, name="203.0.113.1", address="203.0.113.1", xleave=True),
+        source(id=4, name="203.0.113.2", address="203.0.113.2", samples_total=9),
+        source(id=5, name="203.0.113.3", address="203.0.113.3", auth="key 2", xleave=True),
+    )
+    lines = render_peers(st, numeric=True).splitlines()
+    assert all(len(row) == 79 for row in lines[:7])
+    assert lines[7:] == [
+        "auth 203.0.113.3: key 2, no reply yet",
+        "xleave 192.0.2.1: interleaved, 12 of 14 samples interleaved",
+        "xleave 198.51.100.7: basic mode (the server did not interleave), 0 of 3 samples "
+        "interleaved",
+        "xleave 203.0.113.1: no sample yet, 0 of 0 samples interleaved",
+        "xleave 203.0.113.3: no sample yet, 0 of 0 samples interleaved",
+    ]
+
+
 def test_peers_empty() -> None:
     assert render_peers(status() | {"sources": []}) == PEERS_HEADER + "\n" + PEERS_RULE
 

@@ -262,17 +262,36 @@ def auth_line(src: Mapping[str, Any], numeric: bool) -> str | None:
     return f"auth {_remote(src, numeric)}: {mode}, {verdict}"
 
 
+def xleave_line(src: Mapping[str, Any], numeric: bool) -> str | None:
+    """The line below the table for an ``xleave`` source: whether its last sample was
+    interleaved (chrony's ``ntpdata`` ``Interleaved``), and how many were. None for the
+    others."""
+    if src.get("xleave") is not True:
+        return None
+    total = int_field(src.get("samples_total")) or 0
+    inter = int_field(src.get("samples_interleaved")) or 0
+    if not total:
+        mode = "no sample yet"
+    elif src.get("interleaved") is True:
+        mode = "interleaved"
+    else:
+        mode = "basic mode (the server did not interleave)"
+    return f"xleave {_remote(src, numeric)}: {mode}, {inter} of {total} samples interleaved"
+
+
 def render_peers(status: Mapping[str, Any], numeric: bool = False) -> str:
     """The ``ntpq -p`` table (no trailing newline): header, rule, one row per source.
 
     The columns stay ntpq's. Sources with a key get one ``auth ...`` line each below the
-    table (none when no source uses a key, so the output is ntpq's as before)."""
+    table, and ``xleave`` sources one ``xleave ...`` line (none when no source uses either,
+    so the output is ntpq's as before)."""
     lines = [PEERS_HEADER, PEERS_RULE]
     sources = status.get("sources")
     if isinstance(sources, list | tuple):
         rows = [src for src in sources if isinstance(src, Mapping)]
         lines.extend(peer_line(src, numeric) for src in rows)
         lines.extend(line for src in rows if (line := auth_line(src, numeric)) is not None)
+        lines.extend(line for src in rows if (line := xleave_line(src, numeric)) is not None)
     return "\n".join(lines)
 
 

@@ -157,9 +157,7 @@ def fold_correction(sources: Iterable[Source], at: int, offset: int, dfreq: floa
         src.stats.apply_correction(at, offset, dfreq)
         if src.refclock is not None:
             src.refclock.apply_correction(at, offset, dfreq)
-        if src.pending is not None and src.pending.t1_ns is not None:
-            t1 = src.pending.t1_ns
-            src.pending.t1_ns = t1 + round(offset + dfreq * (t1 - at))
+        src.correct_times(at, offset, dfreq)
 
 
 def _clamp_ppb(ppb: float) -> float:

@@ -178,6 +178,13 @@ class SyncEngine:
         if src is not None:
             src.mark_sent(t1_clock)
 
+    def tx_stamped(self, source_id: int, cookie: int, t1_clock: int) -> None:
+        """The kernel's transmit time (cooked clock) of the request whose transmit field was
+        ``cookie`` (``Source.tx_stamped``)."""
+        src = self.sources.get(source_id)
+        if src is not None and src.tx_stamped(cookie, t1_clock):
+            src.counters["tx_stamps"] += 1
+
     def handle_timer(self, now_mono: int, now_clock: int) -> list[Action]:
         actions: list[Action] = []
         for src in list(self.sources.values()):

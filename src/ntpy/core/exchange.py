@@ -7,15 +7,28 @@ accepted only if it echoes that cookie as its origin, which rejects duplicated, 
 spoofed replies. The real send time T1 is kept in the ``ClientExchange`` (the shell tells it
 when the request left) and the shell passes the receive time T4 with the reply.
 
-The checks, in order: the packet decodes; its mode answers ours; its origin is our cookie;
-the authenticator (``ClientAuth``) accepts it; a stratum-0 reply with kiss code RATE, DENY
-or RSTR is a kiss-o'-death (``KissOfDeath``, typed ``KissCode``); the transmit time is set
-and the root distance and stratum are sane. Then the sample is computed.
+The checks, in order: the packet decodes; its mode answers ours; its origin is our cookie
+(or, in interleaved mode, the receive field we sent); the authenticator (``ClientAuth``)
+accepts it; a stratum-0 reply with kiss code RATE, DENY or RSTR is a kiss-o'-death
+(``KissOfDeath``, typed ``KissCode``); the transmit time is set and the root distance and
+stratum are sane. Then the sample is computed.
 
 Authentication plugs in here and nowhere else: ``ClientAuth.protect`` adds what proves the
 request (a MAC, NTS extension fields) and ``ClientAuth.verify`` checks the reply once its
 origin matched. A source without a key uses ``NO_AUTH``; ``server HOST key N`` uses
 ``ntpy.core.symkey.SymmetricKeyAuth``.
+
+Interleaved mode (``server ... xleave``; draft-ietf-ntp-interleaved-modes, chrony's
+``xleave``). A basic server reads T3 before its reply leaves, so T3 is early by its send
+path. In interleaved mode the server sends, in its reply to our *next* request, the
+kernel's transmit time of the previous reply; so each reply completes the exchange before
+it. The request asks for that by carrying, as origin, the server's receive timestamp of
+the previous exchange (the key under which the server kept its transmit time), and a
+receive field that differs from the transmit field (here the cookie with its halves
+swapped: as unguessable as the cookie, and in the same packet anyway). A server that
+interleaves echoes our receive field as the origin; one that does not echoes the cookie,
+and its reply is used in basic mode. ``Exchanged`` is what a source keeps of the last
+exchange for that, and ``ClientExchange.reply`` returns the sample of either kind.
 """
 
 from __future__ import annotations
@@ -42,6 +55,10 @@ from ntpy.core.timestamps import ntp_to_unix_ns, short_to_ns
 
 MAX_DISPERSION_NS = 16_000_000_000
 """RFC 5905 MAXDISP: a server claiming more root delay/dispersion than 16 s is not usable."""
+MAX_SERVER_INTERVAL_NS = 4_000_000_000
+"""An interleaved T3 more than this from the T2 it completes is not believed (chrony's
+MAX_SERVER_INTERVAL): a server's reply does not take seconds to leave."""
+_MASK64 = (1 << 64) - 1
 
 
 class Reason(StrEnum):
@@ -68,6 +85,9 @@ class Reason(StrEnum):
     KOD_DENY = "kod_DENY"
     KOD_RSTR = "kod_RSTR"
     KOD_NTSN = "kod_NTSN"
+    INTERLEAVED_START = "interleaved_start"
+    """A valid interleaved reply whose earlier exchange gives no sample (it was already
+    used in basic mode, or its reply was unsynchronized): the next reply gives one."""
 
     @property
     def kiss(self) -> KissCode | None:
@@ -160,6 +180,9 @@ class Sample:
     t2_ns: int
     t3_ns: int
     t4_ns: int
+    interleaved: bool = False
+    """From an interleaved reply: T1, T2 and T4 of the earlier exchange, and T3 the time
+    the server's reply to it really left."""
 
     @property
     def synchronized(self) -> bool:
@@ -170,33 +193,68 @@ class Sample:
         return refid_to_text(self.refid, self.stratum)
 
 
-def build_request(cookie: int, version: int = 4, mode: int = MODE_CLIENT, poll: int = 0) -> bytes:
-    """A 48-byte request whose transmit timestamp is ``cookie`` (random, from the caller)."""
+@dataclass(slots=True, eq=False)
+class Exchanged:
+    """What interleaved mode keeps of the last valid exchange with a server: its server
+    will send the true transmit time of that reply in its next one. Mutable: the shell's
+    kernel TX timestamp replaces ``t1_ns``, and clock corrections re-express the times."""
+
+    cookie: int
+    """The transmit field of that request (matches its kernel TX timestamp)."""
+    t1_ns: int
+    t2_ntp: int
+    """The server's receive timestamp as sent: our next request's origin."""
+    t4_ns: int
+    root_delay_ns: int
+    root_dispersion_ns: int
+    usable: bool
+    """May still give a sample: its reply was synchronized and it gave none yet."""
+
+
+def build_request(
+    cookie: int,
+    version: int = 4,
+    mode: int = MODE_CLIENT,
+    poll: int = 0,
+    *,
+    origin: int = 0,
+    receive: int = 0,
+) -> bytes:
+    """A 48-byte request whose transmit timestamp is ``cookie`` (random, from the caller);
+    ``origin`` and ``receive`` are set only to ask for interleaved mode."""
     if not 1 <= version <= 4:
         raise ValueError(f"NTP version must be 1..4, got {version}")
     b0 = (0 << 6) | (version << 3) | (0 if version == 1 and mode == MODE_CLIENT else mode)
-    # Leap 0, stratum 0, our poll, precision 0; everything else zero but the cookie.
-    return struct.pack("!BBbb", b0, 0, poll, 0) + bytes(36) + struct.pack("!Q", cookie)
+    # Leap 0, stratum 0, our poll, precision 0; everything else zero but the timestamps.
+    return (
+        struct.pack("!BBbb", b0, 0, poll, 0)
+        + bytes(20)
+        + struct.pack("!QQQ", origin, receive, cookie)
+    )
 
 
-def parse_reply(
+def interleave_field(cookie: int, origin: int) -> int:
+    """The receive field of an interleaved request: the cookie with its halves swapped,
+    made to differ from the cookie, the origin and zero (a server tells interleaved
+    requests by receive != transmit, and echoes this as the origin of its answer)."""
+    value = ((cookie << 32) | (cookie >> 32)) & _MASK64
+    while value in (cookie, origin, 0):
+        value = (value + 1) & _MASK64
+    return value
+
+
+def check_reply(
     data: bytes,
     cookie: int,
-    t1_ns: int,
-    t4_ns: int,
     *,
     sent_mode: int = MODE_CLIENT,
     auth: ClientAuth = NO_AUTH,
-) -> Sample:
-    """Validate ``data`` as the reply to our request and compute the sample.
+    xleave_origin: int = 0,
+) -> tuple[Packet, bool]:
+    """The RFC 5905 checks of a reply to our request: (the packet, whether it answers in
+    interleaved mode: its origin is ``xleave_origin``, the receive field we sent).
 
-    Raises ReplyRejected for a reply that fails the RFC 5905 sanity checks. A kiss-o'-death
-    (stratum 0 with code RATE, DENY or RSTR, whatever the leap indicator: real ones carry
-    LI=3) raises KissOfDeath, reason ``kod_XXXX``, once its origin proves it answers our
-    request. An unsynchronized server (LI=3, or stratum 0 with any other refid) is
-    *returned* (with ``synchronized`` False) so that callers can show what it said; a time
-    source must not use such a sample.
-    """
+    Raises ReplyRejected as ``parse_reply`` documents."""
     try:
         pkt: Packet = decode(data)
     except PacketError as exc:
@@ -204,7 +262,8 @@ def parse_reply(
     expected_mode = MODE_PASSIVE if sent_mode == MODE_ACTIVE else MODE_SERVER
     if pkt.mode != expected_mode and not (pkt.version == 1 and pkt.mode == 0):
         raise ReplyRejected(Reason.BAD_MODE, f"mode {pkt.mode}, expected {expected_mode}")
-    if pkt.origin_ts != cookie:
+    interleaved = bool(xleave_origin) and pkt.origin_ts == xleave_origin
+    if pkt.origin_ts != cookie and not interleaved:
         raise ReplyRejected(Reason.BOGUS, "origin timestamp does not match our request")
     auth.verify(data, pkt)
     if pkt.stratum == 0:
@@ -219,10 +278,24 @@ def parse_reply(
         root_delay / 2 + root_disp >= MAX_DISPERSION_NS or pkt.stratum > 15
     ):
         raise ReplyRejected(Reason.INSANE, "root distance or stratum out of range")
-    t2 = ntp_to_unix_ns(pkt.receive_ts, t1_ns)
-    t3 = ntp_to_unix_ns(pkt.transmit_ts, t4_ns)
-    offset = ((t2 - t1_ns) + (t3 - t4_ns)) // 2
-    delay = (t4_ns - t1_ns) - (t3 - t2)
+    return pkt, interleaved
+
+
+def make_sample(
+    pkt: Packet,
+    t1_ns: int,
+    t2_ns: int,
+    t3_ns: int,
+    t4_ns: int,
+    *,
+    root_delay_ns: int | None = None,
+    root_dispersion_ns: int | None = None,
+    interleaved: bool = False,
+) -> Sample:
+    """The sample of one exchange's four times (what the server said of itself from
+    ``pkt``): offset ((T2 - T1) + (T3 - T4)) / 2, delay (T4 - T1) - (T3 - T2)."""
+    offset = ((t2_ns - t1_ns) + (t3_ns - t4_ns)) // 2
+    delay = (t4_ns - t1_ns) - (t3_ns - t2_ns)
     reference = ntp_to_unix_ns(pkt.reference_ts, t1_ns) if pkt.reference_ts else None
     return Sample(
         offset_ns=offset,
@@ -234,14 +307,52 @@ def parse_reply(
         mode=pkt.mode,
         poll=pkt.poll,
         precision=pkt.precision,
-        root_delay_ns=root_delay,
-        root_dispersion_ns=root_disp,
+        root_delay_ns=short_to_ns(pkt.root_delay) if root_delay_ns is None else root_delay_ns,
+        root_dispersion_ns=short_to_ns(pkt.root_dispersion)
+        if root_dispersion_ns is None
+        else root_dispersion_ns,
         reference_ns=reference,
         t1_ns=t1_ns,
-        t2_ns=t2,
-        t3_ns=t3,
+        t2_ns=t2_ns,
+        t3_ns=t3_ns,
         t4_ns=t4_ns,
+        interleaved=interleaved,
     )
+
+
+def parse_reply(
+    data: bytes,
+    cookie: int,
+    t1_ns: int,
+    t4_ns: int,
+    *,
+    sent_mode: int = MODE_CLIENT,
+    auth: ClientAuth = NO_AUTH,
+) -> Sample:
+    """Validate ``data`` as the (basic mode) reply to our request and compute the sample.
+
+    Raises ReplyRejected for a reply that fails the RFC 5905 sanity checks. A kiss-o'-death
+    (stratum 0 with code RATE, DENY or RSTR, whatever the leap indicator: real ones carry
+    LI=3) raises KissOfDeath, reason ``kod_XXXX``, once its origin proves it answers our
+    request. An unsynchronized server (LI=3, or stratum 0 with any other refid) is
+    *returned* (with ``synchronized`` False) so that callers can show what it said; a time
+    source must not use such a sample.
+    """
+    pkt, _ = check_reply(data, cookie, sent_mode=sent_mode, auth=auth)
+    t2 = ntp_to_unix_ns(pkt.receive_ts, t1_ns)
+    t3 = ntp_to_unix_ns(pkt.transmit_ts, t4_ns)
+    return make_sample(pkt, t1_ns, t2, t3, t4_ns)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A valid reply as a source sees it (``ClientExchange.reply``)."""
+
+    sample: Sample | None
+    """None only for ``Reason.INTERLEAVED_START``."""
+    exchanged: Exchanged
+    """This exchange, for the next interleaved request."""
+    interleaved: bool
 
 
 @dataclass(slots=True, eq=False)
@@ -260,6 +371,10 @@ class ClientExchange:
     auth: ClientAuth = NO_AUTH
     t1_ns: int | None = None
     """Our clock when the request left; None until the shell says it was sent."""
+    previous: Exchanged | None = None
+    """Interleaved mode: the exchange whose true T3 this request asks for (None: basic)."""
+    xleave_origin: int = 0
+    """The receive field we sent: the origin of an interleaved answer (0: basic)."""
 
     @classmethod
     def start(
@@ -270,10 +385,18 @@ class ClientExchange:
         mode: int = MODE_CLIENT,
         poll: int = 0,
         auth: ClientAuth = NO_AUTH,
+        previous: Exchanged | None = None,
     ) -> ClientExchange:
-        """A new exchange whose request carries ``cookie`` as its transmit timestamp."""
-        request = auth.protect(build_request(cookie, version=version, mode=mode, poll=poll))
-        return cls(cookie, request, mode, auth)
+        """A new exchange whose request carries ``cookie`` as its transmit timestamp; with
+        ``previous``, it asks for interleaved mode (see the module docstring)."""
+        origin = receive = 0
+        if previous is not None:
+            origin = previous.t2_ntp
+            receive = interleave_field(cookie, origin)
+        request = build_request(
+            cookie, version=version, mode=mode, poll=poll, origin=origin, receive=receive
+        )
+        return cls(cookie, auth.protect(request), mode, auth, None, previous, receive)
 
     def sent(self, t1_ns: int) -> None:
         """The request left at T1 = ``t1_ns`` (our clock, as close to the send as can be)."""
@@ -282,11 +405,63 @@ class ClientExchange:
     def receive(self, data: bytes, t4_ns: int) -> Sample:
         """Judge ``data`` (received at T4 = ``t4_ns``) as the reply: the sample, or raise
         ``ReplyRejected`` (``KissOfDeath`` for a kiss); ``UNEXPECTED`` before ``sent``."""
-        if self.t1_ns is None:
+        got = self.reply(data, t4_ns)
+        if got.sample is None:
+            raise ReplyRejected(Reason.INTERLEAVED_START, "no sample from this reply")
+        return got.sample
+
+    def reply(self, data: bytes, t4_ns: int) -> Reply:
+        """Judge ``data`` (received at T4 = ``t4_ns``) as the reply, in basic or
+        interleaved mode, or raise as ``receive`` does.
+
+        Basic: the sample of this exchange (T1..T4), which is then used up. Interleaved:
+        the sample of the previous exchange, its T3 now the time the server's reply to it
+        really left (none if that exchange is not ``usable``: ``sample`` None), and this
+        exchange is kept whole for the next reply.
+        """
+        t1 = self.t1_ns
+        if t1 is None:
             raise ReplyRejected(Reason.UNEXPECTED, "the request was not sent")
-        return parse_reply(
-            data, self.cookie, self.t1_ns, t4_ns, sent_mode=self.mode, auth=self.auth
+        pkt, interleaved = check_reply(
+            data,
+            self.cookie,
+            sent_mode=self.mode,
+            auth=self.auth,
+            xleave_origin=self.xleave_origin,
         )
+        synced = pkt.leap != LEAP_ALARM and 1 <= pkt.stratum <= 15
+        sample: Sample | None = None
+        prev = self.previous
+        if not interleaved:
+            t2 = ntp_to_unix_ns(pkt.receive_ts, t1)
+            sample = make_sample(pkt, t1, t2, ntp_to_unix_ns(pkt.transmit_ts, t4_ns), t4_ns)
+        elif prev is not None and prev.usable:
+            t2 = ntp_to_unix_ns(prev.t2_ntp, prev.t1_ns)
+            t3 = ntp_to_unix_ns(pkt.transmit_ts, prev.t4_ns)
+            if not abs(t3 - t2) <= MAX_SERVER_INTERVAL_NS:
+                raise ReplyRejected(
+                    Reason.BOGUS, "interleaved transmit time is not within 4 s of its receive time"
+                )
+            sample = make_sample(
+                pkt,
+                prev.t1_ns,
+                t2,
+                t3,
+                prev.t4_ns,
+                root_delay_ns=max(short_to_ns(pkt.root_delay), prev.root_delay_ns),
+                root_dispersion_ns=max(short_to_ns(pkt.root_dispersion), prev.root_dispersion_ns),
+                interleaved=True,
+            )
+        exchanged = Exchanged(
+            cookie=self.cookie,
+            t1_ns=t1,
+            t2_ntp=pkt.receive_ts,
+            t4_ns=t4_ns,
+            root_delay_ns=short_to_ns(pkt.root_delay),
+            root_dispersion_ns=short_to_ns(pkt.root_dispersion),
+            usable=interleaved and synced,
+        )
+        return Reply(sample, exchanged, interleaved)
 
 
 __all__ = [
@@ -295,13 +470,18 @@ __all__ = [
     "NO_AUTH",
     "ClientAuth",
     "ClientExchange",
+    "Exchanged",
     "KissCode",
     "KissOfDeath",
     "NoAuth",
     "Reason",
+    "Reply",
     "ReplyRejected",
     "Sample",
     "build_request",
+    "check_reply",
+    "interleave_field",
     "kiss_reason",
+    "make_sample",
     "parse_reply",
 ]

@@ -190,6 +190,10 @@ def _source_status(eng: SyncEngine, src: Source, now_mono: int, now_clock: int) 
         auth=src.config.auth_label,
         authentic=src.authentic,
         auth_failures=src.auth_failures,
+        xleave=src.config.xleave,
+        interleaved=src.interleaved,
+        samples_interleaved=src.counters["samples_interleaved"],
+        samples_total=src.counters["samples"],
         **_nts_fields(src),
     )
 

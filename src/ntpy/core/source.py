@@ -17,6 +17,12 @@ Behaviour, following ntpd where it is the reference:
   and raises the floor there; DENY and RSTR stop the source.
 - Unreachable sources back off: each poll without any reply raises the interval toward
   maxpoll, so a dead server costs little.
+- ``xleave`` (interleaved mode, as chrony): once a valid reply came, each request asks for
+  the true transmit time of the server's previous reply (``core.exchange``); the sample of
+  an interleaved reply is that of the previous exchange. A server that does not
+  interleave answers in basic mode, which is used as such. After ``XLEAVE_MAX_UNANSWERED``
+  interleaved requests without a valid reply the source asks in basic mode again (as
+  chrony: a server must not answer with a transmit time many polls old).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from ntpy.core.exchange import (
     NO_AUTH,
     ClientAuth,
     ClientExchange,
+    Exchanged,
     KissCode,
     KissOfDeath,
     Reason,
@@ -58,6 +65,9 @@ MAX_POLL = 17
 """RFC 5905 MAXPOLL (36 h): the longest interval a RATE kiss can push us to."""
 AUTH_REASONS = frozenset({Reason.AUTH, Reason.CRYPTO_NAK})
 """Rejections by the authenticator: counted as ``drop_auth`` / ``drop_crypto_nak``."""
+XLEAVE_MAX_UNANSWERED = 4
+"""Interleaved requests in a row without a valid reply before asking in basic mode
+(chrony's MAX_CLIENT_INTERLEAVED_TX)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +89,8 @@ class SourceConfig:
     """The symmetric key id its exchanges are signed with (``server HOST key N``)."""
     nts: bool = False
     """Authenticated with NTS (``server HOST nts``): the auth is a ``core.ntsauth.NtsAuth``."""
+    xleave: bool = False
+    """Ask for interleaved mode (``server HOST xleave``)."""
 
     @property
     def auth_label(self) -> str:
@@ -135,6 +147,13 @@ class Source:
         """Set by the shell when requests cannot go out (no socket): shown in status."""
         self.refclock: Refclock | None = None
         """For a reference clock (``kind == "refclock"``): its samples between polls."""
+        self.xleave_prev: Exchanged | None = None
+        """Interleaved mode: the last valid exchange, whose true T3 the next request asks
+        for."""
+        self.xleave_unanswered = 0
+        """Interleaved requests sent since the last valid reply."""
+        self.interleaved = False
+        """The last sample came from an interleaved reply (``ntpy peers`` shows it)."""
         # First poll soon after start, spread a little so sources do not fire together.
         self.next_poll_mono = now_mono + int(jitter * NS_PER_S)
 
@@ -178,7 +197,11 @@ class Source:
             if self.config.burst or (self.config.iburst and self.reach == 0):
                 self.burst_left = BURST_COUNT - 1
         self.pending = ClientExchange.start(
-            cookie, version=self.config.version, poll=self.poll, auth=self.auth
+            cookie,
+            version=self.config.version,
+            poll=self.poll,
+            auth=self.auth,
+            previous=self._xleave_previous(),
         )
         if self.burst_left > 0:
             self.next_poll_mono = now_mono + BURST_SPACING_NS
@@ -188,9 +211,52 @@ class Source:
         self.counters["requests"] += 1
         return self.pending.request
 
+    def _xleave_previous(self) -> Exchanged | None:
+        """The exchange the next request asks the true T3 of, or None for basic mode."""
+        prev = self.xleave_prev
+        if prev is None:
+            return None
+        if self.xleave_unanswered >= XLEAVE_MAX_UNANSWERED:
+            self.xleave_prev = None  # its T3 would be many polls old: start over
+            self.counters["xleave_fallbacks"] += 1
+            return None
+        self.xleave_unanswered += 1
+        return prev
+
     def mark_sent(self, t1_ns: int) -> None:
         if self.pending is not None:
             self.pending.sent(t1_ns)
+
+    def tx_stamped(self, cookie: int, t1_ns: int) -> bool:
+        """The kernel's transmit time of our request whose transmit field was ``cookie``
+        (the shell's ``t1_ns``, mapped to the cooked clock): it replaces the clock reading
+        taken before the send, for the reply in flight or the exchange kept for the next
+        interleaved reply. False if neither is that request's (a late stamp)."""
+        pending = self.pending
+        if pending is not None and pending.cookie == cookie and pending.t1_ns is not None:
+            pending.t1_ns = t1_ns
+            return True
+        prev = self.xleave_prev
+        if prev is not None and prev.cookie == cookie:
+            prev.t1_ns = t1_ns
+            return True
+        return False
+
+    def correct_times(self, at_ns: int, offset_ns: int, dfreq: float) -> None:
+        """Re-express the times of our own clock this source still holds (the request in
+        flight; the exchange kept for interleaved mode) after a clock correction of
+        ``offset_ns`` at ``at_ns`` and a rate change ``dfreq``, as the source statistics
+        are (``SourceStats.apply_correction``)."""
+
+        def shifted(t: int) -> int:
+            return t + round(offset_ns + dfreq * (t - at_ns))
+
+        pending = self.pending
+        if pending is not None and pending.t1_ns is not None:
+            pending.t1_ns = shifted(pending.t1_ns)
+        prev = self.xleave_prev  # (the request in flight's ``previous``, if it has one)
+        if prev is not None:
+            prev.t1_ns, prev.t4_ns = shifted(prev.t1_ns), shifted(prev.t4_ns)
 
     # ----------------------------------------------------------------- replies
 
@@ -207,7 +273,7 @@ class Source:
             self.counters["drop_unexpected"] += 1
             return None, Reason.UNEXPECTED
         try:
-            sample = pending.receive(data, t4_ns)
+            got = pending.reply(data, t4_ns)
         except KissOfDeath as kiss:
             return None, self._kiss(kiss.code, kiss.poll, now_mono)
         except ReplyRejected as exc:
@@ -216,15 +282,24 @@ class Source:
                 self.authentic = False
                 self.auth_error = exc.detail
             return None, exc.reason
-        t1_ns = sample.t1_ns
         self.pending = None  # one reply per request: a duplicate is now "unexpected"
         self.reach |= 1
         self.polls_unanswered = 0
         self.last_reply_mono = now_mono
-        self.last_sample = sample
         self.counters["replies"] += 1
         self.authentic = self.auth is not NO_AUTH
         self.auth_error = None
+        if self.config.xleave:
+            self.xleave_prev = got.exchanged
+            self.xleave_unanswered = 0
+            if pending.previous is not None and not got.interleaved:
+                self.counters["xleave_basic_replies"] += 1  # the server did not interleave
+        sample = got.sample
+        if sample is None:
+            self.counters[Reason.INTERLEAVED_START.value] += 1
+            return None, Reason.INTERLEAVED_START
+        self.last_sample = sample
+        self.interleaved = sample.interleaved
         if sample.leap == LEAP_ALARM or not 1 <= sample.stratum <= 15:
             self.counters["unsynchronized"] += 1
             self.state = SourceState.UNSYNCHRONIZED
@@ -236,7 +311,7 @@ class Source:
             + (sample.delay_ns * PHI_PPB) // NS_PER_S
         )
         m = Measurement(
-            time_ns=(t1_ns + t4_ns) // 2,
+            time_ns=(sample.t1_ns + sample.t4_ns) // 2,
             offset_ns=sample.offset_ns,
             delay_ns=max(sample.delay_ns, self.precision_ns),
             dispersion_ns=dispersion,
@@ -246,6 +321,8 @@ class Source:
             leap=sample.leap,
         )
         self.counters["samples"] += 1
+        if sample.interleaved:
+            self.counters["samples_interleaved"] += 1
         return m, Reason.OK
 
     def _kiss(self, code: KissCode, server_poll: int, now_mono: int) -> Reason:

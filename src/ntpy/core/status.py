@@ -149,6 +149,14 @@ class SourceStatus:
     """Its last reply passed authentication (ntpq's ``authentic`` status bit)."""
     auth_failures: int = 0
     """Replies refused by authentication (bad or missing MAC, crypto-NAK): never used."""
+    xleave: bool = False
+    """Configured with ``xleave``: asks for interleaved mode."""
+    interleaved: bool = False
+    """Its last sample came from an interleaved reply (chrony's ``Interleaved : Yes``)."""
+    samples_interleaved: int = 0
+    """Samples from interleaved replies (of ``samples_total``)."""
+    samples_total: int = 0
+    """Samples taken since the source was added (synchronized, sane replies)."""
     nts_aead: str | None = None
     """NTS sources (``auth`` "nts"): the AEAD agreed, None before the first key exchange."""
     nts_cookies: int = 0

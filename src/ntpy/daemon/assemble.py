@@ -37,7 +37,8 @@ from ntpy.daemon.policy import build_access
 from ntpy.daemon.reuseport import open_groups
 from ntpy.daemon.sdsocket import Activated
 from ntpy.daemon.server import ControlHandler, NtpServer
-from ntpy.daemon.sync import random64, sync_options
+from ntpy.daemon.sync import random64
+from ntpy.daemon.syncopts import sync_options
 from ntpy.daemon.udp import ListenAddress, ListenError, parse_listen
 from ntpy.daemon.webservice import WebService
 from ntpy.daemon.workerpool import WorkerPool

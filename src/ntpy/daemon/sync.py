@@ -12,6 +12,8 @@ rather than failing the daemon, because DNS is often not up when ntpd starts: af
 then twice as long each time up to an hour, logged on the first failure and when the error
 changes or the name resolves (not on every retry). A source whose socket cannot be opened
 stays a source, unreachable, with the error in its status; the socket is retried at each poll.
+An ``xleave`` source's socket also asks the kernel for the TX timestamp of each request
+(``daemon/client_tx.py``): read before the reply, it becomes the request's T1.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import logging
 import secrets
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from ntpy.clock.base import Clock, TimedClock
 from ntpy.clock.errors import ClockError
 from ntpy.clock.system import SystemClock
-from ntpy.config import Config, ServerSpec
+from ntpy.config import ServerSpec
 from ntpy.core.actions import (
     Action,
     LogEvent,
@@ -39,13 +42,14 @@ from ntpy.core.actions import (
     cooked_now,
 )
 from ntpy.core.auth import MacKey
-from ntpy.core.engine import SourceConfig, SyncEngine, SyncOptions
+from ntpy.core.engine import SourceConfig, SyncEngine
 from ntpy.core.exchange import NO_AUTH, ClientAuth
 from ntpy.core.runner import ClockAction, carry_out
 from ntpy.core.symkey import SymmetricKeyAuth
-from ntpy.core.system import LocalReference, SystemState
+from ntpy.core.system import SystemState
 from ntpy.core.timestamps import NS_PER_S as NS
 from ntpy.daemon.client_socket import open_client_socket, recv_reply
+from ntpy.daemon.client_tx import ClientTxStamps
 from ntpy.daemon.kernelsync import kernel_synchronised
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.ntssources import NtsClients, NtsPeer
@@ -61,54 +65,6 @@ _KERNEL_LEAP = {1: 1, 2: -1}
 LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def sync_options(
-    config: Config,
-    *,
-    precision: int,
-    clock_name: str,
-    local: LocalReference | None,
-    initial_frequency_ppb: float | None,
-    allow_panic_step: bool,
-    clock_vouched: bool = False,
-) -> SyncOptions:
-    """Translate ntp.conf's tinker/tos/makestep lines into engine options."""
-    t, tos = config.tinker, config.tos
-    makestep = None
-    if config.makestep is not None:
-        makestep = (int(config.makestep.threshold * NS), config.makestep.limit)
-    return SyncOptions(
-        precision=precision,
-        step_threshold_ns=int(t.step * NS),
-        stepout_ns=int(t.stepout * NS),
-        panic_threshold_ns=int(t.panic * NS),
-        panic_exit=t.panicexit,
-        allow_panic_step=allow_panic_step,
-        makestep=makestep,
-        maxdist_ns=int(tos.maxdist * NS),
-        mindist_ns=int(tos.mindist * NS),
-        minsane=tos.minsane,
-        minclock=tos.minclock,
-        maxclock=tos.maxclock,
-        initial_frequency_ppb=initial_frequency_ppb,
-        local=local,
-        orphan_stratum=tos.orphan,
-        orphanwait_ns=int(tos.orphanwait * NS),
-        local_standalone=not config.servers and all(r.is_local for r in config.refclocks),
-        fallback_cold_start=tos.coldstart,
-        fallback_activate_ns=local_activate_ns(config),
-        clock_vouched=clock_vouched,
-        clock_name=clock_name,
-    )
-
-
-def local_activate_ns(config: Config) -> int | None:
-    """chrony's ``local activate D`` in ns; ``activate 0`` (chrony's "off") and no option
-    mean any synchronization arms the fallback."""
-    if config.local is None or not config.local.activate:
-        return None
-    return int(config.local.activate * NS)
-
-
 @dataclass
 class Upstream:
     """One resolved source and its socket."""
@@ -119,6 +75,8 @@ class Upstream:
     sock: socket.socket | None
     """None while the socket cannot be opened (``error`` says why)."""
     error: str | None = None
+    tx: ClientTxStamps | None = None
+    """``xleave``: the kernel TX timestamps of its requests (None: not asked, or refused)."""
 
 
 class SyncShell:
@@ -162,6 +120,9 @@ class SyncShell:
         self.retry_delay_ns = RESOLVE_RETRY_NS
         self._retry_gen = 0
         self._retry_armed = False
+        self.tx_counters: Counter[str] = Counter()
+        """Kernel TX timestamps of the ``xleave`` sources' requests (``client_tx``)."""
+        self._tx_warned = False
         self.nts = NtsClients(engine, loop, self._move, self.reschedule)
         """The ``nts`` sources' key exchanges and saved cookies (``configure`` it first)."""
 
@@ -273,6 +234,7 @@ class SyncShell:
             pool=spec.address if spec.kind == "pool" else None,
             key=spec.key,
             nts=spec.nts,
+            xleave=spec.xleave,
         )
         sid = self.engine.add_source(cfg, now_mono, auth)
         if peer is not None:
@@ -309,11 +271,29 @@ class SyncShell:
         if up.error is not None:
             log.info("source %s (%s): socket opened", up.spec.address, up.address[0])
         up.sock, up.error = sock, None
+        up.tx = self._tx_stamps(up) if up.spec.xleave else None
         src = self.engine.sources.get(up.source_id)
         if src is not None:
             src.error = None
         self.loop.add_reader(sock, functools.partial(self._on_readable, up.source_id))
         return True
+
+    def _tx_stamps(self, up: Upstream) -> ClientTxStamps | None:
+        """Kernel TX timestamps for an ``xleave`` source's socket; without them (an old
+        kernel) interleaved mode still works, with T1 read before the send."""
+        assert up.sock is not None
+        try:
+            return ClientTxStamps(up.sock, self.tx_counters)
+        except OSError as exc:
+            if not self._tx_warned:
+                self._tx_warned = True
+                log.warning(
+                    "source %s: kernel TX timestamps unavailable (%s); interleaved mode "
+                    "uses the clock read before each send",
+                    up.spec.address,
+                    exc.strerror or exc,
+                )
+            return None
 
     def _add_resolved(self, spec: ServerSpec, now_mono: int) -> bool:
         addrs = self._resolve(spec)
@@ -381,7 +361,7 @@ class SyncShell:
         if up.sock is not None:
             self.loop.remove_reader(up.sock)
             up.sock.close()
-            up.sock = None
+            up.sock, up.tx = None, None
         up.address = addr
         self._sources_changed()
         self._connect(up)
@@ -410,6 +390,11 @@ class SyncShell:
         up = self.upstreams.get(source_id)
         if up is None or up.sock is None:
             return
+        if up.tx is not None:  # before the reply: its T1 is the kernel's
+            clock = self.clock
+            for cookie, stamp in up.tx.collect():
+                t1 = clock.from_realtime_ns(stamp) + clock.remaining_slew_ns()
+                self.engine.tx_stamped(source_id, cookie, t1)
         for _ in range(8):
             try:
                 data, rx = recv_reply(up.sock)
@@ -512,7 +497,10 @@ class SyncShell:
         assert up.sock is not None
         t1 = cooked_now(self.clock)
         try:
-            up.sock.send(action.data)
+            if up.tx is not None:
+                up.tx.send(action.data, time.time_ns())
+            else:
+                up.sock.send(action.data)
         except OSError as exc:
             log.debug("send to %s failed: %s", up.spec.address, exc)
             return None

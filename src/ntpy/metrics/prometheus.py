@@ -357,6 +357,11 @@ def _source_families(sources: Iterable[SourceStatus]) -> Iterator[Metric]:
         "Replies refused by authentication (bad or missing MAC, crypto-NAK): never used.",
         labels=SOURCE_LABELS,
     )
+    interleaved = CounterMetricFamily(
+        "ntpy_source_samples_interleaved",
+        "xleave sources: samples from interleaved replies (the server's true transmit time).",
+        labels=SOURCE_LABELS,
+    )
     nts_cookies = GaugeMetricFamily(
         "ntpy_source_nts_cookies",
         "NTS sources: cookies held now (at most 8).",
@@ -378,10 +383,13 @@ def _source_families(sources: Iterable[SourceStatus]) -> Iterator[Metric]:
             selection.add_metric([*labels, state], 1.0 if state == current else 0.0)
         info.add_metric(labels, {"refid": src.refid, "state": src.state, "auth": src.auth})
         auth_failures.add_metric(labels, src.auth_failures)
+        if src.xleave:
+            interleaved.add_metric(labels, src.samples_interleaved)
     yield age
     yield selection
     yield info
     yield auth_failures
+    yield interleaved
     yield nts_cookies
     yield from nts_counts.values()
 

@@ -93,7 +93,12 @@ SERVER_OPTION_DOCS: tuple[tuple[str, str], ...] = (
     ("prefer", "prefer this source among equally good ones"),
     ("noselect", "poll and show it, never follow it"),
     ("true", "ntpd's truechimer override: accepted, selection is not overridden"),
-    ("xleave", "interleaved mode: accepted, basic mode is used"),
+    (
+        "xleave",
+        "interleaved mode (as chrony): ask for the true transmit time of the server's "
+        "previous reply (and use the kernel's of our requests); basic mode whenever the "
+        "server does not interleave. Works with key N and nts",
+    ),
     ("autokey", "Autokey (RFC 5906): accepted and ignored; use nts"),
     ("preempt", "ntpd's preemptable association: accepted"),
     (
@@ -235,6 +240,12 @@ def _check_server_values(
         state.warn(loc, "'mode' only applies to reference clocks (ignored)")
     if "ttl" in values:
         state.warn(loc, "'ttl' only applies to broadcast/manycast, which ntpy lacks (ignored)")
+    if values.get("xleave") and values.get("version", 4) != 4:
+        state.warn(
+            loc,
+            f"'xleave' needs NTP version 4 (servers interleave only v4 requests); with "
+            f"'version {values['version']}' basic mode is used: drop 'version' or 'xleave'",
+        )
 
 
 def _refclock(
