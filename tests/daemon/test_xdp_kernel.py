@@ -53,12 +53,20 @@ def _usable() -> str | None:
 pytestmark = pytest.mark.skipif(_usable() is not None, reason="XDP program cannot load here")
 
 
-def frame(src: str, b0: int = 0x23, sport: int = 40000, origin: int = 0) -> bytes:
+def frame(
+    src: str,
+    b0: int = 0x23,
+    sport: int = 40000,
+    origin: int = 0,
+    dport: int = PORT,
+    dst: str | None = None,
+) -> bytes:
     """Ethernet + IP + UDP + a 48-byte request from ``src`` to our address and port."""
     ntp = bytes([b0, 0, 6, 0]) + bytes(20) + origin.to_bytes(8, "big") + bytes(8)
     ntp += (0x1234).to_bytes(8, "big")
-    udp = struct.pack("!HHHH", sport, PORT, 56, 0) + ntp
+    udp = struct.pack("!HHHH", sport, dport, 56, 0) + ntp
     a = ipaddress.ip_address(src)
+    to = ipaddress.ip_address(dst or (SERVER4 if a.version == 4 else SERVER6)).packed
     if a.version == 4:
         ip = struct.pack(
             "!BBHHHBBH4s4s",
@@ -71,12 +79,10 @@ def frame(src: str, b0: int = 0x23, sport: int = 40000, origin: int = 0) -> byte
             17,
             0,
             a.packed,
-            ipaddress.ip_address(SERVER4).packed,
+            to,
         )
         return bytes(12) + b"\x08\x00" + ip + udp
-    ip = struct.pack(
-        "!IHBB16s16s", 6 << 28, 56, 17, 64, a.packed, ipaddress.ip_address(SERVER6).packed
-    )
+    ip = struct.pack("!IHBB16s16s", 6 << 28, 56, 17, 64, a.packed, to)
     return bytes(12) + b"\x86\xdd" + ip + udp
 
 
@@ -214,3 +220,22 @@ def test_limited_clients_go_up_when_workers_answer(kernel: Any) -> None:
         ),
         Answer | Drop,
     )
+
+
+def test_up_to_four_ports_each_on_its_own_addresses(kernel: Any) -> None:
+    """Listeners on several ports: the kernel answers a request only where ntpy listens
+    (address and port), and a fifth port is Python's alone."""
+    k = kernel("restrict default\n")
+    other = "127.0.150.9"
+    bound = [(SERVER4, PORT), (SERVER4, PORT + 1), (other, PORT + 2)]
+    bound += [(other, PORT + n) for n in (3, 4)]
+    k.fast.set_addresses(bound, ["lo"])
+    k.fast.publish()
+    assert k.run("198.51.100.2", dport=PORT + 1) == TX
+    assert k.run("198.51.100.2", dport=PORT + 2, dst=other) == TX
+    assert k.run("198.51.100.2", dport=PORT + 2) == PASS  # SERVER4 is not on PORT + 2
+    assert k.run("2001:db8::5", dst="fd00:150::2") == PASS  # IPv6, not ours
+    assert k.run("2001:db8::5") == TX
+    assert k.counters()["xdp_pass_not_ours"] == 2
+    assert k.run("198.51.100.2", dport=PORT + 4, dst=other) == PASS  # the fifth port
+    assert k.run("198.51.100.2", dport=PORT + 3, dst=other) == TX

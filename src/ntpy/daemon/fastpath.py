@@ -54,7 +54,7 @@ class XdpFastPath:
         self._lock = threading.Lock()
         self._state = state
         self._served: Callable[[int], int] = clock.from_realtime_ns
-        self._port = 0
+        self._ports: tuple[int, ...] = ()
         self._flags = 0
         self._limits = xdp_maps.Limits()
         self._seq = 0
@@ -97,8 +97,8 @@ class XdpFastPath:
             log.warning("fastpath xdp: not running, every request is served from Python: %s", exc)
             return None
         log.info(
-            "fastpath xdp: plain client requests to port %d answered in the kernel on %s",
-            fast._port,
+            "fastpath xdp: plain client requests to port %s answered in the kernel on %s",
+            ", ".join(map(str, fast._ports)),
             ", ".join(names),
         )
         return fast
@@ -108,21 +108,29 @@ class XdpFastPath:
         the interfaces to attach to (given, or those carrying the addresses)."""
         if not bound:
             raise XdpError("no NTP socket to serve for")
-        self._port = bound[0][1]
+        ports: list[int] = []
+        for _, port in bound:
+            if port not in ports and len(ports) < xdp_maps.MAX_PORTS:
+                ports.append(port)
+        self._ports = tuple(ports)
         known = interface_addresses()
         ours: dict[str, str] = {}
+        bits: dict[str, int] = {}
         for host, port in bound:
-            if port != self._port:
+            if port not in ports:
                 log.warning("fastpath xdp: %s port %d is served from Python only", host, port)
                 continue
+            bit = 1 << ports.index(port)
             addr = ip_address(host.partition("%")[0])
             for name, a in known:
                 if (addr.is_unspecified and a.version == addr.version) or a == addr:
                     ours[str(a)] = name
-            if not addr.is_unspecified and str(addr) not in ours:
-                ours[str(addr)] = "lo" if addr.is_loopback else ""
-        for host in ours:
-            xdp_load.map_update(self._addrs_fd, xdp_maps.address_key(host), b"\1")
+                    bits[str(a)] = bits.get(str(a), 0) | bit
+            if not addr.is_unspecified:
+                ours.setdefault(str(addr), "lo" if addr.is_loopback else "")
+                bits[str(addr)] = bits.get(str(addr), 0) | bit
+        for host, b in bits.items():
+            xdp_load.map_update(self._addrs_fd, xdp_maps.address_key(host), bytes([b]))
         names = interfaces or sorted({n for n in ours.values() if n})
         if not names:
             raise XdpError("no interface carries the listen addresses; name one")
@@ -200,7 +208,7 @@ class XdpFastPath:
         with self._lock:
             rt = time.time_ns()
             m = xdp_maps.fit(self._served, rt, _tai_offset())
-            body = xdp_maps.state_body(self._state, m, self._port, self._flags, self._limits)
+            body = xdp_maps.state_body(self._state, m, self._ports, self._flags, self._limits)
             mm = self._mm
             self._seq += 1
             xdp_maps.SEQ.pack_into(mm, 0, self._seq)

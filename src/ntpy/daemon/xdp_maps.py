@@ -30,12 +30,14 @@ from ntpy.core.system import SystemState
 from ntpy.core.timestamps import NS_PER_S, ns_to_short, unix_ns_to_ntp
 
 SEQ = struct.Struct("<Q")
-BODY = struct.Struct("<QQQQQ8s4s4s4s4sBBbB2sHQQQII")
+BODY = struct.Struct("<QQQQQ8s4s4s4s4sBBbB8s4xQQQII")
 """``struct ntp_state`` after ``seq``: base_tai, expire_tai, base_ntp, mult, switch_ntp,
 ref_ts, refid, root_delay, disp_cur, disp_next, leap_bits, stratum, precision, flags,
-port, pad, token_ns, cap_ns, min_ns, leak_mask, v6_prefix."""
+ports, (pad), token_ns, cap_ns, min_ns, leak_mask, v6_prefix."""
 STATE_SIZE = SEQ.size + BODY.size
-assert STATE_SIZE == 112
+assert STATE_SIZE == 120
+MAX_PORTS = 4
+"""Listen ports the program serves (``ports[4]``); the others are served from Python."""
 
 F_SERVE = 1
 F_XLEAVE = 2
@@ -111,8 +113,12 @@ def fit(served: Callable[[int], int], realtime: int, tai_offset: int) -> Mapping
     return Mapping(tai, tai + horizon, s0, unix_ns_to_ntp(s0), mult)
 
 
-def state_body(state: SystemState, m: Mapping, port: int, flags: int, limits: Limits) -> bytes:
+def state_body(
+    state: SystemState, m: Mapping, ports: tuple[int, ...], flags: int, limits: Limits
+) -> bytes:
     """``struct ntp_state`` without ``seq``, for ``state`` under mapping ``m``."""
+    if len(ports) > MAX_PORTS:
+        raise ValueError(f"at most {MAX_PORTS} ports, not {len(ports)}")
     if state.synchronized:
         flags |= F_SERVE
     else:
@@ -134,8 +140,7 @@ def state_body(state: SystemState, m: Mapping, port: int, flags: int, limits: Li
         state.wire_stratum,
         state.precision,
         flags,
-        port.to_bytes(2, "big"),
-        0,
+        b"".join(p.to_bytes(2, "big") for p in ports).ljust(2 * MAX_PORTS, b"\0"),
         limits.token_ns,
         limits.cap_ns,
         limits.min_ns,

@@ -10,9 +10,9 @@
  * format), RFC 768/8200 (UDP checksum, mandatory over IPv6) and the kernel's BPF docs.
  *
  * Answered: Ethernet + IPv4 (no options, not a fragment) or IPv6 (UDP as the next
- * header: no extension headers), UDP to the published port with a source port other
- * than 0, exactly 48 bytes of payload, version 1..4 and mode 3, sent to one of the
- * server's own addresses (map ntp_addrs), from a client the restrict map does not send
+ * header: no extension headers), UDP to one of the published ports (up to 4) with a
+ * source port other than 0, exactly 48 bytes of payload, version 1..4 and mode 3, sent to one of the
+ * server's own addresses listening on that port (map ntp_addrs), from a client the restrict map does not send
  * up, within its rate limit -- and only while the published state is synchronized,
  * whole (seqlock) and fresh (expiry). The reply is the request rewritten: addresses and
  * ports swapped, the NTP header from the state, checksums recomputed, then XDP_TX.
@@ -77,8 +77,8 @@ struct ntp_state {
 	__u8 stratum;
 	__u8 precision;
 	__u8 flags;
-	__u16 port;       /* network order */
-	__u16 pad;
+	__u16 ports[4];   /* network order; 0 = unused */
+	__u32 pad;
 	/* rate limit (the daemon's ratelimit/discard settings) */
 	__u64 token_ns;
 	__u64 cap_ns;
@@ -119,6 +119,7 @@ struct {
 	__type(value, __u64);
 } ntp_counters SEC(".maps");
 
+/* Our addresses; the value's bit i says the address listens on ports[i]. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 256);
@@ -248,7 +249,7 @@ int ntp_xdp(struct xdp_md *ctx)
 	__u32 zero = 0, *w;
 	__u8 *ntp, *cls;
 	__u16 port, tmp16;
-	__u8 b0, version;
+	__u8 b0, version, bit, *bits;
 
 	if ((void *)(eth + 1) > end)
 		return XDP_PASS;
@@ -270,8 +271,18 @@ int ntp_xdp(struct xdp_md *ctx)
 	s = bpf_map_lookup_elem(&ntp_state, &zero);
 	if (!s)
 		return XDP_PASS;
-	port = *(volatile __u16 *)&s->port;
-	if (!port || udp->dest != port)
+	port = udp->dest;
+	if (!port)
+		return XDP_PASS;
+	if (port == *(volatile __u16 *)&s->ports[0])
+		bit = 1;
+	else if (port == *(volatile __u16 *)&s->ports[1])
+		bit = 2;
+	else if (port == *(volatile __u16 *)&s->ports[2])
+		bit = 4;
+	else if (port == *(volatile __u16 *)&s->ports[3])
+		bit = 8;
+	else
 		return XDP_PASS;
 
 	/* To our port: from here on every verdict is counted. */
@@ -301,7 +312,8 @@ int ntp_xdp(struct xdp_md *ctx)
 	version = (b0 >> 3) & 7;
 	if ((b0 & 7) != 3 || version < 1 || version > 4)
 		return count(C_PASS_SHAPE, XDP_PASS);
-	if (!bpf_map_lookup_elem(&ntp_addrs, &dst))
+	bits = bpf_map_lookup_elem(&ntp_addrs, &dst);
+	if (!bits || !(*bits & bit))
 		return count(C_PASS_NOT_OURS, XDP_PASS);
 
 	/* A consistent copy of the published state, or nothing. */
