@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import struct
+import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -239,3 +240,34 @@ def test_up_to_four_ports_each_on_its_own_addresses(kernel: Any) -> None:
     assert k.counters()["xdp_pass_not_ours"] == 2
     assert k.run("198.51.100.2", dport=PORT + 4, dst=other) == PASS  # the fifth port
     assert k.run("198.51.100.2", dport=PORT + 3, dst=other) == TX
+
+
+def test_a_process_forked_after_attach_does_not_hold_the_link() -> None:
+    """A worker restarted after the attach must not keep the program on the interface
+    once the main process is gone: the child closes its copies of the link fds."""
+
+    def shown() -> bool:
+        out = subprocess.run(
+            ["ip", "-d", "link", "show", "lo"], capture_output=True, text=True, check=False
+        )
+        return "xdp" in out.stdout
+
+    if shown():
+        pytest.skip("lo already has an XDP program")
+    program = xdp_load.XdpProgram()
+    program.load()
+    try:
+        program.attach("lo")
+        link_fd = next(iter(xdp_load._link_fds))
+        pid = os.fork()
+        if pid == 0:  # the child: its copy of the link fd is already closed
+            try:
+                os.fstat(link_fd)
+                os._exit(1)
+            except OSError:
+                os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert shown()  # the parent's link still holds it
+    finally:
+        program.close()
+    assert not shown()

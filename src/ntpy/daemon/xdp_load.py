@@ -14,6 +14,7 @@ logs it and serves from Python.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -49,6 +50,20 @@ def _print(level: int, fmt: bytes, args: int) -> int:
 
 
 _on_print = _PRINT_FN(_print)
+_link_fds: set[int] = set()
+"""The file descriptors of our bpf_links. A process forked later (a restarted worker)
+would inherit them and keep the program attached after the main process died; it closes
+them at once (closing a copy detaches nothing while the main holds its own)."""
+
+
+def _close_links_in_child() -> None:
+    for fd in _link_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _link_fds.clear()
+
+
+os.register_at_fork(after_in_child=_close_links_in_child)
 
 
 def _lib() -> ctypes.CDLL:
@@ -71,6 +86,7 @@ def _lib() -> ctypes.CDLL:
         ("bpf_map__fd", ci, [vp]),
         ("bpf_program__attach_xdp", vp, [vp, ci]),
         ("bpf_link__destroy", ci, [vp]),
+        ("bpf_link__fd", ci, [vp]),
         ("bpf_map_update_elem", ci, [ci, vp, vp, ctypes.c_uint64]),
         ("bpf_map_lookup_elem", ci, [ci, vp, vp]),
         ("bpf_map_delete_elem", ci, [ci, vp]),
@@ -161,11 +177,13 @@ class XdpProgram:
                 raise XdpError(f"{ifname} already has an XDP program (another daemon?)")
             raise XdpError(_why(err, f"cannot attach XDP to {ifname}"))
         self.links[ifname] = link
+        _link_fds.add(_lib().bpf_link__fd(link))
 
     def close(self) -> None:
         """Detach from every interface and free the object (its maps go with it)."""
         lib = _lib()
         for link in self.links.values():
+            _link_fds.discard(lib.bpf_link__fd(link))
             lib.bpf_link__destroy(link)
         self.links.clear()
         if self._obj is not None:
