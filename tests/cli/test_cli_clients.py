@@ -60,3 +60,17 @@ def test_a_client_polling_every_quarter_second_shows_its_interval() -> None:
     slow = next(line for line in lines if line.startswith("192.0.2.1 "))
     assert fast.split()[4] == "250ms"
     assert slow.split()[4] == "64"
+
+
+def test_kernel_served_clients_are_listed_apart() -> None:
+    """``fastpath xdp``: what the kernel answered, per limited client and in total."""
+    assert "kernel" not in render_clients({"clients": []})
+    reply = {
+        "clients": [],
+        "kernel_answered": 12,
+        "kernel_clients": [{"address": "192.0.2.1", "answered": 9, "over": 3}],
+    }
+    text = render_clients(reply)
+    assert "served in the kernel (fastpath xdp): 12 requests" in text
+    row = next(line for line in text.splitlines() if line.startswith("192.0.2.1"))
+    assert row.split() == ["192.0.2.1", "9", "3"]

@@ -167,9 +167,19 @@ def test_run_prints_the_reply(
     out, err = io.StringIO(), io.StringIO()
     assert run(args, out, err) == code
     assert out.getvalue().startswith(stdout)
-    assert asked == [("/run/x.sock", "status", 0.5)]
+    assert asked[0] == ("/run/x.sock", "status", 0.5)
+    if code != 2:  # then the counters, for the fast path's line (none here)
+        assert asked[1:] == [("/run/x.sock", "counters", 0.5)]
     if code == 2:
         assert "bad reply" in err.getvalue()
+
+
+def test_fastpath_line_only_with_the_fast_path() -> None:
+    assert stat_cli.render_fastpath({"served": 3}) == ""
+    line = stat_cli.render_fastpath(
+        {"xdp_answered": 90, "xdp_pass_ratelimit": 4, "xdp_pass_shape": 1, "xdp_pass_torn": 0}
+    )
+    assert line == "   kernel fast path: answered 90, passed up 5 (ratelimit 4, shape 1)"
 
 
 def test_control_errors_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:

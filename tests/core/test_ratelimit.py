@@ -588,3 +588,18 @@ def test_responder_uses_the_verdicts() -> None:
     ]
     assert reasons == [Reason.SERVED, Reason.KOD_RATE, Reason.RATE_LIMITED, Reason.SERVED]
     assert lim.clients()[0] == ClientStats("192.0.2.1", 4, 1, 1, 16 / 3, T0 + 16 * S)
+
+
+def test_over_limit_decides_kod_or_drop_without_charging_the_bucket() -> None:
+    """A request another bucket (the kernel's) found over: a KoD at most once per KoD
+    interval, else a drop; never a leak; this bucket keeps its tokens."""
+    lim = limiter(lambda: 0, burst=1, minimum_s=0)  # random 0: check() would always leak
+    assert lim.over_limit("192.0.2.1", T0, kod=True) is Verdict.KOD
+    assert lim.over_limit("192.0.2.1", T0 + 1, kod=True) is Verdict.DROP
+    assert lim.over_limit("192.0.2.1", T0 + 2, kod=False) is Verdict.DROP
+    c = lim.counters
+    assert c["kod_sent"] == 1 and c["limited_drop"] == 2 and c["limited_leak"] == 0
+    assert c["kod_limited"] == 1 and c["checked"] == 3 and c["allowed"] == 0
+    assert lim.check("192.0.2.1", T0 + 3, kod=True) is Verdict.ALLOW  # its token is there
+    (row,) = lim.clients(1)
+    assert row.requests == 4 and row.kods == 1 and row.drops == 2

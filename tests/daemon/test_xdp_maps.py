@@ -44,13 +44,13 @@ def test_state_header_is_the_reply_builders() -> None:
     """The header fields the kernel writes are the bytes ReplyBuilder writes."""
     now = 1_700_000_100 * NS_PER_S + 12345
     m = xdp_maps.fit(lambda rt: rt + 5000, now, 37 * NS_PER_S)
-    body = xdp_maps.state_body(STATE, m, 123, 0, xdp_maps.Limits())
+    body = xdp_maps.state_body(STATE, m, (123,), 0, xdp_maps.Limits())
     f = xdp_maps.BODY.unpack(body)
     reply = ReplyBuilder(STATE).build(bytes(48), 4, 4, now + 5000).buf
     assert f[10] | (4 << 3) | 4 == reply[0] and f[11] == reply[1] and f[12] == -23
     assert f[7] == reply[4:8] and f[8] == reply[8:12] and f[6] == reply[12:16]
     assert f[5] == reply[16:24]
-    assert f[13] & xdp_maps.F_SERVE and f[14] == b"\x00\x7b"
+    assert f[13] & xdp_maps.F_SERVE and f[14] == b"\x00\x7b" + bytes(6)
     # the mapping: base, and one horizon later, within a unit of the exact timestamp
     assert m.base_tai == now + 37 * NS_PER_S and m.base_ntp == unix_ns_to_ntp(now + 5000)
     d = m.expire_tai - m.base_tai
@@ -61,7 +61,7 @@ def test_state_header_is_the_reply_builders() -> None:
 def test_unsynchronized_state_is_not_served() -> None:
     unsync = SystemState(3, 16, 0, None, 0, 0, -20)
     m = xdp_maps.fit(lambda rt: rt, 10**18, 0)
-    flags = xdp_maps.BODY.unpack(xdp_maps.state_body(unsync, m, 123, 7, xdp_maps.Limits()))[13]
+    flags = xdp_maps.BODY.unpack(xdp_maps.state_body(unsync, m, (123,), 7, xdp_maps.Limits()))[13]
     assert not flags & xdp_maps.F_SERVE
 
 

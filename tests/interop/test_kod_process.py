@@ -17,10 +17,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from ntpy.core.packet import LEAP_ALARM, MODE_SERVER, Packet, decode, encode, refid_from_text
+from ntpy.daemon.control import query_control
 
 from .ntpy_daemon import running_ntpy
 from .test_sync_process import ntpy_cli
+from .test_xdp import _usable
+
+XDP_UNUSABLE = _usable()
 
 
 @dataclass
@@ -105,27 +111,38 @@ def test_deny_kiss_stops_polling_that_source(tmp_path: Path) -> None:
             assert ".DENY." in text, text
 
 
-def test_rate_kiss_from_an_ntpy_server_lengthens_the_poll(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fast", [False, True], ids=["python", "xdp"])
+def test_rate_kiss_from_an_ntpy_server_lengthens_the_poll(tmp_path: Path, fast: bool) -> None:
     """ntpy's own RATE kiss (``restrict ... kod limited``): the client doubles its poll, to
-    at least the 32 s the server advertises (``discard average 5``), and stops its burst."""
+    at least the 32 s the server advertises (``discard average 5``), and stops its burst.
+    With ``fastpath xdp`` on the server (127.0.150.x) the kernel answers within the limit
+    and passes the rest up for the kiss."""
+    net = "127.0.150" if fast else "127.0.101"
+    if fast and XDP_UNUSABLE is not None:
+        pytest.skip(f"no XDP: {XDP_UNUSABLE}")
     upstream_conf = (
         "server 127.127.1.0\nfudge 127.127.1.0 stratum 10\n"
         "restrict default kod limited nomodify notrap nopeer\n"
         "discard average 5 minimum 1\n"
         # A small bucket, so the kiss comes within the iburst, not after ~30 s of polls
         # (with the default 8 tokens it raced the test's deadline).
-        "ratelimit burst 2\n"
+        "ratelimit burst 2\n" + ("fastpath xdp\n" if fast else "")
     )
     up_dir = tmp_path / "upstream"
     up_dir.mkdir()
-    with running_ntpy(up_dir, upstream_conf, listen=["127.0.101.20:0"]) as up:
-        conf = f"server 127.0.101.20 port {up.port} iburst minpoll 3 maxpoll 4\n"
+    up_args = ["--workers", "1", "--control-socket", str(up_dir / "c.sock")] if fast else []
+    with running_ntpy(up_dir, upstream_conf, listen=[f"{net}.20:0"], extra=up_args) as up:
+        conf = f"server {net}.20 port {up.port} iburst minpoll 3 maxpoll 4\n"
         sock = tmp_path / "c.sock"
         with running_ntpy(
-            tmp_path, conf, listen=["127.0.101.21:0"], extra=["--control-socket", str(sock)]
+            tmp_path, conf, listen=[f"{net}.21:0"], extra=["--control-socket", str(sock)]
         ) as d:
-            d.wait_for_log(r"kiss-o'-death RATE from 127\.0\.101\.20: polling every", 30)
-            line = peer_line(sock, "127.0.101.20")
+            d.wait_for_log(rf"kiss-o'-death RATE from {net.replace('.', '[.]')}[.]20: polling", 30)
+            line = peer_line(sock, f"{net}.20")
             assert isinstance(line["poll_s"], int) and line["poll_s"] >= 32, line
             assert line["state"] != "kod"  # still used, just less often
             assert "+1192661682" not in d.log
+            if fast:
+                c = query_control(str(up_dir / "c.sock"), "counters", timeout=5.0)
+                c = dict(c.get("counters", c))
+                assert c["xdp_answered"] >= 1 and c["xdp_pass_ratelimit"] >= 1, c

@@ -7,12 +7,28 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+
 from .ntpy_daemon import running_ntpy
+from .test_xdp import _usable as xdp_unusable
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 LOCAL = "server 127.127.1.0\nfudge 127.127.1.0 stratum 10\n"
+_NO_XDP = xdp_unusable()
+
+
+@pytest.fixture(params=["python", "xdp"])
+def mode(request: pytest.FixtureRequest) -> tuple[str, str, list[str]]:
+    """(address prefix, config lines, daemon arguments): the Python path on 127.0.8.x, and
+    the same test with ``fastpath xdp`` (one process, so the kernel limits) on 127.0.150.x."""
+    if request.param == "python":
+        return "127.0.8", "", []
+    if _NO_XDP is not None:
+        pytest.skip(f"no XDP: {_NO_XDP}")
+    return "127.0.150", "fastpath xdp\n", ["--workers", "1"]
 
 
 def blast(src: str, port: int, n: int, target: str = "127.0.8.10") -> list[bytes]:
@@ -32,13 +48,21 @@ def blast(src: str, port: int, n: int, target: str = "127.0.8.10") -> list[bytes
                 return replies
 
 
-def test_limited_kod_rate_limits_a_flooding_client(tmp_path: Path) -> None:
-    conf = LOCAL + "restrict default kod limited nomodify notrap nopeer noquery\n"
+def test_limited_kod_rate_limits_a_flooding_client(
+    tmp_path: Path, mode: tuple[str, str, list[str]]
+) -> None:
+    """With the fast path, the kernel answers within the limit (and the leak) and Python
+    sends the kiss for what it passes up: the same totals, split between the two."""
+    net, fast, args = mode
+    conf = LOCAL + fast + "restrict default kod limited nomodify notrap nopeer noquery\n"
     sock = tmp_path / "c.sock"
     with running_ntpy(
-        tmp_path, conf, listen=["127.0.8.10:0"], extra=["--control-socket", str(sock)]
+        tmp_path, conf, listen=[f"{net}.10:0"], extra=["--control-socket", str(sock), *args]
     ) as d:
-        replies = blast("127.0.8.1", d.port, 40)
+        if fast:
+            d.wait_for_log("fastpath xdp: plain client requests")
+            time.sleep(1.5)  # the local clock is selected: the kernel serves
+        replies = blast(f"{net}.1", d.port, 40, f"{net}.10")
         served = [r for r in replies if r[1] == 11]
         kods = [r for r in replies if r[1] == 0 and r[12:16] == b"RATE"]
         assert 1 <= len(served) < 40  # a burst is allowed, a flood is not
@@ -46,7 +70,7 @@ def test_limited_kod_rate_limits_a_flooding_client(tmp_path: Path) -> None:
         assert len(served) + len(kods) < 40  # the rest dropped
         assert all(k[0] >> 6 == 3 for k in kods)
         # Another client is not punished for the first one's flood.
-        assert any(r[1] == 11 for r in blast("127.0.8.2", d.port, 1))
+        assert any(r[1] == 11 for r in blast(f"{net}.2", d.port, 1, f"{net}.10"))
         env = dict(os.environ, PYTHONPATH=SRC)
         out = subprocess.run(
             [sys.executable, "-m", "ntpy", "clients", "--socket", str(sock), "--json"],
@@ -55,9 +79,15 @@ def test_limited_kod_rate_limits_a_flooding_client(tmp_path: Path) -> None:
             timeout=20,
             env=env,
         )
-        rows = {c["address"]: c for c in json.loads(out.stdout)["clients"]}
-        assert rows["127.0.8.1"]["requests"] == 40 and rows["127.0.8.1"]["drops"] >= 1
-        assert rows["127.0.8.1"]["kods"] == len(kods)
+        reply = json.loads(out.stdout)
+        rows = {c["address"]: c for c in reply["clients"]}
+        kernel = {c["address"]: c for c in reply.get("kernel_clients", [])}
+        in_kernel = kernel.get(f"{net}.1", {}).get("answered", 0)
+        assert rows[f"{net}.1"]["requests"] + in_kernel == 40 and rows[f"{net}.1"]["drops"] >= 1
+        assert rows[f"{net}.1"]["kods"] == len(kods)
+        if fast:  # the kernel answered the burst, Python only what it passed up
+            assert in_kernel >= 1 and kernel[f"{net}.1"]["over"] == 40 - in_kernel
+            assert reply["kernel_answered"] == in_kernel + 1
         text = subprocess.run(
             [sys.executable, "-m", "ntpy", "clients", "--socket", str(sock)],
             capture_output=True,
@@ -65,17 +95,23 @@ def test_limited_kod_rate_limits_a_flooding_client(tmp_path: Path) -> None:
             timeout=20,
             env=env,
         ).stdout
-        assert "127.0.8.1" in text and "requests" in text
+        assert f"{net}.1" in text and "requests" in text
         d.stop()
         summary = d.wait_for_log("counters: answered=")
         assert "drop_rate_limited=" in summary and "kod_rate_sent=" in summary
 
 
-def test_ignore_default_serves_only_listed_hosts(tmp_path: Path) -> None:
-    conf = LOCAL + "restrict default ignore\nrestrict 127.0.8.2\n"
-    with running_ntpy(tmp_path, conf, listen=["127.0.8.10:0"]) as d:
-        assert blast("127.0.8.3", d.port, 3) == []
-        assert len(blast("127.0.8.2", d.port, 1)) == 1
+def test_ignore_default_serves_only_listed_hosts(
+    tmp_path: Path, mode: tuple[str, str, list[str]]
+) -> None:
+    net, fast, args = mode
+    conf = LOCAL + fast + f"restrict default ignore\nrestrict {net}.2\n"
+    with running_ntpy(tmp_path, conf, listen=[f"{net}.10:0"], extra=args) as d:
+        if fast:
+            d.wait_for_log("fastpath xdp: plain client requests")
+            time.sleep(1.5)
+        assert blast(f"{net}.3", d.port, 3, f"{net}.10") == []
+        assert len(blast(f"{net}.2", d.port, 1, f"{net}.10")) == 1
         d.stop()
         assert "drop_restricted=3" in d.wait_for_log("counters: answered=")
 

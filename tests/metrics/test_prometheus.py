@@ -383,3 +383,18 @@ def test_nts_source_counters() -> None:
     assert one(m, "ntpy_source_auth_failures_total", **labels) == 4
     assert len(m["ntpy_source_nts_cookies"]) == 1  # the key-less source has none
     assert one(m, "ntpy_source_auth_failures_total", address=FALSETICKER.address) == 0
+
+
+def test_fast_path_counters() -> None:
+    """``fastpath xdp``: the kernel's verdicts in one family, absent without the program."""
+    assert not any(name.startswith("ntpy_xdp") for name in scrape())
+    counters = daemon_counters()
+    counters.update(xdp_answered=900, xdp_pass_ratelimit=7, xdp_leaked=2)
+    counters["xdp_kernel_over_decided"] = 7
+    m = scrape(counters=counters)
+    assert one(m, "ntpy_xdp_requests_total", verdict="answered") == 900
+    assert one(m, "ntpy_xdp_requests_total", verdict="pass_ratelimit") == 7
+    assert one(m, "ntpy_xdp_requests_total", verdict="pass_stale") == 0
+    assert one(m, "ntpy_xdp_leaked_total") == 2
+    assert one(m, "ntpy_xdp_over_limit_decided_total") == 7
+    assert "ntpy_events_other_total" not in m

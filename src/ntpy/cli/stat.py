@@ -159,7 +159,31 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
         return EXIT_UNREACHABLE
     text, code = render_stat(reply)
     out.write(text + "\n")
+    try:
+        counters = query_control(args.control_socket, "counters", timeout=args.timeout)
+    except ControlError:
+        counters = {}
+    line = render_fastpath(dict(counters.get("counters", counters)))
+    if line:
+        out.write(line + "\n")
     return code
+
+
+def render_fastpath(counters: Mapping[str, Any]) -> str:
+    """With ``fastpath xdp`` running: what the kernel answered and passed up (by why);
+    nothing otherwise, so the ntpstat text stays as it was."""
+    if "xdp_answered" not in counters:
+        return ""
+    passed = {
+        k[len("xdp_pass_") :]: int(v)
+        for k, v in sorted(counters.items())
+        if k.startswith("xdp_pass_") and isinstance(v, int) and v
+    }
+    why = ", ".join(f"{k} {v}" for k, v in passed.items())
+    return (
+        f"   kernel fast path: answered {int(counters['xdp_answered'])}, passed up "
+        f"{sum(passed.values())}" + (f" ({why})" if why else "")
+    )
 
 
 def add_stat_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -454,7 +454,25 @@ def render_clients(reply: Mapping[str, Any], now_note: str = "") -> str:
             "(no clients tracked: rate limiting applies to clients matched by "
             "'restrict ... limited')"
         )
-    return "\n".join(lines) + "\n" + now_note
+    return "\n".join(lines) + "\n" + _render_kernel_clients(reply) + now_note
+
+
+def _render_kernel_clients(reply: Mapping[str, Any]) -> str:
+    """With ``fastpath xdp``: what the kernel answered (those requests are not above), per
+    ``limited`` client where it keeps a bucket, else as a total."""
+    if "kernel_answered" not in reply:
+        return ""
+    out = [f"served in the kernel (fastpath xdp): {int(reply['kernel_answered'])} requests"]
+    rows = reply.get("kernel_clients") or []
+    if rows:
+        head = f"{'address':<40} {'answered':>9} {'over':>7}"
+        out += [head, "=" * len(head)]
+        for c in rows:
+            out.append(
+                f"{c.get('address', '?')!s:<40} {int(c.get('answered', 0)):>9} "
+                f"{int(c.get('over', 0)):>7}"
+            )
+    return "\n".join(out) + "\n"
 
 
 def run_clients(args: argparse.Namespace) -> int:

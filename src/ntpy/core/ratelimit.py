@@ -326,6 +326,21 @@ class RateLimiter:
             self._n_leaked += 1
             return _ALLOW
         self._credit[slot] = credit
+        return self._kod_or_drop(slot, now_ns, kod)
+
+    def over_limit(self, address: str, now_ns: int, *, kod: bool) -> Verdict:
+        """Account a request another bucket (the kernel's, ``fastpath xdp``) found over the
+        limit after drawing the leak itself: KoD or drop only; this bucket is not charged."""
+        if type(now_ns) is not int or not 0 <= now_ns < _I64_LIMIT:
+            _bad_time(now_ns)
+        slot = self._slot(address, now_ns)
+        self._requests[slot] += 1
+        elapsed = max(now_ns - self._last[slot], 0)
+        self._credit[slot] = min(self._credit[slot] + elapsed, self._cap_ns)
+        self._last[slot] = now_ns
+        return self._kod_or_drop(slot, now_ns, kod)
+
+    def _kod_or_drop(self, slot: int, now_ns: int, kod: bool) -> Verdict:
         if kod:
             if now_ns - self._kod_last[slot] >= self._kod_ns:
                 self._kod_last[slot] = now_ns

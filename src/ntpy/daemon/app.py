@@ -247,6 +247,13 @@ class Daemon:
         return line
 
     def clients(self) -> dict[str, object]:
+        out = self._python_clients()
+        if self.fastpath is not None:  # what the kernel answered never reached the above
+            out["kernel_clients"] = self.fastpath.clients(50)
+            out["kernel_answered"] = self.fastpath.counters()["xdp_answered"]
+        return out
+
+    def _python_clients(self) -> dict[str, object]:
         if self.pool is not None:
             return self.pool.clients(50)
         now = self.clock.now_ns()  # the limiter keeps served time
@@ -374,7 +381,13 @@ class Daemon:
         if self.config.fastpath is not None:  # after the fork: only the main holds the link
             eps = self.pool.endpoints if self.pool is not None else self.server.endpoints
             self.fastpath = start_fastpath(
-                self.config, self.clock, self.responder, self.limiter, eps, self.loop
+                self.config,
+                self.clock,
+                self.responder,
+                self.limiter,
+                eps,
+                self.loop,
+                answers_here=self.pool is None,
             )
         self._drop()
         if self.confinement is not None:  # last: everything is bound, opened and imported

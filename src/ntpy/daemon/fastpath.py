@@ -27,18 +27,17 @@ from typing import Any
 from ntpy.clock import SystemClock
 from ntpy.clock.base import Clock
 from ntpy.clock.virtual import Segment, VirtualClock, served_ns
+from ntpy.core.ratelimit import RateLimiter
 from ntpy.core.system import SystemState
 from ntpy.core.timestamps import NS_PER_S
 from ntpy.daemon import xdp_load, xdp_maps
 from ntpy.daemon.ifaddrs import interface_addresses
+from ntpy.daemon.xdp_limit import KernelLimiter, kernel_clients
 from ntpy.daemon.xdp_load import XdpError, XdpProgram
 
 log = logging.getLogger("ntpy")
 
 _MULTICAST = (IPv4Network("224.0.0.0/4"), IPv6Network("ff00::/8"))
-KERNEL_RATELIMIT = False
-"""Whether ``limited`` clients are rate limited in the kernel. Off until the Python side
-reads the kernel's buckets for what it passes up; until then they all go to Python."""
 
 
 def _tai_offset() -> int:
@@ -55,7 +54,7 @@ class XdpFastPath:
         self._lock = threading.Lock()
         self._state = state
         self._served: Callable[[int], int] = clock.from_realtime_ns
-        self._port = 0
+        self._ports: tuple[int, ...] = ()
         self._flags = 0
         self._limits = xdp_maps.Limits()
         self._seq = 0
@@ -64,6 +63,12 @@ class XdpFastPath:
         self._counters_fd = program.map_fd("ntp_counters")
         self._addrs_fd = program.map_fd("ntp_addrs")
         self._restrict_fd = program.map_fd("ntp_restrict")
+        self._clients_fd = program.map_fd("ntp_clients")
+        self.kernel_limits = True
+        """Whether ``limited`` clients are limited in the kernel: only where this process
+        answers what the kernel passes up (``xdp_limit``); with worker processes the
+        workers' limiters, which cannot read the kernel's buckets, decide them all."""
+        self.limiter: KernelLimiter | None = None
         self._cpus = xdp_load.possible_cpus()
         if isinstance(clock, VirtualClock | SystemClock):
             clock.add_segment_listener(self._on_segment)
@@ -92,8 +97,8 @@ class XdpFastPath:
             log.warning("fastpath xdp: not running, every request is served from Python: %s", exc)
             return None
         log.info(
-            "fastpath xdp: plain client requests to port %d answered in the kernel on %s",
-            fast._port,
+            "fastpath xdp: plain client requests to port %s answered in the kernel on %s",
+            ", ".join(map(str, fast._ports)),
             ", ".join(names),
         )
         return fast
@@ -103,21 +108,29 @@ class XdpFastPath:
         the interfaces to attach to (given, or those carrying the addresses)."""
         if not bound:
             raise XdpError("no NTP socket to serve for")
-        self._port = bound[0][1]
+        ports: list[int] = []
+        for _, port in bound:
+            if port not in ports and len(ports) < xdp_maps.MAX_PORTS:
+                ports.append(port)
+        self._ports = tuple(ports)
         known = interface_addresses()
         ours: dict[str, str] = {}
+        bits: dict[str, int] = {}
         for host, port in bound:
-            if port != self._port:
+            if port not in ports:
                 log.warning("fastpath xdp: %s port %d is served from Python only", host, port)
                 continue
+            bit = 1 << ports.index(port)
             addr = ip_address(host.partition("%")[0])
             for name, a in known:
                 if (addr.is_unspecified and a.version == addr.version) or a == addr:
                     ours[str(a)] = name
-            if not addr.is_unspecified and str(addr) not in ours:
-                ours[str(addr)] = "lo" if addr.is_loopback else ""
-        for host in ours:
-            xdp_load.map_update(self._addrs_fd, xdp_maps.address_key(host), b"\1")
+                    bits[str(a)] = bits.get(str(a), 0) | bit
+            if not addr.is_unspecified:
+                ours.setdefault(str(addr), "lo" if addr.is_loopback else "")
+                bits[str(addr)] = bits.get(str(addr), 0) | bit
+        for host, b in bits.items():
+            xdp_load.map_update(self._addrs_fd, xdp_maps.address_key(host), bytes([b]))
         names = interfaces or sorted({n for n in ours.values() if n})
         if not names:
             raise XdpError("no interface carries the listen addresses; name one")
@@ -153,12 +166,15 @@ class XdpFastPath:
                 if rules.has_ntpport:
                     flags |= xdp_maps.F_PORT123
             entries = xdp_maps.restrict_classes(nets, responder.plain_class)
-        if not KERNEL_RATELIMIT or limits is None:
+        if not self.kernel_limits or limits is None:
             entries = [
                 (n, xdp_maps.CLASS_PASS if c == xdp_maps.CLASS_LIMITED else c) for n, c in entries
             ]
-        if getattr(responder, "xleave", None) is not None:
-            flags |= xdp_maps.F_XLEAVE
+        # Interleaved requests (origin = our receive stamp, marked by its low bit) always
+        # go up: the process that answers turns interleaved mode on once its TX timestamps
+        # work, later than this and maybe in a worker; a plain client's origin is 0 or our
+        # transmit stamp, whose low bit is clear, so this costs the kernel nothing.
+        flags |= xdp_maps.F_XLEAVE
         xdp_load.map_clear(self._restrict_fd, xdp_maps.LPM_KEY.size)
         for net, c in entries:
             xdp_load.map_update(self._restrict_fd, xdp_maps.lpm_key(net), bytes([c]))
@@ -168,17 +184,22 @@ class XdpFastPath:
         self.publish()
 
     def reload(self, responder: Any, limiter: Any) -> None:
-        """The responder's (new) access rules and the limiter's settings, into the maps."""
+        """The responder's (new) access rules and the limiter's settings, into the maps;
+        with kernel limits, the responder's limiter reads the kernel's buckets."""
         cfg = getattr(limiter, "config", None)
         limits = None
-        if cfg is not None:
+        if cfg is not None and self.kernel_limits and isinstance(limiter, RateLimiter):
             limits = xdp_maps.Limits(
                 token_ns=cfg.token_ns,
                 cap_ns=cfg.burst * cfg.token_ns,
                 min_ns=cfg.minimum_s * NS_PER_S,
                 leak_mask=(1 << cfg.leak_log2) - 1,
-                v6_words=cfg.ipv6_prefix // 32,
+                v6_prefix=cfg.ipv6_prefix,
             )
+            if self.limiter is None or self.limiter.limiter is not limiter:
+                self.limiter = KernelLimiter(limiter, self._clients_fd)
+                xdp_load.map_clear(self._clients_fd, 16)  # new settings: fresh buckets
+            responder.limiter = self.limiter
         responder.refresh()
         self.set_policy(responder, limits)
 
@@ -187,7 +208,7 @@ class XdpFastPath:
         with self._lock:
             rt = time.time_ns()
             m = xdp_maps.fit(self._served, rt, _tai_offset())
-            body = xdp_maps.state_body(self._state, m, self._port, self._flags, self._limits)
+            body = xdp_maps.state_body(self._state, m, self._ports, self._flags, self._limits)
             mm = self._mm
             self._seq += 1
             xdp_maps.SEQ.pack_into(mm, 0, self._seq)
@@ -213,7 +234,15 @@ class XdpFastPath:
         for i, name in enumerate(xdp_maps.COUNTERS):
             raw = xdp_load.map_lookup(self._counters_fd, i.to_bytes(4, "little"), size)
             out[f"xdp_{name}"] = 0 if raw is None else xdp_maps.sum_counters(raw, self._cpus)
+        if self.limiter is not None:
+            out["xdp_kernel_over_decided"] = self.limiter.kernel_over
         return out
+
+    def clients(self, limit: int) -> list[dict[str, object]]:
+        """The kernel's per-client buckets (``limited`` clients only), most answered first."""
+        if self.limiter is None:
+            return []
+        return kernel_clients(self._clients_fd, self.limiter.config.ipv6_prefix, limit)
 
     def close(self) -> None:
         self.disable()
@@ -222,14 +251,23 @@ class XdpFastPath:
 
 
 def start_fastpath(
-    config: Any, clock: Clock, responder: Any, limiter: Any, endpoints: Any, loop: Any
+    config: Any,
+    clock: Clock,
+    responder: Any,
+    limiter: Any,
+    endpoints: Any,
+    loop: Any,
+    *,
+    answers_here: bool = True,
 ) -> XdpFastPath | None:
-    """The daemon's start-up step for ``fastpath xdp``: start, apply the policy, refresh."""
+    """The daemon's start-up step for ``fastpath xdp``: start, apply the policy, refresh.
+    ``answers_here``: this process answers what the kernel passes up (no workers)."""
     spec = config.fastpath
     bound = [(str(ep.bound.host), int(ep.bound.port)) for ep in endpoints]
     fast = XdpFastPath.start(spec.interfaces, clock, responder.state, bound)
     if fast is None:
         return None
+    fast.kernel_limits = answers_here
     try:
         fast.reload(responder, limiter)
     except XdpError as exc:

@@ -14,6 +14,7 @@ logs it and serves from Python.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -49,6 +50,20 @@ def _print(level: int, fmt: bytes, args: int) -> int:
 
 
 _on_print = _PRINT_FN(_print)
+_link_fds: set[int] = set()
+"""The file descriptors of our bpf_links. A process forked later (a restarted worker)
+would inherit them and keep the program attached after the main process died; it closes
+them at once (closing a copy detaches nothing while the main holds its own)."""
+
+
+def _close_links_in_child() -> None:
+    for fd in _link_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _link_fds.clear()
+
+
+os.register_at_fork(after_in_child=_close_links_in_child)
 
 
 def _lib() -> ctypes.CDLL:
@@ -71,11 +86,14 @@ def _lib() -> ctypes.CDLL:
         ("bpf_map__fd", ci, [vp]),
         ("bpf_program__attach_xdp", vp, [vp, ci]),
         ("bpf_link__destroy", ci, [vp]),
+        ("bpf_link__fd", ci, [vp]),
         ("bpf_map_update_elem", ci, [ci, vp, vp, ctypes.c_uint64]),
         ("bpf_map_lookup_elem", ci, [ci, vp, vp]),
         ("bpf_map_delete_elem", ci, [ci, vp]),
         ("bpf_map_get_next_key", ci, [ci, vp, vp]),
         ("libbpf_num_possible_cpus", ci, []),
+        ("bpf_program__fd", ci, [vp]),
+        ("bpf_prog_test_run_opts", ci, [ci, vp]),
     ):
         f = getattr(lib, fn)
         f.restype = res
@@ -159,16 +177,67 @@ class XdpProgram:
                 raise XdpError(f"{ifname} already has an XDP program (another daemon?)")
             raise XdpError(_why(err, f"cannot attach XDP to {ifname}"))
         self.links[ifname] = link
+        _link_fds.add(_lib().bpf_link__fd(link))
 
     def close(self) -> None:
         """Detach from every interface and free the object (its maps go with it)."""
         lib = _lib()
         for link in self.links.values():
+            _link_fds.discard(lib.bpf_link__fd(link))
             lib.bpf_link__destroy(link)
         self.links.clear()
         if self._obj is not None:
             lib.bpf_object__close(self._obj)
         self._obj = self._prog = None
+
+
+class _TestRunOpts(ctypes.Structure):
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+def run_once(program: XdpProgram, frame: bytes) -> tuple[int, bytes]:
+    """Run the loaded program once on ``frame`` (BPF_PROG_TEST_RUN, no interface needed):
+    its verdict (XDP_PASS = 2, XDP_TX = 3) and the frame as it left it. For tests."""
+    assert program._prog is not None, "load() first"
+    lib = _lib()
+    fd = lib.bpf_program__fd(program._prog)
+    din = ctypes.create_string_buffer(frame, len(frame))
+    dout = ctypes.create_string_buffer(len(frame) + 256)
+    opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), repeat=1)
+    opts.data_in = ctypes.cast(din, ctypes.c_void_p)
+    opts.data_size_in = len(frame)
+    opts.data_out = ctypes.cast(dout, ctypes.c_void_p)
+    opts.data_size_out = len(dout)
+    if lib.bpf_prog_test_run_opts(fd, ctypes.byref(opts)):
+        raise XdpError(_why(ctypes.get_errno(), "BPF_PROG_TEST_RUN failed"))
+    return int(opts.retval), dout.raw[: opts.data_size_out]
+
+
+def map_keys(fd: int, key_size: int, limit: int) -> list[bytes]:
+    """Up to ``limit`` keys of a hash map (for reports: the map may change meanwhile)."""
+    lib = _lib()
+    keys: list[bytes] = []
+    prev, key = None, ctypes.create_string_buffer(key_size)
+    while len(keys) < limit and not lib.bpf_map_get_next_key(fd, prev, key):
+        keys.append(key.raw)
+        prev = ctypes.create_string_buffer(key.raw, key_size)
+    return keys
 
 
 def map_update(fd: int, key: bytes, value: bytes) -> None:

@@ -30,12 +30,14 @@ from ntpy.core.system import SystemState
 from ntpy.core.timestamps import NS_PER_S, ns_to_short, unix_ns_to_ntp
 
 SEQ = struct.Struct("<Q")
-BODY = struct.Struct("<QQQQQ8s4s4s4s4sBBbB2sHQQQII")
+BODY = struct.Struct("<QQQQQ8s4s4s4s4sBBbB8s4xQQQII")
 """``struct ntp_state`` after ``seq``: base_tai, expire_tai, base_ntp, mult, switch_ntp,
 ref_ts, refid, root_delay, disp_cur, disp_next, leap_bits, stratum, precision, flags,
-port, pad, token_ns, cap_ns, min_ns, leak_mask, v6_words."""
+ports, (pad), token_ns, cap_ns, min_ns, leak_mask, v6_prefix."""
 STATE_SIZE = SEQ.size + BODY.size
-assert STATE_SIZE == 112
+assert STATE_SIZE == 120
+MAX_PORTS = 4
+"""Listen ports the program serves (``ports[4]``); the others are served from Python."""
 
 F_SERVE = 1
 F_XLEAVE = 2
@@ -44,6 +46,8 @@ CLASS_SERVE = 0
 CLASS_LIMITED = 1
 CLASS_PASS = 2
 LPM_KEY = struct.Struct("<I16s")
+BUCKET = struct.Struct("<QQQQQ")
+"""``struct bucket`` in ``ntp_clients``: last_tai, credit_ns, over, over_tai, answered."""
 
 COUNTERS = (
     "answered",
@@ -79,7 +83,7 @@ class Limits:
     cap_ns: int = 0
     min_ns: int = 0
     leak_mask: int = 0
-    v6_words: int = 2
+    v6_prefix: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,8 +113,12 @@ def fit(served: Callable[[int], int], realtime: int, tai_offset: int) -> Mapping
     return Mapping(tai, tai + horizon, s0, unix_ns_to_ntp(s0), mult)
 
 
-def state_body(state: SystemState, m: Mapping, port: int, flags: int, limits: Limits) -> bytes:
+def state_body(
+    state: SystemState, m: Mapping, ports: tuple[int, ...], flags: int, limits: Limits
+) -> bytes:
     """``struct ntp_state`` without ``seq``, for ``state`` under mapping ``m``."""
+    if len(ports) > MAX_PORTS:
+        raise ValueError(f"at most {MAX_PORTS} ports, not {len(ports)}")
     if state.synchronized:
         flags |= F_SERVE
     else:
@@ -132,14 +140,33 @@ def state_body(state: SystemState, m: Mapping, port: int, flags: int, limits: Li
         state.wire_stratum,
         state.precision,
         flags,
-        port.to_bytes(2, "big"),
-        0,
+        b"".join(p.to_bytes(2, "big") for p in ports).ljust(2 * MAX_PORTS, b"\0"),
         limits.token_ns,
         limits.cap_ns,
         limits.min_ns,
         limits.leak_mask,
-        limits.v6_words,
+        limits.v6_prefix,
     )
+
+
+def client_key(host: str, v6_prefix: int) -> bytes:
+    """The key of ``host``'s bucket in ``ntp_clients``: as ``address_key``, with IPv6
+    cut to the limiter's prefix (v4-mapped IPv6 is the IPv4 client, as in Python's)."""
+    ip = ipaddress.ip_address(host.partition("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is None:
+            mask = ((1 << v6_prefix) - 1) << (128 - v6_prefix)
+            return (int(ip) & mask).to_bytes(16, "big")
+        return _MAPPED_V4 + ip.ipv4_mapped.packed
+    return _MAPPED_V4 + ip.packed
+
+
+def key_text(key: bytes, v6_prefix: int) -> str:
+    """A bucket key as ``ntpy clients`` prints Python's: dotted quad, or prefix/len."""
+    if key[:12] == _MAPPED_V4:
+        return str(ipaddress.IPv4Address(key[12:]))
+    text = str(ipaddress.IPv6Address(key))
+    return text if v6_prefix == 128 else f"{text}/{v6_prefix}"
 
 
 def address_key(host: str) -> bytes:

@@ -61,6 +61,8 @@ from ntpy.core.status import (
     SyncStatus,
 )
 from ntpy.core.timestamps import NS_PER_S
+from ntpy.metrics.prom_fastpath import PREFIX as XDP_PREFIX
+from ntpy.metrics.prom_fastpath import xdp_families
 
 __all__ = ["CONTENT_TYPE", "SELECTION_STATES", "render"]
 
@@ -417,6 +419,7 @@ def _counter_families(counters: Mapping[str, int]) -> Iterator[Metric]:
     dropped = dict.fromkeys(sorted(_CORE_DROPS | _SHELL_DROPS), 0.0)
     shell = dict.fromkeys(_SINGLE_COUNTERS, 0.0)
     ratelimit: dict[str, float] = {}
+    xdp: dict[str, float] = {}
     limited: dict[str, float] = {}
     rl_other: dict[str, float] = {}
     other: dict[str, float] = {}
@@ -433,6 +436,8 @@ def _counter_families(counters: Mapping[str, int]) -> Iterator[Metric]:
             shell[key] += value
         elif key.startswith(_NTS_PREFIX):
             continue  # _nts_families
+        elif key.startswith(XDP_PREFIX):
+            xdp[key] = value
         elif key in dropped or key.startswith("drop_"):
             dropped[key] = dropped.get(key, 0.0) + value
         elif key.startswith(_RATELIMIT_PREFIX):
@@ -493,6 +498,7 @@ def _counter_families(counters: Mapping[str, int]) -> Iterator[Metric]:
         yield _labelled(
             "ntpy_events_other", "Daemon counters this version does not know.", "counter", other
         )
+    yield from xdp_families(xdp)
     yield from _nts_families(counters)
 
 

@@ -10,9 +10,9 @@
  * format), RFC 768/8200 (UDP checksum, mandatory over IPv6) and the kernel's BPF docs.
  *
  * Answered: Ethernet + IPv4 (no options, not a fragment) or IPv6 (UDP as the next
- * header: no extension headers), UDP to the published port with a source port other
- * than 0, exactly 48 bytes of payload, version 1..4 and mode 3, sent to one of the
- * server's own addresses (map ntp_addrs), from a client the restrict map does not send
+ * header: no extension headers), UDP to one of the published ports (up to 4) with a
+ * source port other than 0, exactly 48 bytes of payload, version 1..4 and mode 3, sent to one of the
+ * server's own addresses listening on that port (map ntp_addrs), from a client the restrict map does not send
  * up, within its rate limit -- and only while the published state is synchronized,
  * whole (seqlock) and fresh (expiry). The reply is the request rewritten: addresses and
  * ports swapped, the NTP header from the state, checksums recomputed, then XDP_TX.
@@ -77,14 +77,14 @@ struct ntp_state {
 	__u8 stratum;
 	__u8 precision;
 	__u8 flags;
-	__u16 port;       /* network order */
-	__u16 pad;
+	__u16 ports[4];   /* network order; 0 = unused */
+	__u32 pad;
 	/* rate limit (the daemon's ratelimit/discard settings) */
 	__u64 token_ns;
 	__u64 cap_ns;
 	__u64 min_ns;
 	__u32 leak_mask;
-	__u32 v6_words;   /* IPv6 clients are keyed by their first v6_words 32-bit words */
+	__u32 v6_prefix;  /* IPv6 clients are keyed by this prefix (ratelimit ipv6prefix) */
 };
 
 struct lpm_key {
@@ -92,10 +92,16 @@ struct lpm_key {
 	__u8 addr[16]; /* IPv4 as ::ffff:a.b.c.d */
 };
 
+/* One client's bucket. The daemon reads it for a request passed up from a limited
+ * client: if ``over`` grew (recently: over_tai), the kernel already found that request
+ * over the limit and drew the leak, so Python only decides KoD or drop (see
+ * daemon/xdp_limit.py). The two count columns feed ``ntpy clients``. */
 struct bucket {
 	__u64 last_tai;
 	__u64 credit_ns;
-	__u64 over;   /* requests passed up as over the limit (the daemon reads it) */
+	__u64 over;     /* requests passed up as over the limit */
+	__u64 over_tai; /* when the last of them was passed up */
+	__u64 answered; /* requests answered here (leaks included) */
 };
 
 struct {
@@ -113,6 +119,7 @@ struct {
 	__type(value, __u64);
 } ntp_counters SEC(".maps");
 
+/* Our addresses; the value's bit i says the address listens on ports[i]. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 256);
@@ -175,6 +182,16 @@ static __always_inline __u64 sum_udp(const __u32 *p)
 	return sum;
 }
 
+/* The IPv6 prefix a client is keyed by: word i keeps prefix - 32 i of its bits. */
+static __always_inline __u32 prefix_word(__u32 word, int bits)
+{
+	if (bits <= 0)
+		return 0;
+	if (bits >= 32)
+		return word;
+	return word & bpf_htonl(0xffffffffU << (32 - bits));
+}
+
 /* The token bucket of core/ratelimit.py, per client: over the limit -> 1 (pass up),
  * else 0 (answer). A new client starts with a full bucket and a previous request
  * min_ns ago, so its first request is answered. */
@@ -182,32 +199,36 @@ static __always_inline int over_limit(const struct ntp_state *s, struct in6_addr
 {
 	struct bucket *b = bpf_map_lookup_elem(&ntp_clients, key);
 	__u64 elapsed, credit;
+	int back;
 
 	if (!b) {
-		struct bucket fresh = {
-			.last_tai = now - s->min_ns, .credit_ns = s->cap_ns, .over = 0
-		};
+		struct bucket fresh = { .last_tai = now - s->min_ns, .credit_ns = s->cap_ns };
 
 		bpf_map_update_elem(&ntp_clients, key, &fresh, BPF_NOEXIST);
 		b = bpf_map_lookup_elem(&ntp_clients, key);
 		if (!b)
 			return 1;
 	}
-	elapsed = now > b->last_tai ? now - b->last_tai : 0;
+	/* TAI went back (a step): the interval is unknown, judge by tokens alone */
+	back = now < b->last_tai;
+	elapsed = back ? 0 : now - b->last_tai;
 	b->last_tai = now;
 	credit = b->credit_ns + elapsed;
 	if (credit > s->cap_ns)
 		credit = s->cap_ns;
-	if (elapsed >= s->min_ns && credit >= s->token_ns) {
+	if ((back || elapsed >= s->min_ns) && credit >= s->token_ns) {
 		b->credit_ns = credit - s->token_ns;
+		__sync_fetch_and_add(&b->answered, 1);
 		return 0;
 	}
 	if (!(bpf_get_prandom_u32() & s->leak_mask)) {
 		b->credit_ns = credit > s->token_ns ? credit - s->token_ns : 0;
+		__sync_fetch_and_add(&b->answered, 1);
 		count(C_LEAKED, 0);
 		return 0;
 	}
 	b->credit_ns = credit;
+	b->over_tai = now;
 	__sync_fetch_and_add(&b->over, 1);
 	return 1;
 }
@@ -228,7 +249,7 @@ int ntp_xdp(struct xdp_md *ctx)
 	__u32 zero = 0, *w;
 	__u8 *ntp, *cls;
 	__u16 port, tmp16;
-	__u8 b0, version;
+	__u8 b0, version, bit, *bits;
 
 	if ((void *)(eth + 1) > end)
 		return XDP_PASS;
@@ -250,8 +271,18 @@ int ntp_xdp(struct xdp_md *ctx)
 	s = bpf_map_lookup_elem(&ntp_state, &zero);
 	if (!s)
 		return XDP_PASS;
-	port = *(volatile __u16 *)&s->port;
-	if (!port || udp->dest != port)
+	port = udp->dest;
+	if (!port)
+		return XDP_PASS;
+	if (port == *(volatile __u16 *)&s->ports[0])
+		bit = 1;
+	else if (port == *(volatile __u16 *)&s->ports[1])
+		bit = 2;
+	else if (port == *(volatile __u16 *)&s->ports[2])
+		bit = 4;
+	else if (port == *(volatile __u16 *)&s->ports[3])
+		bit = 8;
+	else
 		return XDP_PASS;
 
 	/* To our port: from here on every verdict is counted. */
@@ -281,7 +312,8 @@ int ntp_xdp(struct xdp_md *ctx)
 	version = (b0 >> 3) & 7;
 	if ((b0 & 7) != 3 || version < 1 || version > 4)
 		return count(C_PASS_SHAPE, XDP_PASS);
-	if (!bpf_map_lookup_elem(&ntp_addrs, &dst))
+	bits = bpf_map_lookup_elem(&ntp_addrs, &dst);
+	if (!bits || !(*bits & bit))
 		return count(C_PASS_NOT_OURS, XDP_PASS);
 
 	/* A consistent copy of the published state, or nothing. */
@@ -308,14 +340,12 @@ int ntp_xdp(struct xdp_md *ctx)
 		return count(C_PASS_RESTRICTED, XDP_PASS);
 	if (cls && *cls == CLASS_LIMITED) {
 		if (ip6) { /* keyed by prefix, as the daemon's limiter */
-			if (st.v6_words < 4)
-				src.in6_u.u6_addr32[3] = 0;
-			if (st.v6_words < 3)
-				src.in6_u.u6_addr32[2] = 0;
-			if (st.v6_words < 2)
-				src.in6_u.u6_addr32[1] = 0;
-			if (st.v6_words < 1)
-				src.in6_u.u6_addr32[0] = 0;
+			int p = st.v6_prefix;
+
+			src.in6_u.u6_addr32[0] = prefix_word(src.in6_u.u6_addr32[0], p);
+			src.in6_u.u6_addr32[1] = prefix_word(src.in6_u.u6_addr32[1], p - 32);
+			src.in6_u.u6_addr32[2] = prefix_word(src.in6_u.u6_addr32[2], p - 64);
+			src.in6_u.u6_addr32[3] = prefix_word(src.in6_u.u6_addr32[3], p - 96);
 		}
 		if (over_limit(&st, &src, now))
 			return count(C_PASS_RATELIMIT, XDP_PASS);
