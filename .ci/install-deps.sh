@@ -3,9 +3,11 @@
 # ntpsec's ntpdig/ntpdate, ntpq extracted from the ntpsec package), headless Chromium and
 # its driver for the web status page test, systemd's tools (systemd-analyze verify and
 # systemd-socket-activate for the unit tests; policy-rc.d below keeps it from starting
-# anything) and man-db (the man page render test), clang, llvm and libbpf (build-time deps of
+# anything), man-db (the man page render test), clang, llvm and libbpf (build-time deps of
 # the XDP fast path's program, src/ntpy/daemon/bpf/; libbpf1 also loads it at run time) with
-# iproute2 (its tests read `ip link`), and the Python test tools. Idempotent
+# iproute2 (its tests read `ip link`), libseccomp2 (the seccomp filter), gpsd (the refclock
+# SHM test runs its own gpsd; policy-rc.d keeps the packaged one stopped) and the Python
+# test tools. Idempotent
 # and quick when everything is already present.
 #
 # Safety: installing an NTP package must never start a daemon that would steer the
@@ -15,7 +17,8 @@ set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 APT_PACKAGES=(chrony ntpsec-ntpdig ntpsec-ntpdate python3-ntp chromium chromium-driver systemd man-db
-              clang llvm libbpf-dev libbpf1 iproute2)
+              clang llvm libbpf-dev libbpf1 iproute2 libseccomp2
+              gpsd gpsd-tools python3-gps)
 NTPQ_DIR=/opt/ntpsec-extract          # ntpq lives at $NTPQ_DIR/usr/bin/ntpq
 export DEBIAN_FRONTEND=noninteractive
 

@@ -4,6 +4,7 @@ system clock): what is kept, and in which order the calls come."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +115,21 @@ def test_resolve_user() -> None:
     assert parse_spec("a:b") == ("a", "b") and parse_spec("a") == ("a", None)
     with pytest.raises(UserLookupError):
         parse_spec("a:")
+
+
+def test_a_root_owned_log_file_is_handed_over_not_refused(tmp_path: Path) -> None:
+    """The logging set-up creates the log file as root before the drop: it is chowned to
+    USER at the drop, so USER's access to it now must not refuse the start. A log file
+    owned by someone else is still checked."""
+    import os
+
+    from ntpy.config.parser import parse_text
+    from ntpy.daemon.runas import path_needs
+
+    log = tmp_path / "ntpy.log"
+    log.write_text("")
+    config = parse_text(f"logfile {log}\n").config
+    if os.geteuid() == 0:
+        assert not [n for n in path_needs(config, None) if "log file" in n.what]
+        os.chown(log, 65534, 65534)
+    assert [n.path for n in path_needs(config, None) if "log file" in n.what] == [str(log)]

@@ -245,3 +245,27 @@ def test_system_clock_slews_end_on_the_shell_timer_and_kernel_status_is_kept() -
     assert abs(clock.now_ns() - kernel.read_ns()) <= 1  # the kernel clock caught up
     assert shell._clock_timer_due is None or clock.timer_due_in_ns() is None
     shell.close()
+
+
+@pytest.mark.parametrize("rtcsync", [True, False])
+def test_kernel_status_follows_rtcsync(rtcsync: bool) -> None:
+    """Synchronized: STA_UNSYNC is cleared (the kernel's 11-minute RTC mode) only with
+    ``rtcsync`` on; ``rtcsync off`` keeps it set. The kernel is the simulator's model."""
+    from dataclasses import replace
+
+    from ntpy.clock import SystemClock
+    from ntpy.clock import timex as tx
+    from ntpy.sim.kernel import KernelClock
+
+    true_ns = [1_700_000_000 * NS]
+    kernel = KernelClock(lambda t: t, lambda: true_ns[0], strict=True)
+    clock = SystemClock(kernel, adjustable=True, realtime=kernel.read_ns, precision_log=-20)
+    clock.reset_kernel_discipline()
+    engine = SyncEngine(SyncOptions(), lambda: 12345)
+    shell = SyncShell(engine, clock, Loop("poll"), lambda st: None, lambda msg: None)
+    shell.rtcsync = rtcsync
+    synced = replace(engine.system_state(clock.now_ns()), leap=0, stratum=2)
+    assert synced.synchronized
+    shell._tell_kernel(synced)
+    assert bool(kernel.time_status & tx.STA_UNSYNC) is (not rtcsync)
+    shell.close()

@@ -160,9 +160,7 @@ def test_watchdog_for_another_pid_is_not_ours(
         assert not any("WATCHDOG=1" in m for m in notify.messages), notify.messages
 
 
-def test_hint_under_systemd_without_notify(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_hint_under_systemd_without_notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     monkeypatch.setenv("INVOCATION_ID", "0123456789abcdef0123456789abcdef")
     with running_ntpy(tmp_path, listen=(f"{HOST}:0",), extra=("--control-socket", "none")) as d:

@@ -74,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides the config's 'user'",
     )
     s.add_argument(
+        "-F",
+        dest="seccomp",
+        type=int,
+        choices=(-1, 0, 1),
+        metavar="LEVEL",
+        help="system-call filter after start-up (chronyd -F): 1 allow-list, other calls kill; "
+        "-1 other calls are logged by name; 0 none; overrides the config's 'seccomp'",
+    )
+    s.add_argument(
         "--control-socket",
         metavar="PATH",
         help="UNIX socket for 'ntpy status'/'ntpy peers' ('none' to disable; "
@@ -217,6 +226,7 @@ def _serve(args: argparse.Namespace) -> int:
         config_path=chosen.path,
         config_origin=chosen.origin,
         user=args.user,
+        seccomp=args.seccomp,
     )
     return serve(config, options)
 

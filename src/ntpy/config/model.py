@@ -122,6 +122,11 @@ class RefclockSpec:
     flag2: bool | None = None
     flag3: bool | None = None
     flag4: bool | None = None
+    path: str | None = None
+    """The device or socket (NTPsec's ``path``); None: the driver's default
+    (``/dev/gpsU``, ``/dev/ppsU``)."""
+    baud: int | None = None
+    """NMEA: the serial speed (NTPsec's ``baud``); None: from ``mode`` as ntpd, else 4800."""
     location: SourceLocation | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -454,6 +459,11 @@ class Config:
     """``user USER[:GROUP]``: drop root to this user after start-up (None: stay)."""
     fastpath: FastpathSpec | None = None
     """``fastpath xdp``: the kernel fast path (None: every request answered in Python)."""
+    seccomp: int = 0
+    """``seccomp LEVEL`` (chrony's ``-F``): 0 none, 1 allow-list killing, -1 logging."""
+    rtcsync: bool = True
+    """``rtcsync [on|off]``: clear STA_UNSYNC while synchronized, so the kernel copies the
+    system time to the RTC every 11 minutes (ntpd's behaviour; on by default)."""
     includes: tuple[str, ...] = ()
     """Every file read, top-level first (so a reloader knows what to watch)."""
     file_locations: tuple[tuple[str, SourceLocation], ...] = field(default=(), compare=False)

@@ -323,6 +323,8 @@ def _finish(state: State) -> Config:
         nts_ca=state.nts_ca,
         user=state.user,
         fastpath=state.fastpath,
+        seccomp=state.seccomp,
+        rtcsync=state.rtcsync,
         includes=tuple(state.includes),
         file_locations=tuple(state.file_locations.items()),
     )

@@ -122,6 +122,8 @@ class State:
     nts_ca: str | None = None
     user: UserSpec | None = None
     fastpath: FastpathSpec | None = None
+    seccomp: int = 0
+    rtcsync: bool = True
     includes: list[str] = field(default_factory=list)
     warnings: list[ConfigWarning] = field(default_factory=list)
     errors: list[ConfigError] = field(default_factory=list)

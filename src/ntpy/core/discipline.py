@@ -155,6 +155,8 @@ def fold_correction(sources: Iterable[Source], at: int, offset: int, dfreq: floa
     clock's time, so the regressions keep fitting across updates."""
     for src in sources:
         src.stats.apply_correction(at, offset, dfreq)
+        if src.refclock is not None:
+            src.refclock.apply_correction(at, offset, dfreq)
         if src.pending is not None and src.pending.t1_ns is not None:
             t1 = src.pending.t1_ns
             src.pending.t1_ns = t1 + round(offset + dfreq * (t1 - at))

@@ -40,11 +40,12 @@ from ntpy.core.discipline import MAX_FREQ_PPB, PANIC, WAIT, Discipline
 from ntpy.core.exchange import NO_AUTH, ClientAuth, KissCode
 from ntpy.core.notices import Notices
 from ntpy.core.options import SyncOptions
+from ntpy.core.refclock import RawSample, Refclock, RefclockConfig
 from ntpy.core.report import never_reached, source_status, sync_status
 from ntpy.core.select import Selection
 from ntpy.core.selection import Selector
 from ntpy.core.source import Source, SourceConfig, label
-from ntpy.core.sourcestats import offset_at
+from ntpy.core.sourcestats import Measurement, offset_at
 from ntpy.core.status import SourceState, SyncStatus, peer_status_word
 from ntpy.core.system import SystemState
 from ntpy.core.sysvars import SystemVariables
@@ -53,6 +54,7 @@ from ntpy.core.timestamps import NS_PER_S, precision_to_ns
 __all__ = ["MAX_FREQ_PPB", "SourceConfig", "SyncEngine", "SyncOptions"]
 
 HOUSEKEEPING_NS = 4 * NS_PER_S
+UNREACHABLE_POLL_NS = 2 * NS_PER_S
 FIRST_UPDATE_WAIT_NS = 16 * NS_PER_S
 
 
@@ -110,6 +112,37 @@ class SyncEngine:
         self.sources[sid] = Source(sid, config, self.precision_ns, now_mono, spread, auth)
         return sid
 
+    def add_refclock(
+        self,
+        clock: RefclockConfig,
+        now_mono: int,
+        *,
+        prefer: bool = False,
+        noselect: bool = False,
+        poll: int = 4,
+    ) -> int:
+        """A reference clock (``core/refclock.py``): a source whose samples the shell hands
+        to ``refclock_sample``; it is polled every 2**poll s like ntpd's refclocks."""
+        cfg = SourceConfig(
+            name=clock.name,
+            address=clock.address,
+            kind="refclock",
+            prefer=prefer,
+            noselect=noselect,
+            minpoll=poll,
+            maxpoll=poll,
+        )
+        sid = self.add_source(cfg, now_mono)
+        self.sources[sid].refclock = Refclock(clock)
+        return sid
+
+    def refclock_sample(self, source_id: int, sample: RawSample) -> bool:
+        """A reading of reference clock ``source_id``, kept until its next poll."""
+        src = self.sources.get(source_id)
+        if src is None or src.refclock is None:
+            return False
+        return src.refclock.add(sample)
+
     def remove_source(self, source_id: int) -> None:
         self.sources.pop(source_id, None)
         self.notices.forget(source_id)
@@ -149,7 +182,10 @@ class SyncEngine:
         actions: list[Action] = []
         for src in list(self.sources.values()):
             if src.due(now_mono):
-                self._poll(src, now_mono, actions)
+                if src.refclock is not None:
+                    self._poll_refclock(src, now_mono, now_clock, actions)
+                else:
+                    self._poll(src, now_mono, actions)
         if (
             self._first_wait_pending()
             and self.start_mono is not None
@@ -172,7 +208,6 @@ class SyncEngine:
         if src is None:
             return []
         actions: list[Action] = []
-        prev = src.stats.estimate
         m, reason = src.receive(data, t4_clock, now_mono)
         self.notices.source_replied(src, actions)
         self.notices.authentication(src, actions)
@@ -184,26 +219,33 @@ class SyncEngine:
         if m is None:
             self.notices.reason_changed(self, actions)
             return actions
+        self._accept(src, m, t4_clock, now_mono, actions)
+        self.notices.reason_changed(self, actions)
+        return actions
+
+    def _accept(
+        self, src: Source, m: Measurement, now_clock: int, now_mono: int, actions: list[Action]
+    ) -> None:
+        """A measurement into the source's statistics, then the rest of the pipeline."""
+        prev = src.stats.estimate
         est = src.stats.add(m)
-        if prev is not None:
+        if prev is not None and src.refclock is None:  # a refclock's poll is fixed
             innovation = m.offset_ns - offset_at(prev, m.time_ns)
             sd = math.hypot(prev.offset_sd_ns, est.jitter_ns, m.delay_ns / 4.0)
             src.adapt_poll(innovation, sd, est)
-        self._update(now_mono, t4_clock, actions)
+        self._update(now_mono, now_clock, actions)
         actions.append(
             PeerStats(
-                time_ns=t4_clock,
+                time_ns=now_clock,
                 source_id=src.id,
                 address=host(src.config.address),
-                status=peer_status_word(source_status(self, src, now_mono, t4_clock)),
+                status=peer_status_word(source_status(self, src, now_mono, now_clock)),
                 offset_ns=m.offset_ns,
                 delay_ns=m.delay_ns,
-                dispersion_ns=src.dispersion_now(t4_clock),
+                dispersion_ns=src.dispersion_now(now_clock),
                 jitter_ns=round(est.jitter_ns),
             )
         )
-        self.notices.reason_changed(self, actions)
-        return actions
 
     # ----------------------------------------------------------------- the stages in order
 
@@ -216,6 +258,47 @@ class SyncEngine:
             src.state = SourceState.UNREACHABLE
             self.notices.source_unreachable(src, actions)
         pool.after_poll(src, was_reachable, actions)
+
+    def _poll_refclock(
+        self, src: Source, now_mono: int, now_clock: int, actions: list[Action]
+    ) -> None:
+        """A reference clock's poll: its waiting samples become one measurement (or none:
+        the reach register says so, and an unreachable clock is polled every 2 s)."""
+        clock = src.refclock
+        assert clock is not None
+        was_reachable, missed_first = src.reachable, never_reached(src)
+        src.reach = (src.reach << 1) & 0xFF
+        m = clock.take(self._pulse_locked(src), self.precision_ns)
+        if m is not None:
+            src.reach |= 1
+            src.last_reply_mono = now_mono
+            src.counters["samples"] += 1
+            self.notices.source_replied(src, actions)
+        interval = src.poll_interval_ns()
+        src.next_poll_mono = now_mono + (
+            interval if src.reachable else min(interval, UNREACHABLE_POLL_NS)
+        )
+        if not src.reachable and (was_reachable or missed_first):
+            src.state = SourceState.UNREACHABLE
+            self.notices.source_unreachable(src, actions)
+        if m is not None:
+            self._accept(src, m, now_clock, now_mono, actions)
+
+    def _pulse_locked(self, src: Source) -> bool:
+        """ntpd's prefer peer rule for a PPS clock: usable while we are synchronized and a
+        truechimer of the last selection -- a ``prefer`` one if any is configured -- is not
+        itself a pulse clock, so that source's whole seconds hold."""
+        if src.refclock is None or not src.refclock.config.pulse:
+            return True
+        if not self.synced:
+            return False
+        others = [
+            s
+            for s in self.sources.values()
+            if s is not src and not (s.refclock is not None and s.refclock.config.pulse)
+        ]
+        preferred = [s for s in others if s.config.prefer] or others
+        return any(s.tally in "*+-#" for s in preferred)
 
     def _log_kiss(self, src: Source, code: KissCode, actions: list[Action]) -> None:
         """At warning: each RATE (each one lengthens the poll), and DENY/RSTR (logged once:

@@ -9,11 +9,12 @@ snapshot now carries a typed ``SyncReason`` and a sentence with the numbers behi
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ntpy.core.address import host, port
 from ntpy.core.ntsauth import NtsAuth
-from ntpy.core.packet import LEAP_ALARM, LEAP_NONE, refid_to_text
+from ntpy.core.packet import LEAP_ALARM, LEAP_NONE, refid_from_text, refid_to_text
 from ntpy.core.source import Source, label
 from ntpy.core.sourcestats import offset_at
 from ntpy.core.status import SourceState, SourceStatus, SyncReason, SyncStatus
@@ -130,6 +131,26 @@ def diagnose(eng: SyncEngine) -> tuple[SyncReason, str]:
 
 
 def source_status(eng: SyncEngine, src: Source, now_mono: int, now_clock: int) -> SourceStatus:
+    status = _source_status(eng, src, now_mono, now_clock)
+    clock = src.refclock
+    if clock is None:
+        return status
+    last = src.stats.last()
+    cfg = clock.config
+    return replace(
+        status,
+        refid=cfg.refid,
+        refid_raw=refid_from_text(cfg.refid),
+        stratum=cfg.stratum,
+        leap=last.leap if last is not None and src.reachable else LEAP_ALARM,
+        type_char="l",
+        precision=cfg.precision,
+        ppoll=src.poll,
+        error=clock.error,
+    )
+
+
+def _source_status(eng: SyncEngine, src: Source, now_mono: int, now_clock: int) -> SourceStatus:
     est = src.stats.estimate
     last = src.stats.last()
     sample = None if src.kod else src.last_sample  # a refusing server shows its kiss

@@ -38,6 +38,7 @@ from ntpy.core.exchange import (
     kiss_reason,
 )
 from ntpy.core.packet import LEAP_ALARM
+from ntpy.core.refclock import Refclock
 from ntpy.core.sourcestats import MAX_SAMPLES, Estimate, Measurement, SourceStats
 from ntpy.core.status import SourceState
 from ntpy.core.system import PHI_PPB
@@ -132,6 +133,8 @@ class Source:
         self.replace_requested = False
         self.error: str | None = None
         """Set by the shell when requests cannot go out (no socket): shown in status."""
+        self.refclock: Refclock | None = None
+        """For a reference clock (``kind == "refclock"``): its samples between polls."""
         # First poll soon after start, spread a little so sources do not fire together.
         self.next_poll_mono = now_mono + int(jitter * NS_PER_S)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from ntpy.core.actions import Action, LogEvent
 from ntpy.core.options import SyncOptions
-from ntpy.core.packet import LEAP_ALARM
+from ntpy.core.packet import LEAP_ALARM, refid_from_text
 from ntpy.core.select import Selection
 from ntpy.core.source import Source, label
 from ntpy.core.system import (
@@ -69,7 +69,12 @@ class SystemVariables:
         assert est is not None and last is not None
         self.leap = sel.leap
         self.stratum = min(last.stratum + 1, STRATUM_UNSYNC)
-        self.refid = address_refid(peer.config.address)
+        clock = peer.refclock
+        self.refid = (
+            refid_from_text(clock.config.refid)
+            if clock is not None
+            else address_refid(peer.config.address)
+        )
         self.reference_ns = now_clock + offset_ns
         self.root_delay_ns = last.root_delay_ns + est.min_delay_ns
         self.root_disp_ns = (

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import signal
 import sys
 import time
@@ -28,6 +27,7 @@ from ntpy.core.status import SyncStatus
 from ntpy.core.system import SystemState
 from ntpy.core.timestamps import NS_PER_S as NS
 from ntpy.daemon import ipc
+from ntpy.daemon.announce import announce
 from ntpy.daemon.assemble import (
     StartupError,
     build_clock,
@@ -49,14 +49,16 @@ from ntpy.daemon.assemble import (
 from ntpy.daemon.control import ControlServer
 from ntpy.daemon.driftfile import WRITE_INTERVAL_NS
 from ntpy.daemon.fastpath import XdpFastPath, start_fastpath
-from ntpy.daemon.local_clock import describe_local
+from ntpy.daemon.kernelsync import KernelSyncStatus, disciplines
 from ntpy.daemon.logsetup import LogSetup
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.nts_service import NtsService, NtsStartError
 from ntpy.daemon.policy import build_access, build_limiter, limits_changed
 from ntpy.daemon.privdrop import PrivilegeError, capabilities_to_keep
+from ntpy.daemon.refclocks import RefclockShell
 from ntpy.daemon.reload import ReloadPlan, plan_reload
 from ntpy.daemon.runas import RunAs, identity_for
+from ntpy.daemon.seccomp import Confinement, SeccompError
 from ntpy.daemon.server import ControlHandler, NtpServer
 from ntpy.daemon.sync import SyncShell
 from ntpy.daemon.systemd import Systemd
@@ -88,6 +90,8 @@ class ServeOptions:
     """Where the config came from, for the start-up log (default: ``config_path``)."""
     user: str | None = None
     """``-u USER[:GROUP]``: drop root after start-up (wins over the ``user`` directive)."""
+    seccomp: int | None = None
+    """``-F LEVEL``: the system-call filter (wins over the ``seccomp`` directive)."""
 
 
 class Daemon:
@@ -113,6 +117,12 @@ class Daemon:
             clock_vouched=vouched,
         )
         self.access = start_access(config)
+        self.kernel_status = (
+            KernelSyncStatus(self.clock, config.rtcsync)
+            if isinstance(self.clock, SystemClock) and disciplines(config)
+            else None
+        )
+        """STA_UNSYNC and the RTC's 11-minute mode (``daemon/kernelsync.py``)."""
         self.systemd = Systemd.from_environment(self.status)
         """Passed sockets and notifications (``daemon/systemd.py``); inert outside systemd."""
         self.workers = self.systemd.limit_workers(
@@ -146,7 +156,10 @@ class Daemon:
             self._panic,
             keys=self.responder.keys,
         )
+        self.refclocks = RefclockShell(self.engine, self.clock, self.loop)
+        """The reference clocks' drivers (SHM, SOCK, NMEA, PPS); the engine polls them."""
         self.sync.on_sources = self._sources_changed  # `restrict source` follows them
+        self.sync.rtcsync = config.rtcsync
         self.sync.nts.configure(config.nts_ca, config.driftfile)
         self.control: ControlServer | None = None
         self.stats: StatsFiles | None = None
@@ -155,6 +168,8 @@ class Daemon:
         self.web: WebService | None = None
         self.run_as: RunAs | None = None
         """With ``-u``/``user``: the drop, checked before anything binds."""
+        self.confinement: Confinement | None = None
+        """``-F``/``seccomp``: the system-call filter (``daemon/seccomp.py``)."""
 
     def _set_state(self, state: SystemState) -> None:
         if state != self.responder.state:
@@ -181,6 +196,8 @@ class Daemon:
         self._set_state(self.engine.system_state(now))
         if self.lastgood is not None:
             self.lastgood.first_sync(self.engine.synced, now)
+        if self.kernel_status is not None:
+            self.kernel_status.update(self.engine.synced, self.responder.state, now)
 
     def status(self) -> SyncStatus:
         return self.engine.status(time.monotonic_ns(), cooked_now(self.clock))
@@ -250,7 +267,7 @@ class Daemon:
         """Before disciplining the kernel clock, switch off the kernel PLL another daemon may
         have left running (two loops would fight). Only with upstreams: serving the local
         clock never adjusts anything, so it never touches the kernel either."""
-        if isinstance(self.clock, SystemClock) and self.config.servers:
+        if isinstance(self.clock, SystemClock) and disciplines(self.config):
             try:
                 self.clock.reset_kernel_discipline()
             except ClockError as exc:
@@ -264,6 +281,11 @@ class Daemon:
             if ident is not None:
                 self.run_as = RunAs(ident, self.config, self.options.config_path)
         except PrivilegeError as exc:
+            raise StartupError(str(exc)) from None
+        level = self.options.seccomp
+        try:
+            self.confinement = Confinement(self.config.seccomp if level is None else level)
+        except SeccompError as exc:
             raise StartupError(str(exc)) from None
 
     def _drop(self) -> None:
@@ -280,7 +302,7 @@ class Daemon:
     def _release_kernel_clock(self) -> None:
         """Never leave the kernel clock slewing fast: back to the base rate, and the rest
         of the correction handed to the kernel's own 500 ppm slew."""
-        if isinstance(self.clock, SystemClock) and self.config.servers:
+        if isinstance(self.clock, SystemClock) and disciplines(self.config):
             try:
                 self.clock.close()
             except ClockError as exc:
@@ -306,16 +328,19 @@ class Daemon:
             )
             if self.run_as is not None:
                 self.pool.after_fork = self.run_as.worker()
+            if self.confinement is not None and self.confinement.level:
+                self.pool.confine_worker = self.confinement.worker
         else:
             open_server(self.server, self.loop, required, optional, self.systemd.activated)
         self._start_nts()
         listener = self.nts.listener if self.nts is not None else None
         self.systemd.check_sockets([*required, *optional], listener.bound if listener else [])
-        self._announce()
+        announce(self)
         if self.pool is not None:
             self.pool.start()  # after the log lines above; before any other socket opens
         self.stats = open_stats(self.config, self.clock, self.sync.recorders)
         self.sync.add_configured(self.config.servers)
+        self.refclocks.add_configured(self.config.refclocks)
         self.sync.start()
         self.loop.call_every(16 * NS, self.refresh_state)
         if self.drift is not None:
@@ -352,6 +377,11 @@ class Daemon:
                 self.config, self.clock, self.responder, self.limiter, eps, self.loop
             )
         self._drop()
+        if self.confinement is not None:  # last: everything is bound, opened and imported
+            try:
+                self.confinement.main()
+            except SeccompError as exc:
+                raise StartupError(str(exc)) from None
 
     def _start_nts(self) -> None:
         """The KE listener, and NTS on the responder (the workers get its ring at fork)."""
@@ -454,40 +484,6 @@ class Daemon:
         close_stats(self.stats, self.sync.recorders)
         self.stats = open_stats(config, self.clock, self.sync.recorders)
 
-    def _announce(self) -> None:
-        log.info("ntpy %s starting (pid %d)", __version__, os.getpid())
-        options = self.options
-        log.info(
-            "configuration: %s",
-            options.config_origin or options.config_path or "built-in default config",
-        )
-        log.info("clock: %s; precision 2^%d s", self.clock_reason, self.precision)
-        n = len(self.config.servers)
-        local = self.engine.opts.local
-        if n:
-            log.info("%d upstream server/pool line(s) configured", n)
-        if local is not None:
-            log.info(
-                "%s (%s)",
-                describe_local(self.config, local.served_stratum),
-                "fallback when the upstreams are lost" if n else "the time source",
-            )
-        if not n and local is None:
-            log.info(
-                "no time source configured: serving as unsynchronized (leap alarm, stratum 0) "
-                "so clients will not use this server"
-            )
-        if self.pool is not None:
-            for ep in self.pool.endpoints:
-                log.info(
-                    "listening on %s (%s loop, %d workers)",
-                    ep.bound,
-                    self.loop.selector_name,
-                    self.workers,
-                )
-        for ep in self.server.endpoints:
-            log.info("listening on %s (%s loop)", ep.bound, self.loop.selector_name)
-
     def _on_stop(self, signum: int) -> None:
         log.info("received %s, shutting down", signal.Signals(signum).name)
         self.loop.stop()
@@ -517,6 +513,7 @@ class Daemon:
             self.sync.close()
             if self.fastpath is not None:
                 self.fastpath.close()
+            self.refclocks.close()
             self._release_kernel_clock()
             if self.stats is not None:
                 self.stats.close()

@@ -41,6 +41,8 @@ RESTART_FIELDS = (
     "nts_ca",
     "user",
     "fastpath",
+    "seccomp",
+    "rtcsync",
 )
 """Settings the engine, sockets or listeners were built from: a restart applies them."""
 

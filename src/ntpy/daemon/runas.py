@@ -115,7 +115,7 @@ def path_needs(config: Config, config_path: str | None) -> list[PathNeed]:
         )
     if config.logfile:
         target = config.logfile if os.path.exists(config.logfile) else None
-        if target is not None:
+        if target is not None and not _handed_over(target):
             needs.append(
                 PathNeed(
                     f"log file {config.logfile}",
@@ -136,6 +136,16 @@ def path_needs(config: Config, config_path: str | None) -> list[PathNeed]:
             ring = ring_path(config.nts, config.driftfile)
             needs.append(PathNeed(f"NTS cookie keys {ring}", ring, os.R_OK, False, reread))
     return needs
+
+
+def _handed_over(path: str) -> bool:
+    """A regular file root owns is given to USER at the drop (``chown_owned``): the log
+    file the logging set-up just created, for one. USER's access to it now says nothing."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return st.st_uid == 0 and stat.S_ISREG(st.st_mode)
 
 
 def owned_files(config: Config, control_socket: str | None) -> list[str]:

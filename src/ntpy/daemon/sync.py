@@ -46,6 +46,7 @@ from ntpy.core.symkey import SymmetricKeyAuth
 from ntpy.core.system import LocalReference, SystemState
 from ntpy.core.timestamps import NS_PER_S as NS
 from ntpy.daemon.client_socket import open_client_socket, recv_reply
+from ntpy.daemon.kernelsync import kernel_synchronised
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.ntssources import NtsClients, NtsPeer
 
@@ -92,7 +93,7 @@ def sync_options(
         local=local,
         orphan_stratum=tos.orphan,
         orphanwait_ns=int(tos.orphanwait * NS),
-        local_standalone=not config.servers,
+        local_standalone=not config.servers and all(r.is_local for r in config.refclocks),
         fallback_cold_start=tos.coldstart,
         fallback_activate_ns=local_activate_ns(config),
         clock_vouched=clock_vouched,
@@ -154,6 +155,8 @@ class SyncShell:
         self._clock_timer_due: int | None = None
         self._adjusted = False
         self._kernel_told: tuple[bool, int] | None = None
+        self.rtcsync = True
+        """``rtcsync``: clear STA_UNSYNC while synchronized (``daemon/kernelsync.py``)."""
         self.resolve_errors: dict[str, str] = {}
         """The last resolver error per name: logged again only when it changes."""
         self.retry_delay_ns = RESOLVE_RETRY_NS
@@ -491,7 +494,7 @@ class SyncShell:
         now = cooked_now(clock)
         try:
             clock.set_sync_status(
-                state.synchronized,
+                kernel_synchronised(state.synchronized, self.rtcsync),
                 state.root_dispersion_at(now),
                 state.root_distance_at(now),
             )

@@ -106,6 +106,8 @@ class WorkerSetup:
     nts_ring: bytes | None = None
     """With ``nts enable``: the cookie key ring file's bytes (updates come as
     ``CookieKeysUpdate``)."""
+    confine: Callable[[], None] | None = None
+    """``-F``: load the system-call filter, called once the worker's start-up is over."""
 
 
 class Worker:
@@ -333,6 +335,8 @@ class Worker:
         signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
         self.loop.call_every(COUNTER_PUSH_NS, self._push_counters)
         log.debug("worker %d (pid %d) serving", self.index, os.getpid())
+        if self.setup.confine is not None:
+            self.setup.confine()
         try:
             self.loop.run()
         finally:

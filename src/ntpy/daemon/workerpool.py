@@ -137,6 +137,8 @@ class WorkerPool:
         self._deferred: list[tuple[WorkerSlot, ipc.Mode6Request]] = []
         self.after_fork: Callable[[], None] | None = None
         """Called first in each new worker (``-u``: drop root, keeping no capability)."""
+        self.confine_worker: Callable[[], None] | None = None
+        """``-F``: what a worker calls when its start-up is over, just before its loop."""
         self.nts_ring: bytes | None = None
         """With ``nts enable``: the cookie key ring (file bytes) every worker serves with; a
         worker forked (or restarted) later gets it in its ``WorkerSetup``."""
@@ -190,6 +192,7 @@ class WorkerPool:
             parent_pid=os.getpid(),
             serve_now=self.released,
             nts_ring=self.nts_ring,
+            confine=self.confine_worker,
         )
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_SIGNALS)
         try:
@@ -515,5 +518,7 @@ def describe_status(status: int) -> str:
             name = signal.Signals(sig).name
         except ValueError:
             name = str(sig)
+        if sig == signal.SIGSYS:
+            return "was killed by SIGSYS (a system call outside the seccomp filter; see dmesg)"
         return f"was killed by {name}"
     return f"exited with status {os.waitstatus_to_exitcode(status)}"

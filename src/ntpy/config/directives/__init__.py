@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from ..state import Directive
-from . import access, misc, nts, service, sources, system
+from . import access, misc, nts, refclock, service, sources, system
 
 DIRECTIVES: dict[str, Directive] = {
     **sources.DIRECTIVES,
+    **refclock.DIRECTIVES,
     **access.DIRECTIVES,
     **system.DIRECTIVES,
     **misc.DIRECTIVES,

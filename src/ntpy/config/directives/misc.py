@@ -61,7 +61,6 @@ UNSUPPORTED_NTPD_DIRECTIVES = frozenset(
         "ntpsigndsocket",
         "phone",
         "qos",
-        "refclock",
         "reset",
         "revoke",
         "rlimit",
@@ -307,8 +306,10 @@ _FILE_DOCS = {
     "needs a restart.",
 }
 _INTERFACE_OPTIONS = (
-    ("listen ADDR", "listen on this single address, port 123 (a network is ignored with a "
-     "warning)"),
+    (
+        "listen ADDR",
+        "listen on this single address, port 123 (a network is ignored with a warning)",
+    ),
     ("ignore|drop ipv4|ipv6", "do not listen on the IPv4 (IPv6) wildcard"),
     ("ignore|drop all|wildcard", "listen on no wildcard address"),
     ("NAME", "an interface name: accepted, ignored (name addresses instead)"),
@@ -320,10 +321,7 @@ _INTERFACE_DOC = (
 )
 
 DIRECTIVES: dict[str, Directive] = {
-    **{
-        name: Directive(handle_file, f"{name} PATH", _FILE_DOCS[name])
-        for name in FILE_DIRECTIVES
-    },
+    **{name: Directive(handle_file, f"{name} PATH", _FILE_DOCS[name]) for name in FILE_DIRECTIVES},
     "trustedkey": Directive(
         handle_trustedkey,
         "trustedkey KEYID ... [(FIRST ... LAST)]",
@@ -338,8 +336,7 @@ DIRECTIVES: dict[str, Directive] = {
     "controlkey": Directive(
         handle_single_key,
         "controlkey KEYID (1..65535)",
-        "ntpd's mode 6 write key: checked against the keys file; ntpy refuses every mode 6 "
-        "write.",
+        "ntpd's mode 6 write key: checked against the keys file; ntpy refuses every mode 6 write.",
     ),
     "statistics": Directive(
         handle_statistics,
@@ -355,8 +352,10 @@ DIRECTIVES: dict[str, Directive] = {
         "How a statistics file is named and rotated.",
         (
             ("file FILE", "the file name in statsdir (default: the statistics name)"),
-            ("type " + "|".join(FILEGEN_TYPES), "rotation: day writes loopstats.YYYYMMDD "
-             "(default day)"),
+            (
+                "type " + "|".join(FILEGEN_TYPES),
+                "rotation: day writes loopstats.YYYYMMDD (default day)",
+            ),
             ("enable|disable", "write this file or not (default enable, with statistics)"),
             ("link|nolink", "keep the plain name a symlink to the current file (default link)"),
         ),

@@ -1,6 +1,7 @@
-"""ntpy's own service directives: ``metrics``, ``webstatus``, ``workers`` and ``user``.
+"""Service directives: ``metrics``, ``webstatus``, ``workers``, ``user``, ``seccomp``,
+``rtcsync``.
 
-They have no ntpd equivalent, so they follow chrony's style: one value per line, a later
+Most have no ntpd equivalent, so they follow chrony's style: one value per line, a later
 line replaces an earlier one (with a warning so a stray duplicate is noticed).
 """
 
@@ -118,6 +119,32 @@ def handle_fastpath(state: State, line: Line) -> None:
     state.fastpath = FastpathSpec("xdp", tuple(names), line.loc)
 
 
+def handle_seccomp(state: State, line: Line) -> None:
+    """``seccomp LEVEL``: chrony's ``-F`` levels (the command line's ``-F`` wins)."""
+    args = Args(line.args)
+    word = args.take()
+    args.expect_end()
+    if word is None or word not in ("0", "1", "-1"):
+        raise BadValue(
+            f"'seccomp' needs a level: 0 (off), 1 (allow-list, other calls kill) or -1 "
+            f"(allow-list, other calls are logged by name), got {show(word or '')}"
+        )
+    state.seccomp = int(word)
+
+
+def handle_rtcsync(state: State, line: Line) -> None:
+    """``rtcsync [on|off]``: chrony's spelling; no word means on."""
+    args = Args(line.args)
+    word = args.take()
+    args.expect_end()
+    if word is None or word.lower() in ("on", "yes"):
+        state.rtcsync = True
+    elif word.lower() in ("off", "no"):
+        state.rtcsync = False
+    else:
+        raise BadValue(f"'rtcsync' takes nothing, 'on' or 'off', got {show(word)}")
+
+
 def auto_workers() -> int:
     """One serving process per CPU core this process may run on."""
     try:
@@ -172,6 +199,27 @@ DIRECTIVES: dict[str, Directive] = {
         "becomes USER (and GROUP, default USER's group); the main process keeps only "
         "CAP_SYS_TIME, and only when it disciplines the system clock. The command line's -u "
         "wins. Default: stay root.",
+    ),
+    "seccomp": Directive(
+        handle_seccomp,
+        "seccomp 0 | 1 | -1",
+        "chrony's -F: after start-up (and after the drop to 'user') every process loads a "
+        "system-call filter that allows only the calls ntpy makes (the list and the reason "
+        "for each: docs/seccomp.md). 1: any other call kills the process by SIGSYS (the "
+        "kernel's audit log names it); -1: ntpy logs the forbidden call by name, then dies "
+        "by SIGSYS; 0: no filter. Needs libseccomp2. The command line's -F wins. Changing "
+        "it needs a restart. Default: 0.",
+    ),
+    "rtcsync": Directive(
+        handle_rtcsync,
+        "rtcsync [on | off]",
+        "chrony's rtcsync, ntpd's kernel 11-minute mode: while the system clock is "
+        "synchronized, ntpy clears STA_UNSYNC in the kernel, and Linux then copies the "
+        "system time to the hardware clock (RTC) every 11 minutes; 'off' keeps STA_UNSYNC "
+        "set, so the RTC is never written (and programs that read the kernel's status, "
+        "such as timedatectl, see the clock as unsynchronized). The virtual clock (-x) "
+        "never touches the kernel or the RTC. Changing it needs a restart. Default: on, "
+        "as ntpd does.",
     ),
 }
 

@@ -12,6 +12,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any, cast
 
 from ntpy.core import ntsaead
+from ntpy.core.refclock import DRIVERS
 
 from ..errors import SourceLocation
 from ..model import (
@@ -299,7 +300,7 @@ def handle_fudge(state: State, line: Line) -> None:
         if option == "stratum":
             pending.values["stratum"] = parse_int(args.take(), "stratum", 0, 15)
         elif option == "refid":
-            pending.values["refid"] = _refid(args.take())
+            pending.values["refid"] = parse_refid(args.take())
         elif option in ("time1", "time2"):
             pending.values[option] = parse_float(args.take(), option)
         elif option in ("flag1", "flag2", "flag3", "flag4"):
@@ -308,7 +309,7 @@ def handle_fudge(state: State, line: Line) -> None:
             raise BadValue(f"unknown fudge option {show(word)}")
 
 
-def _refid(token: str | None) -> str:
+def parse_refid(token: str | None) -> str:
     if (
         token is None
         or not 1 <= len(token) <= 4
@@ -353,6 +354,14 @@ def finish_refclocks(state: State) -> tuple[RefclockSpec, ...]:
             )
     result = []
     for key, spec in state.refclocks.items():
+        if spec.driver != LOCAL_CLOCK_DRIVER and spec.driver not in DRIVERS:
+            if spec.location is not None:
+                state.warn(
+                    spec.location,
+                    f"reference clock type {spec.driver} ({spec.address}) is not one ntpy "
+                    "has (1 local, 20 NMEA, 22 PPS, 28 SHM; 'refclock sock'): ignored",
+                )
+            continue
         values = dict(state.fudges[key].values) if key in state.fudges else {}
         values.setdefault("stratum", _default_stratum(spec.driver))
         values.setdefault("refid", _default_refid(spec.driver))
@@ -367,7 +376,10 @@ def _default_stratum(driver: int) -> int:
 
 
 def _default_refid(driver: int) -> str | None:
-    return LOCAL_CLOCK_DEFAULT_REFID if driver == LOCAL_CLOCK_DRIVER else None
+    if driver == LOCAL_CLOCK_DRIVER:
+        return LOCAL_CLOCK_DEFAULT_REFID
+    known = DRIVERS.get(driver)
+    return known.refid if known is not None else None
 
 
 DIRECTIVES: dict[str, Directive] = {
@@ -375,8 +387,8 @@ DIRECTIVES: dict[str, Directive] = {
         handle_server,
         _usage("server"),
         "An upstream NTP server to synchronize to (a name is resolved once; an unresolvable "
-        "one is retried from 1 min, doubling to 1 h). 127.127.1.U is the local clock driver: "
-        "see fudge.",
+        "one is retried from 1 min, doubling to 1 h). 127.127.T.U is reference clock type "
+        "T unit U: see fudge and refclock.",
         SERVER_OPTION_DOCS,
     ),
     "pool": Directive(
@@ -397,15 +409,23 @@ DIRECTIVES: dict[str, Directive] = {
     "fudge": Directive(
         handle_fudge,
         FUDGE_USAGE,
-        "Settings of a reference clock driver, for the local clock 127.127.1.U: its "
-        "stratum (served as stratum + 1, as ntpd does; default 5, ntpd's) and refid. With "
-        "upstreams configured the local clock takes over only after they have been lost for "
-        "'tos orphanwait'. The other fields are accepted for ntpd configs.",
+        "Settings of a reference clock driver (ntpd's; 'refclock' takes the same options). "
+        "The local clock 127.127.1.U serves at its stratum + 1 (default 5, ntpd's) and, with "
+        "upstreams configured, takes over only after they have been lost for 'tos "
+        "orphanwait'. 127.127.28.U is gpsd's shared memory (SHM), 127.127.20.U a serial NMEA "
+        "GPS, 127.127.22.U a kernel PPS device: see refclock.",
         (
-            ("stratum N", "the local clock's stratum, 0..15 (default 5)"),
-            ("refid TEXT", "up to 4 characters: the driver's reference ID"),
-            ("time1 SECONDS, time2 VALUE", "driver offsets: accepted, unused by the local clock"),
-            ("flag1..flag4 0|1", "driver flags: accepted, unused by the local clock"),
+            ("stratum N", "the clock's stratum, 0..15 (local clock default 5; others 0)"),
+            ("refid TEXT", "up to 4 characters (defaults: LOCL, SHM, GPS, PPS, SOCK)"),
+            (
+                "time1 SECONDS",
+                "offset added to every sample of SHM, PPS and SOCK clocks",
+            ),
+            ("time2 VALUE", "NMEA: the sentence delay added to every sample"),
+            (
+                "flag1..flag4 0|1",
+                "driver flags: accepted; flag3 (PPS kernel hardpps) is not supported",
+            ),
         ),
     ),
     "local": Directive(
