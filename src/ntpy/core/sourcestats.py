@@ -28,6 +28,7 @@ import itertools
 import math
 from dataclasses import dataclass
 
+from ntpy.core import wander
 from ntpy.core.filter import JumpFilter, Measurement, Verdict
 from ntpy.core.timestamps import NS_PER_S
 
@@ -44,15 +45,22 @@ __all__ = [
 
 MAX_SAMPLES = 64
 MIN_REGRESSION = 3
-FLOOR_FRACTION = 0.1
 ADAPT_WANDER = True
-WANDER_SHARE = 0.1
 SCALE_FLOOR = 1.0
 Q_MIN = (0.1e-9) ** 2
 Q_MAX = (100e-9) ** 2
+NOISE_MIN = 0.5
+NOISE_MAX = 100.0
 WANDER_Q = (2e-9) ** 2
 """Assumed frequency random walk of our oscillator, (fraction/s)^2 per s: about 2 ppb per
 sqrt(s), between a temperature-stable room (~1 ppb) and a busy machine (~10 ppb)."""
+Q_LOW = WANDER_Q
+"""The least wander learned: the assumed one is a floor, the history may only show more
+(below it, a few hours of samples cannot tell wander from noise anyway)."""
+QUICK_GAP_FACTOR = 1.5
+"""The quickest sample's own queueing, as a multiple of the mean gap between the three
+quickest delays: 1 for a flat-bottomed delay distribution (exponential queueing one way),
+about 2.7 for one rising linearly from the minimum (queueing both ways); between the two."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +108,8 @@ class SourceStats:
         self.estimate: Estimate | None = None
         self.q = WANDER_Q
         """Frequency random-walk rate assumed for our oscillator, (fraction/s)^2 per s."""
-        self.surprise = 1.0
+        self.noise = 1.0
+        """How much more a sample scatters than the delay model says (learned with q)."""
         self.filter = JumpFilter()
         """The filter stage in front of the fit: holds a wild sample, spots jumps."""
 
@@ -116,9 +125,9 @@ class SourceStats:
         """Pass a sample through the filter, learn from how well it was predicted, and refit."""
         est = self.estimate
         innovation: float | None = None
-        predicted = wander = 0.0
+        predicted = 0.0
         if est is not None and len(self.samples) >= MIN_REGRESSION:
-            innovation, predicted, wander = self._prediction(m, est)
+            innovation, predicted = self._prediction(m, est)
         verdict, held = self.filter.screen(m, innovation, predicted)
         if verdict is Verdict.HOLD:
             assert est is not None
@@ -126,45 +135,47 @@ class SourceStats:
         if verdict is Verdict.JUMP:
             assert held is not None
             self.samples = [held]  # the fit starts again on the new timescale
-        elif innovation is not None and ADAPT_WANDER:
-            self._learn_wander(innovation, predicted, wander)
         self.samples.append(m)
         if len(self.samples) > MAX_SAMPLES:
             del self.samples[0]
+        if ADAPT_WANDER:
+            self._learn()
         self.estimate = self._fit()
         return self.estimate
 
-    def _prediction(self, m: Measurement, est: Estimate) -> tuple[float, float, float]:
-        """(innovation, its predicted variance, the wander part of it) for a new sample:
+    def _prediction(self, m: Measurement, est: Estimate) -> tuple[float, float]:
+        """(innovation, its predicted variance) for a new sample:
         offset and frequency uncertainty, wander over the gap, the sample's own noise."""
         dt = max(0.0, (m.time_ns - est.time_ns) / NS_PER_S)
         excess = m.delay_ns - min(est.min_delay_ns, m.delay_ns)
         # The same noise model as the fit's weights: a prediction that expects less noise
         # than the fit assumes would read network noise as wander.
         floor = self._floor([*self.samples, m])
-        predicted = est.offset_sd_ns**2 + est.noise_scale * (floor**2 + excess**2 / 12.0)
+        noise = est.noise_scale * self.noise * _sample_var(excess, floor)
+        predicted = est.offset_sd_ns**2 + noise
         if math.isfinite(est.frequency_sd):
             predicted += (est.frequency_sd * dt * NS_PER_S) ** 2
         wander = self.q * 1e18 * dt**3 / 3.0
-        return m.offset_ns - offset_at(est, m.time_ns), predicted + wander, wander
+        return m.offset_ns - offset_at(est, m.time_ns), predicted + wander
 
-    def _learn_wander(self, innovation: float, predicted: float, wander: float) -> None:
-        """Adapt the wander model to how surprising new samples are.
-
-        A running mean of the normalized squared innovation above ~1 means the oscillator
-        wanders more than assumed: raise q; below ~1, lower it -- in equal steps, so plain
-        network noise (mean ~1) leaves q alone. Only samples whose predicted spread owes a
-        real share (10%) to wander teach anything about wander. Bounded to 0.1..100 ppb per
-        sqrt(s), so a burst of bad samples cannot make the model absurd.
-        """
-        if predicted <= 0 or wander < WANDER_SHARE * predicted:
-            return
-        z2 = min(innovation * innovation / predicted, 25.0)
-        self.surprise += 0.1 * (z2 - self.surprise)
-        if self.surprise > 1.5:
-            self.q = min(self.q * 1.25, Q_MAX)
-        elif self.surprise < 1.0 / 1.5:
-            self.q = max(self.q / 1.25, Q_MIN)
+    def _learn(self) -> None:
+        """Move the wander ``q`` and the noise scale one step toward what explains the
+        history best (``wander.step``: the likelihood of a Kalman filter's predictions, which
+        tells noise from wander by how they grow with the gap). ``q`` stays within
+        Q_LOW..Q_MAX, the scale within NOISE_MIN..NOISE_MAX times the delay model."""
+        samples = self.samples
+        dmin = min(s.delay_ns for s in samples)
+        floor = self._floor(samples)
+        newest = samples[-1].time_ns
+        self.q, self.noise = wander.step(
+            [(s.time_ns - newest) / NS_PER_S for s in samples],
+            [float(s.offset_ns) for s in samples],
+            [_sample_var(s.delay_ns - dmin, floor) for s in samples],
+            self.q,
+            self.noise,
+            (Q_LOW, Q_MAX),
+            (NOISE_MIN, NOISE_MAX),
+        )
 
     def wander_sd_ns(self, interval_s: float) -> float:
         """Offset uncertainty that frequency wander alone adds over ``interval_s``."""
@@ -188,20 +199,25 @@ class SourceStats:
             self.estimate = self._fit()
 
     def _floor(self, samples: list[Measurement]) -> float:
-        """The noise floor of any sample's offset, in ns.
+        """How much the quickest sample's offset is in error, in ns: the unknown queueing
+        it still had, from how far apart the quickest delays lie.
 
-        Even the quickest sample is not exact (the clock wanders off any straight line,
-        the path's fastest delay is not perfectly symmetric), so the variance has a floor
-        that scales with the path's typical queueing; without it one lucky sample would
-        pin the whole line."""
-        dmin = min(s.delay_ns for s in samples)
-        excess = sorted(s.delay_ns - dmin for s in samples)
-        return max(self.floor_sd_ns, FLOOR_FRACTION * excess[len(excess) // 2])
+        Delays are measured from the quickest sample's, but that one queued too: the path's
+        true minimum is lower by about the gap between the quickest delays. Every sample's
+        offset error is spread over its delay above the true minimum, so this is added to
+        each excess (``_sample_var``); without it one lucky sample would pin the whole
+        line. Taken from the quickest delays, not a share of the typical one, because the
+        quickest samples are the ones the fit leans on."""
+        excess = sorted(s.delay_ns for s in samples)
+        if len(excess) < 3:
+            return max(self.floor_sd_ns, (excess[-1] - excess[0]) / math.sqrt(12.0))
+        gap = QUICK_GAP_FACTOR * (excess[2] - excess[0]) / 2.0
+        return max(self.floor_sd_ns, gap / math.sqrt(12.0))
 
     def _weights(self, samples: list[Measurement]) -> list[float]:
         dmin = min(s.delay_ns for s in samples)
         floor = self._floor(samples)
-        floor2 = floor * floor
+        noise = self.noise
         newest = samples[-1].time_ns
         # Our oscillator's frequency wanders (a random walk), so an old sample departs from
         # any straight line through the recent ones by a variance growing as q * age^3 / 3.
@@ -209,8 +225,7 @@ class SourceStats:
         return [
             1.0
             / (
-                floor2
-                + (s.delay_ns - dmin) ** 2 / 12.0
+                noise * _sample_var(s.delay_ns - dmin, floor)
                 + q * ((newest - s.time_ns) / NS_PER_S) ** 3 / 3.0
             )
             for s in samples
@@ -299,6 +314,14 @@ class SourceStats:
             effective_samples=sw * sw / sum(wi * wi for wi in w),
         )
         return est, runs
+
+
+def _sample_var(excess: float, floor: float) -> float:
+    """Variance of a sample's offset by the delay model (before the learned noise scale):
+    with queueing ``x`` above the path's true minimum the offset error is spread evenly
+    over +-x/2, variance x^2 / 12; ``x`` is the excess over the quickest delay plus that
+    sample's own queueing (``floor`` is its standard deviation, x / sqrt(12))."""
+    return (excess / math.sqrt(12.0) + floor) ** 2
 
 
 def _spread(values: list[float]) -> float:

@@ -126,6 +126,13 @@ def _sweep_limit(jitter_ns: int, chrony_ns: int, ntpd_ns: int) -> int:
     return ntpd_ns if jitter_ns >= 10 * MS else chrony_ns * 4 // 5
 
 
+def _poll64_limit(jitter_ns: int, chrony_ns: int, ntpd_ns: int) -> int:
+    """RMS pass limit of a fixed 64 s poll run: 0.8x chrony's figure where every seed 1-5
+    beats it (10 us); elsewhere ntpd's figure (at 100 us the worst seed is 0.83x chrony, at
+    1 ms 1.07x, at 10 ms 1.5x)."""
+    return chrony_ns * 4 // 5 if jitter_ns <= 10 * US else ntpd_ns
+
+
 _JITTERS: tuple[tuple[str, int, tuple[int, int], tuple[int, int]], ...] = (
     # label, jitter, (chrony, ntpd) RMS default polling, (chrony, ntpd) RMS poll 64 s
     ("10us", 10 * US, (35 * US, 234 * US), (14 * US, 165 * US)),
@@ -177,7 +184,7 @@ def _build() -> tuple[Scenario, ...]:
                 description=(
                     f"minpoll = maxpoll = 6, wander 10 ppb/s, jitter {label}; "
                     f"sync limit {limit // US} us; steady-state RMS after {SWEEP_WARMUP_S} s "
-                    "must beat ntpd's"
+                    f"must beat {'0.8x chrony' if jitter <= 10 * US else 'ntpd'}'s"
                 ),
                 duration_s=10_000,
                 servers=_one_server(jitter),
@@ -186,7 +193,7 @@ def _build() -> tuple[Scenario, ...]:
                 maxpoll=6,
                 sync_limit_ns=limit,
                 metrics_from_s=SWEEP_WARMUP_S,
-                limits=Limits(rms_error_ns=n_64),
+                limits=Limits(rms_error_ns=_poll64_limit(jitter, c_64, n_64)),
                 reference=Reference(chrony_rms_ns=c_64, ntpd_rms_ns=n_64),
             )
         )
