@@ -48,6 +48,7 @@ from ntpy.daemon.assemble import (
 )
 from ntpy.daemon.control import ControlServer
 from ntpy.daemon.driftfile import WRITE_INTERVAL_NS
+from ntpy.daemon.leapkeeper import LeapKeeper, build_smear
 from ntpy.daemon.local_clock import describe_local
 from ntpy.daemon.logsetup import LogSetup
 from ntpy.daemon.loop import Loop
@@ -128,7 +129,11 @@ class Daemon:
         """With workers > 1: the serving processes (the main then answers no NTP itself)."""
         self.limiter = build_limiter(config, self.workers)
         self.responder = build_responder(config, self.precision, self.access, self.limiter)
-        self.server = NtpServer(self.clock, self.responder)
+        self.smeared = build_smear(config, self.clock)
+        if self.smeared is not None and self.workers > 1:
+            log.warning("leapsmear: serving from one process (worker processes do not smear)")
+            self.workers = 1
+        self.server = NtpServer(self.smeared or self.clock, self.responder)
         self.control_handler: ControlHandler | None = build_mode6(
             self.status, self.clock, lambda host, port: self.access.flags(host, port)
         )
@@ -143,6 +148,15 @@ class Daemon:
             self._panic,
             keys=self.responder.keys,
         )
+        self.leap = LeapKeeper(
+            self.engine,
+            self.clock,
+            self.loop,
+            lambda: cooked_now(self.clock),
+            self.refresh_state,
+            self.smeared,
+        )
+        self.leap.load(config.leapfile)
         self.sync.on_sources = self._sources_changed  # `restrict source` follows them
         self.sync.nts.configure(config.nts_ca, config.driftfile)
         self.control: ControlServer | None = None
@@ -154,6 +168,8 @@ class Daemon:
         """With ``-u``/``user``: the drop, checked before anything binds."""
 
     def _set_state(self, state: SystemState) -> None:
+        state = self.leap.served(state)
+        self.leap.update()
         if state != self.responder.state:
             self.responder.set_state(state)
             if self.pool is not None:
@@ -395,6 +411,8 @@ class Daemon:
         plan = plan_reload(self.config, new)
         if plan.logfile_changed and self.logs is not None:
             self.logs.configure(self.options.log_level, new.logfile)
+        self.leap.load(new.leapfile)  # always: the file may be new under the same name
+        self.refresh_state()
         if plan.access_changed:
             self._reload_access(new)
         if plan.servers_changed:

@@ -36,7 +36,6 @@ RESTART_FIELDS = (
     "metrics",
     "webstatus",
     "pidfile",
-    "leapfile",
     "nts",
     "nts_ca",
     "user",
