@@ -103,9 +103,7 @@ def ntpy_conf_page(directives: dict[str, Directive] | None = None) -> str:
     ]
     unsupported = sorted(n for n, d in table.items() if _is_unsupported(d))
     for module, title in SECTIONS:
-        names = [
-            n for n, d in table.items() if _section_of(d) == module and not _is_unsupported(d)
-        ]
+        names = [n for n, d in table.items() if _section_of(d) == module and not _is_unsupported(d)]
         if not names:
             continue
         lines += [".SH " + title]

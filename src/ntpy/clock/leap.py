@@ -40,23 +40,35 @@ def arm_leap(clock: Clock, event: LeapEvent | None, now_ns: int) -> int:
 
 
 def leap_done(clock: Clock, event: LeapEvent, now_ns: int) -> bool:
-    """Has ``clock`` performed ``event``? Near the instant, ask the clock (an inserted
-    second is read twice); elsewhere the reading alone tells."""
-    if isinstance(clock, LeapClock) and abs(now_ns - event.at_ns) <= 2 * NS_PER_S:
-        return clock.leap_applied()
-    return now_ns >= event.at_ns
+    """Has ``clock`` performed ``event``, given its reading ``now_ns``? A reading at or past
+    the leap instant comes after it; only an inserted second (read twice) needs the clock
+    asked, while it is read (the clock is disarmed only once past the instant)."""
+    if now_ns >= event.at_ns:
+        return True
+    if event.step < 0 or now_ns < event.at_ns - NS_PER_S:
+        return False
+    return isinstance(clock, LeapClock) and clock.leap_applied()
 
 
 class SmearedClock:
     """``clock`` with the leap smear added to what clients are served (see module doc).
 
-    ``event`` is set by the synchronization shell whenever the pending leap changes."""
+    The synchronization shell calls ``follow`` whenever the pending leap changes."""
 
     def __init__(self, clock: Clock, policy: SmearPolicy) -> None:
         self.inner = clock
         self.policy = policy
         self.event: LeapEvent | None = None
         self.name = clock.name
+
+    def follow(self, event: LeapEvent | None, now_ns: int) -> None:
+        """Smear for ``event``. The pending leap disappears at the leap instant, but a
+        smear can run on past it (noon to noon): the last one is kept until its window
+        is over."""
+        if event is not None:
+            self.event = event
+        elif self.event is not None and now_ns > self.policy.window(self.event)[1] + 2 * NS_PER_S:
+            self.event = None
 
     def _offset(self, t: int) -> int:
         event = self.event

@@ -508,7 +508,8 @@ class SystemClock:
 
     def leap_applied(self) -> bool:
         """The kernel has performed the armed leap (TIME_OOP, TIME_WAIT): what tells the
-        two passes through an inserted second apart."""
+        two passes through an inserted second apart. An unsynchronised kernel answers
+        TIME_ERROR instead, and this says False."""
         return self._read()[0] in (TIME_OOP, TIME_WAIT)
 
     def reset_kernel_discipline(self) -> None:

@@ -133,8 +133,13 @@ def next_boundary_ns(now_unix_ns: int, event: LeapEvent | None) -> int:
     change: the start of the next day, or the leap itself. The shell wakes there to
     republish the served state and re-arm the clock."""
     day_end = (now_unix_ns // DAY_NS + 1) * DAY_NS
-    if event is not None and now_unix_ns < event.at_ns < day_end:
-        return event.at_ns
+    if event is not None:
+        # a deleting clock jumps from 23:59:59 straight to the leap: wake at the jump
+        jump = event.at_ns - (NS_PER_S if event.step < 0 else 0)
+        if now_unix_ns < jump < day_end:
+            return jump
+        if now_unix_ns < event.at_ns < day_end:
+            return event.at_ns
     return day_end
 
 

@@ -115,8 +115,8 @@ class LeapKeeper:
             elif self.event is not None:
                 log.info("leap second no longer pending (%s)", describe(self.event))
             self.event = event
-            if self.smeared is not None:
-                self.smeared.event = event
+        if self.smeared is not None:
+            self.smeared.follow(event, now)
         try:
             armed = arm_leap(self.clock, event, now)
         except Exception:  # a failed adjtimex must not stop time keeping

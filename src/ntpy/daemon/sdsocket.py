@@ -86,8 +86,7 @@ class Activated:
         if address.family != socket.AF_INET or not address.wildcard:
             return False
         return any(
-            p.kind == "udp" and p.dual_stack and p.bound.port == address.port
-            for p in self.sockets
+            p.kind == "udp" and p.dual_stack and p.bound.port == address.port for p in self.sockets
         )
 
     def check_all_used(

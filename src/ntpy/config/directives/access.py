@@ -238,9 +238,11 @@ DIRECTIVES: dict[str, Directive] = {
             ("version", "refuse requests of NTP versions before 4"),
             ("notrust", "serve only requests with a valid MAC"),
             ("ntpport", "the line matches only clients sending from port 123"),
-            ("nomodify, notrap, lowpriotrap, nopeer, noepeer, nomrulist, mssntp, flake",
-             "accepted for ntpd configs: ntpy never changes state from the network, has no "
-             "traps, peers, MRU list or MS-SNTP"),
+            (
+                "nomodify, notrap, lowpriotrap, nopeer, noepeer, nomrulist, mssntp, flake",
+                "accepted for ntpd configs: ntpy never changes state from the network, has no "
+                "traps, peers, MRU list or MS-SNTP",
+            ),
             ("serverresponse fuzz", "accepted with a warning: ntpy does not fuzz timestamps"),
         ),
     ),

@@ -312,8 +312,10 @@ _FILE_DOCS = {
     "needs a restart.",
 }
 _INTERFACE_OPTIONS = (
-    ("listen ADDR", "listen on this single address, port 123 (a network is ignored with a "
-     "warning)"),
+    (
+        "listen ADDR",
+        "listen on this single address, port 123 (a network is ignored with a warning)",
+    ),
     ("ignore|drop ipv4|ipv6", "do not listen on the IPv4 (IPv6) wildcard"),
     ("ignore|drop all|wildcard", "listen on no wildcard address"),
     ("NAME", "an interface name: accepted, ignored (name addresses instead)"),
@@ -325,10 +327,7 @@ _INTERFACE_DOC = (
 )
 
 DIRECTIVES: dict[str, Directive] = {
-    **{
-        name: Directive(handle_file, f"{name} PATH", _FILE_DOCS[name])
-        for name in FILE_DIRECTIVES
-    },
+    **{name: Directive(handle_file, f"{name} PATH", _FILE_DOCS[name]) for name in FILE_DIRECTIVES},
     "trustedkey": Directive(
         handle_trustedkey,
         "trustedkey KEYID ... [(FIRST ... LAST)]",
@@ -343,8 +342,7 @@ DIRECTIVES: dict[str, Directive] = {
     "controlkey": Directive(
         handle_single_key,
         "controlkey KEYID (1..65535)",
-        "ntpd's mode 6 write key: checked against the keys file; ntpy refuses every mode 6 "
-        "write.",
+        "ntpd's mode 6 write key: checked against the keys file; ntpy refuses every mode 6 write.",
     ),
     "statistics": Directive(
         handle_statistics,
@@ -360,8 +358,10 @@ DIRECTIVES: dict[str, Directive] = {
         "How a statistics file is named and rotated.",
         (
             ("file FILE", "the file name in statsdir (default: the statistics name)"),
-            ("type " + "|".join(FILEGEN_TYPES), "rotation: day writes loopstats.YYYYMMDD "
-             "(default day)"),
+            (
+                "type " + "|".join(FILEGEN_TYPES),
+                "rotation: day writes loopstats.YYYYMMDD (default day)",
+            ),
             ("enable|disable", "write this file or not (default enable, with statistics)"),
             ("link|nolink", "keep the plain name a symlink to the current file (default link)"),
         ),

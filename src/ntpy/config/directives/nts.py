@@ -128,22 +128,41 @@ DIRECTIVES: dict[str, Directive] = {
         "the key-exchange host's cookie keys only (a fleet member).",
         (
             ("enable|disable", "serve NTS (default disable)"),
-            ("cert FILE", "the certificate chain (e.g. Let's Encrypt's fullchain.pem); "
-             "SIGHUP re-reads it"),
+            (
+                "cert FILE",
+                "the certificate chain (e.g. Let's Encrypt's fullchain.pem); SIGHUP re-reads it",
+            ),
             ("key FILE", "its private key"),
-            ("cookie DIR|FILE", "where the cookie keys are kept (mode 0600; default: the "
-             "drift file's directory, else /var/lib/ntpy)"),
-            ("aead NAME...", "the AEADs offered (default: every one this host computes: "
-             "AES-SIV-CMAC-256, AES-128-GCM-SIV)"),
+            (
+                "cookie DIR|FILE",
+                "where the cookie keys are kept (mode 0600; default: the "
+                "drift file's directory, else /var/lib/ntpy)",
+            ),
+            (
+                "aead NAME...",
+                "the AEADs offered (default: every one this host computes: "
+                "AES-SIV-CMAC-256, AES-128-GCM-SIV)",
+            ),
             ("mintls|maxtls TLS1.3", "accepted only as TLS1.3"),
-            ("listen ADDRESS[:PORT]", f"the key exchange's address, repeatable (default: "
-             f"port {DEFAULT_KE_PORT} on every NTP address); socket activation passes it"),
-            ("ntpserver HOST[:PORT]", "the NTP server the key exchange names (default: this "
-             "host and its NTP port)"),
-            ("rotate SECONDS", "cookie key rotation interval (default 604800 = a week); 0 "
-             "= only read the keys file (fleet hosts)"),
-            ("ca FILE|DIR", "for NTS clients: the CA certificates that 'server HOST nts' "
-             "trusts (default: the system's)"),
+            (
+                "listen ADDRESS[:PORT]",
+                f"the key exchange's address, repeatable (default: "
+                f"port {DEFAULT_KE_PORT} on every NTP address); socket activation passes it",
+            ),
+            (
+                "ntpserver HOST[:PORT]",
+                "the NTP server the key exchange names (default: this host and its NTP port)",
+            ),
+            (
+                "rotate SECONDS",
+                "cookie key rotation interval (default 604800 = a week); 0 "
+                "= only read the keys file (fleet hosts)",
+            ),
+            (
+                "ca FILE|DIR",
+                "for NTS clients: the CA certificates that 'server HOST nts' "
+                "trusts (default: the system's)",
+            ),
         ),
     ),
 }

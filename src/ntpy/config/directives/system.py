@@ -262,6 +262,7 @@ def handle_clock(state: State, line: Line) -> None:
 
 _ENABLE_USAGE = "{} " + "|".join(SYSTEM_FLAG_NAMES) + " ..."
 
+
 def _defaults(spec: object, docs: dict[str, str]) -> tuple[tuple[str, str], ...]:
     """Option docs with each default read from the model's dataclass, so the manual cannot
     drift from the parser's defaults."""
@@ -282,8 +283,7 @@ _TOS_DOCS = {
     "being served, s",
     "orphan": "orphan mode stratum: serve the local time at this stratum when no source "
     "is left (16 = off)",
-    "orphanwait": "seconds the upstreams must be lost before the local or orphan clock "
-    "takes over",
+    "orphanwait": "seconds the upstreams must be lost before the local or orphan clock takes over",
     "coldstart": "1 = the local or orphan clock may serve before this run was ever "
     "synchronized (and no last-good file vouches for the clock); 0 = it waits",
     "ceiling": "sources at this stratum or above are not selectable",
@@ -345,8 +345,7 @@ DIRECTIVES: dict[str, Directive] = {
     "tos": Directive(
         handle_tos,
         "tos " + " ".join(f"[{k} VALUE]" for k in TOS_OPTIONS),
-        "ntpd's selection and orphan settings. A later line changes only the options it "
-        "names.",
+        "ntpd's selection and orphan settings. A later line changes only the options it names.",
         _defaults(TosSpec(), _TOS_DOCS),
     ),
     "tinker": Directive(
