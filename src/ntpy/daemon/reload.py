@@ -36,11 +36,13 @@ RESTART_FIELDS = (
     "metrics",
     "webstatus",
     "pidfile",
+    "leapsmear",
     "nts",
     "nts_ca",
     "user",
 )
-"""Settings the engine, sockets or listeners were built from: a restart applies them."""
+"""Settings the engine, sockets or listeners were built from: a restart applies them.
+(``leapfile`` is not here: every SIGHUP re-reads the leap file, changed or not.)"""
 
 
 @dataclass
