@@ -31,6 +31,7 @@ SECTIONS = (
     ("misc", "FILES, KEYS, STATISTICS AND INTERFACES"),
     ("service", "NTPY SERVICES"),
     ("nts", "NETWORK TIME SECURITY"),
+    ("leap", "LEAP SECONDS"),
 )
 """Man page sections by the registry module that defines the directive."""
 

@@ -87,6 +87,8 @@ from ntpy.clock.timex import (
     STA_PLL,
     STA_UNSYNC,
     TIME_ERROR,
+    TIME_OOP,
+    TIME_WAIT,
     Timex,
     ns_to_setoffset_time,
     ppb_to_timex_freq,
@@ -503,6 +505,12 @@ class SystemClock:
         tx.status = status
         self._call(tx)
         self._status = status
+
+    def leap_applied(self) -> bool:
+        """The kernel has performed the armed leap (TIME_OOP, TIME_WAIT): what tells the
+        two passes through an inserted second apart. An unsynchronised kernel answers
+        TIME_ERROR instead, and this says False."""
+        return self._read()[0] in (TIME_OOP, TIME_WAIT)
 
     def reset_kernel_discipline(self) -> None:
         """Take the clock over from any previous NTP daemon (what chrony does at start):

@@ -94,6 +94,33 @@ def served_ns(seg: Segment, rate_mppb: int, rt: int) -> int:
     return rt + corr // FINE_PER_NS
 
 
+NS_PER_S_INT = 1_000_000_000
+
+
+@dataclass(slots=True)
+class VirtualLeap:
+    """The virtual clock's leap state: armed step, the served instant it happens at, the
+    realtime that reaches it under the segment in force, and the step done (waiting)."""
+
+    armed: int = 0
+    target_ns: int = 0
+    due_rt: int | None = None
+    done_step: int = 0
+
+    def realtime_for(self, seg: Segment, rate_mppb: int) -> int:
+        """The realtime at which served time reaches ``target_ns``: Newton steps on a
+        function whose slope is within 0.1% of 1, so three give the nanosecond."""
+        rt = self.target_ns - (served_ns(seg, rate_mppb, seg.anchor_rt) - seg.anchor_rt)
+        for _ in range(4):
+            miss = self.target_ns - served_ns(seg, rate_mppb, rt)
+            if miss == 0:
+                break
+            rt += miss
+        while served_ns(seg, rate_mppb, rt) < self.target_ns:
+            rt += 1
+        return rt
+
+
 def _div_toward_zero(a: int, b: int) -> int:
     """Integer a / b rounded toward zero (b > 0)."""
     return a // b if a >= 0 else -((-a) // b)
@@ -136,6 +163,7 @@ class VirtualClock:
         self._listeners: list[SegmentListener] = []
         self._lock = threading.Lock()
         self._seg = Segment(anchor_rt=realtime(), offset_fine=0, freq_mppb=0, slew_fine=0)
+        self._leap = VirtualLeap()
 
     # --- the correction -----------------------------------------------------------------
 
@@ -167,12 +195,65 @@ class VirtualClock:
         self._seg = seg
         for listener in self._listeners:
             listener(seg, self._rate_mppb)
+        if self._leap.armed and not self._leap.done_step:
+            self._leap.due_rt = self._leap.realtime_for(seg, self._rate_mppb)
+
+    def _leap_due(self, rt: int) -> None:
+        """Perform the armed leap if realtime ``rt`` has reached it: a step of -1 s at
+        served midnight (insert: 23:59:59 is served again) or +1 s at 23:59:59 (delete).
+        Like the kernel's, the step is silent: upstream time leaps too, so no timestamp
+        holder is told."""
+        with self._lock:
+            leap = self._leap
+            if leap.due_rt is None or rt < leap.due_rt:
+                return
+            seg = self._fold(rt)
+            step = -leap.armed * NS_PER_S_INT
+            self._install(
+                Segment(
+                    seg.anchor_rt,
+                    seg.offset_fine + step * FINE_PER_NS,
+                    seg.freq_mppb,
+                    seg.slew_fine,
+                )
+            )
+            leap.done_step = leap.armed
+            leap.due_rt = None
+
+    def set_leap(self, leap: int) -> None:
+        """Arm a leap second at the next UTC midnight of served time: +1 insert, -1
+        delete, 0 disarm -- the kernel's STA_INS/STA_DEL, done as a step of served time.
+        After the leap the clock waits (the kernel's TIME_WAIT) until disarmed, so a
+        still-armed clock does not leap again the next midnight."""
+        if leap not in (-1, 0, 1) or isinstance(leap, bool):
+            raise ValueError(f"leap must be -1, 0 or 1, got {leap!r}")
+        with self._lock:
+            st = self._leap
+            if leap == 0:
+                st.armed, st.due_rt, st.done_step = 0, None, 0
+                return
+            if st.done_step or st.armed == leap:
+                return  # waiting after a leap, or already armed
+            rt = self._realtime()
+            served = self._served(self._seg, rt)
+            day = 86_400 * NS_PER_S_INT
+            midnight = (served // day + 1) * day
+            st.armed = leap
+            st.target_ns = midnight if leap > 0 else midnight - NS_PER_S_INT
+            st.due_rt = st.realtime_for(self._seg, self._rate_mppb)
+
+    def leap_applied(self) -> bool:
+        """True after the armed leap was performed (until disarmed)."""
+        return self._leap.done_step != 0
 
     # --- Clock protocol -----------------------------------------------------------------
 
     def now_ns(self) -> int:
         """Served time now, Unix ns."""
-        return served_ns(self._seg, self._rate_mppb, self._realtime())
+        rt = self._realtime()
+        if self._leap.due_rt is not None and rt >= self._leap.due_rt:
+            self._leap_due(rt)
+        return served_ns(self._seg, self._rate_mppb, rt)
 
     def from_realtime_ns(self, realtime_ns: int) -> int:
         """Map a CLOCK_REALTIME reading (e.g. a kernel RX timestamp) to served time.
@@ -181,6 +262,8 @@ class VirtualClock:
         ``offset_convert`` does): a reading taken before a step lands in the post-step
         timescale, so a receive stamp never exceeds a later ``now_ns()``.
         """
+        if self._leap.due_rt is not None and realtime_ns >= self._leap.due_rt:
+            self._leap_due(realtime_ns)
         return served_ns(self._seg, self._rate_mppb, realtime_ns)
 
     def precision(self) -> int:

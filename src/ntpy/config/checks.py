@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 
 from .errors import ConfigError, ConfigWarning, SourceLocation, all_errors
+from .leapfile import leap_file_problems
 from .model import Config
 from .ntschecks import check_nts
 
@@ -58,6 +60,7 @@ def check_paths(config: Config) -> list[Problem]:
     problems += _check_interfaces(config)
     problems += check_nts(config)
     problems += _check_user(config)
+    problems += leap_file_problems(config, time.time_ns())
     return problems
 
 

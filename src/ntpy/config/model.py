@@ -348,6 +348,16 @@ class ListenAddress:
 
 
 @dataclass(frozen=True, slots=True)
+class LeapSmearSpec:
+    """``leapsmear SECONDS|noon``: mode "interval" (the SECONDS before the leap, NTPsec)
+    or "noon" (24 h noon to noon, Google)."""
+
+    mode: str
+    interval_s: int
+    location: SourceLocation | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class MakestepSpec:
     """chrony ``makestep THRESHOLD LIMIT``: step if offset > THRESHOLD s in the first
     LIMIT updates; a negative LIMIT means "at any time"."""
@@ -423,6 +433,8 @@ class Config:
     driftfile: str | None = None
     logfile: str | None = None
     leapfile: str | None = None
+    leapsmear: LeapSmearSpec | None = None
+    """``leapsmear``: smear leap seconds in served time (None: announce them)."""
     pidfile: str | None = None
     restricts: tuple[RestrictRule, ...] = ()
     access: tuple[AccessRule, ...] = ()

@@ -294,6 +294,7 @@ def _finish(state: State) -> Config:
         driftfile=state.files.get("driftfile"),
         logfile=state.files.get("logfile"),
         leapfile=state.files.get("leapfile"),
+        leapsmear=state.leapsmear,
         pidfile=state.files.get("pidfile"),
         restricts=tuple(state.restricts),
         access=tuple(state.access),

@@ -20,6 +20,7 @@ from .model import (
     FilegenSpec,
     HttpEndpointSpec,
     InterfaceRule,
+    LeapSmearSpec,
     ListenAddress,
     LocalSpec,
     MakestepSpec,
@@ -113,6 +114,7 @@ class State:
     listen: list[ListenAddress] = field(default_factory=list)
     clock: ClockMode = "auto"
     makestep: MakestepSpec | None = None
+    leapsmear: LeapSmearSpec | None = None
     broadcastdelay: float | None = None
     logconfig: list[str] = field(default_factory=list)
     metrics: HttpEndpointSpec | None = None

@@ -38,6 +38,8 @@ from ntpy.core.actions import Action, LogEvent, PeerStats, SendRequest
 from ntpy.core.address import host
 from ntpy.core.discipline import MAX_FREQ_PPB, PANIC, WAIT, Discipline
 from ntpy.core.exchange import NO_AUTH, ClientAuth, KissCode
+from ntpy.core.leap import LeapEvent
+from ntpy.core.leapfile import LeapTable
 from ntpy.core.notices import Notices
 from ntpy.core.options import SyncOptions
 from ntpy.core.refclock import RawSample, Refclock, RefclockConfig
@@ -384,6 +386,14 @@ class SyncEngine:
 
     def system_state(self, now_clock: int) -> SystemState:
         return self.sysvars.served(now_clock)
+
+    def set_leap_table(self, table: LeapTable | None) -> None:
+        """Use a (parsed, hash-checked) leap file; None: upstream votes only."""
+        self.sysvars.leap_table = table
+
+    def leap_event(self, now_clock: int) -> LeapEvent | None:
+        """The leap pending at ``now_clock`` (``core.leap``), for arming the clock."""
+        return self.sysvars.leap_event(now_clock)
 
     def status(self, now_mono: int, now_clock: int) -> SyncStatus:
         return sync_status(self, now_mono, now_clock)

@@ -15,11 +15,19 @@ coldstart 1``). Until then it stays off and clients get "unsynchronized", so a s
 boots with a wrong clock and no network does not hand that clock out as good time. A local
 clock configured with no upstream at all is the time source the admin chose and serves at
 once.
+
+Leap seconds (``core/leap.py``): the selection's vote (a strict majority of the survivors)
+and the leap file, when valid, decide the pending leap; the served LI announces it during
+the month of the event only, and the shell arms the clock from ``leap_event``.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ntpy.core.actions import Action, LogEvent
+from ntpy.core.leap import LeapEvent, announce, pending_leap
+from ntpy.core.leapfile import LeapTable
 from ntpy.core.options import SyncOptions
 from ntpy.core.packet import LEAP_ALARM, refid_from_text
 from ntpy.core.select import Selection
@@ -46,6 +54,9 @@ class SystemVariables:
     def __init__(self, options: SyncOptions) -> None:
         self.opts = options
         self.leap = LEAP_ALARM
+        """The survivors' leap vote at the last update (3 before the first)."""
+        self.leap_table: LeapTable | None = None
+        """The leap file's table, when it parsed and its hash matched."""
         self.stratum = STRATUM_UNSYNC
         self.refid = 0
         self.reference_ns: int | None = None
@@ -184,12 +195,18 @@ class SystemVariables:
             )
         )
 
+    def leap_event(self, now_clock: int) -> LeapEvent | None:
+        """The leap pending at ``now_clock``: the valid file's, else the upstream vote
+        (while synchronized), else None."""
+        vote = self.leap if self.synced else 0
+        return pending_leap(now_clock, self.leap_table, vote)
+
     def served(self, now_clock: int) -> SystemState:
         """The system state the responder serves at ``now_clock``."""
         precision = self.opts.precision
         if self.synced and self.root_distance(now_clock) <= self.opts.maxdist_ns:
             return SystemState(
-                leap=self.leap,
+                leap=announce(now_clock, self.leap_event(now_clock)),
                 stratum=self.stratum,
                 refid=self.refid,
                 reference_ns=self.reference_ns,
@@ -199,5 +216,7 @@ class SystemVariables:
             )
         fallback = self.fallback()
         if fallback is not None and self.fallback_active:
-            return fallback.state(now_clock, precision)
+            state = fallback.state(now_clock, precision)
+            leap = announce(now_clock, self.leap_event(now_clock))
+            return replace(state, leap=leap) if leap else state
         return unsynchronized(precision)

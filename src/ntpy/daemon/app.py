@@ -50,6 +50,7 @@ from ntpy.daemon.control import ControlServer
 from ntpy.daemon.driftfile import WRITE_INTERVAL_NS
 from ntpy.daemon.fastpath import XdpFastPath, start_fastpath
 from ntpy.daemon.kernelsync import KernelSyncStatus, disciplines
+from ntpy.daemon.leapkeeper import LeapKeeper, build_smear
 from ntpy.daemon.logsetup import LogSetup
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.nts_service import NtsService, NtsStartError
@@ -141,7 +142,11 @@ class Daemon:
         """With workers > 1: the serving processes (the main then answers no NTP itself)."""
         self.limiter = build_limiter(config, self.workers)
         self.responder = build_responder(config, self.precision, self.access, self.limiter)
-        self.server = NtpServer(self.clock, self.responder)
+        self.smeared = build_smear(config, self.clock)
+        if self.smeared is not None and self.workers > 1:
+            log.warning("leapsmear: serving from one process (worker processes do not smear)")
+            self.workers = 1
+        self.server = NtpServer(self.smeared or self.clock, self.responder)
         self.control_handler: ControlHandler | None = build_mode6(
             self.status, self.clock, lambda host, port: self.access.flags(host, port)
         )
@@ -158,6 +163,15 @@ class Daemon:
         )
         self.refclocks = RefclockShell(self.engine, self.clock, self.loop)
         """The reference clocks' drivers (SHM, SOCK, NMEA, PPS); the engine polls them."""
+        self.leap = LeapKeeper(
+            self.engine,
+            self.clock,
+            self.loop,
+            lambda: cooked_now(self.clock),
+            self.refresh_state,
+            self.smeared,
+        )
+        self.leap.load(config.leapfile)
         self.sync.on_sources = self._sources_changed  # `restrict source` follows them
         self.sync.rtcsync = config.rtcsync
         self.sync.nts.configure(config.nts_ca, config.driftfile)
@@ -172,6 +186,8 @@ class Daemon:
         """``-F``/``seccomp``: the system-call filter (``daemon/seccomp.py``)."""
 
     def _set_state(self, state: SystemState) -> None:
+        state = self.leap.served(state)
+        self.leap.update()
         if state != self.responder.state:
             self.responder.set_state(state)
             if self.fastpath is not None:
@@ -455,6 +471,8 @@ class Daemon:
         plan = plan_reload(self.config, new)
         if plan.logfile_changed and self.logs is not None:
             self.logs.configure(self.options.log_level, new.logfile)
+        self.leap.load(new.leapfile)  # always: the file may be new under the same name
+        self.refresh_state()
         if plan.access_changed:
             self._reload_access(new)
         if plan.servers_changed:

@@ -36,7 +36,7 @@ RESTART_FIELDS = (
     "metrics",
     "webstatus",
     "pidfile",
-    "leapfile",
+    "leapsmear",
     "nts",
     "nts_ca",
     "user",
@@ -44,7 +44,8 @@ RESTART_FIELDS = (
     "seccomp",
     "rtcsync",
 )
-"""Settings the engine, sockets or listeners were built from: a restart applies them."""
+"""Settings the engine, sockets or listeners were built from: a restart applies them.
+(``leapfile`` is not here: every SIGHUP re-reads the leap file, changed or not.)"""
 
 
 @dataclass

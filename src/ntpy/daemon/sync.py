@@ -60,8 +60,6 @@ RESOLVE_RETRY_NS = 60 * NS
 RESOLVE_RETRY_MAX_NS = 3600 * NS
 SLEW_LOG_THRESHOLD_NS = 10_000_000
 """Slews of 10 ms or more are logged at info: beyond normal network noise, below a step."""
-_KERNEL_LEAP = {1: 1, 2: -1}
-"""NTP leap indicator (1: insert, 2: delete) to ``SystemClock.set_leap``'s argument."""
 LOG_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -469,7 +467,8 @@ class SyncShell:
         """Keep the kernel's STA_UNSYNC, maxerror, esterror and leap bits true (what
         ``adjtimex -p``, ``timedatectl`` and the 11-minute RTC update read): after every
         clock update, and whenever synchronisation or the leap warning changes. The error
-        bounds are the root distance (max) and root dispersion (estimate)."""
+        bounds are the root distance (max) and root dispersion (estimate). The leap bits
+        are ``daemon/leapkeeper.py``'s: armed on the last day before the leap only."""
         clock = self.clock
         if not isinstance(clock, SystemClock) or not clock.can_adjust():
             return
@@ -483,7 +482,6 @@ class SyncShell:
                 state.root_dispersion_at(now),
                 state.root_distance_at(now),
             )
-            clock.set_leap(_KERNEL_LEAP.get(state.leap, 0) if state.synchronized else 0)
         except ClockError as exc:
             log.warning("could not tell the kernel the synchronisation status: %s", exc)
         self._kernel_told = told

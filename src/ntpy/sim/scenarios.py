@@ -83,6 +83,12 @@ class Scenario:
     """How often the served error is sampled; days-long runs use more to stay fast."""
     limits: Limits = field(default_factory=Limits)
     reference: Reference = field(default_factory=Reference)
+    start_ns: int | None = None
+    """True time (Unix ns) at the start; None: the simulator's fixed START_NS."""
+    leap_at_s: int | None = None
+    """A leap second in the run (Unix s of its midnight): true time stays continuous,
+    UTC (what the servers serve and the grader expects) leaps."""
+    leap_step: int = 1
 
     def __post_init__(self) -> None:
         if self.duration_s <= 0:
@@ -271,8 +277,40 @@ def _build() -> tuple[Scenario, ...]:
             initial_offset_ns=1200 * NS_PER_S,
             limits=Limits(refused=True, steps=0, must_sync=False),
         ),
+        leap_scenario("leap", LEAP_2016_S, 1),
+        leap_scenario("leap-delete", LEAP_2016_S, -1),
     ]
     return tuple(out)
+
+
+LEAP_2016_S = 1_483_228_800
+"""2017-01-01 00:00 UTC: the last leap second so far (inserted at 2016-12-31 23:59:60)."""
+
+
+def leap_scenario(
+    name: str, at_s: int, step: int, *, start_before_s: int = DAY_S, duration_s: int = DAY_S + 7200
+) -> Scenario:
+    """Three servers announce and perform a leap second ``start_before_s`` after the start;
+    the client must follow it with no error beyond the usual limits (served time graded
+    against UTC, which leaps) and no step of its own."""
+    what = "inserted" if step > 0 else "deleted"
+    servers = tuple(
+        ServerSpec(f"192.168.123.{i + 1}", leap_at_s=at_s, leap_step=step) for i in range(3)
+    )
+    return Scenario(
+        name=name,
+        description=(
+            f"3 servers announce a leap second ({what} at the end of the day) and perform it; "
+            "the client announces it, arms its clock on the last day, and leaps with them"
+        ),
+        duration_s=duration_s,
+        servers=servers,
+        iburst=True,
+        start_ns=(at_s - start_before_s) * NS_PER_S,
+        leap_at_s=at_s,
+        leap_step=step,
+        limits=Limits(max_sync_s=600, max_abs_error_ns=1 * MS, steps=0),
+    )
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in _build()}

@@ -16,10 +16,11 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from ntpy.core.packet import LEAP_NONE, refid_from_text
+from ntpy.core.packet import refid_from_text
 from ntpy.core.server import Answer, Kiss, Responder, decide
 from ntpy.core.system import SystemState
 from ntpy.core.timestamps import NS_PER_S, unix_ns_to_ntp
+from ntpy.sim.leapsim import announced, utc_of
 from ntpy.sim.network import LinkSpec
 from ntpy.sim.oscillator import Oscillator
 
@@ -44,6 +45,11 @@ class ServerSpec:
     """Root dispersion claimed at each reference update."""
     processing_ns: int = 1_000
     """Time between receiving a request and sending the reply (true time)."""
+    leap_at_s: int | None = None
+    """A leap second this server announces (in its month) and performs: Unix s of the
+    midnight it happens at."""
+    leap_step: int = 1
+    """+1 inserts a second, -1 deletes one."""
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -82,14 +88,14 @@ class SimServer:
         self.served = 0
 
     def time_at(self, true_ns: int) -> int:
-        """The server's clock at true time ``true_ns``."""
-        return self._oscillator.read(true_ns)
+        """The server's clock at true time ``true_ns`` (UTC: with its leap done)."""
+        return utc_of(self._oscillator.read(true_ns), self.spec.leap_at_s, self.spec.leap_step)
 
     def _state(self, server_now: int) -> SystemState:
         ref = server_now - server_now % REFERENCE_INTERVAL_NS
         self._ref_ns = ref
         return SystemState(
-            leap=LEAP_NONE,
+            leap=announced(server_now, self.spec.leap_at_s, self.spec.leap_step),
             stratum=self.spec.stratum,
             refid=self._refid,
             reference_ns=ref,
@@ -104,7 +110,11 @@ class SimServer:
         The reply leaves ``spec.processing_ns`` later; its transmit timestamp says so.
         """
         rx = self.time_at(true_ns)
-        if self._ref_ns is None or rx - self._ref_ns >= REFERENCE_INTERVAL_NS:
+        if (
+            self._ref_ns is None
+            or not 0 <= rx - self._ref_ns < REFERENCE_INTERVAL_NS
+            or announced(rx, self.spec.leap_at_s, self.spec.leap_step) != self.responder.state.leap
+        ):
             self.responder.set_state(self._state(rx))
         decision = decide(request, client, rx, self.responder)
         if not isinstance(decision, Answer | Kiss):

@@ -54,6 +54,7 @@ from ntpy.core.status import TALLY_SYSPEER, SyncStatus
 from ntpy.core.system import SystemState
 from ntpy.core.timestamps import NS_PER_S
 from ntpy.sim.kernel import KernelClock
+from ntpy.sim.leapsim import SimLeap, utc_of
 from ntpy.sim.network import Link
 from ntpy.sim.oscillator import Oscillator
 from ntpy.sim.report import Report, compute_metrics, evaluate
@@ -155,9 +156,11 @@ class Simulation:
         self.seed = seed
         self.trace_step_s = trace_step_s
         master = random.Random(seed)
-        self.now = START_NS
+        start = scenario.start_ns if scenario.start_ns is not None else START_NS
+        self.start = start
+        self.now = start
         self.oscillator = Oscillator(
-            start_ns=START_NS,
+            start_ns=self.start,
             offset_ns=scenario.initial_offset_ns,
             freq_ppb=scenario.freq_ppb,
             wander_ppb=scenario.wander_ppb,
@@ -189,11 +192,13 @@ class Simulation:
         self.links: list[Link] = []
         for i, spec in enumerate(scenario.servers):
             self.servers.append(
-                SimServer(spec, server_address(i), random.Random(master.getrandbits(64)), START_NS)
+                SimServer(
+                    spec, server_address(i), random.Random(master.getrandbits(64)), self.start
+                )
             )
-            self.links.append(Link(spec.link, random.Random(master.getrandbits(64)), START_NS))
+            self.links.append(Link(spec.link, random.Random(master.getrandbits(64)), self.start))
         self.engine, ids = engine_factory(
-            scenario, self.servers, lambda: engine_rng.getrandbits(64), START_NS
+            scenario, self.servers, lambda: engine_rng.getrandbits(64), self.start
         )
         if len(ids) != len(self.servers) or len(set(ids)) != len(ids):
             raise SimulationError("the engine factory must return one distinct id per server")
@@ -220,8 +225,17 @@ class Simulation:
         self.freq_errors_ppb: list[float] = []
         self.kernel_errors_ns: list[int] = []
         self.clock_timers = 0
+        self.leap_keeper = SimLeap(self)
+        """The leap second's effects on the client (``sim/leapsim.py``)."""
+        self.probe: Callable[[Simulation], None] | None = None
+        """Called at every sample (tests watch served time and LI through it)."""
 
     # --- clocks ---------------------------------------------------------------------------
+
+    def utc_ns(self, true_ns: int) -> int:
+        """What a perfect UTC clock reads at true time ``true_ns`` (the scenario's leap
+        done)."""
+        return utc_of(true_ns, self.scenario.leap_at_s, self.scenario.leap_step)
 
     def _raw_now(self) -> int:
         return self.oscillator.read(self.now)
@@ -232,10 +246,13 @@ class Simulation:
 
     def _sample(self) -> None:
         now = self.now
-        self.times_s.append((now - START_NS) // NS_PER_S)
-        self.errors_ns.append(self.clock.now_ns() - now)
+        self.times_s.append((now - self.start) // NS_PER_S)
+        utc = self.utc_ns(now)
+        self.errors_ns.append(self.clock.now_ns() - utc)
         if self.kernel is not None:
-            self.kernel_errors_ns.append(self.kernel.read_ns() - now)
+            self.kernel_errors_ns.append(self.kernel.read_ns() - utc)
+        if self.probe is not None:
+            self.probe(self)
         osc = self.oscillator.freq_ppb(now)
         corr = self.clock.frequency_ppb()
         # served rate = (1 + osc)(1 + corr): the product term matters at 100 ppm (10 ppt).
@@ -260,8 +277,8 @@ class Simulation:
         if self._ran:
             raise RuntimeError("a Simulation runs once; make a new one")
         self._ran = True
-        end = START_NS + self.scenario.duration_s * NS_PER_S
-        next_sample = START_NS
+        end = self.start + self.scenario.duration_s * NS_PER_S
+        next_sample = self.start
         sample_step = self.scenario.sample_step_s * NS_PER_S
         self._apply(self.engine.start(self.now, self.cooked_now()))
         self._check_peer()
@@ -272,7 +289,8 @@ class Simulation:
             if wake is not None:
                 wake = max(wake, self.now)
             t_clock = self._clock_timer_at()
-            candidates = [t for t in (t_event, wake, t_clock) if t is not None]
+            t_leap = self.leap_keeper.wake_at()
+            candidates = [t for t in (t_event, wake, t_clock, t_leap) if t is not None]
             t_next = min(candidates) if candidates else end + 1
             while next_sample <= end and next_sample <= t_next:
                 self.now = next_sample
@@ -282,9 +300,11 @@ class Simulation:
                 break
             stalled = stalled + 1 if t_next == self.now else 0
             if stalled > _MAX_WAKEUPS_WITHOUT_PROGRESS:
-                raise SimulationError(f"engine busy-loops at t={self.now - START_NS} ns")
+                raise SimulationError(f"engine busy-loops at t={self.now - self.start} ns")
             self.now = t_next
-            if t_clock is not None and t_clock == t_next and self._timed is not None:
+            if t_leap is not None and t_leap == t_next:
+                self.leap_keeper.update()
+            elif t_clock is not None and t_clock == t_next and self._timed is not None:
                 self.clock_timers += 1
                 self._timed.on_timer()
             elif t_event is not None and t_event == t_next:
@@ -325,6 +345,7 @@ class Simulation:
     def _apply(self, actions: Sequence[Action]) -> None:
         """Carry out the engine's actions in order, with the daemon's runner."""
         carry_out(actions, self, self.engine)
+        self.leap_keeper.update()
 
     # --- effects (core.runner) ------------------------------------------------------------
 
@@ -347,7 +368,7 @@ class Simulation:
     def log_event(self, event: LogEvent) -> None:
         self.log_count += 1
         if len(self.log) < MAX_LOGGED_EVENTS:
-            t = (self.now - START_NS) // NS_PER_S
+            t = (self.now - self.start) // NS_PER_S
             self.log.append(f"t={t} {event.level}: {event.message}")
 
     def replace_source(self, action: ReplaceSource) -> None:
@@ -378,7 +399,7 @@ class Simulation:
             liars = sorted(chosen & self._liars)
             if liars:
                 self.liar_peer = liars[0]
-                self.liar_peer_at = (self.now - START_NS) // NS_PER_S
+                self.liar_peer_at = (self.now - self.start) // NS_PER_S
 
     # --- the outcome ------------------------------------------------------------------------
 
@@ -410,7 +431,7 @@ class Simulation:
         report = Report(
             scenario=sc.name,
             seed=self.seed,
-            duration_s=(self.now - START_NS) // NS_PER_S,
+            duration_s=(self.now - self.start) // NS_PER_S,
             sync_limit_ns=sc.sync_limit_ns,
             time_to_sync_s=m.time_to_sync_s,
             window_from_s=m.window_from_s,

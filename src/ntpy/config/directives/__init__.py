@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..state import Directive
-from . import access, misc, nts, refclock, service, sources, system
+from . import access, leap, misc, nts, refclock, service, sources, system
 
 DIRECTIVES: dict[str, Directive] = {
     **sources.DIRECTIVES,
@@ -13,6 +13,7 @@ DIRECTIVES: dict[str, Directive] = {
     **misc.DIRECTIVES,
     **service.DIRECTIVES,
     **nts.DIRECTIVES,
+    **leap.DIRECTIVES,
 }
 
 __all__ = ["DIRECTIVES"]

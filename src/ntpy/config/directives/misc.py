@@ -52,7 +52,6 @@ UNSUPPORTED_NTPD_DIRECTIVES = frozenset(
         "device",
         "dscp",
         "keysdir",
-        "leapsmearinterval",
         "manycastclient",
         "manycastserver",
         "mdnstries",
@@ -297,8 +296,14 @@ _FILE_DOCS = {
     "(ntscookies.json) unless 'nts cookie' says otherwise. Default: none (no drift kept).",
     "logfile": "Log lines go to this file as well as to stderr; SIGHUP reopens it "
     "(logrotate). Default: stderr only (the journal under systemd).",
-    "leapfile": "ntpd's leap seconds file: the path is accepted; ntpy takes leap "
-    "announcements from its upstreams.",
+    "leapfile": "The IETF/NIST/IERS leap-seconds.list (Debian's tzdata installs "
+    "/usr/share/zoneinfo/leap-seconds.list). Its SHA-1 (#h line) is checked: a corrupt or "
+    "unreadable file is ignored with a warning; past its expiry (#@ line) it is still read "
+    "but warned about, and upstream leap announcements decide. A valid file decides the "
+    "leap over the upstreams' majority vote. The leap is announced to clients (LI) during "
+    "the month that ends with it, as ntpd does, and performed at the end of that month: "
+    "by the kernel (STA_INS/STA_DEL) on the system clock, as a step at 23:59:60 on the "
+    "virtual clock. SIGHUP reloads it. Default: none (upstream votes only).",
     "pidfile": "ntpd's PID file: accepted, not written (systemd tracks the main PID).",
     "statsdir": "The directory of the statistics files (see statistics and filegen).",
     "keys": "The symmetric key file, in ntpd's format ('1 SHA1 <40 hex digits>') or "
