@@ -337,6 +337,7 @@ class Daemon:
         if self.pool is not None:
             self.pool.start()  # after the log lines above; before any other socket opens
         self.stats = open_stats(self.config, self.clock, self.sync.recorders)
+        self.sync.set_listen_addresses(a.host for a in [*required, *optional])
         self.sync.add_configured(self.config.servers)
         self.sync.start()
         self.loop.call_every(16 * NS, self.refresh_state)

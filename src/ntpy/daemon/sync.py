@@ -21,7 +21,7 @@ import logging
 import secrets
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from ntpy.clock.base import Clock, TimedClock
@@ -49,6 +49,7 @@ from ntpy.daemon.client_socket import open_client_socket, recv_reply
 from ntpy.daemon.kernelsync import kernel_synchronised
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.ntssources import NtsClients, NtsPeer
+from ntpy.daemon.peering import peer_bind, refids, sock_refids, specific
 
 log = logging.getLogger("ntpy.sync")
 
@@ -162,6 +163,7 @@ class SyncShell:
         self.retry_delay_ns = RESOLVE_RETRY_NS
         self._retry_gen = 0
         self._retry_armed = False
+        self.listen_hosts: list[str] = []  # where we serve (specific addresses only)
         self.nts = NtsClients(engine, loop, self._move, self.reschedule)
         """The ``nts`` sources' key exchanges and saved cookies (``configure`` it first)."""
 
@@ -230,9 +232,9 @@ class SyncShell:
                 seen.append(addr)
         return seen
 
-    def _open(self, addr: tuple[object, ...]) -> socket.socket:
+    def _open(self, addr: tuple[object, ...], bind: str | None = None) -> socket.socket:
         fam = socket.AF_INET6 if ":" in str(addr[0]) else socket.AF_INET
-        return open_client_socket(addr, fam, blocking=False)
+        return open_client_socket(addr, fam, blocking=False, bind=bind)
 
     def _auth(self, spec: ServerSpec) -> ClientAuth | None:
         """The source's authenticator, or None if its key is not loaded. The config checks
@@ -291,7 +293,7 @@ class SyncShell:
         """Open the source's socket; on failure keep the source (reach 0, error in its
         status) so that it does not vanish from ``peers``/ntpq. Logged on change only."""
         try:
-            sock = self._open(up.address)
+            sock = self._open(up.address, peer_bind(self.listen_hosts, up.spec.kind, up.address))
         except OSError as exc:
             error = f"cannot open a socket: {exc.strerror or exc}"
             if error != up.error:
@@ -313,7 +315,13 @@ class SyncShell:
         if src is not None:
             src.error = None
         self.loop.add_reader(sock, functools.partial(self._on_readable, up.source_id))
+        self.engine.local_refids |= sock_refids(sock)  # our address toward it: loop check
         return True
+
+    def set_listen_addresses(self, hosts: Iterable[str]) -> None:
+        """Where we serve: a peer's packets leave from there (``peer_bind``); loop check."""
+        self.listen_hosts = specific(hosts)
+        self.engine.local_refids |= refids(self.listen_hosts)
 
     def _add_resolved(self, spec: ServerSpec, now_mono: int) -> bool:
         addrs = self._resolve(spec)
