@@ -143,7 +143,7 @@ def source_status(eng: SyncEngine, src: Source, now_mono: int, now_clock: int) -
         refid=refid_to_text(sample.refid, stratum) if sample else f".{src.kod or 'INIT'}.",
         stratum=stratum,
         leap=sample.leap if sample else LEAP_ALARM,
-        type_char="p" if src.config.kind == "pool" else "u",
+        type_char={"pool": "p", "peer": "s"}.get(src.config.kind, "u"),
         when_s=None
         if src.last_reply_mono is None
         else max(0, (now_mono - src.last_reply_mono) // NS_PER_S),
