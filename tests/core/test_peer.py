@@ -203,3 +203,23 @@ def test_restrict_rules_compile_with_peers_lifting_only_nopeer() -> None:
     )
     assert rules.decide("192.0.2.7").flags == frozenset({"kod"})
     assert rules.decide("192.0.2.8").flags == frozenset({"nopeer", "kod"})
+
+
+def test_the_reason_names_a_loop() -> None:
+    from ntpy.core.engine import SyncEngine, SyncOptions
+
+    engine = SyncEngine(SyncOptions(), lambda: 7)
+    engine.local_refids = frozenset({address_refid("192.0.2.1")})
+    sid = engine.add_source(peer_source().config, 0)
+    engine.start(0, T0)
+    src = engine.sources[sid]
+    looped = SystemState(LEAP_NONE, 4, address_refid("192.0.2.1"), T0, 0, 10_000, -20)
+    actions = engine.handle_timer(src.next_poll_mono, T0)
+    (send,) = [a for a in actions if type(a).__name__ == "SendRequest"]
+    engine.mark_sent(sid, T0)
+    reply, t4 = answer(send.data, T0, state=looped)  # type: ignore[attr-defined]
+    engine.handle_packet(sid, reply, t4, src.next_poll_mono)
+    engine.handle_timer(20 * NS, T0 + 20 * NS)
+    status = engine.status(20 * NS, T0 + 20 * NS)
+    assert src.state is SourceState.LOOP
+    assert "timing loop" in status.reason_detail, status

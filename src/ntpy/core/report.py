@@ -59,6 +59,8 @@ def _unselectable(sources: list[Source], maxdist_ns: int) -> str:
         sample = src.last_sample
         if sample is not None and (sample.leap == LEAP_ALARM or not 1 <= sample.stratum <= 15):
             cause = "unsynchronized (leap 3 or stratum 0/16)"
+        elif src.loop:
+            cause = "synchronized to us or to our source (timing loop)"
         elif src.config.noselect:
             cause = "noselect"
         elif src.state == SourceState.TOO_FAR:

@@ -46,6 +46,7 @@ from ntpy.daemon.assemble import (
     set_limiter,
     start_access,
 )
+from ntpy.daemon.broadcaster import Broadcaster, start_broadcast
 from ntpy.daemon.control import ControlServer
 from ntpy.daemon.driftfile import WRITE_INTERVAL_NS
 from ntpy.daemon.fastpath import XdpFastPath, start_fastpath
@@ -156,6 +157,7 @@ class Daemon:
             self._panic,
             keys=self.responder.keys,
         )
+        self.broadcaster: Broadcaster | None = None  # `broadcast ADDR` lines (start)
         self.sync.on_sources = self._sources_changed  # `restrict source` follows them
         self.sync.rtcsync = config.rtcsync
         self.sync.nts.configure(config.nts_ca, config.driftfile)
@@ -239,7 +241,7 @@ class Daemon:
         """The one-line counter summary (over all workers)."""
         if self.pool is not None:
             self.counters()
-        line = self.server.summary()
+        line = self.server.summary() + (self.broadcaster.summary() if self.broadcaster else "")
         if self.nts is not None:
             line += "".join(f" {k}={v}" for k, v in sorted(self.nts.counters().items()) if v)
         return line
@@ -337,7 +339,16 @@ class Daemon:
         if self.pool is not None:
             self.pool.start()  # after the log lines above; before any other socket opens
         self.stats = open_stats(self.config, self.clock, self.sync.recorders)
-        self.sync.set_listen_addresses(a.host for a in [*required, *optional])
+        hosts = [a.host for a in [*required, *optional]]
+        self.sync.set_listen_addresses(hosts)
+        self.broadcaster = start_broadcast(
+            self.config,
+            self.clock,
+            lambda: self.responder.state,
+            self.responder.keys,
+            self.loop,
+            hosts,
+        )
         self.sync.add_configured(self.config.servers)
         self.sync.start()
         self.loop.call_every(16 * NS, self.refresh_state)
@@ -551,6 +562,8 @@ class Daemon:
             if self.control is not None:
                 self.control.close()
             self.sync.close()
+            if self.broadcaster is not None:
+                self.broadcaster.close()
             if self.fastpath is not None:
                 self.fastpath.close()
             self._release_kernel_clock()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..state import Directive
-from . import access, misc, nts, service, sources, system
+from . import access, broadcasting, misc, nts, service, sources, system
 
 DIRECTIVES: dict[str, Directive] = {
     **sources.DIRECTIVES,
@@ -12,6 +12,7 @@ DIRECTIVES: dict[str, Directive] = {
     **misc.DIRECTIVES,
     **service.DIRECTIVES,
     **nts.DIRECTIVES,
+    **broadcasting.DIRECTIVES,
 }
 
 __all__ = ["DIRECTIVES"]
