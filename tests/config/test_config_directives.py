@@ -92,7 +92,7 @@ def test_unknown_directive_warns_and_strict_fails() -> None:
 
 
 def test_known_but_unsupported_ntpd_directive_warns() -> None:
-    warns("broadcast 224.0.1.1 ttl 4", 1, "'broadcast'", "not supported")
+    warns("broadcastclient", 1, "'broadcastclient'", "not supported")
 
 
 def test_config_is_frozen() -> None:

@@ -81,9 +81,9 @@ def test_noquery_nomodify_notrap_nopeer_still_serve_time() -> None:
     r, _ = responder({"noquery", "nomodify", "notrap", "nopeer"})
     out, reason = answer(r, req())
     assert reason is Reason.SERVED and out is not None and decode(out).stratum == 11
-    # nopeer: a symmetric-active peer still gets a passive reply, but no association.
-    out, _ = answer(r, req(mode=1))
-    assert out is not None and decode(out).mode == 2
+    # nopeer: an unauthenticated symmetric-active stranger gets nothing (tests/core/
+    # test_peer_access.py has the authenticated and configured-peer cases).
+    assert answer(r, req(mode=1)) == (None, Reason.PEER_DENIED)
 
 
 def test_version_flag_refuses_older_versions() -> None:

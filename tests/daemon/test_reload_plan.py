@@ -38,3 +38,11 @@ def test_live_and_restart_changes_are_named() -> None:
     text = plan.summary()
     assert "applied: sources, restricts, statsdir" in text
     assert "restart ntpy to apply: clock" in text
+
+
+def test_new_peer_lines_rebuild_the_access_policy_and_broadcast_needs_a_restart() -> None:
+    a = conf("server 127.0.0.1\n")
+    b = conf("server 127.0.0.1\npeer 192.0.2.7\nbroadcast 10.0.0.255\n")
+    plan = plan_reload(a, b)
+    assert plan.servers_changed and plan.access_changed == ["peer lines"]
+    assert plan.restart_needed == ["broadcasts"]

@@ -134,11 +134,11 @@ def test_source_without_a_socket_stays_visible_with_reach_0(
     broken = [True]
     tries: list[object] = []
 
-    def open_(addr: tuple[object, ...]) -> socket.socket:
+    def open_(addr: tuple[object, ...], bind: str | None = None) -> socket.socket:
         tries.append(addr)
         if broken[0]:
             raise OSError(errno.ENETUNREACH, "Network is unreachable")
-        return real_open(addr)
+        return real_open(addr, bind)
 
     monkeypatch.setattr(shell, "_open", open_)
     caplog.set_level(logging.INFO, logger="ntpy.sync")

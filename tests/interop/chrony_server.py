@@ -29,7 +29,7 @@ class ChronyServer:
 
     address: str
     port: int
-    stratum: int
+    stratum: int | None
     directory: Path
     conf_path: Path
     log_path: Path
@@ -68,7 +68,7 @@ def chrony_server(
     address: str = "127.0.0.1",
     port: int = 11123,
     *,
-    stratum: int = 10,
+    stratum: int | None = 10,
     extra_conf: Sequence[str] = (),
     directory: str | Path | None = None,
     ready_timeout_s: float = 10.0,
@@ -76,12 +76,13 @@ def chrony_server(
     """Start `chronyd -x -d` serving `local stratum` on address:port; stop it on exit.
 
     `extra_conf` lines are appended to the config (e.g. "ratelimit interval 1").
+    `stratum=None`: no `local` line (chronyd serves only what it synchronizes to).
     The directory (created if None) must be private: chronyd rejects a command socket
     in a directory others can write to, so it is chmod'ed to 0700.
     """
     if shutil.which("chronyd") is None:
         raise ClientError("chronyd is not installed")
-    if not 1 <= stratum <= 15:
+    if stratum is not None and not 1 <= stratum <= 15:
         raise ClientError(f"bad stratum {stratum}")
     if not 0 < port < 65536:
         raise ClientError(f"bad port {port}")
@@ -98,7 +99,7 @@ def chrony_server(
     conf.write_text(
         "\n".join(
             [
-                f"local stratum {stratum}",
+                f"local stratum {stratum}" if stratum is not None else "",
                 f"bindaddress {address}",
                 f"port {port}",
                 f"allow {allow}",

@@ -44,6 +44,21 @@ REFCLOCK_DEFAULT_STRATUM = 0
 
 
 @dataclass(frozen=True, slots=True)
+class BroadcastSpec:
+    """One ``broadcast ADDR`` line: a mode 5 packet to ADDR every 2**minpoll s."""
+
+    address: str
+    """An IPv4 broadcast or multicast address, or an IPv6 multicast one."""
+    location: SourceLocation | None = None
+    key: int | None = None
+    ttl: int = 1
+    """Hops for a multicast address (IP_MULTICAST_TTL); broadcasts never leave the link."""
+    minpoll: int = 6
+    version: int = 4
+    port: int = 123
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSpec:
     """One ``server``/``pool``/``peer`` line for a network source (not a refclock).
 
@@ -456,6 +471,7 @@ class Config:
     clock: ClockMode = "auto"
     makestep: MakestepSpec | None = None
     broadcastdelay: float | None = None
+    broadcasts: tuple[BroadcastSpec, ...] = ()
     logconfig: tuple[str, ...] = ()
     metrics: HttpEndpointSpec | None = None
     """Prometheus exposition endpoint (``metrics`` directive)."""

@@ -275,6 +275,12 @@ def _finish(state: State) -> Config:
             loc = server.location
             what = f"'{server.kind} {server.address} key {server.key}'"
             _record(state, ConfigError(loc.filename, loc.line, f"{what}: {problem}"))
+    for spec in state.broadcasts:
+        problem = _client_key_problem(state, spec.key)
+        if problem is not None and spec.location is not None:
+            loc = spec.location
+            what = f"'broadcast {spec.address} key {spec.key}'"
+            _record(state, ConfigError(loc.filename, loc.line, f"{what}: {problem}"))
     has_source = bool(state.servers or refclocks or state.local or "orphan" in state.tos_set)
     if not has_source:
         for loc, written, guess in state.source_typos:
@@ -316,6 +322,7 @@ def _finish(state: State) -> Config:
         clock=state.clock,
         makestep=state.makestep,
         broadcastdelay=state.broadcastdelay,
+        broadcasts=tuple(state.broadcasts),
         logconfig=tuple(state.logconfig),
         metrics=state.metrics,
         webstatus=state.webstatus,

@@ -14,6 +14,7 @@ from typing import Any
 from .errors import ConfigError, ConfigWarning, SourceLocation
 from .model import (
     AccessRule,
+    BroadcastSpec,
     ClockMode,
     DiscardSpec,
     FastpathSpec,
@@ -116,6 +117,7 @@ class State:
     makestep: MakestepSpec | None = None
     leapsmear: LeapSmearSpec | None = None
     broadcastdelay: float | None = None
+    broadcasts: list[BroadcastSpec] = field(default_factory=list)
     logconfig: list[str] = field(default_factory=list)
     metrics: HttpEndpointSpec | None = None
     webstatus: HttpEndpointSpec | None = None

@@ -81,12 +81,14 @@ RESTRICT_FLAGS: frozenset[str] = frozenset(
 )
 """Every flag the config parser accepts (kept equal to ``ntpy.config.RESTRICT_FLAGS`` by a
 test, so the core need not import the parser). All are carried to callers; this module
-itself acts on ``ignore``, ``noserve``, ``noquery`` and ``ntpport``."""
+itself acts on ``ignore``, ``noserve``, ``noquery`` and ``ntpport``, and lifts ``nopeer``
+for configured peers."""
 
 NTP_PORT = 123
 _NO_TIME = frozenset({"ignore", "noserve"})
 _NO_QUERY = frozenset({"ignore", "noquery"})
 _IGNORE = frozenset({"ignore"})
+_NOPEER = frozenset({"nopeer"})
 _NO_FLAGS: frozenset[str] = frozenset()
 _NO_HOSTS: Mapping[str, Sequence[str]] = MappingProxyType({})
 _T = TypeVar("_T")
@@ -154,6 +156,9 @@ class AccessRules:
     allow_deny: tuple[tuple[IPNetwork, bool], ...] | None = None
     implicit: bool = False
     unresolved: tuple[str, ...] = ()
+    peers: frozenset[str] = frozenset()
+    """Addresses of our ``peer`` lines: ``nopeer`` does not apply to them (ntpd: nopeer
+    refuses packets that would mobilize an association *not already configured*)."""
     source_entries: tuple[RestrictEntry, ...] = field(init=False, compare=False)
     _any_port: tuple[_Levels, _Levels] = field(init=False, repr=False, compare=False)
     _no_match: _Slot = field(init=False, repr=False, compare=False)
@@ -208,9 +213,13 @@ class AccessRules:
         table = self._ntp_port if port == NTP_PORT else self._any_port
         slot = _longest(table[family], value) or self._no_match
         if self._allow is None:
-            return slot[1]
-        verdict: bool | None = _longest(self._allow[family], value)
-        return slot[1] if verdict is True else slot[2]
+            decision = slot[1]
+        else:
+            verdict: bool | None = _longest(self._allow[family], value)
+            decision = slot[1] if verdict is True else slot[2]
+        if self.peers and "nopeer" in decision.flags and address in self.peers:
+            return replace(decision, flags=decision.flags - _NOPEER)
+        return decision
 
 
 def compile_rules(
@@ -219,12 +228,14 @@ def compile_rules(
     *,
     source_addresses: Iterable[str] = (),
     resolved_hosts: Mapping[str, Sequence[str]] = _NO_HOSTS,
+    peer_addresses: Iterable[str] = (),
 ) -> AccessRules:
     """Compile config rules into :class:`AccessRules`.
 
     ``resolved_hosts`` maps a host name used in a ``restrict``/``allow``/``deny`` line to the
     addresses the daemon resolved for it (names compare case-insensitively).
     ``source_addresses`` are the current upstream server addresses for ``restrict source``.
+    ``peer_addresses`` are our ``peer`` lines' addresses (exempt from ``nopeer``).
     Raises :class:`AccessError` for malformed rules or addresses.
     """
     hosts = {name.lower().rstrip("."): addrs for name, addrs in resolved_hosts.items()}
@@ -257,6 +268,7 @@ def compile_rules(
         allow_deny=allow_deny,
         implicit=not explicit,
         unresolved=tuple(dict.fromkeys(unresolved)),
+        peers=frozenset(str(ip) for ip in _parse_sources(peer_addresses)),
     )
 
 

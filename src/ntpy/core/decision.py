@@ -46,6 +46,10 @@ class Reason(StrEnum):
     CONTROL_DENIED = "drop_mode6_noquery"
     VERSION_DENIED = "drop_restrict_version"
     UNAUTHENTICATED = "drop_notrust"
+    PEER_DENIED = "drop_nopeer"
+    """``restrict ... nopeer``: a symmetric active (mode 1) request from a host that is not
+    a configured ``peer`` and has no valid MAC under a trusted key. Dropped, so nobody
+    gets a symmetric passive association (or any answer) from us that way."""
     RATE_LIMITED = "drop_rate_limited"
     KOD_RATE = "kod_rate_sent"
     SERVED_NTS = "served_nts"

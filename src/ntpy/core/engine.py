@@ -58,6 +58,7 @@ __all__ = ["MAX_FREQ_PPB", "SourceConfig", "SyncEngine", "SyncOptions"]
 HOUSEKEEPING_NS = 4 * NS_PER_S
 UNREACHABLE_POLL_NS = 2 * NS_PER_S
 FIRST_UPDATE_WAIT_NS = 16 * NS_PER_S
+_LOOPBACK_REFID = frozenset({0x7F00_0001})
 
 
 class SyncEngine:
@@ -77,6 +78,9 @@ class SyncEngine:
         self.start_mono: int | None = None
         self.next_housekeeping = 0
         self.first_wait_over = False
+        self.local_refids: frozenset[int] = frozenset()
+        """The refids of our own addresses (``system.address_refid``), set by the shell:
+        a source whose refid is one of them is synchronized to us (a loop)."""
 
     # ----------------------------------------------------------------- state the shell reads
 
@@ -194,7 +198,7 @@ class SyncEngine:
                 if src.refclock is not None:
                     self._poll_refclock(src, now_mono, now_clock, actions)
                 else:
-                    self._poll(src, now_mono, actions)
+                    self._poll(src, now_mono, now_clock, actions)
         if (
             self._first_wait_pending()
             and self.start_mono is not None
@@ -217,7 +221,7 @@ class SyncEngine:
         if src is None:
             return []
         actions: list[Action] = []
-        m, reason = src.receive(data, t4_clock, now_mono)
+        m, reason = src.receive(data, t4_clock, now_mono, self._loop_refids(src))
         self.notices.source_replied(src, actions)
         self.notices.authentication(src, actions)
         if reason.kiss is not None:
@@ -258,10 +262,20 @@ class SyncEngine:
 
     # ----------------------------------------------------------------- the stages in order
 
-    def _poll(self, src: Source, now_mono: int, actions: list[Action]) -> None:
+    def _loop_refids(self, src: Source) -> frozenset[int]:
+        """The refids that mean ``src`` would close a timing loop: our addresses, and for a
+        peer the source we follow (ntpd's TEST12: it is synchronized to the same place, or
+        through us, and adds nothing independent)."""
+        ours = self.local_refids - _LOOPBACK_REFID  # orphan mode's refid, never a loop
+        if not src.symmetric or self.system_peer in (None, src.id) or not self.synced:
+            return ours
+        return ours | {self.sysvars.refid}
+
+    def _poll(self, src: Source, now_mono: int, now_clock: int, actions: list[Action]) -> None:
         was_reachable, missed_first = src.reachable, never_reached(src)
         rnd = (self.random64() % 2000) / 1000.0 - 1.0
-        data = src.poll_request(now_mono, self.random64(), rnd)
+        system = self.sysvars.served(now_clock) if src.symmetric else None
+        data = src.poll_request(now_mono, self.random64(), rnd, now_clock, system)
         actions.append(SendRequest(src.id, src.config.address, data))
         if not src.reachable and (was_reachable or missed_first):
             src.state = SourceState.UNREACHABLE

@@ -51,7 +51,8 @@ from ntpy.core.packet import (
     decode,
     refid_to_text,
 )
-from ntpy.core.timestamps import ntp_to_unix_ns, short_to_ns
+from ntpy.core.system import SystemState
+from ntpy.core.timestamps import ns_to_short, ntp_to_unix_ns, short_to_ns, unix_ns_to_ntp
 
 MAX_DISPERSION_NS = 16_000_000_000
 """RFC 5905 MAXDISP: a server claiming more root delay/dispersion than 16 s is not usable."""
@@ -76,6 +77,10 @@ class Reason(StrEnum):
     """The origin is not our cookie (stale, duplicated, spoofed), or no transmit time."""
     INSANE = "insane"
     """Root distance or stratum out of range."""
+    LOOP = "loop"
+    """A genuine reply from a source synchronized to us (its refid is our address) or,
+    for a peer, to the source we follow: using it would make a timing loop (ntpd's
+    TEST12)."""
     AUTH = "auth"
     """The authenticator refused the reply (no MAC, wrong key id, a MAC that does not
     verify)."""
@@ -102,6 +107,9 @@ _KISS_REASONS = {
     KissCode.NTSN: Reason.KOD_NTSN,
 }
 _REASON_KISSES = {reason: code for code, reason in _KISS_REASONS.items()}
+
+
+_ANSWER_MODES = {MODE_CLIENT: (MODE_SERVER,), MODE_ACTIVE: (MODE_PASSIVE, MODE_ACTIVE)}
 
 
 def kiss_reason(code: KissCode) -> Reason:
@@ -243,6 +251,43 @@ def interleave_field(cookie: int, origin: int) -> int:
     return value
 
 
+def build_symmetric(
+    xmt: int,
+    state: SystemState,
+    now_ns: int,
+    *,
+    org: int = 0,
+    rec: int = 0,
+    version: int = 4,
+    poll: int = 0,
+) -> bytes:
+    """A 48-byte symmetric active (mode 1) packet, RFC 5905 section 9.
+
+    Unlike a client request it carries real time: our system variables (so the peer can
+    select us), ``org`` = the peer's last transmit timestamp, ``rec`` = when we received
+    it, and ``xmt`` = our transmit time (its lowest bits random, from the caller), because
+    a peer that keeps its own association computes its sample from exactly these. ``xmt``
+    is also the cookie the answer must echo as its origin.
+    """
+    if not 1 <= version <= 4:
+        raise ValueError(f"NTP version must be 1..4, got {version}")
+    ref = 0 if state.reference_ns is None else unix_ns_to_ntp(state.reference_ns)
+    return struct.pack(
+        "!BBbbIIIQQQQ",
+        ((state.leap & 3) << 6) | (version << 3) | MODE_ACTIVE,
+        state.wire_stratum,
+        poll,
+        state.precision,
+        ns_to_short(state.root_delay_ns),
+        ns_to_short(state.root_dispersion_at(now_ns)),
+        state.refid,
+        ref,
+        org,
+        rec,
+        xmt,
+    )
+
+
 def check_reply(
     data: bytes,
     cookie: int,
@@ -259,9 +304,11 @@ def check_reply(
         pkt: Packet = decode(data)
     except PacketError as exc:
         raise ReplyRejected(Reason.MALFORMED, str(exc)) from exc
-    expected_mode = MODE_PASSIVE if sent_mode == MODE_ACTIVE else MODE_SERVER
-    if pkt.mode != expected_mode and not (pkt.version == 1 and pkt.mode == 0):
-        raise ReplyRejected(Reason.BAD_MODE, f"mode {pkt.mode}, expected {expected_mode}")
+    # A symmetric active request is answered in passive mode, or in active mode by a peer
+    # that configured us too (its own poll, whose origin is our last transmit time).
+    expected = _ANSWER_MODES[MODE_ACTIVE if sent_mode == MODE_ACTIVE else MODE_CLIENT]
+    if pkt.mode not in expected and not (pkt.version == 1 and pkt.mode == 0):
+        raise ReplyRejected(Reason.BAD_MODE, f"mode {pkt.mode}, expected {expected[0]}")
     interleaved = bool(xleave_origin) and pkt.origin_ts == xleave_origin
     if pkt.origin_ts != cookie and not interleaved:
         raise ReplyRejected(Reason.BOGUS, "origin timestamp does not match our request")
@@ -398,6 +445,23 @@ class ClientExchange:
         )
         return cls(cookie, auth.protect(request), mode, auth, None, previous, receive)
 
+    @classmethod
+    def symmetric(
+        cls,
+        xmt: int,
+        state: SystemState,
+        now_ns: int,
+        *,
+        org: int = 0,
+        rec: int = 0,
+        version: int = 4,
+        poll: int = 0,
+        auth: ClientAuth = NO_AUTH,
+    ) -> ClientExchange:
+        """A symmetric active exchange (``peer HOST``): see :func:`build_symmetric`."""
+        packet = build_symmetric(xmt, state, now_ns, org=org, rec=rec, version=version, poll=poll)
+        return cls(xmt, auth.protect(packet), MODE_ACTIVE, auth)
+
     def sent(self, t1_ns: int) -> None:
         """The request left at T1 = ``t1_ns`` (our clock, as close to the send as can be)."""
         self.t1_ns = t1_ns
@@ -479,6 +543,7 @@ __all__ = [
     "ReplyRejected",
     "Sample",
     "build_request",
+    "build_symmetric",
     "check_reply",
     "interleave_field",
     "kiss_reason",

@@ -60,6 +60,8 @@ def _unselectable(sources: list[Source], maxdist_ns: int) -> str:
         sample = src.last_sample
         if sample is not None and (sample.leap == LEAP_ALARM or not 1 <= sample.stratum <= 15):
             cause = "unsynchronized (leap 3 or stratum 0/16)"
+        elif src.loop:
+            cause = "synchronized to us or to our source (timing loop)"
         elif src.config.noselect:
             cause = "noselect"
         elif src.state == SourceState.TOO_FAR:
@@ -164,7 +166,7 @@ def _source_status(eng: SyncEngine, src: Source, now_mono: int, now_clock: int) 
         refid=refid_to_text(sample.refid, stratum) if sample else f".{src.kod or 'INIT'}.",
         stratum=stratum,
         leap=sample.leap if sample else LEAP_ALARM,
-        type_char="p" if src.config.kind == "pool" else "u",
+        type_char={"pool": "p", "peer": "s"}.get(src.config.kind, "u"),
         when_s=None
         if src.last_reply_mono is None
         else max(0, (now_mono - src.last_reply_mono) // NS_PER_S),

@@ -111,6 +111,9 @@ class Selector:
                 continue
             if last.leap == LEAP_ALARM or src.config.noselect:
                 continue
+            if src.loop:
+                src.state = SourceState.LOOP
+                continue
             dist = root_distance(src, now_clock)
             if dist > opts.maxdist_ns:
                 src.state = SourceState.TOO_FAR

@@ -15,8 +15,13 @@ decision in the older ``(reply, reason)`` form, for tests and tools.
 What we answer, as ntpd does:
 - mode 3 (client), any version 1..4, echoing the version and poll -> mode 4;
 - NTPv1 packets have no mode field (mode 0): they are client requests -> mode 4;
-- mode 1 (symmetric active, e.g. Windows w32time) -> a mode 2 reply without mobilizing an
-  association (ntpd's answer to unauthenticated peers it will not keep state for).
+- mode 1 (symmetric active: a ``peer`` of ours, another server's ``peer`` line, Windows
+  w32time) -> a mode 2 reply, built like a server reply (origin = its transmit time).
+  ntpy never mobilizes a passive association: nothing a mode 1 sender says reaches the
+  sync engine, so only hosts on our own ``peer`` lines can steer the clock (ntpd instead
+  keeps an ephemeral association for authenticated ones). Under ``restrict ... nopeer``
+  (the default ntp.conf) a mode 1 request is answered only from a configured peer or with
+  a MAC under a trusted key; others are dropped as ``drop_nopeer``.
 What we never answer: mode 2/4/5 (replies and broadcasts: answering them makes loops),
 mode 7 (ntpdc's private mode, the monlist amplifier), versions 0 and > 4, and anything that
 does not parse. Mode 6 goes to the control responder unless the client is ``noquery``. A
@@ -412,6 +417,8 @@ class Responder(ReplyBuilder):
         if flags:
             if "notrust" in flags and key is None and nts is None:
                 return DROPS[Reason.UNAUTHENTICATED]
+            if "nopeer" in flags and reply_mode == MODE_PASSIVE and key is None and nts is None:
+                return DROPS[Reason.PEER_DENIED]  # (configured peers: no nopeer, access.py)
             if "limited" in flags and self.limiter is not None:
                 verdict = self.limiter.check(hit[1], now, kod="kod" in flags)
                 if verdict == VERDICT_DROP:

@@ -23,6 +23,14 @@ Behaviour, following ntpd where it is the reference:
   interleave answers in basic mode, which is used as such. After ``XLEAVE_MAX_UNANSWERED``
   interleaved requests without a valid reply the source asks in basic mode again (as
   chrony: a server must not answer with a transmit time many polls old).
+- ``peer HOST``: a symmetric active association (RFC 5905 mode 1). Its packets carry our
+  system variables and real timestamps (origin = the peer's last transmit time, receive =
+  when we got it, transmit = now with random low bits, still the cookie its answer must
+  echo); the peer answers in mode 2, or mode 1 if it configured us too. The sample is
+  computed as for a server: T1..T4 cancel however long the peer held the packet.
+- A source whose refid is one of our addresses (stratum > 1) is synchronized to us, and a
+  peer whose refid is the source we follow is synchronized to it through or beside us:
+  both are kept reachable but never become samples (``loop``, ntpd's TEST12).
 """
 
 from __future__ import annotations
@@ -48,8 +56,8 @@ from ntpy.core.packet import LEAP_ALARM
 from ntpy.core.refclock import Refclock
 from ntpy.core.sourcestats import MAX_SAMPLES, Estimate, Measurement, SourceStats
 from ntpy.core.status import SourceState
-from ntpy.core.system import PHI_PPB
-from ntpy.core.timestamps import NS_PER_S, precision_to_ns
+from ntpy.core.system import PHI_PPB, SystemState
+from ntpy.core.timestamps import NS_PER_S, precision_to_ns, unix_ns_to_ntp
 
 BURST_COUNT = 8
 POLL_NOISE_FACTOR = 0.5
@@ -154,6 +162,12 @@ class Source:
         """Interleaved requests sent since the last valid reply."""
         self.interleaved = False
         """The last sample came from an interleaved reply (``ntpy peers`` shows it)."""
+        self.loop = False
+        """Its last reply showed a timing loop: selection skips it until a clean one."""
+        self.peer_xmt = 0
+        self.peer_rec = 0
+        """A peer's last transmit timestamp and when we received it (NTP format): the
+        origin and receive fields of our next mode 1 packet."""
         # First poll soon after start, spread a little so sources do not fire together.
         self.next_poll_mono = now_mono + int(jitter * NS_PER_S)
 
@@ -179,10 +193,24 @@ class Source:
     def due(self, now_mono: int) -> bool:
         return self.active and now_mono >= self.next_poll_mono and not self.needs_key_exchange
 
-    def poll_request(self, now_mono: int, cookie: int, randomize: float) -> bytes:
+    @property
+    def symmetric(self) -> bool:
+        """A ``peer`` line: symmetric active, mode 1."""
+        return self.config.kind == "peer"
+
+    def poll_request(
+        self,
+        now_mono: int,
+        cookie: int,
+        randomize: float,
+        now_clock: int | None = None,
+        system: SystemState | None = None,
+    ) -> bytes:
         """Build the request for a due poll and schedule the next one.
 
-        ``randomize`` in [-1, 1) spreads the interval by +-5%.
+        ``randomize`` in [-1, 1) spreads the interval by +-5%. A peer's mode 1 packet needs
+        ``now_clock`` (cooked clock) and ``system`` (what we serve); without them it goes as
+        a client request.
         """
         # Every request shifts the reach register, burst packets included (as ntpd does:
         # after an iburst, ntpq shows 377).
@@ -196,13 +224,26 @@ class Source:
                 self.poll += 1  # back off while nobody answers
             if self.config.burst or (self.config.iburst and self.reach == 0):
                 self.burst_left = BURST_COUNT - 1
-        self.pending = ClientExchange.start(
-            cookie,
-            version=self.config.version,
-            poll=self.poll,
-            auth=self.auth,
-            previous=self._xleave_previous(),
-        )
+        if self.symmetric and now_clock is not None and system is not None:
+            xmt = (unix_ns_to_ntp(now_clock) & ~0xFFFF) | (cookie & 0xFFFF)  # below 16 us
+            self.pending = ClientExchange.symmetric(
+                xmt,
+                system,
+                now_clock,
+                org=self.peer_xmt,
+                rec=self.peer_rec,
+                version=self.config.version,
+                poll=self.poll,
+                auth=self.auth,
+            )
+        else:
+            self.pending = ClientExchange.start(
+                cookie,
+                version=self.config.version,
+                poll=self.poll,
+                auth=self.auth,
+                previous=self._xleave_previous(),
+            )
         if self.burst_left > 0:
             self.next_poll_mono = now_mono + BURST_SPACING_NS
         else:
@@ -265,9 +306,16 @@ class Source:
         """Replies refused by the authenticator (bad or missing MAC, crypto-NAK)."""
         return sum(self.counters[f"drop_{reason}"] for reason in AUTH_REASONS)
 
-    def receive(self, data: bytes, t4_ns: int, now_mono: int) -> tuple[Measurement | None, Reason]:
+    def receive(
+        self,
+        data: bytes,
+        t4_ns: int,
+        now_mono: int,
+        loop_refids: frozenset[int] = frozenset(),
+    ) -> tuple[Measurement | None, Reason]:
         """Validate a reply. Returns (measurement to use or None, reason); a kiss's reason
-        names its code (``reason.kiss``)."""
+        names its code (``reason.kiss``). A synchronized reply whose refid is in
+        ``loop_refids`` (stratum > 1) is a timing loop: counted, never a sample."""
         pending = self.pending
         if pending is None or pending.t1_ns is None:
             self.counters["drop_unexpected"] += 1
@@ -289,6 +337,8 @@ class Source:
         self.counters["replies"] += 1
         self.authentic = self.auth is not NO_AUTH
         self.auth_error = None
+        self.peer_xmt = int.from_bytes(data[40:48], "big")
+        self.peer_rec = unix_ns_to_ntp(t4_ns)
         if self.config.xleave:
             self.xleave_prev = got.exchanged
             self.xleave_unanswered = 0
@@ -304,6 +354,12 @@ class Source:
             self.counters["unsynchronized"] += 1
             self.state = SourceState.UNSYNCHRONIZED
             return None, Reason.UNSYNCHRONIZED
+        if sample.stratum > 1 and sample.refid in loop_refids:
+            self.counters["loop"] += 1
+            self.loop = True
+            self.state = SourceState.LOOP
+            return None, Reason.LOOP
+        self.loop = False
         # RFC 5905: both clocks' precision plus PHI times the round trip.
         dispersion = (
             precision_to_ns(sample.precision)

@@ -72,6 +72,8 @@ class SourceState(enum.StrEnum):
     """Its last reply carried leap 3 or stratum 0/16."""
     KOD = "kod"
     """It refused service (DENY/RSTR): no longer polled."""
+    LOOP = "loop"
+    """It is synchronized to us (or, a peer, to the source we follow): never selected."""
     TOO_FAR = "too far"
     """Its root distance exceeds ``tos maxdist``."""
     FALSETICKER = "falseticker"

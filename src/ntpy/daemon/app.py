@@ -46,6 +46,7 @@ from ntpy.daemon.assemble import (
     set_limiter,
     start_access,
 )
+from ntpy.daemon.broadcaster import Broadcaster, start_broadcast
 from ntpy.daemon.control import ControlServer
 from ntpy.daemon.driftfile import WRITE_INTERVAL_NS
 from ntpy.daemon.fastpath import XdpFastPath, start_fastpath
@@ -172,6 +173,7 @@ class Daemon:
             self.smeared,
         )
         self.leap.load(config.leapfile)
+        self.broadcaster: Broadcaster | None = None  # `broadcast ADDR` lines (start)
         self.sync.on_sources = self._sources_changed  # `restrict source` follows them
         self.sync.rtcsync = config.rtcsync
         self.sync.nts.configure(config.nts_ca, config.driftfile)
@@ -257,7 +259,7 @@ class Daemon:
         """The one-line counter summary (over all workers)."""
         if self.pool is not None:
             self.counters()
-        line = self.server.summary()
+        line = self.server.summary() + (self.broadcaster.summary() if self.broadcaster else "")
         if self.nts is not None:
             line += "".join(f" {k}={v}" for k, v in sorted(self.nts.counters().items()) if v)
         return line
@@ -362,6 +364,16 @@ class Daemon:
         if self.pool is not None:
             self.pool.start()  # after the log lines above; before any other socket opens
         self.stats = open_stats(self.config, self.clock, self.sync.recorders)
+        hosts = [a.host for a in [*required, *optional]]
+        self.sync.set_listen_addresses(hosts)
+        self.broadcaster = start_broadcast(
+            self.config,
+            self.clock,
+            lambda: self.responder.state,
+            self.responder.keys,
+            self.loop,
+            hosts,
+        )
         self.sync.add_configured(self.config.servers)
         self.refclocks.add_configured(self.config.refclocks)
         self.sync.start()
@@ -542,6 +554,8 @@ class Daemon:
             if self.control is not None:
                 self.control.close()
             self.sync.close()
+            if self.broadcaster is not None:
+                self.broadcaster.close()
             if self.fastpath is not None:
                 self.fastpath.close()
             self.refclocks.close()

@@ -18,14 +18,17 @@ MAX_REPLY = 2048
 
 
 def open_client_socket(
-    sockaddr: tuple[object, ...], family: int, *, blocking: bool = True
+    sockaddr: tuple[object, ...], family: int, *, blocking: bool = True, bind: str | None = None
 ) -> socket.socket:
-    """A UDP socket of ``family`` connected to ``sockaddr``, with kernel receive timestamps.
-    Raises OSError (the socket is closed again) if any step fails."""
+    """A UDP socket of ``family`` connected to ``sockaddr``, with kernel receive timestamps,
+    sending from ``bind`` (an ephemeral port) if given. Raises OSError (the socket is closed
+    again) if any step fails."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         sock.setblocking(blocking)
+        if bind is not None:
+            sock.bind((bind, 0))
         sock.connect(sockaddr)
     except OSError:
         sock.close()

@@ -39,10 +39,30 @@ def resolve_rule_hosts(config: Config) -> dict[str, list[str]]:
     return out
 
 
+def resolve_peer_addresses(config: Config) -> list[str]:
+    """Addresses of the ``peer`` lines (looked up once, as the rule hosts): ``nopeer`` does
+    not refuse them. A name that does not resolve is only polled once it does; until a
+    restart its mode 1 packets meet ``nopeer`` like anyone's (warned)."""
+    out: set[str] = set()
+    for spec in config.servers:
+        if spec.kind != "peer":
+            continue
+        try:
+            infos = socket.getaddrinfo(spec.address, None, type=socket.SOCK_DGRAM)
+        except (OSError, UnicodeError) as exc:
+            log.warning("peer %s: cannot resolve (%s); nopeer applies to it", spec.address, exc)
+            continue
+        out.update(str(info[4][0]) for info in infos)
+    return sorted(out)
+
+
 def build_access(config: Config) -> AccessControl:
     """ntpd's restrict rules (and chrony's allow/deny) as the responder's access policy."""
     rules = compile_rules(
-        config.restricts, config.access, resolved_hosts=resolve_rule_hosts(config)
+        config.restricts,
+        config.access,
+        resolved_hosts=resolve_rule_hosts(config),
+        peer_addresses=resolve_peer_addresses(config),
     )
     return AccessControl(rules)
 

@@ -43,6 +43,7 @@ RESTART_FIELDS = (
     "fastpath",
     "seccomp",
     "rtcsync",
+    "broadcasts",
 )
 """Settings the engine, sockets or listeners were built from: a restart applies them.
 (``leapfile`` is not here: every SIGHUP re-reads the leap file, changed or not.)"""
@@ -87,7 +88,13 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     plan = ReloadPlan()
     plan.servers_changed = old.servers != new.servers
     plan.access_changed = [f for f in LIVE_ACCESS_FIELDS if getattr(old, f) != getattr(new, f)]
+    if _peers(old) != _peers(new):  # nopeer exempts them: the access policy knows them
+        plan.access_changed.append("peer lines")
     plan.stats_changed = [f for f in LIVE_STATS_FIELDS if getattr(old, f) != getattr(new, f)]
     plan.logfile_changed = old.logfile != new.logfile
     plan.restart_needed = [f for f in RESTART_FIELDS if getattr(old, f) != getattr(new, f)]
     return plan
+
+
+def _peers(config: Config) -> list[str]:
+    return sorted(s.address for s in config.servers if s.kind == "peer")

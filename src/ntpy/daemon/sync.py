@@ -24,7 +24,7 @@ import secrets
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from ntpy.clock.base import Clock, TimedClock
@@ -53,6 +53,7 @@ from ntpy.daemon.client_tx import ClientTxStamps
 from ntpy.daemon.kernelsync import kernel_synchronised
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.ntssources import NtsClients, NtsPeer
+from ntpy.daemon.peering import peer_bind, refids, sock_refids, specific
 
 log = logging.getLogger("ntpy.sync")
 
@@ -121,6 +122,7 @@ class SyncShell:
         self.tx_counters: Counter[str] = Counter()
         """Kernel TX timestamps of the ``xleave`` sources' requests (``client_tx``)."""
         self._tx_warned = False
+        self.listen_hosts: list[str] = []  # where we serve (specific addresses only)
         self.nts = NtsClients(engine, loop, self._move, self.reschedule)
         """The ``nts`` sources' key exchanges and saved cookies (``configure`` it first)."""
 
@@ -189,9 +191,9 @@ class SyncShell:
                 seen.append(addr)
         return seen
 
-    def _open(self, addr: tuple[object, ...]) -> socket.socket:
+    def _open(self, addr: tuple[object, ...], bind: str | None = None) -> socket.socket:
         fam = socket.AF_INET6 if ":" in str(addr[0]) else socket.AF_INET
-        return open_client_socket(addr, fam, blocking=False)
+        return open_client_socket(addr, fam, blocking=False, bind=bind)
 
     def _auth(self, spec: ServerSpec) -> ClientAuth | None:
         """The source's authenticator, or None if its key is not loaded. The config checks
@@ -251,7 +253,7 @@ class SyncShell:
         """Open the source's socket; on failure keep the source (reach 0, error in its
         status) so that it does not vanish from ``peers``/ntpq. Logged on change only."""
         try:
-            sock = self._open(up.address)
+            sock = self._open(up.address, peer_bind(self.listen_hosts, up.spec.kind, up.address))
         except OSError as exc:
             error = f"cannot open a socket: {exc.strerror or exc}"
             if error != up.error:
@@ -274,6 +276,7 @@ class SyncShell:
         if src is not None:
             src.error = None
         self.loop.add_reader(sock, functools.partial(self._on_readable, up.source_id))
+        self.engine.local_refids |= sock_refids(sock)  # our address toward it: loop check
         return True
 
     def _tx_stamps(self, up: Upstream) -> ClientTxStamps | None:
@@ -292,6 +295,11 @@ class SyncShell:
                     exc.strerror or exc,
                 )
             return None
+
+    def set_listen_addresses(self, hosts: Iterable[str]) -> None:
+        """Where we serve: a peer's packets leave from there (``peer_bind``); loop check."""
+        self.listen_hosts = specific(hosts)
+        self.engine.local_refids |= refids(self.listen_hosts)
 
     def _add_resolved(self, spec: ServerSpec, now_mono: int) -> bool:
         addrs = self._resolve(spec)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..state import Directive
-from . import access, leap, misc, nts, refclock, service, sources, system
+from . import access, broadcasting, leap, misc, nts, refclock, service, sources, system
 
 DIRECTIVES: dict[str, Directive] = {
     **sources.DIRECTIVES,
@@ -14,6 +14,7 @@ DIRECTIVES: dict[str, Directive] = {
     **service.DIRECTIVES,
     **nts.DIRECTIVES,
     **leap.DIRECTIVES,
+    **broadcasting.DIRECTIVES,
 }
 
 __all__ = ["DIRECTIVES"]

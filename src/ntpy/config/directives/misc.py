@@ -45,7 +45,6 @@ FILEGEN_TYPES = ("none", "pid", "day", "week", "month", "year", "age")
 UNSUPPORTED_NTPD_DIRECTIVES = frozenset(
     {
         "automax",
-        "broadcast",
         "broadcastclient",
         "calldelay",
         "crypto",
@@ -392,7 +391,8 @@ DIRECTIVES: dict[str, Directive] = {
     "broadcastdelay": Directive(
         handle_broadcastdelay,
         "broadcastdelay SECONDS",
-        "ntpd's broadcast client delay (0..1 s): accepted, unused (no broadcast mode).",
+        "ntpd's broadcast client delay (0..1 s): accepted, unused (ntpy has a broadcast "
+        "server, 'broadcast', but no broadcast client yet).",
     ),
     **{
         name: Directive(

@@ -413,8 +413,14 @@ DIRECTIVES: dict[str, Directive] = {
     "peer": Directive(
         handle_server,
         _usage("peer"),
-        "Accepted for ntpd configs: ntpy polls a peer as a server (client mode); symmetric "
-        "mode is not spoken.",
+        "A symmetric active association (RFC 5905 mode 1) with another server: we send it "
+        "mode 1 packets carrying our system variables, it answers in mode 2 (or mode 1), "
+        "and each side can synchronize to the other and serves it. Its samples count as a "
+        "server's; a peer synchronized to us (its refid is our address) or to the source "
+        "we follow is a timing loop and never selected ('loop' in ntpy peers). With 'key N' "
+        "both directions are signed and only authentic answers count. Mode 1 from hosts "
+        "not configured here never mobilizes anything: it is answered in mode 2 (refused "
+        "under 'restrict ... nopeer' unless it has a valid MAC), and cannot steer our clock.",
         SERVER_OPTION_DOCS,
     ),
     "fudge": Directive(
