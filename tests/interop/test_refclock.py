@@ -39,6 +39,23 @@ def _query(port: int) -> tuple[int, bytes]:
     return data[1], data[12:16]
 
 
+def _served_minus_local(port: int) -> float:
+    """Seconds the daemon's served time is ahead of this host's clock (its -x virtual
+    clock starts on the host clock and follows the refclock's samples)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        t1 = time.time()
+        s.sendto(b"\x23" + bytes(47), (HOST, port))
+        data, _ = s.recvfrom(512)
+        t4 = time.time()
+    t3 = (
+        int.from_bytes(data[40:44], "big")
+        - 2_208_988_800
+        + int.from_bytes(data[44:48], "big") / 2**32
+    )
+    return t3 - (t1 + t4) / 2
+
+
 def _nmea_second(t: int) -> list[bytes]:
     tm = time.gmtime(t)
     hms = time.strftime("%H%M%S", tm) + ".00"
@@ -91,6 +108,7 @@ def test_nmea_over_a_pty_gives_stratum_1(tmp_path: Path) -> None:
         with running_ntpy(tmp_path, conf, listen=(f"{HOST}:0",), extra=NO_CTL) as d:
             _synced(d, d.port, b"GPS\0")
             assert "synchronized to GPS_NMEA(0)" in d.log
+            assert abs(_served_minus_local(d.port)) < 0.05
         gen.close()
     finally:
         os.close(master)
@@ -104,7 +122,9 @@ def test_sock_samples_give_stratum_1(tmp_path: Path) -> None:
     def write(t: int) -> None:
         if path.exists():
             now = time.time_ns()
-            out.sendto(build_sock(now, t * 10**9 - now + 2_000_000 - 10**9), str(path))
+            # chrony's SOCK offset is true time minus the system time of the sample: the
+            # second's edge, read ~2 ms late here.
+            out.sendto(build_sock(now, t * 10**9 - now), str(path))
 
     conf = f"refclock sock {path} refid GPS minpoll 3\n"
     with running_ntpy(tmp_path, conf, listen=(f"{HOST}:0",), extra=NO_CTL) as d:
@@ -112,6 +132,7 @@ def test_sock_samples_give_stratum_1(tmp_path: Path) -> None:
         next(gen)
         _synced(d, d.port, b"GPS\0")
         assert "synchronized to SOCK(0)" in d.log
+        assert abs(_served_minus_local(d.port)) < 0.05  # the samples said: within ~2 ms
         gen.close()
     out.close()
 
@@ -136,6 +157,7 @@ def test_gpsd_shm_gives_stratum_1(tmp_path: Path) -> None:
         with running_ntpy(tmp_path, conf, listen=(f"{HOST}:0",), extra=NO_CTL) as d:
             _synced(d, d.port, b"GPS\0", timeout_s=60)
             assert "synchronized to SHM(0)" in d.log
+            assert abs(_served_minus_local(d.port)) < 0.05
         gen.close()
     finally:
         gpsd.terminate()
