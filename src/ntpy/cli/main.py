@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from ntpy import __version__
 from ntpy.cli.authdata import add_authdata_parser, run_authdata
+from ntpy.cli.doctor import add_doctor_parser
 from ntpy.cli.stat import add_stat_parser
 from ntpy.cli.sync import add_sync_parser
 from ntpy.cli.views import add_clients_parser, add_view_parsers, run_clients, run_peers, run_status
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_authdata_parser(sub)
     add_sync_parser(sub)
     add_stat_parser(sub)
+    add_doctor_parser(sub)
     return p
 
 
@@ -200,6 +202,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from ntpy.cli.sync import run as run_sync
 
         return run_sync(args)
+    if args.command == "doctor":
+        from ntpy.cli.doctor import run as run_doctor
+
+        return run_doctor(args)
     if args.command == "stat":
         from ntpy.cli.stat import run as run_stat
 

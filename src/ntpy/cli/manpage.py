@@ -229,7 +229,12 @@ def ntpy_page(parser: argparse.ArgumentParser | None = None) -> str:
         *_para(
             "serve: 0 after SIGTERM, 1 when it cannot start, 2 for a configuration with "
             "errors. status, stat: 0 synchronised, 1 not, 2 the daemon cannot be asked. "
-            "query: 1 when a server does not answer or is not synchronised."
+            "query: 1 when a server does not answer or is not synchronised. doctor: 0 "
+            "every check ok, 1 warnings (fewer than 4 upstreams, no kod/limited on "
+            "restrict default, running as root, a leap file or NTS certificate about to "
+            "expire), 2 errors (check-config's errors, the daemon not running or not "
+            "synchronised or beyond 75 ms, a drift file its user cannot write, a leap file "
+            "missing or expired, a configured address that does not answer NTP)."
         ),
         ".SH FILES",
         ".TP",
@@ -237,7 +242,7 @@ def ntpy_page(parser: argparse.ArgumentParser | None = None) -> str:
         *_para("the configuration (ntpy.conf(5))."),
         ".TP",
         "\\fI/run/ntpy/ntpy.sock\\fR",
-        *_para("the control socket that status, peers, clients and stat ask."),
+        *_para("the control socket that status, peers, clients, stat and doctor ask."),
         ".TP",
         "\\fI/var/lib/ntpy\\fR",
         *_para("the state directory under systemd: drift file, NTS cookie keys."),

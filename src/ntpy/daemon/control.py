@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -46,6 +47,7 @@ __all__ = [
     "build_reply",
     "default_socket_path",
     "query_control",
+    "query_control_pid",
     "socket_candidates",
 ]
 
@@ -366,6 +368,15 @@ def query_control(path: str | None, cmd: str, timeout: float = 2.0) -> dict[str,
     we looked), permission denied (and what to do), no reply in time, or the daemon's own
     ``{"error": ...}``.
     """
+    return query_control_pid(path, cmd, timeout)[0]
+
+
+def query_control_pid(
+    path: str | None, cmd: str, timeout: float = 2.0
+) -> tuple[dict[str, Any], int | None]:
+    """:func:`query_control`, plus the daemon's process id from the kernel (SO_PEERCRED),
+    so ``ntpy doctor`` can read the very process that answered in ``/proc`` (its uid after
+    a drop) without a command that reveals it. None where the kernel does not say."""
     if timeout <= 0:
         raise ValueError("timeout must be positive")
     deadline = time.monotonic() + timeout
@@ -375,6 +386,7 @@ def query_control(path: str | None, cmd: str, timeout: float = 2.0) -> dict[str,
     else:
         sock = _connect(path, timeout)
     with sock:
+        pid = _peer_pid(sock)
         data = bytearray()
         try:
             # a daemon that is busy answers and closes before reading: still read that answer
@@ -395,7 +407,20 @@ def query_control(path: str | None, cmd: str, timeout: float = 2.0) -> dict[str,
             raise ControlError(f"no reply from ntpy at {path} within {timeout:g} s") from None
         except OSError as exc:
             raise ControlError(f"lost connection to {path}: {exc.strerror or exc}") from None
-    return _parse_reply(bytes(data), path)
+    return _parse_reply(bytes(data), path), pid
+
+
+def _peer_pid(sock: socket.socket) -> int | None:
+    """The pid of the process that listens at the other end (Linux's ``struct ucred``)."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, option, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid = int(struct.unpack("3i", raw)[0])
+    return pid if pid > 0 else None
 
 
 class _Unreachable(ControlError):
