@@ -1,5 +1,5 @@
 """``broadcast ADDR [key N] [ttl N] [minpoll N] [version N] [port N]``: ntpd's broadcast
-server. Every 2**minpoll s a mode 5 packet with our time goes to ADDR (a broadcast
+server; ``broadcastclient [novolley]``: its client (``ntpy.core.bcastclient``). Every 2**minpoll s a mode 5 packet with our time goes to ADDR (a broadcast
 address, or a multicast group with ``ttl`` hops). A client cannot check such a packet's
 origin, so anything but a LAN you own needs ``key N`` (then the key must be trusted, as
 for ``server ... key N``: checked in the parser's finish)."""
@@ -87,8 +87,8 @@ DIRECTIVES: dict[str, Directive] = {
         "system variables goes to ADDRESS, port 123 (or 'port'), sent with SO_BROADCAST "
         "from the first address we serve on. Sent only while we are synchronized. "
         "Clients cannot check where such a packet came from: use 'key N' beyond a LAN "
-        "you own (ntpd's broadcastclient ignores unauthenticated ones by default). chronyd "
-        "has no broadcast client.",
+        "you own ('broadcastclient', ntpd's and ntpy's, ignores unauthenticated ones by "
+        "default). chronyd has no broadcast client.",
         (
             ("key N", "sign every packet with trusted key N"),
             ("ttl N", "hops for a multicast group, 1..255 (default 1)"),
