@@ -118,9 +118,7 @@ def test_ntpy_broadcastclient_syncs_to_a_signed_ntpy_broadcast_server(
             timeout=20,
         )
         time.sleep(1)
-        sources = json.loads(ntpy_cli("peers", "--socket", str(sock), "--json").stdout)[
-            "sources"
-        ]
+        sources = json.loads(ntpy_cli("peers", "--socket", str(sock), "--json").stdout)["sources"]
         assert len(sources) == 1, sources
         client.stop()
         summary = client.wait_for_log("counters: answered=")

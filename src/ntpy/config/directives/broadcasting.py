@@ -1,8 +1,9 @@
 """``broadcast ADDR [key N] [ttl N] [minpoll N] [version N] [port N]``: ntpd's broadcast
-server; ``broadcastclient [novolley]``: its client (``ntpy.core.bcastclient``). Every 2**minpoll s a mode 5 packet with our time goes to ADDR (a broadcast
-address, or a multicast group with ``ttl`` hops). A client cannot check such a packet's
-origin, so anything but a LAN you own needs ``key N`` (then the key must be trusted, as
-for ``server ... key N``: checked in the parser's finish)."""
+server; ``broadcastclient [novolley]``: its client (``ntpy.core.bcastclient``). Every
+2**minpoll s a mode 5 packet with our time goes to ADDR (a broadcast address, or a
+multicast group with ``ttl`` hops). A client cannot check such a packet's origin, so
+anything but a LAN you own needs ``key N`` (then the key must be trusted, as for
+``server ... key N``: checked in the parser's finish)."""
 
 from __future__ import annotations
 
