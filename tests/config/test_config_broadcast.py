@@ -67,3 +67,16 @@ def test_bad_addresses_and_options() -> None:
 
 def test_ttl_on_a_broadcast_address_is_warned() -> None:
     warns(LOCAL + "broadcast 10.0.0.255 ttl 3\n", 2, "multicast")
+
+
+def test_broadcastclient_sets_bclient_and_is_a_time_source() -> None:
+    config = conf(KEYS + "broadcastclient\nbroadcastdelay 0.008\n")
+    assert config.flags.bclient and config.flags.auth and config.broadcastdelay == 0.008
+    assert conf(KEYS + "broadcastclient novolley\n").flags.bclient
+    fails(KEYS + "broadcastclient often\n", 3, "unknown option 'often'", "[novolley]")
+
+
+def test_broadcastclient_without_a_trusted_key_warns_with_the_fix() -> None:
+    warns("broadcastclient\n", 1, "no key is trusted", "trustedkey N", "disable auth")
+    conf("broadcastclient\ndisable auth\n")  # unsigned broadcasts accepted: no warning
+    conf(KEYS + "broadcastclient\n")

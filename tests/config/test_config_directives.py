@@ -92,7 +92,7 @@ def test_unknown_directive_warns_and_strict_fails() -> None:
 
 
 def test_known_but_unsupported_ntpd_directive_warns() -> None:
-    warns("broadcastclient", 1, "'broadcastclient'", "not supported")
+    warns("multicastclient", 1, "'multicastclient'", "not supported")
 
 
 def test_config_is_frozen() -> None:

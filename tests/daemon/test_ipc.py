@@ -26,6 +26,7 @@ MESSAGES: list[ipc.Message] = [
     ipc.CountersReply(7, {"answered": 1}, {}),
     ipc.ClientsReply(8, (ROW, ipc.ClientRow("::1", 1, 0, 0, None, 0, 0, 0)), 32768),
     ipc.Mode6Request(9, 2, ("127.0.0.1", 5), b"\x16\x01\x00\x01"),
+    ipc.BroadcastPacket("10.0.0.1", 1_790_000_000_123_456_789, True, b"\x25" * 48),
     ipc.CookieKeysUpdate(10, b"NTPYNTSK\x01\x01" + bytes(range(256)) * 2),
     ipc.CookieKeysAck(10, 0xDEADBEEF),
     ipc.CookieKeysAck(11, -1),

@@ -14,7 +14,7 @@ def conf(text: str) -> Config:
 
 def test_every_config_field_is_classified() -> None:
     known = set(LIVE_ACCESS_FIELDS) | set(LIVE_STATS_FIELDS) | set(RESTART_FIELDS)
-    known |= {"servers", "logfile", "includes", "logconfig", "broadcastdelay"}
+    known |= {"servers", "logfile", "includes", "logconfig"}
     known |= {"leapfile"}  # re-read on every SIGHUP (daemon/leapkeeper.py)
     known |= {"file_locations"}  # where directives stood (for check messages), not a setting
     missing = {f.name for f in fields(Config)} - known

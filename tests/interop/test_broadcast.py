@@ -3,8 +3,8 @@ namespace ``ntpypeers-bc*`` with a veth pair 10.153.0.1/24 <-> 10.153.0.2/24 (ne
 host's interfaces), removed after. ntpy -x serves its local clock and broadcasts to
 10.153.0.255 on two ports, signed with key 1 and unsigned; a receiver in the namespace
 checks what arrives: mode 5, our stratum and a transmit time of now, a MAC that verifies
-under key 1 on the signed line and none on the other. (There is no broadcast client in
-ntpy yet, and chronyd has none at all.)
+under key 1 on the signed line and none on the other. (ntpy's broadcast client is tested
+in ``test_broadcast_client.py``; chronyd has none at all.)
 """
 
 from __future__ import annotations

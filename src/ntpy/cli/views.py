@@ -25,7 +25,7 @@ PEERS_HEADER = "     remote           refid      st t when poll reach   delay   
 PEERS_RULE = "=" * len(PEERS_HEADER)
 REMOTE_WIDTH = 15
 REFID_WIDTH = 15
-NTP_KINDS = frozenset({"server", "pool", "peer"})
+NTP_KINDS = frozenset({"server", "pool", "peer", "broadcast"})
 
 EXIT_SYNCED = 0
 EXIT_UNSYNCED = 1

@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass
 
 from .directives import DIRECTIVES
+from .directives.broadcasting import finish_broadcastclient
 from .directives.misc import UNSUPPORTED_NTPD_DIRECTIVES
 from .directives.sources import finish_refclocks
 from .directives.system import finish_tos
@@ -281,7 +282,14 @@ def _finish(state: State) -> Config:
             loc = spec.location
             what = f"'broadcast {spec.address} key {spec.key}'"
             _record(state, ConfigError(loc.filename, loc.line, f"{what}: {problem}"))
-    has_source = bool(state.servers or refclocks or state.local or "orphan" in state.tos_set)
+    finish_broadcastclient(state)
+    has_source = bool(
+        state.servers
+        or refclocks
+        or state.local
+        or "orphan" in state.tos_set
+        or state.flags.bclient
+    )
     if not has_source:
         for loc, written, guess in state.source_typos:
             _record(

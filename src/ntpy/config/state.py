@@ -118,6 +118,7 @@ class State:
     leapsmear: LeapSmearSpec | None = None
     broadcastdelay: float | None = None
     broadcasts: list[BroadcastSpec] = field(default_factory=list)
+    broadcastclient_at: SourceLocation | None = None
     logconfig: list[str] = field(default_factory=list)
     metrics: HttpEndpointSpec | None = None
     webstatus: HttpEndpointSpec | None = None

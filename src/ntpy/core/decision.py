@@ -11,6 +11,9 @@ to (``reason``), so the I/O shell needs no knowledge of NTP to count, send or dr
 * ``Drop``            -- send nothing; ``reason`` is the counter;
 * ``Control``         -- mode 6: hand the datagram to the control responder (``ntpq``),
   which answers within its byte budget; without one the shell counts ``reason``;
+* ``Broadcast``       -- a mode 5 packet while we are a broadcast client: hand it (and
+  its receive time) to the sync engine (``SyncEngine.handle_broadcast``); ``nopeer``
+  says the sender is under ``restrict ... nopeer`` (then only a signed one may be used);
 * ``UnknownClient``   -- the caller gave only a cache key whose access class is not known
   yet: decide again with the peer's address.
 
@@ -57,6 +60,8 @@ class Reason(StrEnum):
     NTS_NAK = "nts_nak_sent"
     """An NTS request whose cookie does not open or whose authenticator does not verify:
     answered with an NTS NAK (kiss NTSN echoing the Unique Identifier)."""
+    BROADCAST = "broadcast_in"
+    """A mode 5 packet handed to the broadcast client (``broadcastclient``)."""
     NTS_MALFORMED = "drop_nts_malformed"
     """NTS fields missing, repeated, misplaced or mis-sized, or too small a request for an
     authenticated reply: dropped."""
@@ -121,14 +126,24 @@ class Control:
 
 
 @dataclass(frozen=True, slots=True)
+class Broadcast:
+    """A broadcast server's packet for the sync engine; a shell without a broadcast
+    client counts ``reason``."""
+
+    nopeer: bool = False
+    reason: Reason = Reason.BROADCAST
+
+
+@dataclass(frozen=True, slots=True)
 class UnknownClient:
     """The cache key's access class is not known: call ``decide`` again with the peer."""
 
 
-Decision = Answer | AnsweredInPlace | Kiss | Drop | Control | UnknownClient
+Decision = Answer | AnsweredInPlace | Kiss | Drop | Control | Broadcast | UnknownClient
 
 IN_PLACE = AnsweredInPlace()
 CONTROL = Control()
+BROADCAST, BROADCAST_NOPEER = Broadcast(), Broadcast(nopeer=True)
 UNKNOWN_CLIENT = UnknownClient()
 DROPS = {reason: Drop(reason) for reason in Reason if not reason.answered}
 """The one ``Drop`` per reason (compare decisions by ``reason``, not by identity)."""

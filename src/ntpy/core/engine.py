@@ -36,6 +36,7 @@ from collections.abc import Callable
 from ntpy.core import pool
 from ntpy.core.actions import Action, LogEvent, PeerStats, SendRequest
 from ntpy.core.address import host
+from ntpy.core.bcastclient import BroadcastClient
 from ntpy.core.discipline import MAX_FREQ_PPB, PANIC, WAIT, Discipline
 from ntpy.core.exchange import NO_AUTH, ClientAuth, KissCode
 from ntpy.core.leap import LeapEvent
@@ -78,6 +79,9 @@ class SyncEngine:
         self.start_mono: int | None = None
         self.next_housekeeping = 0
         self.first_wait_over = False
+        self.broadcast: BroadcastClient | None = None
+        """The broadcast client (``broadcastclient``), set by the shell: its packets come
+        to ``handle_broadcast``."""
         self.local_refids: frozenset[int] = frozenset()
         """The refids of our own addresses (``system.address_refid``), set by the shell:
         a source whose refid is one of them is synchronized to us (a loop)."""
@@ -171,7 +175,7 @@ class SyncEngine:
         times = [
             s.next_poll_mono
             for s in self.sources.values()
-            if s.active and not s.needs_key_exchange  # the shell wakes us after the exchange
+            if s.active and s.polls and not s.needs_key_exchange  # (key exchange: the shell)
         ]
         times.append(self.next_housekeeping)
         if self._first_wait_pending():
@@ -236,13 +240,40 @@ class SyncEngine:
         self.notices.reason_changed(self, actions)
         return actions
 
+    def handle_broadcast(
+        self, data: bytes, address: str, t4_clock: int, now_mono: int, nopeer: bool = False
+    ) -> list[Action]:
+        """A mode 5 packet from ``address`` (host only) received at ``t4_clock``: a sample
+        of that server's ``broadcast`` source (made on its first valid packet), or nothing
+        (counted by ``self.broadcast``; ``nopeer``: see ``BroadcastClient.check``)."""
+        bc = self.broadcast
+        got = None if bc is None else bc.check(data, t4_clock, nopeer)
+        if bc is None or got is None:
+            return []
+        sid = bc.heard(address, now_mono, got.poll)
+        if sid is None:
+            cfg = bc.source_for(address, got)
+            if cfg is None:
+                return []
+            sid = self.add_source(cfg, now_mono)
+            bc.adopt(address, sid, now_mono, got.poll)
+        src = self.sources[sid]
+        actions: list[Action] = []
+        authentic = got.keyid is not None
+        m, _ = src.broadcast(got.sample, now_mono, self._loop_refids(src), authentic=authentic)
+        self.notices.source_replied(src, actions)
+        if m is not None:
+            self._accept(src, m, t4_clock, now_mono, actions)
+        self.notices.reason_changed(self, actions)
+        return actions
+
     def _accept(
         self, src: Source, m: Measurement, now_clock: int, now_mono: int, actions: list[Action]
     ) -> None:
         """A measurement into the source's statistics, then the rest of the pipeline."""
         prev = src.stats.estimate
         est = src.stats.add(m)
-        if prev is not None and src.refclock is None:  # a refclock's poll is fixed
+        if prev is not None and src.refclock is None and src.polls:  # else its poll is fixed
             innovation = m.offset_ns - offset_at(prev, m.time_ns)
             sd = math.hypot(prev.offset_sd_ns, est.jitter_ns, m.delay_ns / 4.0)
             src.adapt_poll(innovation, sd, est)
@@ -384,6 +415,9 @@ class SyncEngine:
 
     def _housekeeping(self, now_mono: int, now_clock: int, actions: list[Action]) -> None:
         self.next_housekeeping = now_mono + HOUSEKEEPING_NS
+        if self.broadcast is not None:
+            for sid in self.broadcast.expired(now_mono):
+                self.remove_source(sid)
         if self.ever_synced or self.sources:
             self._reselect(now_mono, now_clock, actions)
         last_ok = self.selector.last_selectable_mono

@@ -166,7 +166,7 @@ def _source_status(eng: SyncEngine, src: Source, now_mono: int, now_clock: int) 
         refid=refid_to_text(sample.refid, stratum) if sample else f".{src.kod or 'INIT'}.",
         stratum=stratum,
         leap=sample.leap if sample else LEAP_ALARM,
-        type_char={"pool": "p", "peer": "s"}.get(src.config.kind, "u"),
+        type_char={"pool": "p", "peer": "s", "broadcast": "b"}.get(src.config.kind, "u"),
         when_s=None
         if src.last_reply_mono is None
         else max(0, (now_mono - src.last_reply_mono) // NS_PER_S),
@@ -187,7 +187,7 @@ def _source_status(eng: SyncEngine, src: Source, now_mono: int, now_clock: int) 
         received_ns=sample.t4_ns if sample else None,
         refid_raw=sample.refid if sample else 0,
         precision=sample.precision if sample else 0,
-        configured=src.config.pool is None,
+        configured=src.config.pool is None and src.polls,  # broadcast: ephemeral
         error=src.error,
         auth=src.config.auth_label,
         authentic=src.authentic,

@@ -22,7 +22,10 @@ What we answer, as ntpd does:
   keeps an ephemeral association for authenticated ones). Under ``restrict ... nopeer``
   (the default ntp.conf) a mode 1 request is answered only from a configured peer or with
   a MAC under a trusted key; others are dropped as ``drop_nopeer``.
-What we never answer: mode 2/4/5 (replies and broadcasts: answering them makes loops),
+Mode 5 while we are a broadcast client (``broadcast_client``): past the ``ignore``,
+``noserve`` and ``version`` rules, a ``Broadcast`` decision for the sync engine (with the
+sender's ``nopeer``). What we never answer: mode 2/4/5 (replies and broadcasts: answering
+them makes loops),
 mode 7 (ntpdc's private mode, the monlist amplifier), versions 0 and > 4, and anything that
 does not parse. Mode 6 goes to the control responder unless the client is ``noquery``. A
 request with a MAC under a trusted key gets a MAC'd reply; a MAC that does not verify gets
@@ -59,6 +62,8 @@ from typing import Any, Protocol
 
 from ntpy.core import auth
 from ntpy.core.decision import (
+    BROADCAST,
+    BROADCAST_NOPEER,
     CONTROL,
     DROPS,
     IN_PLACE,
@@ -201,6 +206,9 @@ class Responder(ReplyBuilder):
         self._cacheable = False
         self.xleave: InterleaveTable | None = None
         self._xleave_bit = 0
+        self.broadcast_client = False
+        """Set by the daemon with ``broadcastclient``: mode 5 packets become ``Broadcast``
+        decisions for the sync engine instead of ``drop_not_request``."""
         self.nts: NtsServing | None = None
         """Set by the daemon with ``nts enable``: NTS requests are then checked and sealed
         (``ntpy.core.ntsserve``); without it their NTS fields are ignored (a plain reply,
@@ -375,6 +383,8 @@ class Responder(ReplyBuilder):
             reply_mode = MODE_SERVER
         elif mode == MODE_ACTIVE:
             reply_mode = MODE_PASSIVE
+        elif mode == MODE_BROADCAST and self.broadcast_client:
+            reply_mode = MODE_BROADCAST  # not a reply: the sync engine's (broadcastclient)
         elif mode in (MODE_PASSIVE, MODE_SERVER, MODE_BROADCAST):
             return DROPS[Reason.NOT_REQUEST]
         else:
@@ -388,6 +398,8 @@ class Responder(ReplyBuilder):
                 return _RESTRICTED
             if "version" in flags and version != 4:
                 return DROPS[Reason.VERSION_DENIED]
+        if reply_mode == MODE_BROADCAST:
+            return BROADCAST_NOPEER if "nopeer" in flags else BROADCAST
 
         data = bytes(request[at : at + n])
         key: auth.MacKey | None = None

@@ -191,7 +191,17 @@ class Source:
         return bool(getattr(self.auth, "needs_key_exchange", False))
 
     def due(self, now_mono: int) -> bool:
-        return self.active and now_mono >= self.next_poll_mono and not self.needs_key_exchange
+        return (
+            self.polls
+            and self.active
+            and now_mono >= self.next_poll_mono
+            and not self.needs_key_exchange
+        )
+
+    @property
+    def polls(self) -> bool:
+        """We send it requests: every kind but a broadcast server (it sends unasked)."""
+        return self.config.kind != "broadcast"
 
     @property
     def symmetric(self) -> bool:
@@ -348,6 +358,25 @@ class Source:
         if sample is None:
             self.counters[Reason.INTERLEAVED_START.value] += 1
             return None, Reason.INTERLEAVED_START
+        return self.measure(sample, loop_refids)
+
+    def broadcast(
+        self, sample: Sample, now_mono: int, loop_refids: frozenset[int], *, authentic: bool
+    ) -> tuple[Measurement | None, Reason]:
+        """A broadcast server's packet (``core.bcastclient`` checked it): no request to
+        match, so reach shifts in one bit per packet."""
+        self.reach = ((self.reach << 1) | 1) & 0xFF
+        self.last_reply_mono = now_mono
+        self.counters["replies"] += 1
+        self.authentic = authentic
+        self.auth_error = None
+        return self.measure(sample, loop_refids)
+
+    def measure(
+        self, sample: Sample, loop_refids: frozenset[int]
+    ) -> tuple[Measurement | None, Reason]:
+        """The measurement of a valid reply's ``sample``, unless it is unsynchronized or
+        a timing loop (counted)."""
         self.last_sample = sample
         self.interleaved = sample.interleaved
         if sample.leap == LEAP_ALARM or not 1 <= sample.stratum <= 15:

@@ -42,6 +42,10 @@ def announce(daemon: Daemon) -> None:
         log.info("%d upstream server/pool line(s) configured", len(daemon.config.servers))
     if refclocks:
         log.info("%d reference clock(s) configured", refclocks)
+    if daemon.engine.broadcast is not None:
+        n += 1
+        auth = "signed with a trusted key" if daemon.config.flags.auth else "signed or not"
+        log.info("broadcast client: mode 5 packets %s become sources", auth)
     if local is not None:
         log.info(
             "%s (%s)",

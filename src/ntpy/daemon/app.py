@@ -26,7 +26,7 @@ from ntpy.core.actions import cooked_now
 from ntpy.core.status import SyncStatus
 from ntpy.core.system import SystemState
 from ntpy.core.timestamps import NS_PER_S as NS
-from ntpy.daemon import ipc
+from ntpy.daemon import bclient, ipc
 from ntpy.daemon.announce import announce
 from ntpy.daemon.assemble import (
     StartupError,
@@ -177,6 +177,10 @@ class Daemon:
         self.sync.on_sources = self._sources_changed  # `restrict source` follows them
         self.sync.rtcsync = config.rtcsync
         self.sync.nts.configure(config.nts_ca, config.driftfile)
+        sink = bclient.attach_broadcast_client(
+            config, self.engine, self.responder, self.sync, self.clock
+        )
+        self.server.broadcast = self.bclient = sink  # mode 5 (broadcastclient); workers: start
         self.control: ControlServer | None = None
         self.stats: StatsFiles | None = None
         self.logs: LogSetup | None = None
@@ -260,6 +264,7 @@ class Daemon:
         if self.pool is not None:
             self.counters()
         line = self.server.summary() + (self.broadcaster.summary() if self.broadcaster else "")
+        line += bclient.summary(self.engine)
         if self.nts is not None:
             line += "".join(f" {k}={v}" for k, v in sorted(self.nts.counters().items()) if v)
         return line
@@ -353,6 +358,7 @@ class Daemon:
             )
             if self.run_as is not None:
                 self.pool.after_fork = self.run_as.worker()
+            self.pool.broadcast_sink = self.bclient
             if self.confinement is not None and self.confinement.level:
                 self.pool.confine_worker = self.confinement.worker
         else:

@@ -13,7 +13,7 @@ so a worker that parsed something hostile cannot make the main run code by sendi
 Main -> worker: ``Serve``, ``Sources``, ``Reload``, ``ReopenLogs``, ``CountersQuery``,
 ``ClientsQuery``, ``Mode6Reply``, ``CookieKeysUpdate``. Worker -> main: ``Counters`` (pushed,
 and the final one at exit), ``CountersReply``, ``ClientsReply``, ``Mode6Request``,
-``CookieKeysAck``.
+``CookieKeysAck``, ``BroadcastPacket``.
 """
 
 from __future__ import annotations
@@ -215,6 +215,18 @@ class Mode6Request:
 
 
 @dataclass(frozen=True, slots=True)
+class BroadcastPacket:
+    """A mode 5 packet a worker received (``broadcastclient``), for the main's sync engine:
+    sender host, receive time (served ns) and whether the sender is under ``nopeer``."""
+
+    KIND: ClassVar[str] = "broadcast"
+    host: str
+    rx_ns: int
+    nopeer: bool
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class CookieKeysAck:
     """A worker installed the ring of ``CookieKeysUpdate`` ``token`` (``current``: the key
     id new cookies are sealed with), or could not (``current`` -1: it keeps its old ring)."""
@@ -238,6 +250,7 @@ Message = (
     | Mode6Request
     | CookieKeysUpdate
     | CookieKeysAck
+    | BroadcastPacket
 )
 Reply = CountersReply | ClientsReply | CookieKeysAck
 Query = CountersQuery | ClientsQuery | CookieKeysUpdate
@@ -277,6 +290,8 @@ def encode(msg: Message) -> bytes:
             return pack_frame(msg.KIND, {"token": token}, ring)
         case CookieKeysAck(token, current):
             return pack_frame(msg.KIND, {"token": token, "current": current})
+        case BroadcastPacket(host, rx_ns, nopeer, data):
+            return pack_frame(msg.KIND, {"host": host, "rx_ns": rx_ns, "nopeer": nopeer}, data)
     raise MessageError(f"not a message: {msg!r}")  # pragma: no cover - exhaustive above
 
 
@@ -332,6 +347,9 @@ _DECODERS: dict[str, Callable[[dict[str, Any], bytes], Message]] = {
     Mode6Request.KIND: lambda h, t: Mode6Request(int(h["id"]), int(h["ep"]), _peer(h["peer"]), t),
     CookieKeysUpdate.KIND: lambda h, t: CookieKeysUpdate(int(h["token"]), t),
     CookieKeysAck.KIND: lambda h, t: CookieKeysAck(int(h["token"]), int(h["current"])),
+    BroadcastPacket.KIND: lambda h, t: BroadcastPacket(
+        str(h["host"]), int(h["rx_ns"]), bool(h["nopeer"]), t
+    ),
 }
 
 

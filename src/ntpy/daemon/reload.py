@@ -44,6 +44,7 @@ RESTART_FIELDS = (
     "seccomp",
     "rtcsync",
     "broadcasts",
+    "broadcastdelay",
 )
 """Settings the engine, sockets or listeners were built from: a restart applies them.
 (``leapfile`` is not here: every SIGHUP re-reads the leap file, changed or not.)"""

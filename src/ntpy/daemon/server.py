@@ -42,7 +42,16 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ntpy.clock.base import Clock
-from ntpy.core.decision import IN_PLACE, UNKNOWN_CLIENT, Answer, Control, Drop, Kiss, Reason
+from ntpy.core.decision import (
+    IN_PLACE,
+    UNKNOWN_CLIENT,
+    Answer,
+    Broadcast,
+    Control,
+    Drop,
+    Kiss,
+    Reason,
+)
 from ntpy.core.interleave import TX_MASK, InterleaveTable
 from ntpy.core.reply import NtsReply, Reply
 from ntpy.core.server import Responder
@@ -97,6 +106,9 @@ __all__ = [
 ]
 
 ControlHandler = Callable[[bytes, Any], list[bytes]]
+BroadcastSink = Callable[[bytes, str, int, bool], None]
+"""Takes a broadcast server's packet: (data, sender host, receive time in served ns,
+the sender is under ``nopeer``)."""
 """Mode 6 (ntpq) handler: (request, client address) -> reply datagrams (maybe none).
 Called only for requests the access rules allow to query (not ``noquery``/``ignore``)."""
 
@@ -148,6 +160,8 @@ class NtpServer(TxStamping):
         self.counters: Counter[str] = Counter()
         self.control: ControlHandler | None = None
         """Answers mode 6 requests; None drops them (counted as ``drop_mode6``)."""
+        self.broadcast: BroadcastSink | None = None
+        """Takes mode 5 packets (``broadcastclient``; the responder's ``Broadcast``)."""
         self._batches: dict[Endpoint, mmsg.MmsgBatch | None] = {}
         self._rx_buf = bytearray(RECV_BUFSIZE)
         """The per-datagram path's receive buffer (a fast-case reply is written over it)."""
@@ -312,6 +326,9 @@ class NtpServer(TxStamping):
                 slow.append((i, d.reply))  # type: ignore[union-attr]
             elif kind is Control and self.control is not None:
                 self._control(ep, b.payload(i), b.peer(i), b.ancillary(i)[1])
+            elif kind is Broadcast and self.broadcast is not None:
+                counters[d.reason] += 1  # type: ignore[union-attr]
+                self.broadcast(b.payload(i), str(b.peer(i)[0]), rx, d.nopeer)  # type: ignore[union-attr]
             else:
                 counters[d.reason] += 1  # type: ignore[union-attr]
         if fast:
@@ -485,6 +502,9 @@ class NtpServer(TxStamping):
             else:
                 if isinstance(d, Control) and self.control is not None:
                     self._control(ep, bytes(view[:size]), peer, pktinfo)
+                elif isinstance(d, Broadcast) and self.broadcast is not None:
+                    counters[d.reason] += 1
+                    self.broadcast(bytes(view[:size]), str(host), rx_served, d.nopeer)
                 else:
                     counters[d.reason] += 1  # type: ignore[union-attr]
                 continue

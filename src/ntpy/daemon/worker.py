@@ -126,6 +126,8 @@ class Worker:
         self.server = NtpServer(self.clock, self.responder)
         self.server.endpoints = list(setup.endpoints)
         self.server.control = self._forward_mode6
+        if self.responder.broadcast_client:
+            self.server.broadcast = self._forward_broadcast
         self._by_fd = {ep.sock.fileno(): i for i, ep in enumerate(setup.endpoints)}
         self._current = 0
         self._ids = itertools.count(1)
@@ -164,6 +166,11 @@ class Worker:
         else:
             counters["drop_mode6_backlog"] += 1
         return []
+
+    def _forward_broadcast(self, data: bytes, host: str, rx_ns: int, nopeer: bool) -> None:
+        """``NtpServer.broadcast`` in a worker: the main's sync engine takes the packet."""
+        if not ipc.send(self.channel, ipc.BroadcastPacket(host, rx_ns, nopeer, data)):
+            self.server.counters["drop_broadcast_backlog"] += 1
 
     def _settle_forwarded(self) -> None:
         if not self._forwarded:

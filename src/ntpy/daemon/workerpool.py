@@ -37,7 +37,7 @@ from ntpy.core.timestamps import NS_PER_S as NS
 from ntpy.daemon import ipc
 from ntpy.daemon.loop import Loop
 from ntpy.daemon.reuseport import ReuseportGroup
-from ntpy.daemon.server import ControlHandler
+from ntpy.daemon.server import BroadcastSink, ControlHandler
 from ntpy.daemon.shared import SharedState
 from ntpy.daemon.udp import Endpoint
 from ntpy.daemon.worker import BLOCKED_SIGNALS, WorkerSetup, worker_process
@@ -122,6 +122,8 @@ class WorkerPool:
         self.limiter = limiter
         self.access_update = access_update
         self.control = control
+        self.broadcast_sink: BroadcastSink | None = None
+        """Takes the mode 5 packets workers forward (``broadcastclient``)."""
         self.loop = loop
         self.clock_name = clock_name
         self.precision = precision
@@ -342,6 +344,9 @@ class WorkerPool:
     def _dispatch(self, slot: WorkerSlot, message: ipc.Message) -> None:
         if isinstance(message, ipc.Mode6Request):
             self._mode6(slot, message)
+        elif isinstance(message, ipc.BroadcastPacket):
+            if self.broadcast_sink is not None:
+                self.broadcast_sink(message.data, message.host, message.rx_ns, message.nopeer)
         else:
             log.warning("worker %d sent an unexpected %s", slot.index, type(message).__name__)
 

@@ -1,8 +1,9 @@
 """``broadcast ADDR [key N] [ttl N] [minpoll N] [version N] [port N]``: ntpd's broadcast
-server. Every 2**minpoll s a mode 5 packet with our time goes to ADDR (a broadcast
-address, or a multicast group with ``ttl`` hops). A client cannot check such a packet's
-origin, so anything but a LAN you own needs ``key N`` (then the key must be trusted, as
-for ``server ... key N``: checked in the parser's finish)."""
+server; ``broadcastclient [novolley]``: its client (``ntpy.core.bcastclient``). Every
+2**minpoll s a mode 5 packet with our time goes to ADDR (a broadcast address, or a
+multicast group with ``ttl`` hops). A client cannot check such a packet's origin, so
+anything but a LAN you own needs ``key N`` (then the key must be trusted, as for
+``server ... key N``: checked in the parser's finish)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ..model import BroadcastSpec
 from ..state import Args, Directive, Line, State
 from ..values import BadValue, parse_int, parse_ip, show
 
+CLIENT_USAGE = "broadcastclient [novolley]"
 USAGE = "broadcast ADDRESS [key N] [ttl N] [minpoll N] [version N] [port N]"
 _INT_OPTIONS: dict[str, tuple[int, int]] = {
     "key": (1, 65535),
@@ -22,6 +24,33 @@ _INT_OPTIONS: dict[str, tuple[int, int]] = {
     "version": (3, 4),
     "port": (1, 65535),
 }
+
+
+def handle_broadcastclient(state: State, line: Line) -> None:
+    args = Args(line.args)
+    word = args.take()
+    if word is not None and word.lower() != "novolley":
+        raise BadValue(f"unknown option {show(word)} for 'broadcastclient' (usage: {CLIENT_USAGE})")
+    args.expect_end()
+    state.flags = replace(state.flags, bclient=True)
+    state.broadcastclient_at = line.loc
+
+
+def finish_broadcastclient(state: State) -> None:
+    """A broadcast client with authentication on (the default) takes only packets whose
+    MAC verifies under a trusted key: without any trusted key it would take none."""
+    flags = state.flags
+    if not flags.bclient or not flags.auth or state.trustedkeys:
+        return
+    loc = state.broadcastclient_at
+    if loc is not None:
+        state.warn(
+            loc,
+            "'broadcastclient' with authentication on (the default) takes only packets "
+            "signed with a trusted key, and no key is trusted: add 'keys FILE' and "
+            "'trustedkey N' (the server's 'broadcast ADDR key N'), or 'disable auth' to "
+            "accept unsigned broadcasts from anyone on the LAN",
+        )
 
 
 def handle_broadcast(state: State, line: Line) -> None:
@@ -59,8 +88,8 @@ DIRECTIVES: dict[str, Directive] = {
         "system variables goes to ADDRESS, port 123 (or 'port'), sent with SO_BROADCAST "
         "from the first address we serve on. Sent only while we are synchronized. "
         "Clients cannot check where such a packet came from: use 'key N' beyond a LAN "
-        "you own (ntpd's broadcastclient ignores unauthenticated ones by default). chronyd "
-        "has no broadcast client.",
+        "you own ('broadcastclient', ntpd's and ntpy's, ignores unauthenticated ones by "
+        "default). chronyd has no broadcast client.",
         (
             ("key N", "sign every packet with trusted key N"),
             ("ttl N", "hops for a multicast group, 1..255 (default 1)"),
@@ -68,5 +97,18 @@ DIRECTIVES: dict[str, Directive] = {
             ("version N", "NTP version of the packets, 3..4 (default 4)"),
             ("port N", "ntpy's own: the destination UDP port (default 123)"),
         ),
+    ),
+    "broadcastclient": Directive(
+        handle_broadcastclient,
+        CLIENT_USAGE,
+        "Broadcast client (ntpd's; same as 'enable bclient'): mode 5 packets arriving on "
+        "the NTP port become samples of a 'broadcast' source per sending server, with "
+        "offset = transmit time + broadcastdelay/2 - receive time and delay = "
+        "broadcastdelay (default 0.004 s). Such a source never polls; at most 8 are "
+        "kept, and one silent for 8 of its intervals is removed. With 'auth' on (the "
+        "default) only packets whose MAC verifies under a trusted key are used; others "
+        "are ignored and counted (broadcast_unauthenticated, broadcast_bad_mac); "
+        "'disable auth' accepts unsigned ones. 'novolley' is accepted (ntpy never "
+        "volleys: it never sends to a broadcast server). chronyd has no broadcast client.",
     ),
 }

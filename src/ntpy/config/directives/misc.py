@@ -45,7 +45,6 @@ FILEGEN_TYPES = ("none", "pid", "day", "week", "month", "year", "age")
 UNSUPPORTED_NTPD_DIRECTIVES = frozenset(
     {
         "automax",
-        "broadcastclient",
         "calldelay",
         "crypto",
         "device",
@@ -391,8 +390,9 @@ DIRECTIVES: dict[str, Directive] = {
     "broadcastdelay": Directive(
         handle_broadcastdelay,
         "broadcastdelay SECONDS",
-        "ntpd's broadcast client delay (0..1 s): accepted, unused (ntpy has a broadcast "
-        "server, 'broadcast', but no broadcast client yet).",
+        "The broadcast client's (ntpd's) assumed one-way delay from a broadcast server, "
+        "0..1 s (default 0.004): a mode 5 sample's offset is its transmit time plus half "
+        "of this minus our receive time, and its delay is this.",
     ),
     **{
         name: Directive(

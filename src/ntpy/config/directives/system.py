@@ -328,7 +328,7 @@ _MRU_DOCS = {
 }
 _FLAG_DOCS = {
     "auth": "ntpd: authenticate peers before mobilizing them",
-    "bclient": "ntpd: listen for broadcast servers",
+    "bclient": "listen for broadcast servers (same as 'broadcastclient')",
     "calibrate": "ntpd: calibrate reference clocks",
     "kernel": "ntpd: use the kernel discipline",
     "mode7": "ntpd: answer ntpdc's mode 7 (ntpy never does)",
