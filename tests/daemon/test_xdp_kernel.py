@@ -158,7 +158,7 @@ def test_burst_and_guard_match_the_python_limiter(kernel: Any) -> None:
 
 
 def test_ipv6_clients_share_their_prefix_bucket(kernel: Any) -> None:
-    k = kernel("restrict default limited\ndiscard minimum 2\nratelimit ipv6prefix 48\n")
+    k = kernel("restrict default limited\ndiscard minimum 2\nratelimit ipv6prefix 48 leak 16\n")
     assert k.run("2001:db8:1:2::5") == TX
     assert k.run("2001:db8:1:3::6") == PASS  # same /48: the guard time applies
     assert k.run("2001:db8:2::7") == TX  # another /48
