@@ -157,7 +157,10 @@ def test_gpsd_shm_gives_stratum_1(tmp_path: Path) -> None:
         with running_ntpy(tmp_path, conf, listen=(f"{HOST}:0",), extra=NO_CTL) as d:
             _synced(d, d.port, b"GPS\0", timeout_s=60)
             assert "synchronized to SHM(0)" in d.log
-            assert abs(_served_minus_local(d.port)) < 0.05
+            # gpsd stamps an NMEA-only fix when it has read the cycle, not at the second's
+            # edge (hundreds of ms later, which is why ntpd setups fudge time1 for SHM
+            # NMEA): only the sign and the second are checked here.
+            assert abs(_served_minus_local(d.port)) < 1.0
         gen.close()
     finally:
         gpsd.terminate()
