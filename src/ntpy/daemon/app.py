@@ -26,7 +26,7 @@ from ntpy.core.actions import cooked_now
 from ntpy.core.status import SyncStatus
 from ntpy.core.system import SystemState
 from ntpy.core.timestamps import NS_PER_S as NS
-from ntpy.daemon import ipc
+from ntpy.daemon import ipc, xdp_load
 from ntpy.daemon.announce import announce
 from ntpy.daemon.assemble import (
     StartupError,
@@ -223,8 +223,9 @@ class Daemon:
         return self._with_mode6(out)
 
     def _with_xdp(self, out: dict[str, int]) -> dict[str, int]:
-        if self.fastpath is not None:
-            out.update(self.fastpath.counters())
+        if self.fastpath is not None:  # plus what the workers decided on the kernel's word
+            for k, v in self.fastpath.counters().items():
+                out[k] = out.get(k, 0) + v
         return out
 
     def _with_mode6(self, out: dict[str, int]) -> dict[str, int]:
@@ -344,6 +345,8 @@ class Daemon:
         self.systemd.check_sockets([*required, *optional], listener.bound if listener else [])
         announce(self)
         if self.pool is not None:
+            if self.config.fastpath is not None:
+                xdp_load.preload()  # the workers read the kernel's buckets with it
             self.pool.start()  # after the log lines above; before any other socket opens
         self.stats = open_stats(self.config, self.clock, self.sync.recorders)
         self.sync.add_configured(self.config.servers)
@@ -387,8 +390,9 @@ class Daemon:
                 self.limiter,
                 eps,
                 self.loop,
-                answers_here=self.pool is None,
             )
+            if self.fastpath is not None and self.pool is not None:
+                self.pool.share_kernel_buckets(self.fastpath.clients_fd)
         self._drop()
         if self.confinement is not None:  # last: everything is bound, opened and imported
             try:
