@@ -303,3 +303,30 @@ def test_kill_9_with_workers_holding_the_bucket_map(tmp_path: Path) -> None:
         assert "xdp" not in _link_lo()
         assert not any(Path(f"/proc/{w}").exists() for w in workers)
         assert query("127.0.150.1", d.port) is None
+
+
+def test_a_restarted_worker_reads_the_kernel_buckets(tmp_path: Path) -> None:
+    """``workers 2``: kill one worker; its replacement (forked after the attach) inherits
+    the bucket map, so across 8 flooding sources (spread over both workers) every answer
+    still comes from the kernel and every request it passed up is decided over."""
+    from .test_restrict import blast
+
+    conf = XDP + "restrict default kod limited nomodify notrap nopeer noquery\n"
+    ctx, sock = _daemon(tmp_path, conf, ["127.0.150.1:0"], workers=2)
+    with ctx as d:
+        d.wait_for_log("fastpath xdp: plain client requests")
+        victim = _children(d.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        d.wait_for_log(r"worker \d restarted", 10)
+        time.sleep(1.5)
+        assert victim not in _children(d.pid) and len(_children(d.pid)) == 2
+        before = counters(sock)
+        served = kods = 0
+        for i in range(11, 19):
+            replies = blast(f"127.0.150.{i}", d.port, 20, "127.0.150.1")
+            served += sum(r[1] == 11 for r in replies)
+            kods += sum(r[1] == 0 and r[12:16] == b"RATE" for r in replies)
+        c = counters(sock)
+        in_kernel = c["xdp_answered"] - before["xdp_answered"]
+        assert served == in_kernel and kods >= 8, (served, in_kernel, kods)
+        assert c["xdp_kernel_over_decided"] == 160 - in_kernel, c
