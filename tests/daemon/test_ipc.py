@@ -3,6 +3,7 @@ form, and anything malformed raises the one error type."""
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -104,3 +105,58 @@ def test_send_reports_a_full_or_closed_channel() -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_kernel_buckets_carry_a_descriptor() -> None:
+    """``KernelBuckets`` sends its fd as SCM_RIGHTS: the receiver gets its own working
+    copy; without one it does not decode."""
+    main, worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    r, w = os.pipe()
+    try:
+        assert ipc.send_fd(main, ipc.KernelBuckets(w))
+        raw, fds = ipc.recv(worker)
+        msg = ipc.decode(raw, fds)
+        assert isinstance(msg, ipc.KernelBuckets) and msg.fd != w
+        os.write(msg.fd, b"x")
+        os.close(msg.fd)
+        assert os.read(r, 1) == b"x"
+        with pytest.raises(ipc.MessageError, match="descriptor"):
+            ipc.decode(ipc.encode(ipc.KernelBuckets(w)))
+    finally:
+        for fd in (r, w):
+            os.close(fd)
+        main.close()
+        worker.close()
+
+
+def test_a_worker_decides_limited_clients_with_the_kernel_buckets_it_is_sent() -> None:
+    """The worker's channel delivers the map; from then on its responder asks a
+    ``KernelLimiter`` over the worker's own table, also after a reload swaps the table."""
+    from test_nts_workers import make_worker
+
+    from ntpy.core.ratelimit import RateLimitConfig, RateLimiter
+    from ntpy.daemon.xdp_limit import KernelLimiter
+
+    main, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    r, w = os.pipe()
+    try:
+        worker = make_worker(worker_end, None)
+        worker_end.setblocking(False)
+        assert ipc.send_fd(main, ipc.KernelBuckets(w))
+        worker._on_channel()
+        assert worker.kernel is not None
+        limiter = worker.responder.limiter
+        assert isinstance(limiter, KernelLimiter) and limiter.limiter is worker.limiter
+        limiter.kernel_over = 3
+        worker.limiter = RateLimiter(RateLimitConfig(burst=2), lambda: 0)  # as a reload does
+        worker.use_kernel_buckets(limiter.fd)
+        again = worker.responder.limiter
+        assert isinstance(again, KernelLimiter) and again.limiter is worker.limiter
+        assert again.kernel_over == 3
+        assert worker.counters().server["xdp_kernel_over_decided"] == 3
+        os.close(limiter.fd)
+    finally:
+        for fd in (r, w):
+            os.close(fd)
+        main.close()
+        worker_end.close()

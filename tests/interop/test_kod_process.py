@@ -111,12 +111,16 @@ def test_deny_kiss_stops_polling_that_source(tmp_path: Path) -> None:
             assert ".DENY." in text, text
 
 
-@pytest.mark.parametrize("fast", [False, True], ids=["python", "xdp"])
-def test_rate_kiss_from_an_ntpy_server_lengthens_the_poll(tmp_path: Path, fast: bool) -> None:
+@pytest.mark.parametrize(
+    ("fast", "workers"), [(False, 1), (True, 1), (True, 2)], ids=["python", "xdp", "xdp-w2"]
+)
+def test_rate_kiss_from_an_ntpy_server_lengthens_the_poll(
+    tmp_path: Path, fast: bool, workers: int
+) -> None:
     """ntpy's own RATE kiss (``restrict ... kod limited``): the client doubles its poll, to
     at least the 32 s the server advertises (``discard average 5``), and stops its burst.
     With ``fastpath xdp`` on the server (127.0.150.x) the kernel answers within the limit
-    and passes the rest up for the kiss."""
+    and passes the rest up for the kiss, to the one process or to either of two workers."""
     net = "127.0.150" if fast else "127.0.101"
     if fast and XDP_UNUSABLE is not None:
         pytest.skip(f"no XDP: {XDP_UNUSABLE}")
@@ -130,7 +134,8 @@ def test_rate_kiss_from_an_ntpy_server_lengthens_the_poll(tmp_path: Path, fast: 
     )
     up_dir = tmp_path / "upstream"
     up_dir.mkdir()
-    up_args = ["--workers", "1", "--control-socket", str(up_dir / "c.sock")] if fast else []
+    up_args = ["--workers", str(workers), "--control-socket", str(up_dir / "c.sock")]
+    up_args = up_args if fast else []
     with running_ntpy(up_dir, upstream_conf, listen=[f"{net}.20:0"], extra=up_args) as up:
         conf = f"server {net}.20 port {up.port} iburst minpoll 3 maxpoll 4\n"
         sock = tmp_path / "c.sock"

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from ntpy.daemon.control import query_control
+
 from .ntpy_daemon import running_ntpy
 from .test_xdp import _usable as xdp_unusable
 
@@ -20,15 +22,17 @@ LOCAL = "server 127.127.1.0\nfudge 127.127.1.0 stratum 10\n"
 _NO_XDP = xdp_unusable()
 
 
-@pytest.fixture(params=["python", "xdp"])
+@pytest.fixture(params=["python", "xdp", "xdp-w2"])
 def mode(request: pytest.FixtureRequest) -> tuple[str, str, list[str]]:
     """(address prefix, config lines, daemon arguments): the Python path on 127.0.8.x, and
-    the same test with ``fastpath xdp`` (one process, so the kernel limits) on 127.0.150.x."""
+    the same test with ``fastpath xdp`` on 127.0.150.x, answered by one process or by two
+    workers (each reads the kernel's buckets through the map the main sent it)."""
     if request.param == "python":
         return "127.0.8", "", []
     if _NO_XDP is not None:
         pytest.skip(f"no XDP: {_NO_XDP}")
-    return "127.0.150", "fastpath xdp\n", ["--workers", "1"]
+    workers = "2" if request.param == "xdp-w2" else "1"
+    return "127.0.150", "fastpath xdp\n", ["--workers", workers]
 
 
 def blast(src: str, port: int, n: int, target: str = "127.0.8.10") -> list[bytes]:
@@ -87,6 +91,12 @@ def test_limited_kod_rate_limits_a_flooding_client(
         assert rows[f"{net}.1"]["kods"] == len(kods)
         if fast:  # the kernel answered the burst, Python only what it passed up
             assert in_kernel >= 1 and kernel[f"{net}.1"]["over"] == 40 - in_kernel
+            # Python (the main, or whichever worker got it) found every request the
+            # kernel passed up over the limit: all the answers came from the kernel.
+            assert len(served) == in_kernel, (len(served), in_kernel)
+            c = query_control(str(sock), "counters", timeout=5.0)
+            c = dict(c.get("counters", c))
+            assert c["xdp_kernel_over_decided"] == 40 - in_kernel, c
             assert reply["kernel_answered"] == in_kernel + 1
         text = subprocess.run(
             [sys.executable, "-m", "ntpy", "clients", "--socket", str(sock)],

@@ -26,7 +26,7 @@ from ntpy.core.actions import cooked_now
 from ntpy.core.status import SyncStatus
 from ntpy.core.system import SystemState
 from ntpy.core.timestamps import NS_PER_S as NS
-from ntpy.daemon import bclient, ipc
+from ntpy.daemon import bclient, ipc, xdp_load
 from ntpy.daemon.announce import announce
 from ntpy.daemon.assemble import (
     StartupError,
@@ -50,7 +50,12 @@ from ntpy.daemon.broadcaster import Broadcaster, start_broadcast
 from ntpy.daemon.control import ControlServer
 from ntpy.daemon.driftfile import WRITE_INTERVAL_NS
 from ntpy.daemon.fastpath import XdpFastPath, start_fastpath
-from ntpy.daemon.kernelsync import KernelSyncStatus, disciplines
+from ntpy.daemon.kernelsync import (
+    KernelSyncStatus,
+    disciplines,
+    release_kernel_clock,
+    take_over_kernel_clock,
+)
 from ntpy.daemon.leapkeeper import LeapKeeper, build_smear
 from ntpy.daemon.logsetup import LogSetup
 from ntpy.daemon.loop import Loop
@@ -245,8 +250,9 @@ class Daemon:
         return self._with_mode6(out)
 
     def _with_xdp(self, out: dict[str, int]) -> dict[str, int]:
-        if self.fastpath is not None:
-            out.update(self.fastpath.counters())
+        if self.fastpath is not None:  # plus what the workers decided on the kernel's word
+            for k, v in self.fastpath.counters().items():
+                out[k] = out.get(k, 0) + v
         return out
 
     def _with_mode6(self, out: dict[str, int]) -> dict[str, int]:
@@ -294,14 +300,10 @@ class Daemon:
             self.drift.write(self.engine.frequency_ppb / 1000.0, time.monotonic_ns())
 
     def _take_over_kernel_clock(self) -> None:
-        """Before disciplining the kernel clock, switch off the kernel PLL another daemon may
-        have left running (two loops would fight). Only with upstreams: serving the local
-        clock never adjusts anything, so it never touches the kernel either."""
-        if isinstance(self.clock, SystemClock) and disciplines(self.config):
-            try:
-                self.clock.reset_kernel_discipline()
-            except ClockError as exc:
-                raise StartupError(str(exc)) from exc
+        try:
+            take_over_kernel_clock(self.clock, self.config)
+        except ClockError as exc:
+            raise StartupError(str(exc)) from exc
 
     def _prepare_drop(self) -> None:
         """``-u``/``user``: resolve the account and check, before anything binds, that it
@@ -328,15 +330,6 @@ class Daemon:
             self.run_as.main(keep, path)
         except PrivilegeError as exc:
             raise StartupError(str(exc)) from None
-
-    def _release_kernel_clock(self) -> None:
-        """Never leave the kernel clock slewing fast: back to the base rate, and the rest
-        of the correction handed to the kernel's own 500 ppm slew."""
-        if isinstance(self.clock, SystemClock) and disciplines(self.config):
-            try:
-                self.clock.close()
-            except ClockError as exc:
-                log.error("could not stop the kernel clock's slew: %s", exc)
 
     def start(self) -> None:
         self._prepare_drop()
@@ -368,6 +361,8 @@ class Daemon:
         self.systemd.check_sockets([*required, *optional], listener.bound if listener else [])
         announce(self)
         if self.pool is not None:
+            if self.config.fastpath is not None:
+                xdp_load.preload()  # the workers read the kernel's buckets with it
             self.pool.start()  # after the log lines above; before any other socket opens
         self.stats = open_stats(self.config, self.clock, self.sync.recorders)
         hosts = [a.host for a in [*required, *optional]]
@@ -421,8 +416,9 @@ class Daemon:
                 self.limiter,
                 eps,
                 self.loop,
-                answers_here=self.pool is None,
             )
+            if self.fastpath is not None and self.pool is not None:
+                self.pool.share_kernel_buckets(self.fastpath.clients_fd)
         self._drop()
         if self.confinement is not None:  # last: everything is bound, opened and imported
             try:
@@ -565,7 +561,7 @@ class Daemon:
             if self.fastpath is not None:
                 self.fastpath.close()
             self.refclocks.close()
-            self._release_kernel_clock()
+            release_kernel_clock(self.clock, self.config)
             if self.stats is not None:
                 self.stats.close()
             if self.web is not None:

@@ -65,13 +65,19 @@ class XdpFastPath:
         self._restrict_fd = program.map_fd("ntp_restrict")
         self._clients_fd = program.map_fd("ntp_clients")
         self.kernel_limits = True
-        """Whether ``limited`` clients are limited in the kernel: only where this process
-        answers what the kernel passes up (``xdp_limit``); with worker processes the
-        workers' limiters, which cannot read the kernel's buckets, decide them all."""
+        """Whether ``limited`` clients are limited in the kernel: the process that answers
+        what the kernel passes up reads its buckets (``xdp_limit``): this one, or with
+        worker processes each worker, sent ``clients_fd`` (``WorkerPool.share_kernel_
+        buckets``). False: every ``limited`` client is passed up (tests)."""
         self.limiter: KernelLimiter | None = None
         self._cpus = xdp_load.possible_cpus()
         if isinstance(clock, VirtualClock | SystemClock):
             clock.add_segment_listener(self._on_segment)
+
+    @property
+    def clients_fd(self) -> int:
+        """The kernel's per-client bucket map, for the processes that answer."""
+        return self._clients_fd
 
     # -- start ---------------------------------------------------------------------------
 
@@ -257,17 +263,14 @@ def start_fastpath(
     limiter: Any,
     endpoints: Any,
     loop: Any,
-    *,
-    answers_here: bool = True,
 ) -> XdpFastPath | None:
     """The daemon's start-up step for ``fastpath xdp``: start, apply the policy, refresh.
-    ``answers_here``: this process answers what the kernel passes up (no workers)."""
+    With workers, the caller hands them ``clients_fd`` before they serve."""
     spec = config.fastpath
     bound = [(str(ep.bound.host), int(ep.bound.port)) for ep in endpoints]
     fast = XdpFastPath.start(spec.interfaces, clock, responder.state, bound)
     if fast is None:
         return None
-    fast.kernel_limits = answers_here
     try:
         fast.reload(responder, limiter)
     except XdpError as exc:

@@ -11,9 +11,10 @@ The wire form: a SOCK_SEQPACKET message per message -- a 4-byte length, a JSON h
 so a worker that parsed something hostile cannot make the main run code by sending bytes.
 
 Main -> worker: ``Serve``, ``Sources``, ``Reload``, ``ReopenLogs``, ``CountersQuery``,
-``ClientsQuery``, ``Mode6Reply``, ``CookieKeysUpdate``. Worker -> main: ``Counters`` (pushed,
-and the final one at exit), ``CountersReply``, ``ClientsReply``, ``Mode6Request``,
-``CookieKeysAck``, ``BroadcastPacket``.
+``ClientsQuery``, ``Mode6Reply``, ``CookieKeysUpdate``, ``KernelBuckets`` (the one message
+that carries a file descriptor, as SCM_RIGHTS: ``send_fd``/``recv``). Worker -> main:
+``Counters`` (pushed, and the final one at exit), ``CountersReply``, ``ClientsReply``,
+``Mode6Request``, ``CookieKeysAck``, ``BroadcastPacket``.
 """
 
 from __future__ import annotations
@@ -110,6 +111,17 @@ class ReopenLogs:
     """SIGHUP reached the main: reopen the log file (logrotate moved it)."""
 
     KIND: ClassVar[str] = "reopen-logs"
+
+
+@dataclass(frozen=True, slots=True)
+class KernelBuckets:
+    """``fastpath xdp``: the kernel's per-client rate-limit map (``ntp_clients``), so the
+    worker's limiter can read which requests the kernel passed up as over the limit
+    (``daemon/xdp_limit.py``). ``fd`` travels as SCM_RIGHTS, not in the head; a map fd
+    holds the map only, never the program's attachment (the main's bpf_link does)."""
+
+    KIND: ClassVar[str] = "kernel-buckets"
+    fd: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +263,7 @@ Message = (
     | CookieKeysUpdate
     | CookieKeysAck
     | BroadcastPacket
+    | KernelBuckets
 )
 Reply = CountersReply | ClientsReply | CookieKeysAck
 Query = CountersQuery | ClientsQuery | CookieKeysUpdate
@@ -263,7 +276,7 @@ Query = CountersQuery | ClientsQuery | CookieKeysUpdate
 def encode(msg: Message) -> bytes:
     """The wire form of ``msg``; MessageError if it is larger than ``MAX_MESSAGE``."""
     match msg:
-        case Serve() | ReopenLogs():
+        case Serve() | ReopenLogs() | KernelBuckets():
             return pack_frame(msg.KIND)
         case Sources(addresses):
             return pack_frame(msg.KIND, {"addresses": list(addresses)})
@@ -353,10 +366,16 @@ _DECODERS: dict[str, Callable[[dict[str, Any], bytes], Message]] = {
 }
 
 
-def decode(raw: bytes) -> Message:
-    """The message in ``raw``; MessageError for bad framing, an unknown kind or bad fields."""
+def decode(raw: bytes, fds: list[int] | None = None) -> Message:
+    """The message in ``raw`` (and the descriptors that came with it, see ``recv``);
+    MessageError for bad framing, an unknown kind or bad fields. The caller closes
+    ``fds`` unless the message is a ``KernelBuckets`` (which then owns its one fd)."""
     head, tail = unpack_frame(raw)
     kind = head["kind"]
+    if kind == KernelBuckets.KIND:
+        if not fds or len(fds) != 1:
+            raise MessageError("kernel-buckets message without exactly one descriptor")
+        return KernelBuckets(fds[0])
     decoder = _DECODERS.get(kind)
     if decoder is None:
         raise MessageError(f"unknown message kind {kind!r}")
@@ -369,6 +388,26 @@ def decode(raw: bytes) -> Message:
 def send(sock: socket.socket, msg: Message) -> bool:
     """Send without blocking; False if the channel is full or the other end is gone."""
     return send_bytes(sock, encode(msg))
+
+
+def send_fd(sock: socket.socket, msg: KernelBuckets) -> bool:
+    """``send`` with ``msg.fd`` as SCM_RIGHTS (the receiver gets its own copy)."""
+    try:
+        socket.send_fds(sock, [encode(msg)], [msg.fd])
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOBUFS):
+            raise
+        return False
+    return True
+
+
+def recv(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """One message and the descriptors that came with it (a worker's channel: at most one;
+    any it did not expect, the caller closes)."""
+    data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 1)
+    return data, list(fds)
 
 
 def send_bytes(sock: socket.socket, data: bytes) -> bool:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
+from ntpy.clock.base import Clock
 from ntpy.clock.errors import ClockError
+from ntpy.clock.system import SystemClock
 from ntpy.config import Config
 from ntpy.core.system import SystemState
 
@@ -34,6 +36,25 @@ def disciplines(config: Config) -> bool:
     """Whether ntpy steers the clock: upstream servers or reference clocks (not only the
     local clock, which follows the clock rather than steering it)."""
     return bool(config.servers) or any(not r.is_local for r in config.refclocks)
+
+
+def take_over_kernel_clock(clock: Clock, config: Config) -> None:
+    """Before disciplining the kernel clock, switch off the kernel PLL another daemon may
+    have left running (two loops would fight). Only when ntpy disciplines: serving the
+    local clock never adjusts anything, so it never touches the kernel either. Raises
+    ClockError."""
+    if isinstance(clock, SystemClock) and disciplines(config):
+        clock.reset_kernel_discipline()
+
+
+def release_kernel_clock(clock: Clock, config: Config) -> None:
+    """Never leave the kernel clock slewing fast: back to the base rate, and the rest of
+    the correction handed to the kernel's own 500 ppm slew (at exit)."""
+    if isinstance(clock, SystemClock) and disciplines(config):
+        try:
+            clock.close()
+        except ClockError as exc:
+            log.error("could not stop the kernel clock's slew: %s", exc)
 
 
 def kernel_synchronised(synced: bool, rtcsync: bool) -> bool:

@@ -10,7 +10,8 @@ restarts; the drift, stats, log and key files -- and checked by running each mod
 ``SCMP_ACT_LOG`` and under ``-F 1`` (``tests/interop/test_seccomp.py``).
 
 Never allowed: ``execve``/``execveat`` (ntpy never runs a program), ``ptrace``, ``mount``,
-``setns``/``unshare`` and namespace flags on ``clone``, ``bpf``, ``init_module``, ``reboot``,
+``setns``/``unshare`` and namespace flags on ``clone``, ``bpf`` other than reading and
+writing the elements of maps already open, ``init_module``, ``reboot``,
 ``settimeofday``/``clock_settime`` (ntpy steps with ``adjtimex``), ``setuid`` and friends
 (the drop is over by then), ``ioctl`` other than the listed requests, ``socket`` in other
 families than UNIX, INET, INET6 and NETLINK.
@@ -233,6 +234,8 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_NO_NEW_PRIVS = 38
 _FIONBIO = 0x5421
 _SIOCGIFINDEX = 0x8933
+_BPF_MAP_ELEMENT_CMDS = (1, 2, 3, 4)
+"""BPF_MAP_LOOKUP_ELEM, _UPDATE_ELEM, _DELETE_ELEM, _GET_NEXT_KEY: on a map fd it holds."""
 
 ARG_RULES: tuple[tuple[str, tuple[ArgRule, ...]], ...] = (
     (
@@ -251,6 +254,12 @@ ARG_RULES: tuple[tuple[str, tuple[ArgRule, ...]], ...] = (
         "prctl: only PR_SET_PDEATHSIG (a restarted worker dies with its main) and "
         "PR_SET_NO_NEW_PRIVS (set by libseccomp before the worker's own filter loads)",
         (ArgRule("prctl", 0, _PR_SET_PDEATHSIG), ArgRule("prctl", 0, _PR_SET_NO_NEW_PRIVS)),
+    ),
+    (
+        "bpf: only the element operations on maps (lookup, update, delete, next key) of "
+        "``fastpath xdp``: the main publishes policy and reads counters, workers read the "
+        "kernel's rate-limit buckets; no program load, no map creation, no attach",
+        tuple(ArgRule("bpf", 0, cmd) for cmd in _BPF_MAP_ELEMENT_CMDS),
     ),
     (
         "ioctl: FIONBIO (Python's setblocking), TCGETS (isatty when a file is opened), "

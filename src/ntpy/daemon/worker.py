@@ -42,6 +42,7 @@ from ntpy.daemon.policy import build_access, build_limiter
 from ntpy.daemon.server import NtpServer
 from ntpy.daemon.shared import SharedClock, SharedState
 from ntpy.daemon.udp import Endpoint
+from ntpy.daemon.xdp_limit import KernelLimiter
 
 log = logging.getLogger("ntpy.workers")
 
@@ -108,6 +109,10 @@ class WorkerSetup:
     ``CookieKeysUpdate``)."""
     confine: Callable[[], None] | None = None
     """``-F``: load the system-call filter, called once the worker's start-up is over."""
+    kernel_buckets: int | None = None
+    """``fastpath xdp`` running when this worker was forked (a restart): the descriptor of
+    the kernel's per-client map, inherited (the first workers, forked before the program
+    loads, get theirs as a ``KernelBuckets`` message)."""
 
 
 class Worker:
@@ -138,6 +143,11 @@ class Worker:
         self.nts: NtsServing | None = None
         if setup.nts_ring is not None:
             self.install_cookie_keys(setup.nts_ring)
+        self.kernel: KernelLimiter | None = None
+        """With ``fastpath xdp``: the limiter the responder asks, which reads the kernel's
+        buckets (the worker's own ``limiter`` stays the table it wraps)."""
+        if setup.kernel_buckets is not None:
+            self.use_kernel_buckets(setup.kernel_buckets)
 
     # -- per batch -------------------------------------------------------------------
 
@@ -187,8 +197,9 @@ class Worker:
 
     def _on_channel(self) -> None:
         for _ in range(64):
+            fds: list[int] = []
             try:
-                raw = self.channel.recv(ipc.MAX_MESSAGE)
+                raw, fds = ipc.recv(self.channel)
             except (BlockingIOError, InterruptedError):
                 return
             except ConnectionResetError:
@@ -198,8 +209,18 @@ class Worker:
                 self.loop.stop()
                 return
             try:
-                self.handle(ipc.decode(raw))
-            except (ipc.MessageError, KeyError, TypeError, ValueError) as exc:
+                msg = ipc.decode(raw, fds)
+            except ipc.MessageError as exc:
+                log.error("worker %d: bad message from the main: %s", self.index, exc)
+                msg = None
+            if not isinstance(msg, ipc.KernelBuckets):
+                for fd in fds:  # nothing else carries one
+                    os.close(fd)
+            if msg is None:
+                continue
+            try:
+                self.handle(msg)
+            except (KeyError, TypeError, ValueError) as exc:
                 log.error("worker %d: bad message from the main: %s", self.index, exc)
 
     def handle(self, msg: ipc.Message) -> None:
@@ -228,6 +249,8 @@ class Worker:
             case ipc.CookieKeysUpdate(token, ring):
                 current = self.install_cookie_keys(ring)
                 ipc.send(self.channel, ipc.CookieKeysAck(token, current))
+            case ipc.KernelBuckets(fd):
+                self.use_kernel_buckets(fd)
             case _:
                 log.warning("worker %d: unexpected message %s", self.index, type(msg).__name__)
 
@@ -251,6 +274,17 @@ class Worker:
         current = ring.current
         return current.key_id if current is not None else -1
 
+    def use_kernel_buckets(self, fd: int) -> None:
+        """Decide ``limited`` clients with the kernel's buckets in map ``fd`` from now on
+        (the kernel limits them for every process; see ``daemon/xdp_limit.py``)."""
+        old = self.kernel
+        if old is not None and old.fd not in (fd, self.setup.kernel_buckets):
+            os.close(old.fd)  # a later copy replaces ours (not the inherited one)
+        self.kernel = KernelLimiter(self.limiter, fd)
+        if old is not None:
+            self.kernel.kernel_over = old.kernel_over
+        self.responder.limiter = self.kernel
+
     def _reload(self, path: str) -> None:
         """The main reloaded the config and its access or rate-limit lines changed: rebuild
         this worker's from the same file (the main has checked that it parses)."""
@@ -272,6 +306,8 @@ class Worker:
             self.limiter = limiter
             self.responder.limiter = limiter
             self.responder.kod_min_poll = limiter.config.average_log2
+            if self.kernel is not None:  # the main cleared the kernel's buckets too
+                self.use_kernel_buckets(self.kernel.fd)
 
     def _mode6_reply(self, msg: ipc.Mode6Reply) -> None:
         self._settle_forwarded()
@@ -294,6 +330,8 @@ class Worker:
     def counters(self, *, final: bool = False) -> ipc.Counters:
         self._settle_forwarded()
         server = {str(k): v for k, v in self.server.counters.items() if v}
+        if self.kernel is not None and self.kernel.kernel_over:
+            server["xdp_kernel_over_decided"] = self.kernel.kernel_over
         if self.nts is not None:
             server.update({k: v for k, v in self.nts.counters().items() if v})
         return ipc.Counters(

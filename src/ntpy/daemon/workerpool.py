@@ -144,6 +144,9 @@ class WorkerPool:
         self.nts_ring: bytes | None = None
         """With ``nts enable``: the cookie key ring (file bytes) every worker serves with; a
         worker forked (or restarted) later gets it in its ``WorkerSetup``."""
+        self.kernel_buckets: int | None = None
+        """With ``fastpath xdp``: the kernel's per-client rate-limit map (``share_kernel_
+        buckets``); a worker restarted later inherits the descriptor."""
 
     @staticmethod
     def publish(clock: Clock, state: SystemState) -> SharedState:
@@ -195,6 +198,7 @@ class WorkerPool:
             serve_now=self.released,
             nts_ring=self.nts_ring,
             confine=self.confine_worker,
+            kernel_buckets=self.kernel_buckets,
         )
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_SIGNALS)
         try:
@@ -227,6 +231,16 @@ class WorkerPool:
         slot.server.clear()
         slot.limiter.clear()
         self.loop.add_reader(main_end, functools.partial(self._on_channel, slot))
+
+    def share_kernel_buckets(self, fd: int) -> None:
+        """``fastpath xdp`` started (after the fork): send every worker a copy of the
+        kernel's per-client map, so their limiters decide ``limited`` clients with the
+        kernel's buckets (``daemon/xdp_limit.py``). A map descriptor keeps the map alive,
+        not the program's attachment: that stays with the main's bpf_link alone."""
+        self.kernel_buckets = fd
+        for slot in self.slots:
+            if slot.channel is not None and not ipc.send_fd(slot.channel, ipc.KernelBuckets(fd)):
+                log.warning("worker %d: kernel buckets not delivered (channel full)", slot.index)
 
     def release(self) -> None:
         """Let the workers answer: the main's start-up is complete and its state published.

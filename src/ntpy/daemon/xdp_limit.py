@@ -19,9 +19,14 @@ The choice: a request is charged to exactly one bucket.
 The over-count is trusted only within ``PASS_WINDOW_NS`` of its stamp: a passed-up
 request lost in a full socket buffer then cannot make a later, unrelated one look over.
 
-This needs the map's file descriptor in the process that answers, so it runs where the
-main process answers (``workers 1``); with worker processes, ``limited`` clients are all
-passed up to the workers' limiters (``fastpath.py`` decides which).
+This needs the map's file descriptor in the process that answers: the main's own with
+``workers 1``; with worker processes, each worker gets a copy from the main over its
+channel (``ipc.KernelBuckets``, SCM_RIGHTS; a restarted worker inherits it) and wraps its
+limiter in one of these. A client's requests may reach several workers (another source
+port, another worker): each counts the ``over`` it has decided itself, so every request
+the kernel passed up as over is over in whichever worker gets it; what a worker cannot
+tell is whether a request passed up for *another* reason (NTS, a MAC, interleaved) came
+between, from a client over the limit within ``PASS_WINDOW_NS``: that one is over too.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ class KernelLimiter:
     def __init__(self, limiter: RateLimiter, clients_fd: int) -> None:
         self.limiter = limiter
         self.config = limiter.config
-        self._fd = clients_fd
+        self.fd = clients_fd
         self._prefix = limiter.config.ipv6_prefix
         self._seen: dict[bytes, int] = {}
         """Per bucket key: the kernel's ``over`` count already given a Python decision
@@ -63,7 +68,7 @@ class KernelLimiter:
             key = xdp_maps.client_key(address, self._prefix)
         except ValueError:
             return False
-        raw = xdp_load.map_lookup(self._fd, key, xdp_maps.BUCKET.size)
+        raw = xdp_load.map_lookup(self.fd, key, xdp_maps.BUCKET.size)
         if raw is None:
             return False
         _, _, over, over_tai, _ = xdp_maps.BUCKET.unpack(raw)

@@ -66,6 +66,13 @@ def _close_links_in_child() -> None:
 os.register_at_fork(after_in_child=_close_links_in_child)
 
 
+def preload() -> None:
+    """Load libbpf now, if it is there: in the main before the workers fork, so a worker
+    reads the kernel's buckets without opening a library under its system-call filter."""
+    with contextlib.suppress(XdpError):
+        _lib()
+
+
 def _lib() -> ctypes.CDLL:
     global _libbpf
     if _libbpf is not None:
