@@ -23,6 +23,7 @@ from ntpy.core.auth import MacKey, verify
 from ntpy.core.packet import MODE_BROADCAST, decode
 from ntpy.core.timestamps import ntp_to_unix_ns
 
+from .lan import veth_lan
 from .ntpy_daemon import running_ntpy
 from .test_client_keys import SECRET, keys_file
 
@@ -53,30 +54,10 @@ print(json.dumps(got))
 """
 
 
-def sh(*argv: str) -> None:
-    subprocess.run(argv, check=True, capture_output=True, timeout=10)
-
-
 @pytest.fixture
 def lan() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
-    name = f"ntpypeers-bc{os.getpid()}"
-    try:
-        sh("ip", "netns", "add", name)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot create a network namespace: {exc}")
-    try:
-        setup = (
-            "ip link set lo up && ip link add ntpyb0 type veth peer name ntpyb1 && "
-            f"ip addr add {SERVER}/24 brd + dev ntpyb0 && "
-            f"ip addr add {CLIENT}/24 brd + dev ntpyb1 && "
-            "ip link set ntpyb0 up && ip link set ntpyb1 up"
-        )
-        sh("ip", "netns", "exec", name, "sh", "-c", setup)
+    with veth_lan(f"ntpypeers-bc{os.getpid()}", SERVER, CLIENT, "ntpyb") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
 
 
 def test_broadcast_server_sends_signed_and_unsigned_mode5(tmp_path: Path, lan: str) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from .lan import veth_lan
 from .ntpy_daemon import running_ntpy
 from .test_client_keys import keys_file
 from .test_sync_process import ntpy_cli, wait_synced
@@ -48,30 +49,10 @@ for _ in range(int(sys.argv[4])):
 """
 
 
-def sh(*argv: str) -> None:
-    subprocess.run(argv, check=True, capture_output=True, timeout=10)
-
-
 @pytest.fixture
 def lan() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
-    name = f"ntpybc2-{os.getpid()}"
-    try:
-        sh("ip", "netns", "add", name)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"cannot create a network namespace: {exc}")
-    try:
-        setup = (
-            "ip link set lo up && ip link add ntpyc0 type veth peer name ntpyc1 && "
-            f"ip addr add {SERVER}/24 brd + dev ntpyc0 && "
-            f"ip addr add {CLIENT}/24 brd + dev ntpyc1 && "
-            "ip link set ntpyc0 up && ip link set ntpyc1 up"
-        )
-        sh("ip", "netns", "exec", name, "sh", "-c", setup)
+    with veth_lan(f"ntpybc2-{os.getpid()}", SERVER, CLIENT, "ntpyc") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
