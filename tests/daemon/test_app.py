@@ -146,6 +146,7 @@ def test_kernel_pll_taken_over_only_when_disciplining(
 ) -> None:
     from ntpy.clock import SystemClock
     from ntpy.daemon import app, assemble
+    from ntpy.daemon.kernelsync import release_kernel_clock
 
     libc = _RecordingLibc()
     monkeypatch.setattr(
@@ -160,7 +161,7 @@ def test_kernel_pll_taken_over_only_when_disciplining(
     assert bool(writes) == expect_reset
     # At exit the tick is put back (never left slewing fast), again only when disciplining.
     before = len(libc.modes)
-    d._release_kernel_clock()
+    release_kernel_clock(d.clock, d.config)
     from ntpy.clock import timex as tx
 
     released = [m for m in libc.modes[before:] if m & tx.ADJ_TICK]
