@@ -41,6 +41,15 @@ TICK_NS = 1_000_000
 """Pacing granularity: each tick sends what the rate owes so far (at most 10 ms' worth)."""
 
 
+def _reap(procs: list[tuple[Any, Any]]) -> None:
+    """Join the sender processes, killing any that hangs (a run never outlives its bound)."""
+    for p, _ in procs:
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 def _check_target(addr: str, rate: float, duration: float) -> None:
     if not addr.startswith("127."):
         raise ValueError(f"refusing non-loopback target {addr}")
@@ -223,11 +232,7 @@ def run_load(
             out.gen_cpu_s += r["cpu"]
             out.latencies_us += r["lat"]
     finally:
-        for p, _ in procs:
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        _reap(procs)
     return out
 
 
@@ -324,11 +329,7 @@ def run_key_exchanges(
             out.gen_cpu_s += r["cpu"]
             out.duration = max(out.duration, r["elapsed"])
     finally:
-        for p, _ in procs:
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-                p.join()
+        _reap(procs)
     return out
 
 
