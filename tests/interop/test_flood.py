@@ -173,7 +173,13 @@ def probe_once(port: int, log: ProbeLog, timeout_s: float = 0.5) -> None:
 
 
 def check_reply(reply: bytes, t1: int, t4: int, log: ProbeLog) -> str | None:
-    """Stratum 11 (LOCAL fudged to 10, plus one), mode 4, origin echoed, |offset| < 1 ms."""
+    """Stratum 11 (LOCAL fudged to 10, plus one), mode 4, origin echoed, and the served
+    time inside the round trip: |offset| < half the delay + 1 ms.
+
+    The bound is the round trip's own, not a flat 1 ms: under the flood a daemon preempted
+    between taking T3 and the send (2 busy cores) delays the reply by milliseconds, which
+    shows as a one-sided offset of half that delay while its clock is right. A wrong clock
+    puts T2/T3 outside [T1, T4], which this still catches."""
     if len(reply) != 48:
         return f"reply of {len(reply)} bytes"
     if reply[0] != 0x24 or reply[1] != 11:
@@ -183,9 +189,10 @@ def check_reply(reply: bytes, t1: int, t4: int, log: ProbeLog) -> str | None:
     t2 = int.from_bytes(reply[32:40], "big")
     t3 = int.from_bytes(reply[40:48], "big")
     offset = (ntp_diff_s(t2, t1) + ntp_diff_s(t3, t4)) / 2
+    delay = ntp_diff_s(t4, t1) - ntp_diff_s(t3, t2)
     log.offsets.append(offset)
-    if abs(offset) >= 0.001:
-        return f"offset {offset * 1e6:.0f} us"
+    if abs(offset) >= delay / 2 + 0.001:
+        return f"offset {offset * 1e6:.0f} us, delay {delay * 1e6:.0f} us"
     return None
 
 

@@ -100,8 +100,10 @@ def test_dropped_daemon_runs_as_nobody_everywhere_and_keeps_working(world: Path)
                 assert st["Groups"].split() == [str(NOBODY)]
                 assert int(st["CapEff"], 16) == 0 and int(st["CapPrm"], 16) == 0, (pid, st)
             reply = _query(d.port)
-            # answers; not from the local clock: never synchronized yet, so it is held back
-            assert reply[0] & 0x07 == 4 and reply[1] == 0
+            # answers; never from the local clock (that would be stratum 11): before the
+            # first sync it is held back (stratum 0); with iburst on a quick machine the
+            # upstream may already be selected (stratum 12)
+            assert reply[0] & 0x07 == 4 and reply[1] in (0, 12), reply[:2].hex()
             assert os.stat(ctl).st_uid == NOBODY
             status = subprocess.run(
                 [sys.executable, "-m", "ntpy", "status", "--socket", str(ctl)],
@@ -110,7 +112,10 @@ def test_dropped_daemon_runs_as_nobody_everywhere_and_keeps_working(world: Path)
                 timeout=10,
                 env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")},
             )
-            assert "unsynchronised" in status.stdout, status.stderr  # ntpstat: exit 1
+            # the control socket answers after the drop, with the state of the moment
+            assert status.stdout.startswith("unsynchronised") or status.stdout.startswith(
+                f"synchronised to NTP server ({UPSTREAM})"
+            ), (status.stdout, status.stderr)
             d.wait_for_log(rf"synchronized to {UPSTREAM}", timeout_s=30)
             os.kill(d.pid, signal.SIGHUP)
             d.wait_for_log(r"configuration reloaded from .*: no live changes")
