@@ -137,8 +137,23 @@ def test_sock_samples_give_stratum_1(tmp_path: Path) -> None:
     out.close()
 
 
+def _shm_keys() -> set[int]:
+    """System V shared-memory keys now present (from /proc/sysvipc/shm)."""
+    lines = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    return {int(line.split()[0]) & 0xFFFFFFFF for line in lines if line.strip()}
+
+
+def _remove_new_gpsd_segments(before: set[int]) -> None:
+    """gpsd leaves its segments behind when it exits (NTP0..7, "GPSD"): remove the ones
+    this test made it create, so the machine is as it was."""
+    ours = {0x4E545030 + unit for unit in range(8)} | {0x47505344}
+    for key in (_shm_keys() - before) & ours:
+        subprocess.run(["ipcrm", "-M", hex(key)], capture_output=True, check=False)
+
+
 @pytest.mark.skipif(shutil.which("gpsd") is None or os.geteuid() != 0, reason="needs gpsd, root")
 def test_gpsd_shm_gives_stratum_1(tmp_path: Path) -> None:
+    shm_before = _shm_keys()
     fifo = tmp_path / "gpsfifo"
     os.mkfifo(fifo)
     link = tmp_path / "ttyGPS0"
@@ -166,3 +181,4 @@ def test_gpsd_shm_gives_stratum_1(tmp_path: Path) -> None:
         gpsd.terminate()
         gpsd.wait(10)
         os.close(fd)
+        _remove_new_gpsd_segments(shm_before)
