@@ -261,6 +261,16 @@ def test_port_findings() -> None:
     assert "port 123" in found[3].message
 
 
+def test_a_rate_kiss_to_the_probe_still_counts_as_answering() -> None:
+    """The daemon's own limiter may kiss doctor's probe (a second run within seconds):
+    the port is up, and the finding says which kiss, once."""
+    detail = "kiss-o'-death RATE (rate exceeded: the server asks us to poll less often)"
+    (f,) = check_ports([PortProbe("127.0.0.1", 123, "127.0.0.1", "kod", detail)])
+    assert f.severity == "ok"
+    assert f.message.startswith("127.0.0.1:123 answers NTP with a kiss-o'-death RATE (")
+    assert f.message.count("kiss-o'-death") == 1
+
+
 def test_an_address_of_another_host_is_never_queried(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_query(*args: object, **kwargs: object) -> None:
         raise AssertionError("queried a foreign address")

@@ -270,7 +270,7 @@ def _probe(addr: ListenAddress) -> PortProbe:
     try:
         sample = exchange((str(asked), addr.port), family, 4, PROBE_TIMEOUT_S, PROBE_TRIES)
     except KissOfDeath as exc:
-        return PortProbe(addr.host, addr.port, str(asked), "kod", str(exc))
+        return PortProbe(addr.host, addr.port, str(asked), "kod", exc.detail)
     except (NoAnswer, ReplyRejected, OSError) as exc:
         return PortProbe(addr.host, addr.port, str(asked), "no answer", str(exc))
     return PortProbe(addr.host, addr.port, str(asked), "answered", f"stratum {sample.stratum}")

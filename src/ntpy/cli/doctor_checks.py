@@ -431,6 +431,6 @@ def check_ports(probes: Sequence[PortProbe]) -> list[Finding]:
                 )
             )
         else:
-            said = f" with a kiss-o'-death ({p.detail})" if p.outcome == "kod" else ""
+            said = f" with a {p.detail}" if p.outcome == "kod" else ""
             out.append(Finding("port", "ok", f"{where} answers NTP{said}{asked}"))
     return out
