@@ -58,7 +58,7 @@
 
 #define MAX_RATE 2000000.0
 #define MAX_DURATION 10.0
-#define MAX_SOCKETS 256
+#define MAX_SOCKETS 1024
 #define NTP_LEN 48
 #define BATCH 512          /* messages per sendmmsg()/recvmmsg() call */
 #define RX_BUF 128         /* bytes kept per received datagram (NTP header is 48) */
@@ -232,7 +232,7 @@ static void parse_args(int argc, char **argv, struct opts *o) {
     if (!have_target) die("--target is required");
     if (!(o->rate >= 1 && o->rate <= MAX_RATE)) die("--rate must be in 1..2000000");
     if (!(o->duration > 0 && o->duration <= MAX_DURATION)) die("--duration must be in (0, 10] s");
-    if (o->sockets < 1 || o->sockets > MAX_SOCKETS) die("--sockets must be in 1..256");
+    if (o->sockets < 1 || o->sockets > MAX_SOCKETS) die("--sockets must be in 1..1024");
     if (o->tick_us < 10 || o->tick_us > 100000) die("--tick-us must be in 10..100000");
     if (o->drain_ms == -1) o->drain_ms = o->timeout_ms + 50;
     if (o->drain_ms < 0 || o->drain_ms > 5000) die("--drain-ms must be in 0..5000");

@@ -15,13 +15,14 @@ fdinfo of the daemon's program fd).
 
 Both system settings are put back as they were when the script ends, however it ends.
 Needs root (XDP, RPS, the sysctl), gcc, chronyd. The rate search, the loss rule (<= 1%),
-the generator (bench/ntpload.c, 256 sources 127.1.0.x) and the verdicts on who was the
-limit are serve_rate.py's.
+the generator (bench/ntpload.c) and the verdicts on who was the limit are serve_rate.py's;
+the generator sends from 1024 sources (127.1.0.1-127.1.4.0), not serve_rate's 256, so
+the limited server's allowance is above what one generator CPU can send.
 
 Servers: ``chronyd`` (as in serve_rate.py); ``ntpy-xdp``: ntpy with ``workers 1`` and
 ``fastpath xdp``, with serve_rate's access rules (everyone ``limited``, 1024 requests/s
-per source, so above 256 x 1024 = 262,144/s the kernel starts passing requests up as over
-the limit: the search stops there, ``rate cap``); ``ntpy-xdp-open``: the same without
+per source, so above 1024 x 1024 = 1,048,576/s the kernel would start passing requests up
+as over the limit: the search stops at 95% of that, ``rate cap``); ``ntpy-xdp-open``: the same without
 ``limited`` (no bucket), searched up to --max-rate.
 """
 
@@ -56,8 +57,11 @@ BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 ADDR = "127.2.0.{n}"
 CPU_RUN_S = 5.0
 """Long enough for tick-sampled softirq time to resolve a few us per request."""
-LIMITED_CAP = 250_000
-"""Below 256 sources x 1024/s, the rate at which ntpy's limiter would start to refuse."""
+GEN_SOURCES = 1024
+"""Generator source addresses: with 256 (serve_rate's), ntpy's per-source allowance of
+1024/s capped the limited server at 262,144/s, below chronyd's rate on a quiet machine."""
+LIMITED_CAP = GEN_SOURCES * 1024 * 95 // 100
+"""Below GEN_SOURCES x 1024/s, the rate at which ntpy's limiter would start to refuse."""
 
 
 @contextlib.contextmanager
@@ -242,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         tolerance=0.2 if a.quick else 0.08,
         repeats=1 if a.quick else 3,
         retries=1,
-        sockets=256,
+        sockets=GEN_SOURCES,
         gso=1,  # a GSO super-packet reaches generic XDP whole (not 48 bytes): passed up
         tick_us=100,
         timeout_ms=50,
