@@ -22,8 +22,8 @@ the limited server's allowance is above what one generator CPU can send.
 Servers: ``chronyd`` (as in serve_rate.py); ``ntpy-xdp``: ntpy with ``workers 1`` and
 ``fastpath xdp``, with serve_rate's access rules (everyone ``limited``, 1024 requests/s
 per source, so above 1024 x 1024 = 1,048,576/s the kernel would start passing requests up
-as over the limit: the search stops at 95% of that, ``rate cap``); ``ntpy-xdp-open``: the same without
-``limited`` (no bucket), searched up to --max-rate.
+as over the limit: the search stops at 95% of that, ``rate cap``); ``ntpy-xdp-open``: the
+same without ``limited`` (no bucket), searched up to --max-rate.
 """
 
 from __future__ import annotations
